@@ -1,0 +1,259 @@
+"""The `webslm` command line: parse arguments, call the module that owns the command, map errors.
+
+Every command here is also an Invoke task (tasks.py builds the same argv and calls `main`), so
+the two front ends cannot drift apart. Modules are imported inside the handlers: `webslm spec`
+must not pay for importing torch or the Docker SDK.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from webslm.errors import BadInput, WebslmError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise BadInput(message, f"see `{self.prog} --help`")
+
+
+def _spec_options(parser: argparse.ArgumentParser, *, several_presets: bool = False) -> None:
+    source = parser.add_mutually_exclusive_group()
+    preset_help = "preset name" + (" (comma-separated for several)" if several_presets else "")
+    source.add_argument("--preset", help=f"{preset_help}; default qwen2.5-0.5b")
+    source.add_argument("--model", help="local folder or Hugging Face id[@revision]")
+    parser.add_argument("--model-type", help="MLC model type, or auto (from config.json)")
+    parser.add_argument("--conv-template", help="MLC conversation template")
+    parser.add_argument("--quantization", help="MLC quantization (default q4f16_1)")
+    parser.add_argument("--name", help="name of the packaged model (default: from preset/model)")
+    parser.add_argument("--context-window-size", type=int)
+    parser.add_argument("--prefill-chunk-size", type=int)
+    parser.add_argument("--system-prompt")
+
+
+def _spec_from_args(args: argparse.Namespace, preset: str | None = None):  # noqa: ANN202
+    from webslm.spec import resolve_spec
+
+    return resolve_spec(
+        preset=preset if preset is not None else args.preset,
+        model=args.model,
+        model_type=args.model_type,
+        conv_template=args.conv_template,
+        quantization=args.quantization,
+        name=args.name,
+        context_window_size=args.context_window_size,
+        prefill_chunk_size=args.prefill_chunk_size,
+        system_prompt=args.system_prompt,
+    )
+
+
+def _cmd_spec(args: argparse.Namespace) -> int:
+    from webslm.files import canonical_json
+
+    sys.stdout.write(canonical_json(_spec_from_args(args).to_json()))
+    return 0
+
+
+def _cmd_normalize(args: argparse.Namespace) -> int:
+    from webslm.normalize import normalize_path
+
+    result = normalize_path(Path(args.path), out=Path(args.out) if args.out else None)
+    for change in result.changes:
+        print(change)
+    if not result.changes:
+        print(f"{result.config_path}: already in the format MLC-LLM v0.19.0 reads; nothing changed")
+    return 0
+
+
+def _cmd_toolchain(args: argparse.Namespace) -> int:
+    from webslm import toolchain
+
+    return toolchain.toolchain_command(
+        action=args.action,
+        pull=args.pull,
+        push=args.push,
+        allow_unpinned=args.allow_unpinned,
+    )
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from webslm import pipeline
+
+    presets = [p.strip() for p in args.preset.split(",")] if args.preset else [None]
+    specs = [_spec_from_args(args, preset=p) for p in presets]
+    options = pipeline.BuildOptions(
+        out=Path(args.out),
+        base_url=args.base_url,
+        use_cache=not args.no_cache,
+        allow_pickle=args.allow_pickle,
+        cpus=args.cpus,
+        memory=args.memory,
+    )
+    pipeline.build_many(specs, options, jobs=args.jobs)
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from webslm import verify
+
+    return verify.verify_command(Path(args.dist), report_dir=Path(args.report) if args.report else None)
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from webslm import verify
+
+    return verify.audit_command(
+        artifact=args.artifact,
+        provenance=args.provenance,
+        report_dir=Path(args.report) if args.report else None,
+    )
+
+
+def _cmd_data_check(args: argparse.Namespace) -> int:
+    from webslm import finetune
+
+    return finetune.data_check_command([Path(f) for f in args.files], tokenizer=args.tokenizer)
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from webslm import finetune
+
+    return finetune.finetune_command(args)
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from webslm import finetune
+
+    return finetune.merge_command(base=args.base, adapter=Path(args.adapter), out=Path(args.out))
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from webslm import serve
+
+    return serve.serve_command([Path(d) for d in args.dists], host=args.host, port=args.port)
+
+
+def _cmd_publish(args: argparse.Namespace) -> int:
+    from webslm import publish
+
+    return publish.publish_command(
+        Path(args.dist), repo=args.repo, private=args.private, dry_run=args.dry_run
+    )
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from webslm import bench
+
+    return bench.bench_command(args.name)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="webslm", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def command(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    spec = command("spec", _cmd_spec, "print the resolved build spec as JSON")
+    _spec_options(spec)
+
+    normalize = command("normalize", _cmd_normalize, "rewrite a config.json for MLC-LLM v0.19.0")
+    normalize.add_argument("path", help="model folder or its config.json")
+    normalize.add_argument("--out", help="write the normalized config into this folder instead")
+
+    toolchain = command("toolchain", _cmd_toolchain, "build or inspect the pinned toolchain image")
+    toolchain.add_argument(
+        "action", nargs="?", default="build", choices=["build", "id", "check", "refresh-lock"]
+    )
+    toolchain.add_argument("--pull", metavar="REF", help="pull the image from this registry ref")
+    toolchain.add_argument("--push", metavar="REF", help="push the built image to this ref")
+    toolchain.add_argument(
+        "--allow-unpinned", action="store_true", help="build although the lock has placeholders"
+    )
+
+    build = command("build", _cmd_build, "build a model into a WebLLM-ready folder")
+    _spec_options(build, several_presets=True)
+    build.add_argument("--out", default="dist", help="output folder (default dist)")
+    build.add_argument("--base-url", help="absolute URL the dist folder is served from")
+    build.add_argument("--no-cache", action="store_true", help="ignore the stage cache")
+    build.add_argument("--jobs", type=int, default=1, help="models built at once")
+    build.add_argument("--allow-pickle", action="store_true", help="accept pickle .bin weights")
+    build.add_argument("--cpus", type=float, help="CPU limit per stage container")
+    build.add_argument("--memory", help="memory limit per stage container, e.g. 8g")
+
+    verify = command("verify", _cmd_verify, "rebuild a dist folder and compare every output")
+    verify.add_argument("dist")
+    verify.add_argument("--report", help="write report.json and report.md into this folder")
+
+    audit = command("audit", _cmd_audit, "check a shipped artifact against its provenance")
+    audit.add_argument("--artifact", required=True, help="path or URL of the artifact")
+    audit.add_argument("--provenance", help="path or URL of provenance.json")
+    audit.add_argument("--report", help="write report.json and report.md into this folder")
+
+    data = command("data", lambda a: 0, "chat data tools")
+    data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    check = data_commands.add_parser("check", help="validate chat JSONL files")
+    check.set_defaults(handler=_cmd_data_check)
+    check.add_argument("files", nargs="+")
+    check.add_argument("--tokenizer", help="tokenizer (folder or id) to count tokens")
+
+    finetune = command("finetune", _cmd_finetune, "LoRA fine-tune and merge into a checkpoint")
+    finetune.add_argument("--data", required=True, action="append", help="chat JSONL file")
+    finetune.add_argument("--base", default="Qwen/Qwen2.5-0.5B-Instruct")
+    finetune.add_argument("--out", default="finetuned")
+    finetune.add_argument("--epochs", type=float, default=3.0)
+    finetune.add_argument("--lr", type=float, default=2e-4)
+    finetune.add_argument("--lora-r", type=int, default=16)
+    finetune.add_argument("--lora-alpha", type=int, default=32)
+    finetune.add_argument("--max-seq-len", type=int, default=1024)
+    finetune.add_argument("--bits", type=int, choices=[16, 4], default=16)
+    finetune.add_argument("--seed", type=int, default=0)
+    finetune.add_argument("--gpus", type=int, default=1)
+    finetune.add_argument("--push", metavar="REPO")
+
+    merge = command("merge", _cmd_merge, "merge a LoRA adapter into its base model")
+    merge.add_argument("--base", required=True)
+    merge.add_argument("--adapter", required=True)
+    merge.add_argument("--out", required=True)
+
+    serve = command("serve", _cmd_serve, "serve web/ and dist folders on 127.0.0.1")
+    serve.add_argument("dists", nargs="*", default=["dist"])
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+
+    publish = command("publish", _cmd_publish, "upload a dist folder to a Hugging Face repo")
+    publish.add_argument("dist")
+    publish.add_argument("--repo", required=True, help="OWNER/NAME")
+    publish.add_argument("--private", action="store_true")
+    publish.add_argument("--dry-run", action="store_true")
+
+    bench = command("bench", _cmd_bench, "run a benchmark from bench/")
+    bench.add_argument("name", nargs="?", help="benchmark name (default: list them)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; return its exit code. Errors become one line on stderr."""
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args.handler(args))
+    except WebslmError as error:
+        print(f"webslm: error: {error.line()}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("webslm: interrupted; outputs already in place are unchanged", file=sys.stderr)
+        return 130
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""The error kinds every command maps onto exit codes.
+
+0 success; 1 a stage or tool failed; 2 bad input (usage, validation); 3 missing environment
+(no Docker engine, image absent, offline). Each error is one line: what is wrong, then what to do.
+"""
+
+from __future__ import annotations
+
+
+class WebslmError(Exception):
+    """Base error: carries a one-line message and the exit code the CLI returns."""
+
+    exit_code = 1
+
+    def __init__(self, what: str, fix: str = "") -> None:
+        self.what = what.rstrip(".")
+        self.fix = fix.rstrip(".")
+        super().__init__(self.line())
+
+    def line(self) -> str:
+        text = f"{self.what}; {self.fix}" if self.fix else self.what
+        return " ".join(text.split())
+
+
+class StageFailed(WebslmError):
+    """A stage or an external tool ran and failed."""
+
+    exit_code = 1
+
+
+class BadInput(WebslmError):
+    """The user's input (arguments, files, specs) is invalid."""
+
+    exit_code = 2
+
+
+class MissingEnvironment(WebslmError):
+    """Something the machine must provide is absent: Docker engine, image, network."""
+
+    exit_code = 3
