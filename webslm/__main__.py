@@ -1,0 +1,5 @@
+"""`python -m webslm` is the `webslm` command."""
+
+from webslm.cli import run
+
+run()
