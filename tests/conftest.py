@@ -31,8 +31,9 @@ def require(condition: bool, reason: str) -> None:
 @pytest.fixture(scope="session")
 def docker_engine():  # noqa: ANN201
     """A connected Docker SDK client to the real engine."""
-    from webslm.errors import MissingEnvironment
     from webslm.toolchain import docker_client
+
+    from webslm.errors import MissingEnvironment
 
     try:
         client = docker_client()

@@ -103,7 +103,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
 def _cmd_verify(args: argparse.Namespace) -> int:
     from webslm import verify
 
-    return verify.verify_command(Path(args.dist), report_dir=Path(args.report) if args.report else None)
+    report_dir = Path(args.report) if args.report else None
+    return verify.verify_command(Path(args.dist), report_dir=report_dir)
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:

@@ -96,7 +96,8 @@ def normalize_config(config: dict[str, Any], model_type: str | None = None) -> N
                                f"{rope[key]!r}", "keep one value")
         if _rope_type(rope) != "default" and result.get("rope_scaling") is None:
             result["rope_scaling"] = _restored_scaling(kind, rope)
-            changes.append(f"rope_scaling: restored {_rope_type(rope)} scaling from rope_parameters")
+            kind_name = _rope_type(rope)
+            changes.append(f"rope_scaling: restored {kind_name} scaling from rope_parameters")
         if kind == "phi3" and "original_max_position_embeddings" in rope and \
                 "original_max_position_embeddings" not in result:
             result["original_max_position_embeddings"] = rope["original_max_position_embeddings"]

@@ -8,7 +8,6 @@ before any download or container starts, against the lists read from MLC-LLM v0.
 from __future__ import annotations
 
 import difflib
-import json
 import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -44,7 +43,8 @@ DEFAULT_PREFILL_CHUNK = 1024
 
 # The conversation template a model type gets when the user names none.
 DEFAULT_CONV_TEMPLATE: dict[str, str] = {
-    "qwen2": "qwen2", "llama": "llama-3", "gemma2": "gemma_instruction", "gemma": "gemma_instruction",
+    "qwen2": "qwen2", "llama": "llama-3", "gemma2": "gemma_instruction",
+    "gemma": "gemma_instruction",
     "phi3": "phi-3", "mistral": "mistral_default", "olmo": "olmo", "nemotron": "nemotron",
     "deepseek_v2": "deepseek_v2", "stablelm": "stablelm-2",
 }
@@ -169,14 +169,13 @@ def default_conv_template(model_type: str) -> str:
 
 def read_hf_model_type(folder: Path) -> str:
     """The `model_type` in a local model folder's config.json."""
+    from webslm.normalize import load_config
+
     config_path = folder / "config.json"
     if not config_path.is_file():
-        raise BadInput(f"{folder} has no config.json", "point --model at a Hugging Face model folder")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise BadInput(f"{config_path} is not valid JSON ({error})", "fix or re-download it") from error
-    model_type = config.get("model_type") if isinstance(config, dict) else None
+        raise BadInput(f"{folder} has no config.json",
+                       "point --model at a Hugging Face model folder")
+    model_type = load_config(config_path).get("model_type")
     if not isinstance(model_type, str):
         raise BadInput(f"{config_path} has no model_type", "pass --model-type explicitly")
     return model_type
@@ -221,7 +220,8 @@ def resolve_spec(
         if "@" in model and not Path(model).exists():
             source, revision = model.rsplit("@", 1)
             if not revision:
-                raise BadInput(f"empty revision in {model!r}", "use ORG/NAME@REVISION or drop the @")
+                raise BadInput(f"empty revision in {model!r}",
+                               "use ORG/NAME@REVISION or drop the @")
         if is_local_model(source):
             source = str(Path(source).expanduser().resolve())
             if not Path(source).is_dir():
@@ -238,7 +238,8 @@ def resolve_spec(
         _check_choice("conversation template", chosen_template, CONV_TEMPLATES)
     elif chosen_type != AUTO:
         chosen_template = default_conv_template(chosen_type)
-    chosen_quant = _check_choice("quantization", quantization or DEFAULT_QUANTIZATION, QUANTIZATIONS)
+    chosen_quant = _check_choice(
+        "quantization", quantization or DEFAULT_QUANTIZATION, QUANTIZATIONS)
 
     chosen_name = name or base_name
     if not _NAME.match(chosen_name):

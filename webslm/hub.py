@@ -1,0 +1,170 @@
+"""Resolve a model argument to a checked local folder: a folder on disk or a Hugging Face snapshot.
+
+Hub downloads take only what a build needs (configs, tokenizer files, safetensors) and record
+the commit they resolved to, so a build names the exact bytes it used. Models are refused
+before any tool sees them when they would run code: `auto_map` (the model's own Python) or
+pickle weights (unless the user says --allow-pickle). No trust_remote_code, ever.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from webslm.errors import BadInput, MissingEnvironment
+from webslm.normalize import load_config
+from webslm.spec import AUTO, BuildSpec, mlc_model_type
+
+CONFIG_FILES = ("config.json", "generation_config.json", "webslm.json")
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json", "merges.txt",
+    "added_tokens.json", "special_tokens_map.json", "chat_template.jinja",
+)
+SAFETENSORS_PATTERNS = ("*.safetensors", "model.safetensors.index.json")
+PICKLE_PATTERNS = ("pytorch_model*.bin", "pytorch_model.bin.index.json")
+MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A local folder holding a checked model, and where it came from."""
+
+    path: Path
+    repo_id: str | None
+    revision: str | None
+    model_type: str
+    files: tuple[str, ...]
+
+
+def allow_patterns(allow_pickle: bool) -> list[str]:
+    """The Hub allow-list: what a build reads, and pickle weights only when asked for."""
+    patterns = [*CONFIG_FILES, *TOKENIZER_FILES, *SAFETENSORS_PATTERNS]
+    return patterns + list(PICKLE_PATTERNS) if allow_pickle else patterns
+
+
+def check_safetensors_header(path: Path) -> None:
+    """Refuse a safetensors file whose header is unreadable or points past the file's end."""
+    size = path.stat().st_size
+    fix = "re-download or re-save the model"
+    with open(path, "rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            raise BadInput(f"corrupt safetensors file {path.name}: shorter than its header", fix)
+        (header_len,) = struct.unpack("<Q", prefix)
+        if header_len > min(size - 8, MAX_SAFETENSORS_HEADER):
+            raise BadInput(f"corrupt safetensors header in {path.name}: header length "
+                           f"{header_len} exceeds the file", fix)
+        try:
+            header = json.loads(handle.read(header_len))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise BadInput(f"corrupt safetensors header in {path.name}: not JSON", fix) from error
+    if not isinstance(header, dict):
+        raise BadInput(f"corrupt safetensors header in {path.name}: not an object", fix)
+    data_size = size - 8 - header_len
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if (not isinstance(offsets, list) or len(offsets) != 2
+                or not 0 <= offsets[0] <= offsets[1] <= data_size):
+            raise BadInput(f"corrupt safetensors header in {path.name}: tensor {name!r} lies "
+                           "outside the file", fix)
+
+
+def _weight_files(folder: Path, names: list[str], allow_pickle: bool) -> list[str]:
+    safetensors = [n for n in names if n.endswith(".safetensors")]
+    pickles = [n for n in names if n.endswith((".bin", ".pt", ".pth"))]
+    if safetensors:
+        for name in safetensors:
+            check_safetensors_header(folder / name)
+        index = folder / "model.safetensors.index.json"
+        if index.is_file():
+            shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
+            missing = sorted(shards - set(names))
+            if missing:
+                raise BadInput(f"{folder} lacks safetensors shards {', '.join(missing)}",
+                               "re-download the model")
+        return safetensors + (["model.safetensors.index.json"] if index.is_file() else [])
+    if pickles:
+        if not allow_pickle:
+            raise BadInput(f"{folder} has only pickle weights ({pickles[0]}), which can run code "
+                           "when loaded", "convert them to safetensors, or pass --allow-pickle "
+                           "for a model you trust")
+        return pickles + [n for n in names if n == "pytorch_model.bin.index.json"]
+    raise BadInput(f"{folder} has no weights (*.safetensors)", "point at a complete model folder")
+
+
+def check_model_folder(folder: Path, *, allow_pickle: bool = False) -> tuple[str, tuple[str, ...]]:
+    """Validate a model folder; return its MLC model type and the files a build uses."""
+    if not folder.is_dir():
+        raise BadInput(f"model folder {folder} does not exist", "pass an existing folder")
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise BadInput(f"{folder} has no config.json", "point at a Hugging Face model folder")
+    config: dict[str, Any] = load_config(config_path)
+    if "auto_map" in config:
+        raise BadInput(f"{folder.name} needs its own model code (auto_map in config.json), which "
+                       "webslm never runs", "pick a model whose architecture transformers and "
+                       "MLC-LLM support natively")
+    model_type = mlc_model_type(str(config.get("model_type", "")))
+    names = sorted(p.name for p in folder.iterdir() if p.is_file())
+    if not any(n in ("tokenizer.json", "tokenizer.model") for n in names):
+        raise BadInput(f"{folder} has no tokenizer (tokenizer.json or tokenizer.model)",
+                       "add the model's tokenizer files")
+    weights = _weight_files(folder, names, allow_pickle)
+    kept = [n for n in names if n in CONFIG_FILES or n in TOKENIZER_FILES]
+    return model_type, tuple(sorted(set(kept + weights)))
+
+
+def _download(repo_id: str, revision: str | None, allow_pickle: bool) -> Path:
+    """snapshot_download with the allow-list; Hub errors become one-line webslm errors."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    where = f"{repo_id}@{revision}" if revision else repo_id
+    try:
+        return Path(snapshot_download(repo_id, revision=revision,
+                                      allow_patterns=allow_patterns(allow_pickle)))
+    except GatedRepoError as error:
+        raise BadInput(f"{repo_id} is gated", "accept its license on the Hub, then log in with "
+                       "`hf auth login` or set HF_TOKEN") from error
+    except RepositoryNotFoundError as error:
+        raise BadInput(f"no model {repo_id} on the Hugging Face Hub (or it is private)",
+                       "check the id, or log in for a private repo") from error
+    except RevisionNotFoundError as error:
+        raise BadInput(f"{repo_id} has no revision {revision!r}",
+                       "pass an existing branch, tag or commit after @") from error
+    except LocalEntryNotFoundError as error:
+        raise MissingEnvironment(f"cannot reach the Hugging Face Hub and {where} is not in the "
+                                 "local cache", "connect to the network, or download it first "
+                                 "with network access") from error
+    except HfHubHTTPError as error:
+        raise MissingEnvironment(f"the Hugging Face Hub answered an error for {where} "
+                                 f"({error.__class__.__name__})", "try again later") from error
+    except OSError as error:
+        raise MissingEnvironment(f"cannot download {where}: {error.__class__.__name__}",
+                                 "check the network and disk space") from error
+
+
+def resolve_model(spec: BuildSpec, *, allow_pickle: bool = False) -> ResolvedModel:
+    """A checked local folder for the spec's model, downloading a Hub model when needed."""
+    if spec.is_local:
+        folder, repo_id, revision = Path(spec.model), None, None
+    else:
+        folder = _download(spec.model, spec.revision, allow_pickle)
+        repo_id, revision = spec.model, folder.name
+    model_type, files = check_model_folder(folder, allow_pickle=allow_pickle)
+    if spec.model_type not in (AUTO, model_type):
+        raise BadInput(f"--model-type {spec.model_type} does not match the model's config.json "
+                       f"({model_type})", f"drop --model-type or pass {model_type}")
+    return ResolvedModel(path=folder, repo_id=repo_id, revision=revision,
+                         model_type=model_type, files=files)
