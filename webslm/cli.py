@@ -250,6 +250,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except WebslmError as error:
         print(f"webslm: error: {error.line()}", file=sys.stderr)
         return error.exit_code
+    except ImportError as error:
+        if not (error.name or "").startswith("webslm"):
+            raise
+        print(f"webslm: error: `webslm {args.command}` is not built yet ({error})",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("webslm: interrupted; outputs already in place are unchanged", file=sys.stderr)
         return 130
