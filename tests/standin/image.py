@@ -2,13 +2,15 @@
 
 The tag derives from the stand-in's files and the base image's ID, so editing the stand-in or
 remaking the base makes a new image and an unchanged stand-in is never rebuilt. The Toolchain has
-a fake 64-hex ID (derived from the same hash): the real ID belongs to the real image only.
+a fake 64-hex ID derived from the tag and its environment (another test setting is another
+toolchain): the real ID belongs to the real image only.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -58,12 +60,13 @@ def standin_toolchain(tag: str, **env: str) -> Any:
     """A Toolchain running the stand-in image; extra env reaches the stand-in (test settings)."""
     from webslm.toolchain import Toolchain
 
-    fake_id = hashlib.sha256(b"standin-toolchain:" + tag.encode()).hexdigest()
+    full_env = {**DETERMINISM_ENV, **env}
+    described = json.dumps({"image": tag, "env": full_env}, sort_keys=True)
     return Toolchain(
-        id=fake_id,
+        id=hashlib.sha256(b"standin-toolchain:" + described.encode()).hexdigest(),
         image=tag,
         lock_digest=hashlib.sha256(b"standin-lock").hexdigest(),
         webllm_version=WEBLLM_VERSION,
-        env={**DETERMINISM_ENV, **env},
+        env=full_env,
         seccomp_profile=None,
     )
