@@ -1,0 +1,685 @@
+"""The pinned toolchain image: its lock, its content-addressed ID, and how it is built.
+
+`docker/toolchain.lock.json` is the one source of truth for every input of the image (base image
+digest, Debian snapshot and apt versions, Rust, emsdk, MLC-LLM and submodule commits, vendored
+crates, Python wheels, determinism patches). The toolchain ID is a sha256 over the canonical lock
+(so key order and whitespace do not matter) and every file of the build context (docker/), so a
+changed byte anywhere is a new image tag `webslm-toolchain:<first 12 hex>`.
+
+A value that could not be resolved on the machine that wrote the lock is an explicit placeholder
+(`PLACEHOLDER:...`), never a guess; building with placeholders needs `--allow-unpinned`, and
+`webslm toolchain refresh-lock` resolves them on a networked machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import subprocess
+import sys
+import tarfile
+import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from webslm.errors import BadInput, MissingEnvironment, StageFailed
+from webslm.files import atomic_write_text, canonical_json, sha256_bytes, sha256_file
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DOCKER_DIR = REPO_ROOT / "docker"
+LOCK_NAME = "toolchain.lock.json"
+SECCOMP_NAME = "seccomp-no-aslr.json"
+PATCHES_DIR = "patches"
+IMAGE_REPOSITORY = "webslm-toolchain"
+ID_LABEL = "org.webslm.toolchain.id"
+FINAL_STAGE = "toolchain"
+PLACEHOLDER_PREFIX = "PLACEHOLDER:"
+PLACEHOLDER = PLACEHOLDER_PREFIX + "resolve-with-refresh-lock"
+ID_DOMAIN = b"webslm-toolchain-id/1\n"
+CONTEXT_SKIP = frozenset({"__pycache__", ".pytest_cache"})
+
+_HEX40 = re.compile(r"^[0-9a-f]{40}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+# ---------------------------------------------------------------------------------------------
+# The lock: parsing and validation (pure)
+# ---------------------------------------------------------------------------------------------
+
+
+def is_placeholder(value: object) -> bool:
+    return isinstance(value, str) and value.startswith(PLACEHOLDER_PREFIX)
+
+
+def find_placeholders(value: object, path: str = "") -> tuple[str, ...]:
+    """Dotted paths of every placeholder left in a JSON value, in key order."""
+    if is_placeholder(value):
+        return (path,)
+    found: list[str] = []
+    if isinstance(value, Mapping):
+        for key in sorted(value):
+            found += find_placeholders(value[key], f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found += find_placeholders(item, f"{path}[{index}]")
+    return tuple(found)
+
+
+@dataclass(frozen=True)
+class SourcePin:
+    """A git checkout at a pinned commit: `path` is where it lands under /src."""
+
+    path: str
+    repo: str
+    commit: str
+
+
+@dataclass(frozen=True)
+class ToolchainLock:
+    """The validated lock. `data` is the parsed JSON; the fields are the parts code reads."""
+
+    data: Mapping[str, Any]
+    source_date_epoch: int
+    webllm_version: str
+    base_image: str
+    debian_archive: str
+    debian_security_archive: str
+    apt_packages: Mapping[str, str]
+    llvm_major: int
+    rust_toolchain: str
+    emscripten_version: str
+    sources: tuple[SourcePin, ...]
+    patches: Mapping[str, str]
+    placeholders: tuple[str, ...]
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the canonical lock: formatting and key order do not change it."""
+        return sha256_bytes(canonical_json(self.data).encode())
+
+    def source(self, path: str) -> SourcePin:
+        for pin in self.sources:
+            if pin.path == path:
+                return pin
+        raise KeyError(path)
+
+
+def _need(data: Mapping[str, Any], dotted: str, kind: type | tuple[type, ...]) -> Any:
+    value: Any = data
+    for key in dotted.split("."):
+        if not isinstance(value, Mapping) or key not in value:
+            raise BadInput(f"toolchain lock: missing `{dotted}`",
+                           "restore it from git or see docs/toolchain.md")
+        value = value[key]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise BadInput(f"toolchain lock: `{dotted}` has the wrong type",
+                       "see docs/toolchain.md for the lock's format")
+    return value
+
+
+def _check_pin(dotted: str, value: str, pattern: re.Pattern[str], what: str) -> None:
+    if not is_placeholder(value) and not pattern.match(value):
+        raise BadInput(f"toolchain lock: `{dotted}` is not {what} nor a placeholder: {value!r}",
+                       f"write {what} or `{PLACEHOLDER}`")
+
+
+def parse_lock(data: Mapping[str, Any]) -> ToolchainLock:
+    """Validate the lock's shape and every pin's form; BadInput names the first bad entry."""
+    if _need(data, "schema", int) != 1:
+        raise BadInput("toolchain lock: unknown schema", "this webslm reads schema 1")
+    base_ref = _need(data, "base_image.ref", str)
+    base_digest = _need(data, "base_image.digest", str)
+    _check_pin("base_image.digest", base_digest, _DIGEST, "sha256:<64 hex>")
+    apt = _need(data, "debian.packages", Mapping)
+    for name, version in apt.items():
+        if not isinstance(version, str) or not version or is_placeholder(version):
+            raise BadInput(f"toolchain lock: apt package {name} has no exact version",
+                           "pin it to the version in the Debian snapshot")
+    llvm_major = _need(data, "llvm.major", int)
+    if llvm_major < 15 or f"libpolly-{llvm_major}-dev" not in apt:
+        raise BadInput(f"toolchain lock: LLVM {llvm_major} needs LLVM >= 15 and "
+                       f"libpolly-{llvm_major}-dev pinned", "pin llvm-N-dev with libpolly-N-dev")
+    _check_pin("rust.installer_sha256", _need(data, "rust.installer_sha256", str), _HEX64,
+               "64 hex")
+    _check_pin("emscripten.emsdk_commit", _need(data, "emscripten.emsdk_commit", str), _HEX40,
+               "a 40-hex commit")
+    _check_pin("cargo_vendor.tree_sha256", _need(data, "cargo_vendor.tree_sha256", str), _HEX64,
+               "64 hex")
+    sources = []
+    for path, entry in sorted(_need(data, "sources", Mapping).items()):
+        repo = entry.get("repo") if isinstance(entry, Mapping) else None
+        commit = entry.get("commit") if isinstance(entry, Mapping) else None
+        if not isinstance(repo, str) or not isinstance(commit, str):
+            raise BadInput(f"toolchain lock: source {path} needs a repo and a commit",
+                           "pin it by repository URL and commit")
+        _check_pin(f"sources.{path}.commit", commit, _HEX40, "a 40-hex commit")
+        sources.append(SourcePin(path=path, repo=repo, commit=commit))
+    if "mlc-llm" not in {pin.path for pin in sources}:
+        raise BadInput("toolchain lock: `sources.mlc-llm` is missing", "pin MLC-LLM's commit")
+    for name, entry in _need(data, "python.packages", Mapping).items():
+        hashes = entry.get("sha256") if isinstance(entry, Mapping) else None
+        if not isinstance(entry.get("version"), str) or not isinstance(hashes, list) or not hashes:
+            raise BadInput(f"toolchain lock: python package {name} needs a version and hashes",
+                           "run: webslm toolchain refresh-lock")
+        for index, value in enumerate(hashes):
+            _check_pin(f"python.packages.{name}.sha256[{index}]", value, _HEX64, "64 hex")
+    patches = _need(data, "patches", Mapping)
+    for name, digest in patches.items():
+        _check_pin(f"patches.{name}", digest, _HEX64, "64 hex")
+    epoch = _need(data, "source_date_epoch", int)
+    if epoch <= 0:
+        raise BadInput("toolchain lock: source_date_epoch must be a positive integer",
+                       "use the release date of the pinned MLC-LLM as a Unix time")
+    return ToolchainLock(
+        data=data,
+        source_date_epoch=epoch,
+        webllm_version=_need(data, "webllm.version", str),
+        base_image=f"{base_ref}@{base_digest}",
+        debian_archive=_need(data, "debian.archive", str),
+        debian_security_archive=_need(data, "debian.security_archive", str),
+        apt_packages=dict(apt),
+        llvm_major=llvm_major,
+        rust_toolchain=_need(data, "rust.toolchain", str),
+        emscripten_version=_need(data, "emscripten.version", str),
+        sources=tuple(sources),
+        patches=dict(patches),
+        placeholders=find_placeholders(data),
+    )
+
+
+def read_lock_json(docker_dir: Path = DOCKER_DIR) -> dict[str, Any]:
+    path = docker_dir / LOCK_NAME
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as error:
+        raise BadInput(f"no toolchain lock at {path}", "restore docker/ from git") from error
+    except json.JSONDecodeError as error:
+        raise BadInput(f"toolchain lock {path} is not valid JSON: {error}",
+                       "fix the syntax or restore it from git") from error
+
+
+def load_lock(docker_dir: Path = DOCKER_DIR) -> ToolchainLock:
+    """Read, parse and validate docker/toolchain.lock.json."""
+    return parse_lock(read_lock_json(docker_dir))
+
+
+def patch_mismatches(lock: ToolchainLock, docker_dir: Path = DOCKER_DIR) -> tuple[str, ...]:
+    """Patches whose file digest differs from the lock, or that exist on one side only."""
+    folder = docker_dir / PATCHES_DIR
+    on_disk = {p.name: sha256_file(p) for p in sorted(folder.glob("*.py"))} if folder.is_dir() \
+        else {}
+    names = sorted(set(on_disk) | set(lock.patches))
+    return tuple(name for name in names if on_disk.get(name) != lock.patches.get(name))
+
+
+# ---------------------------------------------------------------------------------------------
+# The ID and the build context (pure over the files of docker/)
+# ---------------------------------------------------------------------------------------------
+
+
+def context_files(docker_dir: Path = DOCKER_DIR) -> tuple[Path, ...]:
+    """Every file of the build context, sorted by relative path (caches excluded)."""
+    files = [p for p in docker_dir.rglob("*")
+             if p.is_file() and not CONTEXT_SKIP.intersection(p.relative_to(docker_dir).parts)]
+    return tuple(sorted(files, key=lambda p: p.relative_to(docker_dir).as_posix()))
+
+
+def _context_entries(docker_dir: Path) -> Iterator[tuple[str, bytes, int]]:
+    """(relative name, bytes, mode) of each context file; the lock enters in canonical form."""
+    for path in context_files(docker_dir):
+        name = path.relative_to(docker_dir).as_posix()
+        mode = 0o755 if path.stat().st_mode & 0o111 else 0o644
+        data = path.read_bytes()
+        if name == LOCK_NAME:
+            data = canonical_json(json.loads(data)).encode()
+        yield name, data, mode
+
+
+def toolchain_id(docker_dir: Path = DOCKER_DIR) -> str:
+    """sha256 over the canonical lock, the Dockerfile and every file of the build context."""
+    digest = hashlib.sha256(ID_DOMAIN)
+    for name, data, mode in _context_entries(docker_dir):
+        digest.update(f"{name}\0{mode:o}\0{len(data)}\0".encode())
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def image_tag(identifier: str) -> str:
+    return f"{IMAGE_REPOSITORY}:{identifier[:12]}"
+
+
+def context_tar(docker_dir: Path = DOCKER_DIR) -> io.BytesIO:
+    """The build context as a tar with fixed metadata: the same files give the same bytes."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data, mode in _context_entries(docker_dir):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), mode, 0
+            tar.addfile(info, io.BytesIO(data))
+    buffer.seek(0)
+    return buffer
+
+
+# ---------------------------------------------------------------------------------------------
+# What the image and the stages get from the lock (pure)
+# ---------------------------------------------------------------------------------------------
+
+
+def determinism_env(lock: ToolchainLock) -> dict[str, str]:
+    """Settings every stage container runs with (also baked into the image)."""
+    return {"SOURCE_DATE_EPOCH": str(lock.source_date_epoch), "TZ": "UTC",
+            "LC_ALL": "C.UTF-8", "PYTHONHASHSEED": "0"}
+
+
+def build_args(lock: ToolchainLock, identifier: str, *, base_image: str | None = None,
+               debian_archive: str | None = None,
+               debian_security_archive: str | None = None) -> dict[str, str]:
+    """The Docker build arguments, every one read from the lock.
+
+    The overrides exist for machines that cannot reach the pinned base image or the snapshot
+    archive (this project's CI builds the Debian-only stages from a locally made base and the
+    plain Debian mirror); the apt versions stay the lock's either way.
+    """
+    apt = " ".join(f"{name}={version}" for name, version in sorted(lock.apt_packages.items()))
+    return {
+        "BASE_IMAGE": base_image or lock.base_image,
+        "DEBIAN_ARCHIVE": debian_archive or lock.debian_archive,
+        "DEBIAN_SECURITY_ARCHIVE": debian_security_archive or lock.debian_security_archive,
+        "DEBIAN_SUITE": str(lock.data["debian"]["suite"]),
+        "APT_PACKAGES": apt,
+        "LLVM_MAJOR": str(lock.llvm_major),
+        "SOURCE_DATE_EPOCH": str(lock.source_date_epoch),
+        "RUST_TOOLCHAIN": lock.rust_toolchain,
+        "RUSTUP_INIT_URL": str(lock.data["rust"]["installer_url"]),
+        "RUSTUP_INIT_SHA256": str(lock.data["rust"]["installer_sha256"]),
+        "EMSCRIPTEN_VERSION": lock.emscripten_version,
+        "EMSDK_REPO": str(lock.data["emscripten"]["emsdk_repo"]),
+        "EMSDK_COMMIT": str(lock.data["emscripten"]["emsdk_commit"]),
+        "TOOLCHAIN_ID": identifier,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The shared contract: Toolchain, current_toolchain(), docker_client()
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Toolchain:
+    """The image the pipeline's container stages run in, and what provenance records of it."""
+
+    id: str
+    image: str
+    lock_digest: str
+    webllm_version: str
+    env: Mapping[str, str]
+    seccomp_profile: Path | None
+
+
+def current_toolchain(docker_dir: Path = DOCKER_DIR) -> Toolchain:
+    """The toolchain the working tree's docker/ describes (the image may not be built yet)."""
+    lock = load_lock(docker_dir)
+    identifier = toolchain_id(docker_dir)
+    seccomp = docker_dir / SECCOMP_NAME
+    return Toolchain(
+        id=identifier,
+        image=image_tag(identifier),
+        lock_digest=lock.digest,
+        webllm_version=lock.webllm_version,
+        env=determinism_env(lock),
+        seccomp_profile=seccomp if seccomp.is_file() else None,
+    )
+
+
+def docker_client() -> Any:
+    """A Docker SDK client that answered a ping; MissingEnvironment when no engine answers."""
+    try:
+        import docker
+    except ImportError as error:
+        raise MissingEnvironment("the Python Docker SDK is not installed",
+                                 "run: pip install docker (or bash .ci/setup)") from error
+    try:
+        client = docker.from_env(timeout=600)
+        client.ping()
+    except Exception as error:  # DockerException, requests errors, socket errors
+        raise MissingEnvironment(f"no Docker engine answers ({type(error).__name__})",
+                                 "start it (e.g. `dockerd &` or `bash .ci/setup`)") from error
+    return client
+
+
+def image_exists(client: Any, ref: str) -> bool:
+    import docker.errors
+
+    try:
+        client.images.get(ref)
+    except docker.errors.ImageNotFound:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Building, pulling and pushing the image (side effects at the edges)
+# ---------------------------------------------------------------------------------------------
+
+
+def registry_ref(ref: str, identifier: str) -> str:
+    """REF as given when it names a tag or digest, else REF tagged with the ID's 12 hex."""
+    last = ref.rsplit("/", 1)[-1]
+    return ref if (":" in last or "@" in ref) else f"{ref}:{identifier[:12]}"
+
+
+def build_image(client: Any, tag: str, buildargs: Mapping[str, str], *, target: str,
+                docker_dir: Path = DOCKER_DIR, log: Any = sys.stderr) -> str:
+    """Build one stage of docker/Dockerfile with the classic builder API; return the image ID.
+
+    The Docker SDK talks to the engine's API, so this works with any daemon (this project's
+    CI has Docker 20.10 without buildx); the log streams to `log`.
+    """
+    import docker.errors
+
+    try:
+        stream = client.api.build(fileobj=context_tar(docker_dir), custom_context=True,
+                                  tag=tag, target=target, buildargs=dict(buildargs), rm=True,
+                                  forcerm=True, decode=True, labels={ID_LABEL: buildargs.get(
+                                      "TOOLCHAIN_ID", "")})
+        tail: list[str] = []
+        for chunk in stream:
+            if "stream" in chunk:
+                log.write(chunk["stream"])
+                tail = (tail + chunk["stream"].splitlines())[-5:]
+            if "error" in chunk:
+                last = " | ".join(line.strip() for line in tail if line.strip())[-400:]
+                raise StageFailed(f"toolchain build failed at stage {target}: "
+                                  f"{chunk['error'].strip()} ({last})",
+                                  "read the build log above; fix the lock or Dockerfile")
+    except docker.errors.APIError as error:
+        raise StageFailed(f"the Docker engine refused the build: {error.explanation}",
+                          "check `docker info` and the build arguments") from error
+    return str(client.images.get(tag).id)
+
+
+def pull_image(client: Any, ref: str, toolchain: Toolchain) -> None:
+    """Pull REF, check its ID label matches, and tag it as the local toolchain tag."""
+    import docker.errors
+
+    full = registry_ref(ref, toolchain.id)
+    try:
+        image = client.images.pull(full)
+    except docker.errors.APIError as error:
+        raise MissingEnvironment(f"cannot pull {full}: {error.explanation}",
+                                 "check the registry reference and your network") from error
+    label = (image.labels or {}).get(ID_LABEL)
+    if label != toolchain.id:
+        raise BadInput(f"{full} is toolchain {label or 'unknown'}, not {toolchain.id}",
+                       "pull the tag built from this lock, or build it: invoke toolchain")
+    repository, tag = toolchain.image.split(":")
+    image.tag(repository, tag)
+
+
+def push_image(client: Any, ref: str, toolchain: Toolchain) -> str:
+    """Tag the local toolchain image as REF (tagged with the ID when REF has no tag); push it."""
+    full = registry_ref(ref, toolchain.id)
+    repository, _, tag = full.rpartition(":")
+    client.images.get(toolchain.image).tag(repository, tag)
+    for chunk in client.images.push(repository, tag=tag, stream=True, decode=True):
+        if "error" in chunk:
+            raise StageFailed(f"push to {full} failed: {chunk['error']}",
+                              "log in to the registry (docker login) and retry")
+    return full
+
+
+def ensure_toolchain_image(*, pull: str | None = None, push: str | None = None,
+                           allow_unpinned: bool = False, docker_dir: Path = DOCKER_DIR,
+                           log: Any = sys.stderr) -> Toolchain:
+    """Make the image of the current lock present locally: as is, pulled, or built."""
+    lock = load_lock(docker_dir)
+    stale = patch_mismatches(lock, docker_dir)
+    if stale:
+        raise BadInput(f"patch digests differ from the lock: {', '.join(stale)}",
+                       "run: webslm toolchain refresh-lock (it records the patches' digests)")
+    if lock.placeholders and not allow_unpinned:
+        raise BadInput(f"the toolchain lock has {len(lock.placeholders)} unresolved "
+                       f"placeholders (first: {lock.placeholders[0]})",
+                       "run `webslm toolchain refresh-lock` on a networked machine, or pass "
+                       "--allow-unpinned to build unpinned")
+    toolchain = current_toolchain(docker_dir)
+    client = docker_client()
+    if not image_exists(client, toolchain.image):
+        if pull:
+            pull_image(client, pull, toolchain)
+        else:
+            build_image(client, toolchain.image, build_args(lock, toolchain.id),
+                        target=FINAL_STAGE, docker_dir=docker_dir, log=log)
+    if push:
+        log.write(f"pushed {push_image(client, push, toolchain)}\n")
+    return toolchain
+
+
+def check_report(docker_dir: Path = DOCKER_DIR) -> str:
+    """What `toolchain check` prints: ID, tag, whether the image exists, placeholders left."""
+    lock = load_lock(docker_dir)
+    toolchain = current_toolchain(docker_dir)
+    try:
+        present = "yes" if image_exists(docker_client(), toolchain.image) else "no"
+    except MissingEnvironment:
+        present = "unknown (no Docker engine)"
+    lines = [f"id: {toolchain.id}", f"image: {toolchain.image}", f"image present: {present}",
+             f"lock digest: {lock.digest}", f"placeholders: {len(lock.placeholders)}"]
+    lines += [f"  {path}" for path in lock.placeholders]
+    lines += [f"patch digest differs from lock: {name}"
+              for name in patch_mismatches(lock, docker_dir)]
+    return "\n".join(lines) + "\n"
+
+
+def toolchain_command(action: str = "build", pull: str | None = None, push: str | None = None,
+                      allow_unpinned: bool = False) -> int:
+    """`webslm toolchain [build|id|check|refresh-lock]`; returns the exit code."""
+    if action == "id":
+        load_lock()
+        sys.stdout.write(toolchain_id() + "\n")
+        return 0
+    if action == "check":
+        sys.stdout.write(check_report())
+        return 0
+    if action == "refresh-lock":
+        return refresh_command()
+    if action == "build":
+        toolchain = ensure_toolchain_image(pull=pull, push=push, allow_unpinned=allow_unpinned)
+        sys.stdout.write(f"{toolchain.image}\n")
+        return 0
+    raise BadInput(f"unknown toolchain action {action!r}", "use build, id, check or refresh-lock")
+
+
+# ---------------------------------------------------------------------------------------------
+# refresh-lock: resolve placeholders on a networked machine (GitHub, registries, PyPI)
+# ---------------------------------------------------------------------------------------------
+
+Resolver = Any  # Callable[[dict], str | list[str]]: raises on failure, keeps the placeholder
+WHEEL_TAGS = ("py3-none-any", "py2.py3-none-any", "cp311-cp311-manylinux", "cp311-abi3-manylinux",
+              "cp37-abi3-manylinux", "cp38-abi3-manylinux", "cp39-abi3-manylinux")
+
+
+def _fetch(url: str, headers: Mapping[str, str] | None = None, method: str = "GET") -> Any:
+    request = urllib.request.Request(url, headers=dict(headers or {}), method=method)
+    return urllib.request.urlopen(request, timeout=60)  # noqa: S310 (https URLs from the lock)
+
+
+def _git(*argv: str, cwd: Path | None = None) -> str:
+    result = subprocess.run(["git", *argv], cwd=cwd, capture_output=True, text=True,
+                            check=False, timeout=600)
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr.strip().splitlines()[-1] if result.stderr else "git")
+    return result.stdout
+
+
+def resolve_base_digest(ref: str) -> str:
+    """The manifest-list digest of a Docker Hub reference, through the registry's HTTP API."""
+    name, tag = ref.removeprefix("docker.io/").rsplit(":", 1)
+    token_url = ("https://auth.docker.io/token?service=registry.docker.io"
+                 f"&scope=repository:{name}:pull")
+    token = json.load(_fetch(token_url))["token"]
+    accept = ", ".join(["application/vnd.oci.image.index.v1+json",
+                        "application/vnd.docker.distribution.manifest.list.v2+json",
+                        "application/vnd.docker.distribution.manifest.v2+json"])
+    response = _fetch(f"https://registry-1.docker.io/v2/{name}/manifests/{tag}",
+                      {"Authorization": f"Bearer {token}", "Accept": accept}, method="HEAD")
+    return str(response.headers["Docker-Content-Digest"])
+
+
+def resolve_download_sha256(url: str) -> str:
+    digest = hashlib.sha256()
+    with _fetch(url) as response:
+        while chunk := response.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def resolve_tag_commit(repo: str, tag: str) -> str:
+    """The commit a tag names (peeled when annotated)."""
+    lines = _git("ls-remote", repo, f"refs/tags/{tag}", f"refs/tags/{tag}^{{}}").splitlines()
+    refs = dict(reversed(line.split("\t")) for line in lines)
+    return refs.get(f"refs/tags/{tag}^{{}}") or refs[f"refs/tags/{tag}"]
+
+
+def resolve_gitlink(repo: str, commit: str, path: str, scratch: Path) -> str:
+    """The commit a parent repository's tree records for the submodule at `path`."""
+    folder = scratch / hashlib.sha256(f"{repo}@{commit}".encode()).hexdigest()[:16]
+    if not folder.exists():
+        folder.mkdir(parents=True)
+        _git("init", "-q", cwd=folder)
+        _git("fetch", "-q", "--depth=1", "--filter=blob:none", repo, commit, cwd=folder)
+    mode, kind, sha = _git("ls-tree", commit, path, cwd=folder).split("\t")[0].split()
+    if kind != "commit":
+        raise RuntimeError(f"{path} is not a submodule at {commit[:12]} ({mode} {kind})")
+    return sha
+
+
+def wheel_fits(filename: str) -> bool:
+    """A wheel that installs on CPython 3.11 x86_64 Linux, or an sdist-free pure wheel."""
+    return filename.endswith(".whl") and (
+        any(tag in filename for tag in WHEEL_TAGS) and
+        ("manylinux" not in filename or "x86_64" in filename))
+
+
+def resolve_pypi_hashes(index_json_url: str, name: str, version: str) -> list[str]:
+    release = json.load(_fetch(f"{index_json_url}/{name}/{version}/json"))
+    hashes = sorted(f["digests"]["sha256"] for f in release["urls"] if wheel_fits(f["filename"]))
+    if not hashes:
+        raise RuntimeError(f"no CPython 3.11 x86_64 wheel of {name}=={version}")
+    return hashes
+
+
+def resolve_find_links_hashes(page: str, name: str, version: str) -> list[str]:
+    html = _fetch(page).read().decode()
+    pattern = re.escape(f"{name}-{version}".replace("+", "%2B")) + r"-cp311-cp311-[^\"#]*" \
+        r"linux_x86_64\.whl#sha256=([0-9a-f]{64})"
+    hashes = sorted(set(re.findall(pattern, html)))
+    if not hashes:
+        raise RuntimeError(f"no {name}=={version} cp311 x86_64 wheel listed at {page}")
+    return hashes
+
+
+def patch_digests(docker_dir: Path = DOCKER_DIR) -> dict[str, str]:
+    return {p.name: sha256_file(p) for p in sorted((docker_dir / PATCHES_DIR).glob("*.py"))}
+
+
+def _resolvers(data: dict[str, Any], scratch: Path) -> Iterator[tuple[str, Resolver]]:
+    """(dotted path, zero-argument resolver) for every value refresh-lock can resolve."""
+    base = data["base_image"]
+    yield "base_image.digest", lambda: resolve_base_digest(base["ref"])
+    yield "rust.installer_sha256", lambda: resolve_download_sha256(data["rust"]["installer_url"])
+    emsdk = data["emscripten"]
+    yield "emscripten.emsdk_commit", lambda: resolve_tag_commit(emsdk["emsdk_repo"],
+                                                                emsdk["version"])
+    sources = data["sources"]
+    for path in sorted(sources):
+        parents = [p for p in sources if path.startswith(p + "/")]
+        if not parents:
+            continue
+        parent = max(parents, key=len)
+
+        def gitlink(parent: str = parent, path: str = path) -> str:
+            entry = sources[parent]
+            if is_placeholder(entry["commit"]):
+                raise RuntimeError(f"its parent {parent} is not pinned yet")
+            return resolve_gitlink(entry["repo"], entry["commit"], path[len(parent) + 1:],
+                                   scratch)
+        yield f"sources.{path}.commit", gitlink
+    yield "cargo_vendor.tree_sha256", lambda: resolve_cargo_vendor(data, scratch)
+    python = data["python"]
+    index_json = python["index_url"].replace("/simple", "/pypi")
+    for name, entry in sorted(python["packages"].items()):
+        yield (f"python.packages.{name}.sha256",
+               lambda n=name, e=entry: resolve_pypi_hashes(index_json, n, e["version"]))
+    torch = python["torch"]
+    yield "python.torch.sha256", lambda: resolve_find_links_hashes(
+        torch["find_links"], "torch", torch["version"])
+
+
+def resolve_cargo_vendor(data: Mapping[str, Any], scratch: Path) -> str:
+    """Vendor tokenizers-cpp's crates with cargo and hash the tree as the image build does."""
+    import runpy
+    import shutil
+
+    if shutil.which("cargo") is None:
+        raise RuntimeError("cargo is not installed")
+    pin = data["sources"]["mlc-llm/3rdparty/tokenizers-cpp"]
+    folder = scratch / "tokenizers-cpp"
+    if not folder.exists():
+        folder.mkdir(parents=True)
+        _git("init", "-q", cwd=folder)
+        _git("fetch", "-q", "--depth=1", pin["repo"], pin["commit"], cwd=folder)
+        _git("checkout", "-q", "FETCH_HEAD", cwd=folder)
+    manifest = folder / "rust" / "Cargo.toml"
+    subprocess.run(["cargo", "vendor", "--locked", "--manifest-path", str(manifest),
+                    str(folder / "vendor")], check=True, capture_output=True, timeout=1200)
+    tree = runpy.run_path(str(DOCKER_DIR / "scripts" / "tree_digest.py"))
+    return str(tree["tree_digest"](folder / "vendor"))
+
+
+def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    # source paths contain no dots but may contain slashes: `sources.<path>.commit`
+    target: Any = data
+    for key in keys[:-1]:
+        target = target[key]
+    target[keys[-1]] = value
+
+
+def refresh_lock(docker_dir: Path = DOCKER_DIR, *, only_placeholders: bool = True,
+                 log: Any = sys.stderr) -> tuple[str, ...]:
+    """Resolve what this machine can reach, write the lock atomically; return what is left."""
+    import tempfile
+
+    data = read_lock_json(docker_dir)
+    data["patches"] = patch_digests(docker_dir)
+    with tempfile.TemporaryDirectory(prefix="webslm-refresh-") as scratch:
+        for dotted, resolve in _resolvers(data, Path(scratch)):
+            current: Any = data
+            for key in dotted.split("."):
+                current = current[key]
+            if only_placeholders and not find_placeholders(current):
+                continue
+            try:
+                value = resolve()
+            except Exception as error:  # network, git, registry: keep the placeholder
+                log.write(f"unresolved {dotted}: {type(error).__name__}: {error}\n")
+                continue
+            _set(data, dotted, value)
+            log.write(f"resolved {dotted}\n")
+    lock = parse_lock(data)
+    atomic_write_text(docker_dir / LOCK_NAME, json.dumps(data, indent=2) + "\n")
+    return lock.placeholders
+
+
+def refresh_command() -> int:
+    left = refresh_lock()
+    if left:
+        sys.stderr.write(f"webslm: {len(left)} placeholders remain: {', '.join(left)}\n")
+        return MissingEnvironment.exit_code
+    return 0
