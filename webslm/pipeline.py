@@ -209,6 +209,12 @@ def link_files(source: Path, names: Sequence[str], target: Path) -> None:
         link_or_copy(source / name, target / name)
 
 
+def readable_by_anyone(folder: Path) -> None:
+    os.chmod(folder, 0o755)
+    for path in folder.rglob("*"):
+        os.chmod(path, 0o755 if path.is_dir() else 0o444)
+
+
 # ---------------------------------------------------------------------------- containers
 
 
@@ -297,6 +303,8 @@ class Display:
 
     def __init__(self, enabled: bool) -> None:
         self.progress: Progress | None = None
+        self.started = False
+        self.lock = threading.Lock()
         if enabled:
             from rich.console import Console
             from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -307,11 +315,13 @@ class Display:
 
     @contextlib.contextmanager
     def running(self) -> Iterator[None]:
-        if self.progress is None:
+        """Stop the display at the end; it starts with the first stage shown, so a build that
+        fails before any stage leaves only its one-line error on stderr."""
+        try:
             yield
-            return
-        with self.progress:
-            yield
+        finally:
+            if self.progress is not None and self.started:
+                self.progress.stop()
 
     @contextlib.contextmanager
     def stage(self, model_id: str, stage: str) -> Iterator[dict[str, bool]]:
@@ -320,6 +330,10 @@ class Display:
         if self.progress is None:
             yield state
             return
+        with self.lock:
+            if not self.started:
+                self.progress.start()
+                self.started = True
         label = f"{model_id} {stage}"
         task = self.progress.add_task(label, total=1)
         try:
@@ -385,6 +399,7 @@ class Build:
                 order = list(reversed(names)) if self.options.variation.reverse_input_order \
                     else list(names)
                 link_files(source.path, order, view)
+                readable_by_anyone(view)  # whichever uid the container runs as
                 assert self.engine is not None
                 self.engine.run(ContainerRun(
                     stage=name, model_id=self.spec.model_id, argv=tuple(argv),
@@ -399,10 +414,9 @@ class Build:
     def resolve(self) -> tuple[ResolvedModel, dict[str, str]]:
         from webslm.hub import resolve_model
 
-        with self.display.stage(self.spec.model_id, "resolve"):
-            model = resolve_model(self.spec, allow_pickle=self.options.allow_pickle)
-            self.spec = self.spec.with_model_type(model.model_type)
-            digests = hash_files(model.path, model.files)
+        model = resolve_model(self.spec, allow_pickle=self.options.allow_pickle)
+        self.spec = self.spec.with_model_type(model.model_type)
+        digests = hash_files(model.path, model.files)
         self.results["resolve"] = StageResult("resolve", model.path, digests, "", cached=False)
         return model, digests
 
@@ -428,6 +442,8 @@ class Build:
         model, digests = self.resolve()
         self.toolchain = _toolchain(self.options)
         self.engine = Engine(self.toolchain, self.options)
+        with self.display.stage(self.spec.model_id, "resolve"):
+            pass  # shown once the environment is known good: errors before it stay one line
         staged = self.stage_files(model, digests)
         names = sorted(staged.files)
         weights = self.container_stage("convert_weight", staged, convert_inputs(names),
