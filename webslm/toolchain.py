@@ -500,8 +500,6 @@ def toolchain_command(action: str = "build", pull: str | None = None, push: str 
 # ---------------------------------------------------------------------------------------------
 
 Resolver = Any  # Callable[[dict], str | list[str]]: raises on failure, keeps the placeholder
-WHEEL_TAGS = ("py3-none-any", "py2.py3-none-any", "cp311-cp311-manylinux", "cp311-abi3-manylinux",
-              "cp37-abi3-manylinux", "cp38-abi3-manylinux", "cp39-abi3-manylinux")
 
 
 def _fetch(url: str, headers: Mapping[str, str] | None = None, method: str = "GET") -> Any:
@@ -515,6 +513,19 @@ def _git(*argv: str, cwd: Path | None = None) -> str:
     if result.returncode != 0:
         raise RuntimeError(result.stderr.strip().splitlines()[-1] if result.stderr else "git")
     return result.stdout
+
+
+def _shallow_fetch(repo: str, commit: str, folder: Path, *options: str) -> None:
+    """Fetch one commit into a new folder; no folder is left behind when the fetch fails."""
+    import shutil
+
+    folder.mkdir(parents=True)
+    try:
+        _git("init", "-q", cwd=folder)
+        _git("fetch", "-q", "--depth=1", *options, repo, commit, cwd=folder)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 def resolve_base_digest(ref: str) -> str:
@@ -550,25 +561,47 @@ def resolve_gitlink(repo: str, commit: str, path: str, scratch: Path) -> str:
     """The commit a parent repository's tree records for the submodule at `path`."""
     folder = scratch / hashlib.sha256(f"{repo}@{commit}".encode()).hexdigest()[:16]
     if not folder.exists():
-        folder.mkdir(parents=True)
-        _git("init", "-q", cwd=folder)
-        _git("fetch", "-q", "--depth=1", "--filter=blob:none", repo, commit, cwd=folder)
+        _shallow_fetch(repo, commit, folder, "--filter=blob:none")
     mode, kind, sha = _git("ls-tree", commit, path, cwd=folder).split("\t")[0].split()
     if kind != "commit":
         raise RuntimeError(f"{path} is not a submodule at {commit[:12]} ({mode} {kind})")
     return sha
 
 
+def _wheel_parts(filename: str) -> tuple[str, str, str, str, str] | None:
+    """(normalized name, version, python tag, abi tag, platform tag) of a wheel file name."""
+    if not filename.endswith(".whl"):
+        return None
+    parts = filename[:-4].split("-")
+    if len(parts) not in (5, 6):
+        return None
+    name, version, python, abi, platform = parts[0], parts[1], *parts[-3:]
+    return re.sub(r"[-_.]+", "_", name).lower(), version, python, abi, platform
+
+
 def wheel_fits(filename: str) -> bool:
-    """A wheel that installs on CPython 3.11 x86_64 Linux, or an sdist-free pure wheel."""
-    return filename.endswith(".whl") and (
-        any(tag in filename for tag in WHEEL_TAGS) and
-        ("manylinux" not in filename or "x86_64" in filename))
+    """A wheel that installs on CPython 3.11, x86_64 Linux (glibc)."""
+    parts = _wheel_parts(filename)
+    if parts is None:
+        return False
+    _, _, python, abi, platform = parts
+    pythons = set(python.split("."))
+    cpython_abi3 = abi == "abi3" and any(
+        tag.startswith("cp3") and int(tag[3:]) <= 11 for tag in pythons)
+    fits_python = "py3" in pythons or ("cp311" in pythons and abi == "cp311") or cpython_abi3
+    fits_platform = platform == "any" or (
+        "x86_64" in platform and "manylinux" in platform and "musl" not in platform)
+    return fits_python and fits_platform
 
 
-def resolve_pypi_hashes(index_json_url: str, name: str, version: str) -> list[str]:
-    release = json.load(_fetch(f"{index_json_url}/{name}/{version}/json"))
-    hashes = sorted(f["digests"]["sha256"] for f in release["urls"] if wheel_fits(f["filename"]))
+def resolve_pypi_hashes(index_url: str, name: str, version: str) -> list[str]:
+    """sha256 of every fitting wheel of name==version, from the index's JSON simple API."""
+    page = _fetch(f"{index_url.rstrip('/')}/{name}/",
+                  {"Accept": "application/vnd.pypi.simple.v1+json"})
+    wanted = (re.sub(r"[-_.]+", "_", name).lower(), version)
+    hashes = sorted(f["hashes"]["sha256"] for f in json.load(page)["files"]
+                    if (_wheel_parts(f["filename"]) or ("",) * 5)[:2] == wanted
+                    and wheel_fits(f["filename"]) and not f.get("yanked"))
     if not hashes:
         raise RuntimeError(f"no CPython 3.11 x86_64 wheel of {name}=={version}")
     return hashes
@@ -612,10 +645,9 @@ def _resolvers(data: dict[str, Any], scratch: Path) -> Iterator[tuple[str, Resol
         yield f"sources.{path}.commit", gitlink
     yield "cargo_vendor.tree_sha256", lambda: resolve_cargo_vendor(data, scratch)
     python = data["python"]
-    index_json = python["index_url"].replace("/simple", "/pypi")
     for name, entry in sorted(python["packages"].items()):
         yield (f"python.packages.{name}.sha256",
-               lambda n=name, e=entry: resolve_pypi_hashes(index_json, n, e["version"]))
+               lambda n=name, e=entry: resolve_pypi_hashes(python["index_url"], n, e["version"]))
     torch = python["torch"]
     yield "python.torch.sha256", lambda: resolve_find_links_hashes(
         torch["find_links"], "torch", torch["version"])
@@ -631,9 +663,7 @@ def resolve_cargo_vendor(data: Mapping[str, Any], scratch: Path) -> str:
     pin = data["sources"]["mlc-llm/3rdparty/tokenizers-cpp"]
     folder = scratch / "tokenizers-cpp"
     if not folder.exists():
-        folder.mkdir(parents=True)
-        _git("init", "-q", cwd=folder)
-        _git("fetch", "-q", "--depth=1", pin["repo"], pin["commit"], cwd=folder)
+        _shallow_fetch(pin["repo"], pin["commit"], folder)
         _git("checkout", "-q", "FETCH_HEAD", cwd=folder)
     manifest = folder / "rust" / "Cargo.toml"
     subprocess.run(["cargo", "vendor", "--locked", "--manifest-path", str(manifest),
