@@ -55,6 +55,7 @@ REPORT_MARKDOWN = "report.md"
 REPORT_VERSION = 1
 LOCK_PATH = "docker/toolchain.lock.json"
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
+PACKAGE_STAGE = "package"
 SHORT = 12  # hex digits of a digest shown in the table
 DIFF_LINES = 40  # lines of a diffoscope report kept per file
 JSON_KEYS_SHOWN = 20
@@ -174,6 +175,10 @@ class StageDifference:
     same_inputs: bool  # equal cache keys: same tool, inputs and arguments
 
     def explain(self) -> str:
+        if self.stage == PACKAGE_STAGE:
+            return ("every tool stage's output matches the provenance's record, yet packaged "
+                    "files differ: the package step, or the provenance's subject list (edited "
+                    "after the build?), disagrees with the stages")
         if self.same_inputs:
             return (f"stage {self.stage} is not reproducible: same toolchain, inputs and "
                     "arguments, different output")
@@ -535,7 +540,12 @@ def fetch_hub(file: HubFile, *, searching: bool = False) -> Fetched:
 
     try:
         path = Path(hf_hub_download(file.repo_id, file.path, revision=file.revision))
-    except EntryNotFoundError as error:
+    except LocalEntryNotFoundError as error:
+        if searching:
+            raise NotCached(file.location) from error
+        raise MissingEnvironment(f"cannot reach the Hugging Face Hub and {file.location} is not "
+                                 "in the local cache", "connect to the network") from error
+    except EntryNotFoundError as error:  # after its subclass LocalEntryNotFoundError
         raise NotThere(file.location) from error
     except GatedRepoError as error:
         raise BadInput(f"{file.repo_id} is gated", "accept its terms on the Hub and log in "
@@ -546,11 +556,6 @@ def fetch_hub(file: HubFile, *, searching: bool = False) -> Fetched:
     except RevisionNotFoundError as error:
         raise BadInput(f"{file.repo_id} has no revision {file.revision!r}",
                        "name an existing commit, branch or tag") from error
-    except LocalEntryNotFoundError as error:
-        if searching:
-            raise NotCached(file.location) from error
-        raise MissingEnvironment(f"cannot reach the Hugging Face Hub and {file.location} is not "
-                                 "in the local cache", "connect to the network") from error
     except HfHubHTTPError as error:
         raise MissingEnvironment(f"the Hugging Face Hub answered an error for {file.location} "
                                  f"({error.__class__.__name__})", "try again later") from error
@@ -822,7 +827,7 @@ def compare_with_rebuild(command: str, target: str, provenance: Provenance, wher
             differences[row.name] = explain_difference(source, copy)
         stage = first_differing_stage(STAGES, provenance.stages, rebuilt.stages)
         if stage is None and any(not r.reproducible for r in rows):
-            stage = StageDifference("package", "-", "-", same_inputs=True)
+            stage = StageDifference(PACKAGE_STAGE, "-", "-", same_inputs=True)
         return Report(command=command, target=target, provenance=where,
                       model_id=result.spec.model_id, toolchain_id=provenance.toolchain_id,
                       conditions=variation_conditions(variation), rows=tuple(rows),

@@ -1,0 +1,365 @@
+"""verify/audit without Docker: comparison, explanations, reports, fetching, the toolchain check,
+and the one-line errors for bad input (exit 2) and missing environment (exit 3)."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import http.server
+import json
+import os
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from webslm import verify
+from webslm.cli import main
+from webslm.errors import BadInput, MissingEnvironment
+from webslm.files import canonical_json
+from webslm.provenance import sri, statement
+from webslm.toolchain import Toolchain
+
+A, B, C = "a" * 64, "b" * 64, "c" * 64
+STANDIN_LOCK = {"webllm": {"version": "0.2.79"}, "source_date_epoch": 1}
+
+
+def lock_digest(lock: dict) -> str:
+    return hashlib.sha256(canonical_json(lock).encode()).hexdigest()
+
+
+def a_statement(**changes: object) -> dict:
+    values = dict(
+        outputs={"libs/m-webgpu.wasm": A, "mlc-chat-config.json": B},
+        spec={"model": "/models/m", "name": "m"},
+        model={"id": "/models/m", "revision": None, "source": "local"},
+        inputs={"config.json": C}, toolchain_id=A, image="webslm-toolchain:x",
+        image_digest="sha256:" + B, lock_digest=lock_digest(STANDIN_LOCK), webllm_version="0.2.79",
+        stages={"compile": {"cache_key": A, "output": B}},
+    )
+    values.update(changes)
+    return statement(**values)  # type: ignore[arg-type]
+
+
+def a_toolchain(identifier: str, lock: str) -> Toolchain:
+    return Toolchain(id=identifier, image="webslm-toolchain:x", lock_digest=lock,
+                     webllm_version="0.2.79", env={}, seccomp_profile=None)
+
+
+# ---------------------------------------------------------------------------- provenance
+
+
+def test_a_build_statement_parses_into_what_verify_needs() -> None:
+    parsed = verify.parse_provenance(a_statement(), "p.json")
+    assert parsed.subjects == {"libs/m-webgpu.wasm": A, "mlc-chat-config.json": B}
+    assert parsed.inputs == {"config.json": C} and parsed.toolchain_id == A
+    assert parsed.lock_digest == lock_digest(STANDIN_LOCK) and parsed.image_digest == B
+    assert parsed.stages["compile"]["output"] == B
+
+
+@pytest.mark.parametrize("document, why", [
+    ([], "not a JSON object"),
+    ({"_type": "https://in-toto.io/Statement/v0.1"}, "want _type"),
+    ({**a_statement(), "subject": []}, "no subjects"),
+    ({**a_statement(), "subject": [{"name": "x", "digest": {"sha256": "zz"}}]}, "bad sha256"),
+    ({**a_statement(), "predicate": {}}, "no 'buildDefinition'"),
+])
+def test_what_is_not_a_provenance_is_refused_with_the_reason(document: object, why: str) -> None:
+    with pytest.raises(BadInput) as caught:
+        verify.parse_provenance(document, "p.json")
+    assert why in caught.value.line() and "p.json is not a webslm provenance" in caught.value.line()
+
+
+def test_verify_of_a_folder_without_provenance_exits_2_and_reports_why(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "dist").mkdir()
+    code = main(["verify", str(tmp_path / "dist"), "--report", str(tmp_path / "report")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "has no provenance.json" in err
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["verdict"] == "error" and report["ok"] is False
+    assert "has no provenance.json" in report["error"]
+    assert main(["verify", str(tmp_path / "missing")]) == 2
+
+
+def test_verify_of_a_broken_provenance_exits_2(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "provenance.json").write_text("{not json")
+    assert main(["verify", str(tmp_path)]) == 2
+    assert "cannot read" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- comparing
+
+
+def test_rows_tell_a_tampered_file_from_an_unreproducible_one() -> None:
+    rows = verify.compare_files(
+        expected={"lib.wasm": A, "config.json": B, "shard.bin": C},
+        shipped={"lib.wasm": A, "config.json": C, "shard.bin": None, "extra.txt": A},
+        rebuilt={"lib.wasm": B, "config.json": B, "shard.bin": C})
+    by_name = {r.name: r for r in rows}
+    assert [r.name for r in rows] == ["config.json", "extra.txt", "lib.wasm", "shard.bin"]
+    assert not by_name["lib.wasm"].reproducible and by_name["lib.wasm"].intact
+    assert by_name["config.json"].reproducible and not by_name["config.json"].intact
+    assert by_name["shard.bin"].reproducible and not by_name["shard.bin"].intact  # absent
+    assert by_name["extra.txt"].reproducible and not by_name["extra.txt"].intact  # not a subject
+    assert not any(r.same for r in rows)
+
+
+def test_a_file_not_shipped_here_is_judged_on_the_rebuild_alone() -> None:
+    rows = verify.compare_files({"lib.wasm": A, "x.json": B}, {"lib.wasm": A},
+                                {"lib.wasm": A, "x.json": B})
+    assert all(r.same for r in rows) and rows[1].shipped_checked is False
+
+
+def test_the_first_differing_stage_follows_build_order() -> None:
+    order = ("stage", "convert_weight", "gen_config", "compile")
+    expected = {s: {"cache_key": A, "output": A} for s in order}
+    rebuilt = {**expected, "gen_config": {"cache_key": A, "output": B},
+               "compile": {"cache_key": B, "output": C}}
+    found = verify.first_differing_stage(order, expected, rebuilt)
+    assert found is not None and found.stage == "gen_config" and found.same_inputs
+    assert "not reproducible" in found.explain()
+    only_compile = {**expected, "compile": rebuilt["compile"]}
+    later = verify.first_differing_stage(order, expected, only_compile)
+    assert later is not None and not later.same_inputs and "inputs" in later.explain()
+    assert verify.first_differing_stage(order, expected, expected) is None
+
+
+def test_app_config_integrity_is_checked_against_the_subjects() -> None:
+    subjects = {"mlc-chat-config.json": A, "libs/m-webgpu.wasm": B, "tokenizer.json": C}
+    record = {"model_id": "m", "model_lib": "https://x/m/resolve/main/libs/m-webgpu.wasm",
+              "integrity": {"config": sri(A), "model_lib": sri(B),
+                            "tokenizer": {"tokenizer.json": sri(C)}},
+              "webslm": {"toolchain_id": A}}
+    assert all(c.ok for c in verify.app_config_checks({"model_list": [record]}, subjects, A))
+    forged = {**record, "integrity": {**record["integrity"], "model_lib": sri(C)}}
+    failed = [c.name for c in verify.app_config_checks({"model_list": [forged]}, subjects, B)
+              if not c.ok]
+    assert failed == ["webllm-app-config.json m integrity.model_lib",
+                      "webllm-app-config.json m toolchain_id"]
+
+
+# ---------------------------------------------------------------------------- explaining
+
+
+def test_json_differences_are_dotted_paths() -> None:
+    expected = {"a": {"b": 1, "c": [1, 2]}, "gone": 1, "same": "x"}
+    got = {"a": {"b": 2, "c": [1, 3]}, "new": 1, "same": "x"}
+    assert verify.json_differences(expected, got) == ["a.b", "a.c[1]", "gone (only expected)",
+                                                      "new (only got)"]
+    assert verify.json_differences([1], [1, 2]) == ["(the whole document)"]
+
+
+def test_a_binary_difference_names_sizes_and_the_first_differing_offset(tmp_path: Path) -> None:
+    expected, got = tmp_path / "e.bin", tmp_path / "g.bin"
+    data = bytes(range(256)) * 5000  # several read chunks
+    expected.write_bytes(data)
+    got.write_bytes(data[:1_100_000] + b"\xff" + data[1_100_001:] + b"tail")
+    assert verify.first_difference(expected, got) == 1_100_000
+    text = verify.plain_difference(expected, got)
+    assert f"expected {len(data)} bytes, got {len(data) + 4} bytes" in text
+    assert "offset 1100000 (0x10c8e0)" in text and "got:      ff" in text
+    got.write_bytes(data)
+    assert verify.first_difference(expected, got) is None
+    got.write_bytes(data[:10])
+    assert verify.first_difference(expected, got) == 10
+
+
+def test_a_json_difference_names_the_keys(tmp_path: Path) -> None:
+    expected, got = tmp_path / "e" / "c.json", tmp_path / "g" / "c.json"
+    for path, value in ((expected, 0.7), (got, 0.9)):
+        path.parent.mkdir()
+        path.write_text(canonical_json({"temperature": value, "conv_template": {"x": 1}}))
+    assert "differing JSON keys: temperature" in verify.plain_difference(expected, got)
+
+
+# ---------------------------------------------------------------------------- reports
+
+
+def a_report(**changes: object) -> verify.Report:
+    rows = verify.compare_files({"lib.wasm": A, "c.json": B}, {"lib.wasm": A, "c.json": B},
+                                {"lib.wasm": C, "c.json": B})
+    values = dict(command="verify", target="dist/m", provenance="dist/m/provenance.json",
+                  model_id="m-q4f16_1", toolchain_id=A, conditions={"TZ": "Pacific/Kiritimati"},
+                  rows=tuple(rows), first_stage=verify.StageDifference("compile", A, C, True),
+                  differences={"lib.wasm": "first difference at offset 9"})
+    values.update(changes)
+    return verify.Report(**values)  # type: ignore[arg-type]
+
+
+def test_reports_in_json_and_markdown_carry_the_table_and_the_explanation(tmp_path: Path) -> None:
+    report = a_report()
+    assert not report.ok and report.verdict == "not reproducible"
+    assert report.summary().startswith("not reproducible: 1 of 2 files differ (lib.wasm)")
+    verify.write_report(report, tmp_path / "r")
+    data = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert data["ok"] is False and data["first_differing_stage"]["stage"] == "compile"
+    assert data["files"][1] == {"name": "lib.wasm", "expected": A, "shipped": A, "rebuilt": C,
+                                "same": False}
+    assert data["differences"] == {"lib.wasm": "first difference at offset 9"}
+    markdown = (tmp_path / "r" / "report.md").read_text()
+    assert markdown.startswith("# webslm verify: ❌ not reproducible")
+    assert f"| `lib.wasm` | `{A[:12]}` | `{A[:12]}` | `{C[:12]}` | NO |" in markdown
+    assert "- TZ: `Pacific/Kiritimati`" in markdown
+    text = verify.render_text(report)
+    assert text.splitlines()[2].split() == ["file", "expected", "shipped", "rebuilt", "same"]
+    assert "first differing stage: stage compile is not reproducible" in text
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["report.json", "report.md"]
+
+
+def test_a_matching_report_is_ok() -> None:
+    rows = verify.compare_files({"x": A}, {"x": A}, {"x": A})
+    report = a_report(rows=tuple(rows), first_stage=None, differences={})
+    assert report.ok and report.verdict == "reproducible"
+    assert "✅ reproducible" in verify.report_markdown(report)
+
+
+# ---------------------------------------------------------------------------- toolchain
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
+                          check=True, env={**os.environ, "GIT_AUTHOR_NAME": "t",
+                                           "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t",
+                                           "GIT_COMMITTER_EMAIL": "t@x"}).stdout.strip()
+
+
+def test_another_toolchain_is_refused_naming_the_commit_with_its_lock(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    (repo / "docker").mkdir(parents=True)
+    git(repo, "init", "-q")
+    old_lock = {**STANDIN_LOCK, "source_date_epoch": 1}
+    new_lock = {**STANDIN_LOCK, "source_date_epoch": 2}
+    for lock in (old_lock, new_lock):
+        (repo / "docker" / "toolchain.lock.json").write_text(json.dumps(lock))  # not canonical
+        git(repo, "add", "docker")
+        git(repo, "commit", "-qm", "lock")
+    old_commit = git(repo, "rev-list", "HEAD~1", "-1")
+    provenance = verify.parse_provenance(a_statement(lock_digest=lock_digest(old_lock)), "p")
+    assert verify.check_toolchain(provenance, a_toolchain(A, lock_digest(old_lock)), repo).ok
+    with pytest.raises(BadInput) as caught:
+        verify.check_toolchain(provenance, a_toolchain(B, lock_digest(new_lock)), repo)
+    line = caught.value.line()
+    assert f"built with toolchain {A[:16]}" in line and f"lock gives {B[:16]}" in line
+    assert f"git checkout {old_commit[:12]}" in line and "invoke toolchain" in line
+    with pytest.raises(BadInput, match="Dockerfile or its context differ"):
+        verify.check_toolchain(provenance, a_toolchain(B, lock_digest(old_lock)), repo)
+
+
+# ---------------------------------------------------------------------------- fetching
+
+
+@pytest.mark.parametrize("location, expected", [
+    ("hf://Org/m-webllm@0123abc/libs/m.wasm", ("Org/m-webllm", "0123abc", "libs/m.wasm")),
+    ("hf://Org/m-webllm/provenance.json", ("Org/m-webllm", "main", "provenance.json")),
+    ("https://huggingface.co/Org/m/resolve/v1.0/libs/m.wasm", ("Org/m", "v1.0", "libs/m.wasm")),
+    ("https://huggingface.co/Org/m/blob/main/a%20b.json", ("Org/m", "main", "a b.json")),
+])
+def test_hub_locations_parse(location: str, expected: tuple[str, str, str]) -> None:
+    found = verify.parse_hub_location(location)
+    assert found is not None and (found.repo_id, found.revision, found.path) == expected
+
+
+def test_other_locations_are_not_hub_files() -> None:
+    assert verify.parse_hub_location("https://example.org/Org/m/resolve/main/x") is None
+    assert verify.parse_hub_location("dist/m/libs/m.wasm") is None
+
+
+@contextlib.contextmanager
+def http_server(root: Path) -> Iterator[str]:
+    """A real HTTP server on 127.0.0.1 serving `root`; yields its base URL."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *args: None  # type: ignore[assignment]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_fetching_over_http_finds_the_provenance_above_the_artifact(tmp_path: Path) -> None:
+    site = tmp_path / "site" / "models" / "m"
+    (site / "libs").mkdir(parents=True)
+    (site / "libs" / "m.wasm").write_bytes(b"\0asm")
+    (site / "provenance.json").write_text("{}")
+    with http_server(tmp_path / "site") as base:
+        artifact = verify.fetch(f"{base}/models/m/libs/m.wasm", tmp_path)
+        assert artifact.path.read_bytes() == b"\0asm"
+        assert artifact.relative == "models/m/libs/m.wasm"
+        found = verify.find_provenance(artifact, None, tmp_path)
+        assert found.location == f"{base}/models/m/provenance.json"
+        assert verify.relative_name(artifact, found) == "libs/m.wasm"
+        with pytest.raises(BadInput, match="does not exist"):
+            verify.fetch(f"{base}/models/m/libs/other.wasm", tmp_path)
+
+
+def test_audit_of_an_unreachable_url_exits_3(capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"http://127.0.0.1:{closed_port()}/m/libs/m.wasm"
+    assert main(["audit", "--artifact", url]) == 3
+    assert "cannot download" in capsys.readouterr().err
+
+
+def write_hub_repo(cache: Path, repo_id: str, files: dict[str, bytes], commit: str) -> None:
+    """A model repo laid out as huggingface_hub caches it, with nested paths (libs/...)."""
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "blobs").mkdir(exist_ok=True)
+    snapshot = repo / "snapshots" / commit
+    for name, data in files.items():
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        link = snapshot / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+
+
+@pytest.fixture()
+def offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """huggingface_hub in offline mode over an empty cache in this test's folder."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def test_hub_files_are_fetched_at_a_pinned_commit(offline_hub: Path, tmp_path: Path) -> None:
+    commit = "1" * 40
+    write_hub_repo(offline_hub, "Org/m-webllm", {"libs/m.wasm": b"\0asm",
+                                                 "provenance.json": b"{}"}, commit)
+    artifact = verify.fetch("https://huggingface.co/Org/m-webllm/resolve/main/libs/m.wasm",
+                            tmp_path)
+    assert artifact.location == f"hf://Org/m-webllm@{commit}/libs/m.wasm"
+    assert artifact.path.read_bytes() == b"\0asm"
+    found = verify.find_provenance(artifact, None, tmp_path)
+    assert found.location == f"hf://Org/m-webllm@{commit}/provenance.json"
+    with pytest.raises(MissingEnvironment, match="not in the local cache"):
+        verify.fetch("hf://Org/other@main/libs/m.wasm", tmp_path)
+
+
+def test_an_artifact_that_is_no_subject_is_refused(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    dist = tmp_path / "m"
+    (dist / "libs").mkdir(parents=True)
+    (dist / "provenance.json").write_text(canonical_json(a_statement()))
+    (dist / "libs" / "other.wasm").write_bytes(b"\0asm other")
+    assert main(["audit", "--artifact", str(dist / "libs" / "other.wasm")]) == 2
+    err = capsys.readouterr().err
+    assert "is not among the subjects" in err and "libs/m-webgpu.wasm" in err
