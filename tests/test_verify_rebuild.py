@@ -1,0 +1,165 @@
+"""`webslm verify` on the real Docker engine with the TEST STAND-IN toolchain image.
+
+A faithful rebuild verifies; a tampered output is caught and named; a forged provenance is caught;
+a stand-in that leaks the time or the host path into the wasm (its test-only
+WEBSLM_STANDIN_NONDETERMINISM setting) is reported as not reproducible, which proves verify can
+fail. The stand-in image and the `standin` fixture (CLI toolchain := stand-in, cache in the test's
+folder) come from test_build.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from standin.image import standin_toolchain
+from test_build import standin, standin_image  # noqa: F401  (fixtures shared with the build tests)
+
+from webslm.cli import main
+from webslm.files import canonical_json, sha256_file
+from webslm.pipeline import BuildOptions, build_model
+from webslm.spec import resolve_spec
+
+pytestmark = pytest.mark.docker
+LIB = "libs/tiny-q4f16_1-webgpu.wasm"
+
+
+def build_dist(model: Path, out: Path, toolchain) -> Path:  # noqa: ANN001
+    options = BuildOptions(out=out / "dist", toolchain=toolchain, cache_dir=out / "cache",
+                           show_progress=False)
+    return build_model(resolve_spec(model=str(model), name="tiny"), options).dist
+
+
+@pytest.fixture(scope="module")
+def built(standin_image: str, tiny_qwen2: Path,  # noqa: F811
+          tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One faithful stand-in build of the tiny model (read-only for tests: copy to change it)."""
+    return build_dist(tiny_qwen2, tmp_path_factory.mktemp("verify-built"),
+                      standin_toolchain(standin_image))
+
+
+def writable_copy(dist: Path, target: Path) -> Path:
+    shutil.copytree(dist, target)
+    for path in target.rglob("*"):
+        os.chmod(path, 0o755 if path.is_dir() else 0o644)
+    return target
+
+
+def table(stdout: str) -> dict[str, list[str]]:
+    """The printed table's rows by file name: [expected, shipped, rebuilt, same]."""
+    rows = {}
+    for line in stdout.splitlines():
+        cells = line.split()
+        if len(cells) == 5 and cells[4] in ("yes", "NO"):
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_a_faithful_rebuild_verifies(standin, built: Path, tmp_path: Path,  # noqa: ANN001, F811
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["verify", str(built), "--report", str(tmp_path / "report")])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    rows = table(out.out)
+    subjects = {s["name"]: s["digest"]["sha256"]
+                for s in json.loads((built / "provenance.json").read_text())["subject"]}
+    assert set(rows) == set(subjects) and LIB in rows
+    assert all(row == [subjects[name][:12]] * 3 + ["yes"] for name, row in rows.items())
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["ok"] and report["verdict"] == "reproducible"
+    assert report["first_differing_stage"] is None and report["differences"] == {}
+    conditions = report["conditions"]
+    assert conditions["uid"] != str(os.getuid()) and conditions["umask"] == "0077"
+    assert conditions["TZ"] != "UTC" and conditions["input order"] == "reversed"
+    assert not conditions["work_root"].startswith(str(built.parent.parent))
+    assert all(c["ok"] for c in report["checks"])
+    assert (tmp_path / "report" / "report.md").read_text().startswith("# webslm verify: ✅")
+
+
+def test_a_tampered_output_is_caught_and_named(standin, built: Path, tmp_path: Path,  # noqa: ANN001, F811
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    dist = writable_copy(built, tmp_path / "tiny")
+    shard = bytearray((dist / "params_shard_0.bin").read_bytes())
+    shard[100] ^= 0xFF
+    (dist / "params_shard_0.bin").write_bytes(bytes(shard))
+    chat = json.loads((dist / "mlc-chat-config.json").read_text())
+    chat["temperature"] = 2.0
+    (dist / "mlc-chat-config.json").write_text(canonical_json(chat))
+
+    code = main(["verify", str(dist), "--report", str(tmp_path / "report")])
+    out = capsys.readouterr()
+    assert code == 1
+    assert ("webslm: error: shipped files do not match the provenance: 2 of 6 files differ "
+            "(mlc-chat-config.json, params_shard_0.bin)") in out.err
+    rows = table(out.out)
+    for name in ("params_shard_0.bin", "mlc-chat-config.json"):
+        expected, shipped, rebuilt, same = rows[name]
+        assert rebuilt == expected and shipped != expected and same == "NO"
+    assert rows[LIB][3] == "yes"
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["reproducible"] and not report["ok"]
+    assert "first difference at offset 100 (0x64)" in report["differences"]["params_shard_0.bin"]
+    assert "differing JSON keys: temperature" in report["differences"]["mlc-chat-config.json"]
+    # The AppConfig still pins the real chat config, so a browser would refuse the edited one.
+    assert all(c["ok"] for c in report["checks"])
+
+
+def test_a_forged_provenance_is_caught(standin, built: Path, tmp_path: Path,  # noqa: ANN001, F811
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """Swap the wasm AND rewrite its digest in provenance.json and the AppConfig: the shipped
+    files agree with their papers, and only the rebuild shows they are not what was built."""
+    from webslm.provenance import sri
+
+    dist = writable_copy(built, tmp_path / "tiny")
+    (dist / LIB).write_bytes((dist / LIB).read_bytes() + b"\0")
+    forged = sha256_file(dist / LIB)
+    statement = json.loads((dist / "provenance.json").read_text())
+    for subject in statement["subject"]:
+        if subject["name"] == LIB:
+            subject["digest"]["sha256"] = forged
+    (dist / "provenance.json").write_text(canonical_json(statement))
+    app = json.loads((dist / "webllm-app-config.json").read_text())
+    app["model_list"][0]["integrity"]["model_lib"] = sri(forged)
+    (dist / "webllm-app-config.json").write_text(canonical_json(app))
+
+    assert main(["verify", str(dist)]) == 1
+    out = capsys.readouterr()
+    expected, shipped, rebuilt, same = table(out.out)[LIB]
+    assert expected == shipped == forged[:12] and rebuilt != expected and same == "NO"
+    assert "every tool stage's output matches the provenance's record" in out.out
+    assert "not reproducible" in out.err
+
+
+@pytest.mark.parametrize("leak", ["time", "hostpath"])
+def test_a_compiler_that_leaks_run_state_is_not_reproducible(
+        standin_image: str, tiny_qwen2: Path, tmp_path: Path,  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], leak: str) -> None:
+    leaky = standin_toolchain(standin_image, WEBSLM_STANDIN_NONDETERMINISM=leak)
+    dist = build_dist(tiny_qwen2, tmp_path, leaky)
+    monkeypatch.setattr("webslm.toolchain.current_toolchain", lambda: leaky)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+
+    assert main(["verify", str(dist), "--report", str(tmp_path / "report")]) == 1
+    out = capsys.readouterr()
+    assert "webslm: error: not reproducible: 1 of 6 files differ (" + LIB in out.err
+    assert "first differing stage: compile" in out.err
+    rows = table(out.out)
+    assert [name for name, row in rows.items() if row[3] == "NO"] == [LIB]
+    assert rows[LIB][0] == rows[LIB][1] != rows[LIB][2]
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    stage = report["first_differing_stage"]
+    assert stage["stage"] == "compile" and stage["same_inputs"] is True
+    assert "first difference at offset" in report["differences"][LIB]
+
+
+def test_a_toolchain_image_that_is_absent_exits_3(standin, built: Path,  # noqa: ANN001, F811
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    missing = replace(standin, image="webslm-standin:absent-for-this-test")
+    monkeypatch.setattr("webslm.toolchain.current_toolchain", lambda: missing)
+    assert main(["verify", str(built)]) == 3
+    assert "is not in the local Docker engine" in capsys.readouterr().err
