@@ -171,6 +171,10 @@ def test_outputs_do_not_depend_on_the_build_conditions(standin, tiny_qwen2: Path
                                         out=tmp_path / "dist2"))
     assert rebuilt.stage_digests == normal.stage_digests
     assert rebuilt.provenance == normal.provenance
+    elsewhere = build_model(spec, options(tmp_path, standin, use_cache=False,
+                                          out=tmp_path / "dist3",
+                                          base_url="https://cdn.example/models"))
+    assert elsewhere.stage_digests == normal.stage_digests  # the AppConfig is not a build output
 
 
 @pytest.mark.docker

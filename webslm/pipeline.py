@@ -510,7 +510,8 @@ class Build:
             (folder / APP_CONFIG_FILE).write_text(canonical_json(webllm.app_config([record])),
                                                   encoding="utf-8")
             (folder / PROVENANCE_FILE).write_text(provenance.render(statement), encoding="utf-8")
-        self.results["package"] = StageResult("package", final, outputs, "", cached=False)
+        shipped = {n: d for n, d in outputs.items() if n not in provenance.NOT_SUBJECTS}
+        self.results["package"] = StageResult("package", final, shipped, "", cached=False)
         return final, statement
 
 
