@@ -1,0 +1,96 @@
+"""`webslm audit` on the real Docker engine with the TEST STAND-IN toolchain image: a shipped wasm
+from a dist folder on disk, over HTTP, and from a Hugging Face model repo (an offline cache laid
+out as huggingface_hub keeps it, since the Hub is out of reach here), matching and not."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from test_build import standin, standin_image  # noqa: F401  (shared fixtures)
+from test_verify import http_server, offline_hub, write_hub_repo  # noqa: F401
+from test_verify_rebuild import LIB, built, table, writable_copy  # noqa: F401
+
+from webslm.cli import main
+from webslm.files import canonical_json, sha256_file
+
+pytestmark = pytest.mark.docker
+COMMIT = "2" * 40
+
+
+def test_audit_of_a_shipped_wasm_on_disk_matches(standin, built: Path, tmp_path: Path,  # noqa: ANN001, F811
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["audit", "--artifact", str(built / LIB), "--report", str(tmp_path / "r")])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["command"] == "audit" and report["ok"]
+    assert report["provenance"] == str(built / "provenance.json")  # found beside the libs/ folder
+    assert report["checks"][0] == {"name": f"digest of {LIB} matches the provenance", "ok": True,
+                                   "detail": f"{(built / LIB).resolve()}: "
+                                             f"{sha256_file(built / LIB)}"}
+    shipped = {f["name"]: f["shipped"] for f in report["files"]}
+    assert shipped[LIB] == sha256_file(built / LIB)
+    assert {v for k, v in shipped.items() if k != LIB} == {"not checked"}
+
+
+def test_audit_of_a_mismatching_wasm_fails_and_shows_the_difference(
+        standin, built: Path, tmp_path: Path,  # noqa: ANN001, F811
+        capsys: pytest.CaptureFixture[str]) -> None:
+    artifact = tmp_path / "downloads" / "tiny-q4f16_1-webgpu.wasm"
+    artifact.parent.mkdir()
+    data = bytearray((built / LIB).read_bytes())
+    data[-3] ^= 0x01
+    artifact.write_bytes(bytes(data))
+    code = main(["audit", "--artifact", str(artifact), "--provenance",
+                 str(built / "provenance.json"), "--report", str(tmp_path / "r")])
+    out = capsys.readouterr()
+    assert code == 1
+    assert f"shipped files do not match the provenance: 1 of 6 files differ ({LIB})" in out.err
+    expected, shipped, rebuilt, same = table(out.out)[LIB]
+    assert expected == rebuilt != shipped and same == "NO"
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["checks"][0]["ok"] is False and report["reproducible"] is True
+    assert f"first difference at offset {len(data) - 3}" in report["differences"][LIB]
+
+
+def test_audit_over_http_finds_the_provenance_and_matches(standin, built: Path,  # noqa: ANN001, F811
+                                                          tmp_path: Path) -> None:
+    shutil.copytree(built, tmp_path / "site" / "models" / "tiny" / "resolve" / "main")
+    with http_server(tmp_path / "site") as base:  # laid out as `invoke serve` serves it
+        url = f"{base}/models/tiny/resolve/main/{LIB}"
+        assert main(["audit", "--artifact", url, "--report", str(tmp_path / "r")]) == 0
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["target"] == url
+    assert report["provenance"] == f"{base}/models/tiny/resolve/main/provenance.json"
+
+
+def test_audit_of_a_hub_repo_uses_the_pinned_commit(standin, built: Path, tmp_path: Path,  # noqa: ANN001, F811
+                                                    offline_hub: Path) -> None:  # noqa: F811
+    files = {p.relative_to(built).as_posix(): p.read_bytes()
+             for p in sorted(built.rglob("*")) if p.is_file()}
+    write_hub_repo(offline_hub, "Org/tiny-webllm", files, COMMIT)
+    url = f"https://huggingface.co/Org/tiny-webllm/resolve/main/{LIB}"
+    assert main(["audit", "--artifact", url, "--report", str(tmp_path / "r")]) == 0
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["target"] == f"hf://Org/tiny-webllm@{COMMIT}/{LIB}"
+    assert report["provenance"] == f"hf://Org/tiny-webllm@{COMMIT}/provenance.json"
+    assert report["ok"]
+
+
+def test_audit_refuses_a_provenance_from_another_toolchain(
+        standin, built: Path, tmp_path: Path,  # noqa: ANN001, F811
+        capsys: pytest.CaptureFixture[str]) -> None:
+    dist = writable_copy(built, tmp_path / "tiny")
+    statement = json.loads((dist / "provenance.json").read_text())
+    for dependency in statement["predicate"]["buildDefinition"]["resolvedDependencies"]:
+        if dependency["name"] in ("toolchain", "docker/toolchain.lock.json"):
+            dependency["digest"]["sha256"] = "f" * 64
+    (dist / "provenance.json").write_text(canonical_json(statement))
+    assert main(["audit", "--artifact", str(dist / LIB), "--report", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert f"built with toolchain {'f' * 16}..., but this checkout's lock gives" in err
+    assert "check out the webslm commit whose docker/toolchain.lock.json" in err
+    assert json.loads((tmp_path / "r" / "report.json").read_text())["verdict"] == "error"
