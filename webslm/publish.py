@@ -1,0 +1,565 @@
+"""`invoke publish`: put a built dist folder on a Hugging Face model repo, loadable as it lands.
+
+Two commits, because the AppConfig must name the commit its files live at:
+
+  1. the package: every file provenance.json lists as a subject, and provenance.json itself,
+     byte for byte as built (checked against the subjects' digests first);
+  2. webllm-app-config.json with `model`/`model_lib` rewritten to
+     `<endpoint>/<repo>/resolve/<commit 1>/`, and README.md, the model card (provenance summary,
+     toolchain ID, web-llm pin, a loading snippet). Its parent must be commit 1.
+
+Pinning the URLs to commit 1 means the weights and library a published AppConfig loads can never
+change under it, and anyone can audit them against provenance.json with `invoke audit`.
+
+Reading and checking the dist folder touches only local files; the plan (paths, URLs, AppConfig,
+card) is pure; the Hub calls (huggingface_hub's HfApi) sit at the edge in `publish`. The token is
+huggingface_hub's own (HF_TOKEN or the stored `hf auth login` token): it goes to HfApi only, is
+never printed or stored by us, and while publishing a `Redactor` scrubs it, and anything shaped
+like a Hugging Face token, from every log record and error message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import re
+import traceback
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from webslm.errors import BadInput, MissingEnvironment, StageFailed, WebslmError
+from webslm.provenance import APP_CONFIG_FILE, PROVENANCE_FILE, hash_files, list_files
+
+if TYPE_CHECKING:
+    from huggingface_hub import HfApi
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+MODEL_CARD_FILE = "README.md"
+CHAT_CONFIG_FILE = "mlc-chat-config.json"
+WEIGHTS_MANIFEST = "ndarray-cache.json"
+DRY_RUN_COMMIT = "<commit>"
+LOGIN_HINT = "run `hf auth login` with a write token, or set HF_TOKEN"
+REPO_PART = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
+TOKEN_SHAPES = re.compile(r"\b(?:hf_|api_org_)[A-Za-z0-9]{20,}|(?i:bearer)\s+[^\s'\"]+")
+REDACTED = "***"
+DETAIL_CHARS = 300
+
+
+# ---------------------------------------------------------------------------- the dist folder
+
+
+@dataclass(frozen=True)
+class PackageFile:
+    """One file of the package commit: its path (in dist and in the repo), size and sha256."""
+
+    path: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class DistPackage:
+    """A checked dist folder: the files to upload, its AppConfig record and its provenance."""
+
+    folder: Path
+    files: tuple[PackageFile, ...]
+    app_config: Mapping[str, Any]
+    provenance: Mapping[str, Any]
+
+    @property
+    def record(self) -> Mapping[str, Any]:
+        return self.app_config["model_list"][0]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise BadInput(f"{path} is missing",
+                       "pass a folder written by `invoke build` (dist/<name>)")
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BadInput(f"{path} is not valid JSON ({error})",
+                       "rebuild with `invoke build`") from None
+    if not isinstance(value, dict):
+        raise BadInput(f"{path} does not hold a JSON object", "rebuild with `invoke build`")
+    return value
+
+
+def library_path(record: Mapping[str, Any]) -> str:
+    """The library's path inside the model folder (model_lib relative to model)."""
+    model, lib = str(record.get("model", "")), str(record.get("model_lib", ""))
+    if not model.endswith("/") or not lib.startswith(model) or len(lib) == len(model):
+        raise BadInput(f"model_lib {lib!r} does not lie inside the model folder {model!r}",
+                       "rebuild with `invoke build` (it writes libs/<model_id>-webgpu.wasm)")
+    return lib[len(model):]
+
+
+def check_app_config(app_config: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The AppConfig's one model record, checked for what publishing rewrites and reports."""
+    records = app_config.get("model_list")
+    if not isinstance(records, list) or len(records) != 1 or not isinstance(records[0], dict):
+        raise BadInput(f"{APP_CONFIG_FILE} must hold exactly one model record",
+                       "publish one dist/<name> folder at a time, as `invoke build` writes it")
+    record = records[0]
+    missing = [k for k in ("model", "model_id", "model_lib", "webslm") if k not in record]
+    if missing:
+        raise BadInput(f"{APP_CONFIG_FILE} lacks {', '.join(missing)}",
+                       "rebuild with `invoke build`")
+    library_path(record)
+    return record
+
+
+def _subject_digests(provenance: Mapping[str, Any]) -> dict[str, str]:
+    subjects = provenance.get("subject")
+    if not isinstance(subjects, list) or not subjects:
+        raise BadInput(f"{PROVENANCE_FILE} lists no subjects", "rebuild with `invoke build`")
+    digests = {}
+    for subject in subjects:
+        name = subject.get("name") if isinstance(subject, dict) else None
+        digest = (subject.get("digest") or {}).get("sha256") if isinstance(subject, dict) else None
+        if not isinstance(name, str) or not isinstance(digest, str):
+            raise BadInput(f"{PROVENANCE_FILE} has a malformed subject: {subject!r}",
+                           "rebuild with `invoke build`")
+        digests[name] = digest
+    return digests
+
+
+def _listing(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:3])
+    return shown + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def read_package(dist: Path) -> DistPackage:
+    """Check a dist folder against its provenance and return what the package commit uploads.
+
+    Every subject must be present with its recorded digest, nothing else may be in the folder
+    (what is published is exactly what was built), and the files WebLLM fetches must be there.
+    """
+    if not dist.is_dir():
+        raise BadInput(f"{dist} is not a folder", "pass a folder written by `invoke build`, "
+                       "e.g. dist/qwen2.5-0.5b")
+    provenance = _load_json(dist / PROVENANCE_FILE)
+    app_config = _load_json(dist / APP_CONFIG_FILE)
+    record = check_app_config(app_config)
+    expected = _subject_digests(provenance)
+    present = set(list_files(dist)) - {PROVENANCE_FILE, APP_CONFIG_FILE}
+    missing = sorted(set(expected) - present)
+    if missing:
+        raise BadInput(f"{dist} lacks {_listing(missing)} (listed in {PROVENANCE_FILE})",
+                       "rebuild with `invoke build`")
+    extra = sorted(present - set(expected))
+    if extra:
+        raise BadInput(f"{dist} holds {_listing(extra)}, which the build did not produce",
+                       "remove them, or rebuild with `invoke build`")
+    needed = [CHAT_CONFIG_FILE, WEIGHTS_MANIFEST, library_path(record)]
+    absent = [n for n in needed if n not in expected]
+    if not any(n.startswith("params_shard_") for n in expected):
+        absent.append("params_shard_*.bin")
+    if absent:
+        raise BadInput(f"{dist} lacks {_listing(absent)}, which WebLLM loads",
+                       "rebuild with `invoke build`")
+    actual = hash_files(dist, list(expected))
+    changed = sorted(n for n, digest in expected.items() if actual[n] != digest)
+    if changed:
+        raise BadInput(f"{_listing(changed)} in {dist} changed since the build "
+                       f"(sha256 differs from {PROVENANCE_FILE})", "rebuild with `invoke build`")
+    names = sorted([*expected, PROVENANCE_FILE])
+    digests = {**actual, **hash_files(dist, [PROVENANCE_FILE])}
+    files = tuple(PackageFile(n, (dist / n).stat().st_size, digests[n]) for n in names)
+    return DistPackage(folder=dist, files=files, app_config=app_config, provenance=provenance)
+
+
+# ---------------------------------------------------------------------------- the plan (pure)
+
+
+def check_repo_id(repo: str) -> str:
+    """OWNER/NAME as the Hub accepts it, or BadInput."""
+    parts = repo.split("/")
+    valid = (len(parts) == 2 and all(REPO_PART.fullmatch(p) for p in parts)
+             and ".." not in repo and "--" not in repo and len(parts[1]) <= 96
+             and not parts[1].endswith(".git"))
+    if not valid:
+        raise BadInput(f"--repo {repo!r} is not a Hugging Face repo id",
+                       "pass OWNER/NAME: letters, digits, '-', '_', '.', e.g. alice/tiny-chat")
+    return repo
+
+
+def resolve_url(endpoint: str, repo: str, commit: str) -> str:
+    """The folder URL of a repo at a commit; contains `/resolve/`, so web-llm appends nothing."""
+    return f"{endpoint.rstrip('/')}/{repo}/resolve/{commit}/"
+
+
+def rewrite_app_config(app_config: Mapping[str, Any], model_url: str) -> dict[str, Any]:
+    """The AppConfig with each record's model and model_lib moved under model_url; all else kept."""
+    result = copy.deepcopy(dict(app_config))
+    for record in result["model_list"]:
+        lib = library_path(record)
+        record["model"] = model_url
+        record["model_lib"] = model_url + lib
+    return result
+
+
+@dataclass(frozen=True)
+class CardFacts:
+    """What the model card reports, read from provenance.json and the AppConfig record."""
+
+    model_id: str
+    source_model: str
+    source_revision: str | None
+    source_kind: str
+    quantization: str
+    toolchain_id: str
+    lock_digest: str
+    webllm_version: str
+    subjects: int
+    system_prompt: str | None
+    finetune_base: str | None
+
+
+def _dependency_digest(provenance: Mapping[str, Any], name: str) -> str:
+    build = provenance.get("predicate", {}).get("buildDefinition", {})
+    for dependency in build.get("resolvedDependencies", []):
+        if dependency.get("name") == name:
+            return str(dependency.get("digest", {}).get("sha256", ""))
+    raise BadInput(f"{PROVENANCE_FILE} names no {name!r} dependency", "rebuild with `invoke build`")
+
+
+def card_facts(package: DistPackage) -> CardFacts:
+    """The card's facts; the AppConfig and provenance must agree on toolchain and web-llm pin."""
+    record, provenance = package.record, package.provenance
+    webslm = record.get("webslm") or {}
+    build = provenance.get("predicate", {}).get("buildDefinition", {})
+    external = build.get("externalParameters", {})
+    toolchain_id = _dependency_digest(provenance, "toolchain")
+    webllm_version = str(build.get("internalParameters", {}).get("webllm_version", ""))
+    for key, ours in (("toolchain_id", toolchain_id), ("webllm_version", webllm_version)):
+        if webslm.get(key) != ours:
+            raise BadInput(f"{APP_CONFIG_FILE} says {key} {webslm.get(key)!r} but "
+                           f"{PROVENANCE_FILE} says {ours!r}", "rebuild with `invoke build`")
+    model = external.get("model", {})
+    finetune = webslm.get("finetune") or {}
+    return CardFacts(
+        model_id=str(record["model_id"]),
+        source_model=str(model.get("id", "")),
+        source_revision=model.get("revision"),
+        source_kind=str(model.get("source", "")),
+        quantization=str(external.get("spec", {}).get("quantization", "")),
+        toolchain_id=toolchain_id,
+        lock_digest=_dependency_digest(provenance, "docker/toolchain.lock.json"),
+        webllm_version=webllm_version,
+        subjects=len(provenance.get("subject", [])),
+        system_prompt=webslm.get("system_prompt"),
+        finetune_base=finetune.get("base_model") if isinstance(finetune, dict) else None,
+    )
+
+
+def model_card(facts: CardFacts, repo: str, endpoint: str, commit: str,
+               library: str) -> str:
+    """README.md for the repo: metadata, provenance summary, loading snippet, how to audit."""
+    files_url = resolve_url(endpoint, repo, commit)
+    config_url = resolve_url(endpoint, repo, "main") + APP_CONFIG_FILE
+    hub_base = facts.finetune_base or (facts.source_model if facts.source_kind == "hub" else None)
+    metadata = ["library_name: mlc-llm", "tags:", "- webllm", "- mlc-llm", "- webgpu", "- webslm",
+                f"- {facts.quantization}"]
+    if hub_base:
+        metadata += [f"base_model: {hub_base}"]
+        if not facts.finetune_base:
+            metadata += ["base_model_relation: quantized"]
+    revision = facts.source_revision or "(local folder, no revision)"
+    prompt = json.dumps(facts.system_prompt) if facts.system_prompt is not None else "(none)"
+    return "\n".join([
+        "---", *metadata, "---", "",
+        f"# {facts.model_id}", "",
+        f"`{facts.source_model}` compiled for the browser: {facts.quantization} weight shards "
+        f"and a WebGPU model library for @mlc-ai/web-llm {facts.webllm_version}, built by "
+        "webslm in a pinned, content-addressed toolchain so anyone can rebuild it byte for byte.",
+        "",
+        "## Provenance", "",
+        "| what | value |", "| --- | --- |",
+        f"| source model | `{facts.source_model}` |",
+        f"| source revision | `{revision}` |",
+        f"| quantization | `{facts.quantization}` |",
+        f"| toolchain ID | `{facts.toolchain_id}` |",
+        f"| toolchain lock digest (sha256) | `{facts.lock_digest}` |",
+        f"| web-llm pin | `@mlc-ai/web-llm@{facts.webllm_version}` |",
+        f"| files with recorded digests | {facts.subjects} (see `{PROVENANCE_FILE}`) |",
+        f"| files at commit | `{commit}` |",
+        f"| system prompt | {prompt} |", "",
+        f"`{PROVENANCE_FILE}` is an in-toto statement (SLSA provenance v1): the sha256 of every "
+        "file, the model and its revision, the toolchain and each build stage.", "",
+        "## Use it in a web page", "",
+        f"`{APP_CONFIG_FILE}` points at the files of commit `{commit}`, so what it loads cannot "
+        "change under it. Pass it to the engine constructor (not to `reload()`):", "",
+        "```js",
+        f'import {{ CreateMLCEngine }} from "https://esm.run/@mlc-ai/web-llm@{facts.webllm_version}";',
+        "",
+        f'const appConfig = await (await fetch("{config_url}")).json();',
+        f'const engine = await CreateMLCEngine("{facts.model_id}", {{ appConfig }});',
+        "const reply = await engine.chat.completions.create({",
+        '  messages: [{ role: "user", content: "Hello!" }],',
+        "});",
+        "console.log(reply.choices[0].message.content);",
+        "```", "",
+        "It needs a browser with WebGPU"
+        + (" and the `shader-f16` feature." if "f16" in facts.quantization else "."), "",
+        "## Audit it", "",
+        "Rebuild the library from its provenance with webslm and compare it byte for byte:", "",
+        "```sh",
+        f"invoke audit --artifact {files_url}{library} \\",
+        f"    --provenance {files_url}{PROVENANCE_FILE}",
+        "```", "",
+    ])
+
+
+@dataclass(frozen=True)
+class PublishPlan:
+    """Everything publishing does, decided before any request: two commits and their contents."""
+
+    repo: str
+    endpoint: str
+    commit: str  # the package commit the AppConfig names (DRY_RUN_COMMIT before it exists)
+    package: tuple[PackageFile, ...]
+    app_config: Mapping[str, Any]
+    model_card: str
+
+    @property
+    def files_url(self) -> str:
+        return resolve_url(self.endpoint, self.repo, self.commit)
+
+    @property
+    def repo_url(self) -> str:
+        return f"{self.endpoint.rstrip('/')}/{self.repo}"
+
+    def second_commit(self) -> dict[str, bytes]:
+        """The second commit's files: the rewritten AppConfig and the model card."""
+        from webslm.files import canonical_json
+
+        return {APP_CONFIG_FILE: canonical_json(self.app_config).encode("utf-8"),
+                MODEL_CARD_FILE: self.model_card.encode("utf-8")}
+
+
+def plan_publish(package: DistPackage, repo: str, commit: str,
+                 endpoint: str = DEFAULT_ENDPOINT) -> PublishPlan:
+    """The plan for publishing a checked package whose files are (or will be) at `commit`."""
+    check_repo_id(repo)
+    url = resolve_url(endpoint, repo, commit)
+    card = model_card(card_facts(package), repo, endpoint, commit, library_path(package.record))
+    return PublishPlan(repo=repo, endpoint=endpoint, commit=commit, package=package.files,
+                       app_config=rewrite_app_config(package.app_config, url), model_card=card)
+
+
+def _size(count: int) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if count < 1024 or unit == "MiB":
+            return f"{count:,} {unit}" if unit == "B" else f"{count:,.1f} {unit}"
+        count /= 1024  # type: ignore[assignment]
+    return f"{count:,.1f} GiB"
+
+
+def render_plan(plan: PublishPlan, dist: Path, private: bool) -> str:
+    """The plan as `--dry-run` prints it: files, sizes and the URLs they will have."""
+    record = plan.app_config["model_list"][0]
+    width = max(len(f.path) for f in plan.package)
+    lines = [f"publish {dist} -> {plan.repo_url} ({'private' if private else 'public'} model "
+             "repo, created if absent)",
+             f"commit 1, the package: {len(plan.package)} files, "
+             f"{_size(sum(f.size for f in plan.package))}"]
+    lines += [f"  {f.path:<{width}}  {_size(f.size):>12}  {plan.files_url}{f.path}"
+              for f in plan.package]
+    lines.append("commit 2 (parent: commit 1), the AppConfig and the model card:")
+    for name, data in plan.second_commit().items():
+        lines.append(f"  {name:<{width}}  {_size(len(data)):>12}  "
+                     f"{resolve_url(plan.endpoint, plan.repo, 'main')}{name}")
+    lines += [f"AppConfig model:     {record['model']}",
+              f"AppConfig model_lib: {record['model_lib']}",
+              f"({plan.commit} is the id of commit 1, known once it exists)"
+              if plan.commit == DRY_RUN_COMMIT else ""]
+    return "\n".join(line for line in lines if line)
+
+
+# ---------------------------------------------------------------------------- the token
+
+
+@dataclass(frozen=True)
+class Redactor:
+    """Replaces the token, and anything shaped like a Hugging Face token, with ***."""
+
+    secrets: tuple[str, ...] = ()
+
+    def redact(self, text: str) -> str:
+        for secret in self.secrets:
+            if secret:
+                text = text.replace(secret, REDACTED)
+        return TOKEN_SHAPES.sub(
+            lambda m: REDACTED if not m.group().lower().startswith("bearer")
+            else m.group().split()[0] + " " + REDACTED, text)
+
+    def scrub(self, record: logging.LogRecord) -> logging.LogRecord:
+        """A log record whose message and traceback text are redacted (arguments merged in)."""
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed %-format: keep the template, drop the arguments
+            message = str(record.msg)
+        record.msg, record.args = self.redact(message), ()
+        if record.exc_info:
+            record.exc_text = self.redact("".join(traceback.format_exception(*record.exc_info)))
+            record.exc_info = None
+        if record.stack_info:
+            record.stack_info = self.redact(record.stack_info)
+        return record
+
+
+@contextlib.contextmanager
+def redacted_logs(redactor: Redactor) -> Iterator[None]:
+    """While inside, every log record made by any logger is redacted as it is created."""
+    previous = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        return redactor.scrub(previous(*args, **kwargs))
+
+    logging.setLogRecordFactory(factory)
+    try:
+        yield
+    finally:
+        logging.setLogRecordFactory(previous)
+
+
+def hub_token() -> str:
+    """huggingface_hub's token (HF_TOKEN, then the stored login), or MissingEnvironment."""
+    from huggingface_hub import get_token
+
+    token = get_token()
+    if not token:
+        raise MissingEnvironment("no Hugging Face token found (HF_TOKEN is unset and no login "
+                                 "is stored)", LOGIN_HINT)
+    return token
+
+
+# ---------------------------------------------------------------------------- the Hub (edge)
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """The Hub or network error behind wrappers such as huggingface_hub's upload RuntimeError."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    seen = error
+    while seen.__cause__ is not None and not isinstance(seen, HfHubHTTPError):
+        seen = seen.__cause__
+    return seen
+
+
+def hub_failure(error: BaseException, redactor: Redactor, doing: str) -> WebslmError:
+    """A one-line, redacted error for a failed Hub call, with the exit code its cause deserves:
+    a refused token or an unreachable/failing Hub is the environment (3), a rejected request is
+    bad input (2)."""
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    cause = _root_cause(error)
+    detail = redactor.redact(" ".join(str(cause).split()))[:DETAIL_CHARS]
+    response = getattr(cause, "response", None)
+    status = getattr(response, "status_code", None)
+    if isinstance(cause, HfHubHTTPError) and status is not None:
+        if status in (401, 403):
+            return MissingEnvironment(f"the Hub refused the token while {doing} (HTTP {status}): "
+                                      f"{detail}", LOGIN_HINT + " (it needs write access)")
+        if status >= 500 or status == 429:
+            return MissingEnvironment(f"the Hub failed while {doing} (HTTP {status}): {detail}",
+                                      "try again later")
+        return BadInput(f"the Hub rejected the request while {doing} (HTTP {status}): {detail}",
+                        "check --repo and the dist folder")
+    if isinstance(cause, OfflineModeIsEnabled):
+        return MissingEnvironment(f"HF_HUB_OFFLINE is set, so {doing} is impossible",
+                                  "unset HF_HUB_OFFLINE")
+    if isinstance(cause, (httpx2.TransportError, OSError)):
+        return MissingEnvironment(f"cannot reach the Hub while {doing}: "
+                                  f"{type(cause).__name__}: {detail}",
+                                  "check the network connection and HF_ENDPOINT")
+    return StageFailed(f"the Hub client failed while {doing}: {type(cause).__name__}: {detail}",
+                       "run again; if it persists, report it with this line")
+
+
+def _hub_call(redactor: Redactor, doing: str, call: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run one HfApi call; its failure becomes a redacted WebslmError raised outside the
+    `except` block, so no unredacted exception stays chained to it."""
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    failure: WebslmError | None = None
+    try:
+        return call(*args, **kwargs)
+    except (HfHubHTTPError, OfflineModeIsEnabled, httpx2.HTTPError, OSError,
+            RuntimeError, ValueError) as error:
+        failure = hub_failure(error, redactor, doing)
+    raise failure
+
+
+@dataclass(frozen=True)
+class Published:
+    package_commit: str
+    final_commit: str
+
+
+def publish(package: DistPackage, repo: str, *, private: bool, api: HfApi,
+            redactor: Redactor) -> Published:
+    """Create the repo if absent, commit the package, then the AppConfig naming that commit and
+    the model card. Prints progress; every line and error is redacted."""
+    from huggingface_hub import CommitOperationAdd
+
+    endpoint = api.endpoint
+    _hub_call(redactor, f"creating {repo}", api.create_repo, repo, repo_type="model",
+              private=private, exist_ok=True)
+    operations = [CommitOperationAdd(f.path, package.folder / f.path) for f in package.files]
+    print(f"uploading {len(package.files)} files ({_size(package.total_bytes)}) to "
+          f"{endpoint}/{repo}", flush=True)
+    first = _hub_call(redactor, "uploading the package", api.create_commit, repo, operations,
+                      repo_type="model",
+                      commit_message=f"webslm: {package.record['model_id']} package",
+                      commit_description=f"Files and provenance from {PROVENANCE_FILE}.")
+    plan = plan_publish(package, repo, first.oid, endpoint)
+    second_files = [CommitOperationAdd(name, data) for name, data in plan.second_commit().items()]
+    doing = (f"committing the AppConfig and model card (the package is at commit {first.oid}; "
+             "run the same command again to finish)")
+    second = _hub_call(redactor, doing, api.create_commit, repo, second_files, repo_type="model",
+                       commit_message=f"webslm: AppConfig for {package.record['model_id']} at "
+                                      f"{first.oid[:12]}, model card",
+                       parent_commit=first.oid)
+    return Published(package_commit=first.oid, final_commit=second.oid)
+
+
+def publish_command(dist: Path, repo: str, private: bool, dry_run: bool) -> int:
+    """`webslm publish DIST --repo OWNER/NAME [--private] [--dry-run]`."""
+    check_repo_id(repo)
+    package = read_package(dist)
+    if dry_run:
+        from huggingface_hub import constants
+
+        plan = plan_publish(package, repo, DRY_RUN_COMMIT, constants.ENDPOINT)
+        print(render_plan(plan, dist, private))
+        print("dry run: nothing was uploaded")
+        return 0
+    from huggingface_hub import HfApi
+
+    token = hub_token()
+    redactor = Redactor((token,))
+    with redacted_logs(redactor):
+        api = HfApi(token=token)
+        done = publish(package, repo, private=private, api=api, redactor=redactor)
+    files = resolve_url(api.endpoint, repo, done.package_commit)
+    print(redactor.redact("\n".join([
+        f"published {dist} to {api.endpoint}/{repo}",
+        f"  package commit:      {done.package_commit}",
+        f"  AppConfig + card:    {done.final_commit}",
+        f"  AppConfig:           {resolve_url(api.endpoint, repo, done.final_commit)}"
+        f"{APP_CONFIG_FILE}",
+        f"  model_lib:           {files}{library_path(package.record)}",
+    ])))
+    return 0
