@@ -191,16 +191,24 @@ def test_a_non_reproducible_toolchain_shows_in_the_compile_digest(
     assert differing == ["compile", "package"]
 
 
+def built_then_switched(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                        image: str, **env: str) -> tuple[list[str], Path, dict[str, str]]:
+    """Build once through the CLI, then point it at a stand-in with test settings `env`."""
+    out = tmp_path / "dist"
+    argv = ["build", "--model", str(tiny), "--name", "tiny", "--out", str(out)]
+    assert main(argv) == 0
+    before = digests(out / "tiny")
+    switched = standin_toolchain(image, **env)
+    monkeypatch.setattr("webslm.toolchain.current_toolchain", lambda: switched)
+    return argv, out, before
+
+
 @pytest.mark.docker
 def test_a_failing_stage_keeps_the_previous_dist_and_names_its_log(
         standin, standin_image: str, tiny_qwen2: Path, tmp_path: Path,  # noqa: ANN001
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "dist"
-    argv = ["build", "--model", str(tiny_qwen2), "--name", "tiny", "--out", str(out)]
-    assert main(argv) == 0
-    before = digests(out / "tiny")
-    failing = standin_toolchain(standin_image, WEBSLM_STANDIN_FAIL="compile")
-    monkeypatch.setattr("webslm.toolchain.current_toolchain", lambda: failing)
+    argv, out, before = built_then_switched(tiny_qwen2, tmp_path, monkeypatch, standin_image,
+                                            WEBSLM_STANDIN_FAIL="compile")
     capsys.readouterr()
     assert main(argv) == 1
     error = capsys.readouterr().err.strip().splitlines()[-1]
@@ -216,12 +224,8 @@ def test_a_failing_stage_keeps_the_previous_dist_and_names_its_log(
 def test_an_interrupted_build_keeps_the_previous_dist(
         standin, standin_image: str, tiny_qwen2: Path, tmp_path: Path,  # noqa: ANN001
         monkeypatch: pytest.MonkeyPatch, docker_engine) -> None:  # noqa: ANN001
-    out = tmp_path / "dist"
-    argv = ["build", "--model", str(tiny_qwen2), "--name", "tiny", "--out", str(out)]
-    assert main(argv) == 0
-    before = digests(out / "tiny")
-    slow = standin_toolchain(standin_image, WEBSLM_STANDIN_SLEEP="compile:120")
-    monkeypatch.setattr("webslm.toolchain.current_toolchain", lambda: slow)
+    argv, out, before = built_then_switched(tiny_qwen2, tmp_path, monkeypatch, standin_image,
+                                            WEBSLM_STANDIN_SLEEP="compile:120")
 
     def interrupt_once_compiling() -> None:
         deadline = time.monotonic() + 60
