@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -40,6 +41,7 @@ FINAL_STAGE = "toolchain"
 PLACEHOLDER_PREFIX = "PLACEHOLDER:"
 PLACEHOLDER = PLACEHOLDER_PREFIX + "resolve-with-refresh-lock"
 ID_DOMAIN = b"webslm-toolchain-id/1\n"
+BUILD_CA_ENV = "WEBSLM_BUILD_CA_BUNDLE"
 CONTEXT_SKIP = frozenset({"__pycache__", ".pytest_cache"})
 
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
@@ -90,6 +92,7 @@ class ToolchainLock:
     debian_archive: str
     debian_security_archive: str
     apt_packages: Mapping[str, str]
+    runtime_packages: Mapping[str, str]
     llvm_major: int
     rust_toolchain: str
     emscripten_version: str
@@ -136,7 +139,8 @@ def parse_lock(data: Mapping[str, Any]) -> ToolchainLock:
     base_digest = _need(data, "base_image.digest", str)
     _check_pin("base_image.digest", base_digest, _DIGEST, "sha256:<64 hex>")
     apt = _need(data, "debian.packages", Mapping)
-    for name, version in apt.items():
+    runtime = _need(data, "debian.runtime_packages", Mapping)
+    for name, version in [*apt.items(), *runtime.items()]:
         if not isinstance(version, str) or not version or is_placeholder(version):
             raise BadInput(f"toolchain lock: apt package {name} has no exact version",
                            "pin it to the version in the Debian snapshot")
@@ -183,6 +187,7 @@ def parse_lock(data: Mapping[str, Any]) -> ToolchainLock:
         debian_archive=_need(data, "debian.archive", str),
         debian_security_archive=_need(data, "debian.security_archive", str),
         apt_packages=dict(apt),
+        runtime_packages=dict(runtime),
         llvm_major=llvm_major,
         rust_toolchain=_need(data, "rust.toolchain", str),
         emscripten_version=_need(data, "emscripten.version", str),
@@ -253,11 +258,17 @@ def image_tag(identifier: str) -> str:
     return f"{IMAGE_REPOSITORY}:{identifier[:12]}"
 
 
-def context_tar(docker_dir: Path = DOCKER_DIR) -> io.BytesIO:
-    """The build context as a tar with fixed metadata: the same files give the same bytes."""
+def context_tar(docker_dir: Path = DOCKER_DIR,
+                extra: Mapping[str, bytes] | None = None) -> io.BytesIO:
+    """The build context as a tar with fixed metadata: the same files give the same bytes.
+
+    `extra` adds files that are not inputs of the image (the build-time CA bundle).
+    """
     buffer = io.BytesIO()
+    entries = [*_context_entries(docker_dir),
+               *((name, data, 0o644) for name, data in sorted((extra or {}).items()))]
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data, mode in _context_entries(docker_dir):
+        for name, data, mode in entries:
             info = tarfile.TarInfo(name)
             info.size, info.mode, info.mtime = len(data), mode, 0
             tar.addfile(info, io.BytesIO(data))
@@ -285,13 +296,16 @@ def build_args(lock: ToolchainLock, identifier: str, *, base_image: str | None =
     archive (this project's CI builds the Debian-only stages from a locally made base and the
     plain Debian mirror); the apt versions stay the lock's either way.
     """
-    apt = " ".join(f"{name}={version}" for name, version in sorted(lock.apt_packages.items()))
+    def pinned(packages: Mapping[str, str]) -> str:
+        return " ".join(f"{name}={version}" for name, version in sorted(packages.items()))
+
     return {
         "BASE_IMAGE": base_image or lock.base_image,
         "DEBIAN_ARCHIVE": debian_archive or lock.debian_archive,
         "DEBIAN_SECURITY_ARCHIVE": debian_security_archive or lock.debian_security_archive,
         "DEBIAN_SUITE": str(lock.data["debian"]["suite"]),
-        "APT_PACKAGES": apt,
+        "APT_PACKAGES": pinned(lock.apt_packages),
+        "RUNTIME_PACKAGES": pinned(lock.runtime_packages),
         "LLVM_MAJOR": str(lock.llvm_major),
         "SOURCE_DATE_EPOCH": str(lock.source_date_epoch),
         "RUST_TOOLCHAIN": lock.rust_toolchain,
@@ -382,8 +396,10 @@ def build_image(client: Any, tag: str, buildargs: Mapping[str, str], *, target: 
     """
     import docker.errors
 
+    ca_bundle = os.environ.get(BUILD_CA_ENV)
+    extra = {"build-ca/ca.crt": Path(ca_bundle).read_bytes()} if ca_bundle else None
     try:
-        stream = client.api.build(fileobj=context_tar(docker_dir), custom_context=True,
+        stream = client.api.build(fileobj=context_tar(docker_dir, extra), custom_context=True,
                                   tag=tag, target=target, buildargs=dict(buildargs), rm=True,
                                   forcerm=True, decode=True, labels={ID_LABEL: buildargs.get(
                                       "TOOLCHAIN_ID", "")})
@@ -401,6 +417,32 @@ def build_image(client: Any, tag: str, buildargs: Mapping[str, str], *, target: 
         raise StageFailed(f"the Docker engine refused the build: {error.explanation}",
                           "check `docker info` and the build arguments") from error
     return str(client.images.get(tag).id)
+
+
+def stage_tag(identifier: str, stage: str, buildargs: Mapping[str, str]) -> str:
+    """Tag of one intermediate stage: the toolchain ID, the stage and the arguments it got."""
+    key = sha256_bytes(canonical_json({"id": identifier, "stage": stage,
+                                       "args": dict(buildargs)}).encode())
+    return f"{IMAGE_REPOSITORY}-stage:{stage}-{key[:12]}"
+
+
+def ensure_stage(client: Any, stage: str, *, base_image: str, debian_archive: str | None = None,
+                 debian_security_archive: str | None = None, docker_dir: Path = DOCKER_DIR,
+                 log: Any = sys.stderr) -> str:
+    """Build one stage from a stand-in base image when its tag is absent; return the tag.
+
+    For machines that cannot pull the pinned base (this project's CI builds the Debian-only
+    stages from a locally made bookworm image and the plain Debian mirror).
+    """
+    lock = load_lock(docker_dir)
+    identifier = toolchain_id(docker_dir)
+    base_id = str(client.images.get(base_image).id)
+    args = build_args(lock, identifier, base_image=base_image, debian_archive=debian_archive,
+                      debian_security_archive=debian_security_archive)
+    tag = stage_tag(identifier, stage, {**args, "BASE_IMAGE_ID": base_id})
+    if not image_exists(client, tag):
+        build_image(client, tag, args, target=stage, docker_dir=docker_dir, log=log)
+    return tag
 
 
 def pull_image(client: Any, ref: str, toolchain: Toolchain) -> None:
