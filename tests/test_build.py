@@ -283,3 +283,21 @@ def test_a_missing_toolchain_image_says_how_to_build_it(
     error = capsys.readouterr().err.strip()
     assert error.count("\n") == 0 and "run: invoke toolchain" in error
     assert not out.exists()
+
+
+@pytest.mark.docker
+def test_a_finetunes_system_prompt_reaches_the_chat_config(standin, tiny_qwen2: Path,  # noqa: ANN001
+                                                            tmp_path: Path) -> None:
+    model = copy_model(tiny_qwen2, tmp_path / "finetuned")
+    finetune = {"base_model": "Qwen/Qwen2.5-0.5B-Instruct", "base_revision": None,
+                "data_digest": "sha256:" + "0" * 64, "system_prompt": "You explain insurance.",
+                "recipe": {"lora_r": 16}, "webslm_version": "0.1.0"}
+    (model / "webslm.json").write_text(json.dumps(finetune))
+    result = build_model(resolve_spec(model=str(model), name="helper"),
+                         options(tmp_path, standin))
+    chat = json.loads((result.dist / "mlc-chat-config.json").read_text())
+    assert chat["conv_template"]["system_message"] == "You explain insurance."
+    record = json.loads((result.dist / "webllm-app-config.json").read_text())["model_list"][0]
+    assert record["webslm"]["finetune"] == finetune
+    assert record["webslm"]["system_prompt"] == "You explain insurance."
+    assert not (result.dist / "webslm.json").exists()
