@@ -1,0 +1,84 @@
+// A small line-protocol driver for headless Chromium (Debian's /usr/bin/chromium through npm
+// playwright-core), so pytest can keep one browser per test module.
+//
+// stdin:  one JSON request per line  {"id", "op", ...}
+// stdout: one JSON reply per line    {"id", "ok": true, "value"} or {"id", "ok": false, "error"}
+// ops: open {webgpu} -> page id · goto {page, url} · wait {page, js, timeout} · eval {page, js}
+//      click {page, selector} · fill {page, selector, text} · screenshot {page, path}
+//      log {page} -> {console, errors, requests} · close {page}
+// One browser per launch-flag set (with or without the SwiftShader WebGPU adapter); each page
+// gets a fresh context, so Cache Storage never leaks between tests.
+import { createRequire } from "node:module";
+import { createInterface } from "node:readline";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const repo = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
+const require = createRequire(join(repo, "web", "package.json"));
+const { chromium } = require("playwright-core");
+
+const BASE_ARGS = [
+  "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+];
+const browsers = new Map();
+const pages = new Map();
+let nextPage = 1;
+
+async function browserFor(webgpu) {
+  const key = webgpu ? "webgpu" : "plain";
+  if (!browsers.has(key)) {
+    browsers.set(key, chromium.launch({
+      executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+      args: webgpu ? [...BASE_ARGS, "--enable-unsafe-webgpu"] : BASE_ARGS,
+    }));
+  }
+  return await browsers.get(key);
+}
+
+async function open({ webgpu }) {
+  const context = await (await browserFor(Boolean(webgpu))).newContext({ viewport: { width: 1200, height: 800 } });
+  const page = await context.newPage();
+  const record = { page, context, console: [], errors: [], requests: [] };
+  page.on("console", (m) => record.console.push({ type: m.type(), text: m.text() }));
+  page.on("pageerror", (e) => record.errors.push(String(e)));
+  page.on("worker", (w) => w.on("console", (m) => record.console.push({ type: m.type(), text: m.text(), worker: true })));
+  context.on("request", (r) => record.requests.push({ url: r.url(), method: r.method() }));
+  const id = nextPage++;
+  pages.set(id, record);
+  return id;
+}
+
+const ops = {
+  open,
+  goto: async ({ page, url }) => { await pages.get(page).page.goto(url, { waitUntil: "load" }); },
+  wait: async ({ page, js, timeout }) => {
+    await pages.get(page).page.waitForFunction(js, null, { timeout: timeout ?? 20000 });
+  },
+  eval: async ({ page, js }) => await pages.get(page).page.evaluate(js),
+  click: async ({ page, selector }) => { await pages.get(page).page.click(selector); },
+  fill: async ({ page, selector, text }) => { await pages.get(page).page.fill(selector, text); },
+  screenshot: async ({ page, path }) => { await pages.get(page).page.screenshot({ path, fullPage: true }); },
+  log: async ({ page }) => {
+    const { console: messages, errors, requests } = pages.get(page);
+    return { console: messages, errors, requests };
+  },
+  close: async ({ page }) => {
+    await pages.get(page).context.close();
+    pages.delete(page);
+  },
+};
+
+const lines = createInterface({ input: process.stdin });
+for await (const line of lines) {
+  const request = JSON.parse(line);
+  let reply;
+  try {
+    const value = await ops[request.op](request);
+    reply = { id: request.id, ok: true, value: value ?? null };
+  } catch (error) {
+    reply = { id: request.id, ok: false, error: String(error.message ?? error).split("\n")[0] };
+  }
+  process.stdout.write(JSON.stringify(reply) + "\n");
+}
+for (const browser of browsers.values()) await (await browser).close();

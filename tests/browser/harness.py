@@ -1,0 +1,114 @@
+"""pytest's side of tests/browser/driver.mjs: a headless Chromium driven over a line protocol,
+and `invoke serve`'s server running in a thread on a free 127.0.0.1 port."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import select
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent.parent
+DRIVER = Path(__file__).with_name("driver.mjs")
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = REPO / "test-artifacts" / "web"
+REPLY_TIMEOUT_S = 60.0
+
+
+def browser_missing() -> str | None:
+    """Why the browser tests cannot run here, or None."""
+    if shutil.which("node") is None:
+        return "node is not installed"
+    if not CHROMIUM.exists():
+        return "Debian's chromium is not installed (apt-get install chromium)"
+    if not (REPO / "web" / "node_modules" / "playwright-core").is_dir():
+        return "web/node_modules is missing (npm ci --prefix web)"
+    return None
+
+
+class DriverError(Exception):
+    """The driver reported a failure (a timeout, a missing element)."""
+
+
+class Browser:
+    """One driver process: up to two Chromium instances (with and without WebGPU)."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(["node", str(DRIVER)], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True, cwd=REPO)
+        self.ids = itertools.count(1)
+
+    def call(self, op: str, **fields: Any) -> Any:
+        assert self.process.stdin and self.process.stdout
+        request_id = next(self.ids)
+        self.process.stdin.write(json.dumps({"id": request_id, "op": op, **fields}) + "\n")
+        self.process.stdin.flush()
+        ready, _, _ = select.select([self.process.stdout], [], [], REPLY_TIMEOUT_S)
+        if not ready:
+            raise DriverError(f"no reply to {op} within {REPLY_TIMEOUT_S} s")
+        line = self.process.stdout.readline()
+        if not line:
+            raise DriverError(f"the driver exited (code {self.process.poll()}) during {op}")
+        reply = json.loads(line)
+        assert reply["id"] == request_id
+        if not reply["ok"]:
+            raise DriverError(f"{op}: {reply['error']}")
+        return reply["value"]
+
+    def page(self, *, webgpu: bool) -> Page:
+        return Page(self, self.call("open", webgpu=webgpu))
+
+    def close(self) -> None:
+        if self.process.stdin:
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+class Page:
+    """A page in a fresh browser context."""
+
+    def __init__(self, browser: Browser, page_id: int) -> None:
+        self.browser = browser
+        self.id = page_id
+
+    def __getattr__(self, op: str) -> Any:
+        return lambda **fields: self.browser.call(op, page=self.id, **fields)
+
+    def text(self, selector: str) -> str:
+        return self.eval(js=f"document.querySelector({json.dumps(selector)})?.innerText ?? ''")
+
+    def wait_for(self, js: str, timeout_ms: int = 20000) -> None:
+        self.wait(js=js, timeout=timeout_ms)
+
+    def shot(self, name: str) -> Path:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        path = ARTIFACTS / f"{name}.png"
+        self.screenshot(path=str(path))
+        return path
+
+
+@contextmanager
+def running_server(site: Any) -> Iterator[tuple[str, list[str]]]:
+    """The site served on a free 127.0.0.1 port: (base URL, access log lines)."""
+    from webslm.serve import make_server
+
+    log: list[str] = []
+    server = make_server(site, "127.0.0.1", 0, log=log.append)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.url, log
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)

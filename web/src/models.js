@@ -1,0 +1,110 @@
+// Where the models come from and what their records say.
+//
+// The app reads one or more `webllm-app-config.json` files: named by `?config=URL` (repeatable)
+// or listed in a models index (`?index=URL`, default /models/index.json, which `invoke serve`
+// writes). Each record is relocated to the folder its AppConfig was read from: a dist folder is
+// self-contained, so it loads from where it is served even when it was built for another base URL
+// or port.
+
+export const DEFAULT_INDEX = "/models/index.json";
+const MB = 1024 * 1024;
+
+/** {configs: [URL], index: URL|null, compare, a, b} from the page URL. */
+export function pageOptions(href) {
+  const url = new URL(href);
+  const params = url.searchParams;
+  const configs = params.getAll("config").map((c) => new URL(c, url).href);
+  const index = configs.length ? null : new URL(params.get("index") || DEFAULT_INDEX, url).href;
+  return {
+    configs,
+    index,
+    compare: ["1", "true", "yes"].includes(params.get("compare") ?? ""),
+    a: params.get("a"),
+    b: params.get("b"),
+  };
+}
+
+/** The record moved to the folder its AppConfig was read from (pure). */
+export function relocateRecord(record, configUrl) {
+  const folder = new URL("./", configUrl).href;
+  if (typeof record.model !== "string" || record.model === folder) return record;
+  const lib = record.model_lib;
+  const relocatedLib = typeof lib === "string" && lib.startsWith(record.model)
+    ? folder + lib.slice(record.model.length)
+    : lib;
+  return { ...record, model: folder, model_lib: relocatedLib };
+}
+
+/**
+ * {entries: [{record, configUrl}], problems: [message]} from the page options.
+ * `fetchJson(url)` returns parsed JSON or throws; one broken source does not hide the others.
+ */
+export async function loadCatalog(options, fetchJson) {
+  const problems = [];
+  let configs = options.configs;
+  if (options.index) {
+    try {
+      const index = await fetchJson(options.index);
+      configs = (index.models ?? []).map((c) => new URL(c, options.index).href);
+    } catch (error) {
+      problems.push(`Could not read the models index ${options.index}: ${error.message}`);
+      configs = [];
+    }
+  }
+  const entries = [];
+  const seen = new Set();
+  for (const configUrl of configs) {
+    let appConfig;
+    try {
+      appConfig = await fetchJson(configUrl);
+    } catch (error) {
+      problems.push(`Could not read ${configUrl}: ${error.message}`);
+      continue;
+    }
+    if (!Array.isArray(appConfig?.model_list)) {
+      problems.push(`${configUrl} is not a WebLLM AppConfig (no model_list)`);
+      continue;
+    }
+    for (const raw of appConfig.model_list) {
+      if (seen.has(raw.model_id)) {
+        problems.push(`${configUrl} repeats model id ${raw.model_id}; the first one is used`);
+        continue;
+      }
+      seen.add(raw.model_id);
+      entries.push({ record: relocateRecord(raw, configUrl), configUrl });
+    }
+  }
+  return { entries, problems };
+}
+
+/** The system prompt the model was trained or built with (null when none). */
+export function systemPromptOf(record) {
+  const webslm = record.webslm ?? {};
+  return webslm.finetune?.system_prompt ?? webslm.system_prompt ?? null;
+}
+
+/** Decoding defaults the build recorded (the model's generation_config or webslm's). */
+export function samplingOf(record) {
+  const overrides = record.overrides ?? {};
+  return {
+    temperature: typeof overrides.temperature === "number" ? overrides.temperature : 0.7,
+    top_p: typeof overrides.top_p === "number" ? overrides.top_p : 0.95,
+  };
+}
+
+/** Bytes a first load downloads: the weight shards listed in ndarray-cache.json plus the library. */
+export function downloadBytes(ndarrayCache, libraryBytes) {
+  const shards = (ndarrayCache?.records ?? []).reduce((sum, shard) => sum + (shard.nbytes ?? 0), 0);
+  return shards + libraryBytes;
+}
+
+export function formatMB(bytes) {
+  const mb = bytes / MB;
+  return mb >= 10 ? `${Math.round(mb)} MB` : `${mb.toFixed(1)} MB`;
+}
+
+/** A short description: "tiny (q4f16_1, fine-tuned from Qwen/…)". */
+export function describeRecord(record) {
+  const base = record.webslm?.finetune?.base_model;
+  return base ? `${record.model_id} — fine-tuned from ${base}` : record.model_id;
+}
