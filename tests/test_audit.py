@@ -91,6 +91,7 @@ def test_audit_refuses_a_provenance_from_another_toolchain(
     (dist / "provenance.json").write_text(canonical_json(statement))
     assert main(["audit", "--artifact", str(dist / LIB), "--report", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
-    assert f"built with toolchain {'f' * 16}..., but this checkout's lock gives" in err
-    assert "check out the webslm commit whose docker/toolchain.lock.json" in err
+    assert f"the provenance names toolchain {'f' * 16} but this checkout's lock gives" in err
+    assert f"check out the webslm commit whose docker/toolchain.lock.json has digest {'f' * 16}" \
+        in err
     assert json.loads((tmp_path / "r" / "report.json").read_text())["verdict"] == "error"

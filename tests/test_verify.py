@@ -245,7 +245,7 @@ def test_another_toolchain_is_refused_naming_the_commit_with_its_lock(tmp_path: 
     with pytest.raises(BadInput) as caught:
         verify.check_toolchain(provenance, a_toolchain(B, lock_digest(new_lock)), repo)
     line = caught.value.line()
-    assert f"built with toolchain {A[:16]}" in line and f"lock gives {B[:16]}" in line
+    assert f"names toolchain {A[:16]} but this checkout's lock gives toolchain {B[:16]};" in line
     assert f"git checkout {old_commit[:12]}" in line and "invoke toolchain" in line
     with pytest.raises(BadInput, match="Dockerfile or its context differ"):
         verify.check_toolchain(provenance, a_toolchain(B, lock_digest(old_lock)), repo)

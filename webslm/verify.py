@@ -709,13 +709,14 @@ def check_toolchain(provenance: Provenance, toolchain: Toolchain, repo: Path) ->
     if provenance.lock_digest != toolchain.lock_digest:
         commits = lock_commits(provenance.lock_digest, repo)
         where = (f"`git checkout {commits[0][:12]}` (its {LOCK_PATH} has that digest)" if commits
-                 else f"check out the webslm commit whose {LOCK_PATH} has sha256 "
-                      f"{provenance.lock_digest[:16]}... (`sha256sum {LOCK_PATH}`)")
+                 else f"check out the webslm commit whose {LOCK_PATH} has digest "
+                      f"{provenance.lock_digest[:16]} (the provenance's {LOCK_PATH} dependency; "
+                      f"`git log -- {LOCK_PATH}` lists the candidates)")
     else:
         where = ("the lock is the same but the Dockerfile or its context differ: check out the "
                  "webslm commit the build used (`invoke toolchain id` prints this one's ID)")
-    raise BadInput(f"the provenance was built with toolchain {provenance.toolchain_id[:16]}..., "
-                   f"but this checkout's lock gives {toolchain.id[:16]}...",
+    raise BadInput(f"the provenance names toolchain {provenance.toolchain_id[:16]} but this "
+                   f"checkout's lock gives toolchain {toolchain.id[:16]}",
                    f"{where}, run `invoke toolchain`, then verify again")
 
 
