@@ -488,16 +488,12 @@ def hub_failure(error: BaseException, redactor: Redactor, doing: str) -> WebslmE
 
 
 def _hub_call(redactor: Redactor, doing: str, call: Any, *args: Any, **kwargs: Any) -> Any:
-    """Run one HfApi call; its failure becomes a redacted WebslmError raised outside the
-    `except` block, so no unredacted exception stays chained to it."""
-    import httpx2
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
-
+    """Run one HfApi call; any failure becomes a redacted WebslmError raised outside the
+    `except` block, so no unredacted exception (or traceback) stays chained to it."""
     failure: WebslmError | None = None
     try:
         return call(*args, **kwargs)
-    except (HfHubHTTPError, OfflineModeIsEnabled, httpx2.HTTPError, OSError,
-            RuntimeError, ValueError) as error:
+    except Exception as error:  # every kind: none may escape unredacted
         failure = hub_failure(error, redactor, doing)
     raise failure
 
