@@ -255,3 +255,10 @@ def test_hadolint_passes_on_the_dockerfile() -> None:
                              str(REPO / "docker/Dockerfile")], capture_output=True, text=True,
                             check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_workflow_caches_by_the_toolchain_id() -> None:
+    workflow = (REPO / ".github/workflows/toolchain.yml").read_text()
+    assert "webslm toolchain id" in workflow
+    assert "key: webslm-toolchain-${{ steps.ident.outputs.id }}" in workflow
+    assert "cache-hit != 'true'" in workflow and "--pull" in workflow and "--push" in workflow
