@@ -9,6 +9,7 @@ import hashlib
 import http.server
 import json
 import os
+import shutil
 import socket
 import subprocess
 import threading
@@ -363,3 +364,47 @@ def test_an_artifact_that_is_no_subject_is_refused(tmp_path: Path,
     assert main(["audit", "--artifact", str(dist / "libs" / "other.wasm")]) == 2
     err = capsys.readouterr().err
     assert "is not among the subjects" in err and "libs/m-webgpu.wasm" in err
+
+
+def test_without_diffoscope_the_explanation_is_sizes_and_offset(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch
+                                                                 ) -> None:
+    expected, got = tmp_path / "e.wasm", tmp_path / "g.wasm"
+    expected.write_bytes(b"\0asm\1\0\0\0abc")
+    got.write_bytes(b"\0asm\1\0\0\0abd")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert verify.explain_difference(expected, got).startswith(
+        "sizes: expected 11 bytes, got 11 bytes\nfirst difference at offset 10 (0xa):")
+
+
+@pytest.mark.skipif(shutil.which("diffoscope") is None, reason="diffoscope (optional) absent")
+def test_diffoscope_explains_when_installed(tmp_path: Path) -> None:
+    expected, got = tmp_path / "e.wasm", tmp_path / "g.wasm"
+    expected.write_bytes(b"\0asm\1\0\0\0" + b"a" * 64)
+    got.write_bytes(b"\0asm\1\0\0\0" + b"a" * 30 + b"X" + b"a" * 33)
+    text = verify.explain_difference(expected, got)
+    assert text.startswith(f"--- {expected}\n+++ {got}") and "X" in text
+
+
+def test_verify_refuses_model_files_other_than_the_recorded_ones(
+        tiny_qwen2: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from webslm.hub import resolve_model
+    from webslm.provenance import hash_files
+    from webslm.spec import resolve_spec
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_qwen2, model)
+    spec = resolve_spec(model=str(model), name="m")
+    resolved = resolve_model(spec)
+    dist = tmp_path / "dist" / "m"
+    dist.mkdir(parents=True)
+    (dist / "provenance.json").write_text(canonical_json(a_statement(
+        spec=spec.to_json(), inputs=hash_files(resolved.path, resolved.files))))
+    (model / "tokenizer_config.json").write_text("{}")
+    monkeypatch.setattr("webslm.toolchain.current_toolchain",
+                        lambda: a_toolchain(A, lock_digest(STANDIN_LOCK)))
+    assert main(["verify", str(dist)]) == 2
+    err = capsys.readouterr().err
+    assert f"the model files at {model} are not the ones the provenance names " \
+           "(differing: tokenizer_config.json)" in err

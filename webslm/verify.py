@@ -781,7 +781,7 @@ def check_inputs(spec: BuildSpec, provenance: Provenance) -> None:
                     if digests.get(n) != provenance.inputs.get(n))
     if differ:
         raise BadInput(f"the model files at {model.path} are not the ones the provenance names "
-                       f"({', '.join(differ[:4])} differ)",
+                       f"(differing: {', '.join(differ[:4])})",
                        "verify needs the exact inputs: restore the model the build used")
 
 
