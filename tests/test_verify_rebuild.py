@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 from standin.image import standin_toolchain
 from test_build import standin, standin_image  # noqa: F401  (fixtures shared with the build tests)
+from test_hub import write_hub_cache
+from test_verify import offline_hub  # noqa: F401
 
 from webslm.cli import main
 from webslm.files import canonical_json, sha256_file
@@ -26,6 +28,7 @@ from webslm.spec import resolve_spec
 
 pytestmark = pytest.mark.docker
 LIB = "libs/tiny-q4f16_1-webgpu.wasm"
+HUB_COMMIT = "3" * 40
 
 
 def build_dist(model: Path, out: Path, toolchain) -> Path:  # noqa: ANN001
@@ -163,3 +166,18 @@ def test_a_toolchain_image_that_is_absent_exits_3(standin, built: Path,  # noqa:
     monkeypatch.setattr("webslm.toolchain.current_toolchain", lambda: missing)
     assert main(["verify", str(built)]) == 3
     assert "is not in the local Docker engine" in capsys.readouterr().err
+
+
+def test_a_hub_model_build_is_verified_at_its_recorded_commit(
+        standin, tiny_qwen2: Path, tmp_path: Path,  # noqa: ANN001, F811
+        offline_hub: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    write_hub_cache(offline_hub, "Org/Tiny-Qwen", tiny_qwen2, commit=HUB_COMMIT)
+    dist = build_model(resolve_spec(model="Org/Tiny-Qwen", name="tiny"),
+                       BuildOptions(out=tmp_path / "dist", toolchain=standin,
+                                    cache_dir=tmp_path / "cache", show_progress=False)).dist
+    model = json.loads((dist / "provenance.json").read_text())[
+        "predicate"]["buildDefinition"]["externalParameters"]["model"]
+    assert model == {"id": "Org/Tiny-Qwen", "revision": HUB_COMMIT, "source": "hub"}
+    # main moves on; verify must still rebuild from the commit the build used
+    (offline_hub / "models--Org--Tiny-Qwen" / "refs" / "main").write_text("9" * 40)
+    assert main(["verify", str(dist)]) == 0, capsys.readouterr().err

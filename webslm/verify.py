@@ -569,7 +569,7 @@ def fetch_http(url: str, into: Path) -> Fetched:
     name = Path(urllib.parse.urlparse(url).path).name or "download"
     target = target_dir / name
     try:
-        with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S) as response:  # noqa: S310
+        with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S) as response:
             with open(target.with_suffix(target.suffix + ".part"), "wb") as handle:
                 shutil.copyfileobj(response, handle)
     except urllib.error.HTTPError as error:
@@ -829,9 +829,12 @@ def compare_with_rebuild(command: str, target: str, provenance: Provenance, wher
         stage = first_differing_stage(STAGES, provenance.stages, rebuilt.stages)
         if stage is None and any(not r.reproducible for r in rows):
             stage = StageDifference(PACKAGE_STAGE, "-", "-", same_inputs=True)
+        conditions = {**variation_conditions(variation),
+                      "toolchain image": f"{toolchain.image} (sha256:{rebuilt.image_digest})",
+                      "image the build used": f"sha256:{provenance.image_digest}"}
         return Report(command=command, target=target, provenance=where,
                       model_id=result.spec.model_id, toolchain_id=provenance.toolchain_id,
-                      conditions=variation_conditions(variation), rows=tuple(rows),
+                      conditions=conditions, rows=tuple(rows),
                       checks=tuple(checks), first_stage=stage, differences=differences)
 
 
