@@ -347,7 +347,8 @@ def ensure_web_bundle(web: Path = WEB_SOURCE) -> Path:
 
 def serve_command(dists: list[Path], host: str = "127.0.0.1", port: int = 8000) -> int:
     """Serve until Ctrl-C; the URL to open is printed first."""
-    site = Site(web=ensure_web_bundle(), models=find_models(dists))
+    models = find_models(dists)
+    site = Site(web=ensure_web_bundle(), models=models)
     server = make_server(site, host, port)
     names = ", ".join(m.name for m in site.models)
     print(f"webslm: serving {names} with the web client at {server.url}  (Ctrl-C stops)",

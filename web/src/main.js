@@ -210,7 +210,8 @@ async function showDownloadSize(panes) {
     : `First load downloads ~${formatMB(bytes)} once; after that it works offline.`;
 }
 
-function renderPanes() {
+/** Rebuilds the panes for the current selection; resolves once the download size is shown. */
+async function renderPanes() {
   for (const pane of app.panes) pane.dispose();
   ui.panes.replaceChildren();
   const entries = selectedEntries();
@@ -225,7 +226,7 @@ function renderPanes() {
   applyDefaults(entries);
   ui.load.disabled = !app.panes.some((p) => p.el.dataset.state === "idle");
   setAsking(false);
-  showDownloadSize(app.panes.filter((p) => p.el.dataset.state === "idle"));
+  await showDownloadSize(app.panes.filter((p) => p.el.dataset.state === "idle"));
 }
 
 function setAsking(generating) {
@@ -294,7 +295,7 @@ async function boot() {
   ui.question.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && !event.shiftKey) ask(event);
   });
-  if (app.entries.length) renderPanes();
+  if (app.entries.length) await renderPanes();
   else ui.load.disabled = true;
   document.body.dataset.ready = "yes";
 }
