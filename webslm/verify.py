@@ -728,7 +728,7 @@ class RebuildSettings:
     """Where and with what a verifying rebuild runs (tests pass the stand-in toolchain)."""
 
     toolchain: Toolchain | None = None  # None: webslm.toolchain.current_toolchain()
-    cache_dir: Path | None = None  # where logs go; the stage cache itself is never read
+    cache_dir: Path | None = None  # where logs go (None: <cache>/verify); no stage is reused
     show_progress: bool = True
     repo: Path = Path(__file__).resolve().parent.parent  # where `git log` finds the lock
 
@@ -788,13 +788,15 @@ def check_inputs(spec: BuildSpec, provenance: Provenance) -> None:
 def rebuild(provenance: Provenance, settings: RebuildSettings, toolchain: Toolchain,
             work: Path) -> tuple[BuildResult, Variation]:
     """Build again from scratch, under the verify variation, into `work`."""
+    from webslm.cache import default_cache_dir
     from webslm.pipeline import BuildOptions, build_model
 
     spec = rebuild_spec(provenance)
     check_inputs(spec, provenance)
     variation = verify_variation(work / "build-area", os.getuid())
     options = BuildOptions(out=work / "dist", use_cache=False, toolchain=toolchain,
-                           cache_dir=settings.cache_dir, variation=variation,
+                           cache_dir=settings.cache_dir or default_cache_dir() / "verify",
+                           variation=variation,
                            show_progress=settings.show_progress)
     return build_model(spec, options), variation
 
