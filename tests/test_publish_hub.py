@@ -33,6 +33,7 @@ from huggingface_hub.utils._http import (
     hf_request_event_hook,
     set_client_factory,
 )
+from test_build import standin_image  # noqa: F401  (the stand-in toolchain image fixture)
 from test_publish import FAKE_TOKEN, REPO, make_dist
 
 from webslm.cli import main
@@ -428,3 +429,32 @@ def test_the_stand_in_refuses_what_the_hub_refuses(hub: StandInHub) -> None:
     assert stale.value.response.status_code == 412
     with pytest.raises(AssertionError, match="do not match the oid"):
         hub.handle(httpx2.Request("PUT", f"{LFS_STORAGE}/{'0' * 64}", content=b"x"))
+
+
+# ---------------------------------------------------------------------------- a real build
+
+
+@pytest.mark.docker
+def test_publishing_a_real_stand_in_build(standin_image: str, tiny_qwen2: Path,  # noqa: F811
+                                          tmp_path: Path, hub: StandInHub,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """The pipeline's own dist folder (stand-in toolchain, real Docker engine) is accepted as it
+    is, and every file its published AppConfig and ndarray-cache.json name is fetchable."""
+    from standin.image import standin_toolchain
+
+    from webslm.pipeline import BuildOptions, build_model
+    from webslm.spec import resolve_spec
+
+    options = BuildOptions(out=tmp_path / "dist", toolchain=standin_toolchain(standin_image),
+                           cache_dir=tmp_path / "cache", show_progress=False)
+    dist = build_model(resolve_spec(model=str(tiny_qwen2), name="tiny"), options).dist
+    assert main(["publish", str(dist), "--repo", REPO]) == 0
+    first, second = hub.repos[REPO]["commits"]
+    record = json.loads(second["files"][APP_CONFIG_FILE])["model_list"][0]
+    assert record["model"] == f"{HUB}/{REPO}/resolve/{first['oid']}/"
+    assert hub.fetch(record["model_lib"]) == (dist / "libs/tiny-q4f16_1-webgpu.wasm").read_bytes()
+    chat = json.loads(hub.fetch(record["model"] + "mlc-chat-config.json"))
+    cache = json.loads(hub.fetch(record["model"] + "ndarray-cache.json"))
+    for name in [*chat["tokenizer_files"], *(r["dataPath"] for r in cache["records"])]:
+        assert hub.fetch(record["model"] + name) == (dist / name).read_bytes(), name
+    assert FAKE_TOKEN not in "".join(capsys.readouterr())
