@@ -5,12 +5,12 @@
 // (CreateWebWorkerMLCEngine's engineConfig.appConfig), never to reload().
 import { CreateWebWorkerMLCEngine, hasModelInCache } from "@mlc-ai/web-llm";
 
+import { chatRequest, streamAnswer } from "./chat.js";
 import { featureProblem, NO_WEBGPU, probeWebGPU, versionProblem } from "./guards.js";
 import { browserStore, integrityRefusal, verifyRecord } from "./integrity.js";
 import {
   describeRecord, downloadBytes, formatMB, loadCatalog, pageOptions, samplingOf, systemPromptOf,
 } from "./models.js";
-import { applySentenceBudget } from "./sentences.js";
 import { BUILT_WEBLLM_VERSION } from "./version.js";
 
 const EXAMPLES = [
@@ -131,31 +131,16 @@ class Pane {
 
   /** Streams one answer into the transcript; the sentence budget cuts and stops it. */
   async answer(question, settings) {
+    const request = chatRequest([...this.messages, { role: "user", content: question }], settings);
     this.messages.push({ role: "user", content: question });
     this.addBubble("user", question);
     const bubble = this.addBubble("assistant", "");
-    const system = settings.systemPrompt ? [{ role: "system", content: settings.systemPrompt }] : [];
     this.setState("generating", "Answering…");
     let text = "";
     try {
-      const stream = await this.engine.chat.completions.create({
-        messages: [...system, ...this.messages],
-        stream: true,
-        temperature: settings.temperature,
-        top_p: settings.top_p,
+      text = await streamAnswer(this.engine, request, settings.budget, (t) => {
+        bubble.textContent = t;
       });
-      for await (const chunk of stream) {
-        text += chunk.choices[0]?.delta?.content ?? "";
-        const budget = applySentenceBudget(text, settings.budget);
-        bubble.textContent = budget.text;
-        if (budget.reached) {
-          text = budget.text;
-          this.engine.interruptGenerate();
-          break;
-        }
-      }
-      text = applySentenceBudget(text, settings.budget, true).text;
-      bubble.textContent = text;
       this.setState("ready", "");
     } catch (error) {
       this.setState("error", `Generation failed: ${error.message ?? error}`);
