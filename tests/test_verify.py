@@ -15,6 +15,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -133,10 +134,11 @@ def test_the_first_differing_stage_follows_build_order() -> None:
 
 def test_app_config_integrity_is_checked_against_the_subjects() -> None:
     subjects = {"mlc-chat-config.json": A, "libs/m-webgpu.wasm": B, "tokenizer.json": C}
-    record = {"model_id": "m", "model_lib": "https://x/m/resolve/main/libs/m-webgpu.wasm",
-              "integrity": {"config": sri(A), "model_lib": sri(B),
-                            "tokenizer": {"tokenizer.json": sri(C)}},
-              "webslm": {"toolchain_id": A}}
+    record: dict[str, Any] = {
+        "model_id": "m", "model_lib": "https://x/m/resolve/main/libs/m-webgpu.wasm",
+        "integrity": {"config": sri(A), "model_lib": sri(B),
+                      "tokenizer": {"tokenizer.json": sri(C)}},
+        "webslm": {"toolchain_id": A}}
     assert all(c.ok for c in verify.app_config_checks({"model_list": [record]}, subjects, A))
     forged = {**record, "integrity": {**record["integrity"], "model_lib": sri(C)}}
     failed = [c.name for c in verify.app_config_checks({"model_list": [forged]}, subjects, B)
@@ -271,11 +273,15 @@ def test_other_locations_are_not_hub_files() -> None:
     assert verify.parse_hub_location("dist/m/libs/m.wasm") is None
 
 
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        """Keep the test output clean."""
+
+
 @contextlib.contextmanager
 def http_server(root: Path) -> Iterator[str]:
     """A real HTTP server on 127.0.0.1 serving `root`; yields its base URL."""
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *args: None  # type: ignore[assignment]
+    handler = functools.partial(QuietHandler, directory=str(root))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
