@@ -1,8 +1,10 @@
 import assert from "node:assert/strict";
-import { createHash } from "node:crypto";
+import { createHash, webcrypto } from "node:crypto";
 import { test } from "node:test";
 
 import { integrityRefusal, integrityTargets, parseSri, sriOf, verifyRecord } from "../src/integrity.js";
+
+globalThis.crypto ??= webcrypto; // Node 18 has no global WebCrypto
 
 const sri = (bytes) => "sha256-" + createHash("sha256").update(bytes).digest("base64");
 const FILES = {
