@@ -291,8 +291,8 @@ class SiteServer(ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host}:{port}/"
+        """The address to open (with the port the system chose when asked for port 0)."""
+        return f"http://{self.server_address[0]!s}:{self.server_port}/"
 
 
 def make_server(site: Site, host: str = "127.0.0.1", port: int = 8000,
