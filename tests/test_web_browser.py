@@ -98,6 +98,8 @@ def test_without_webgpu_the_page_says_why_and_loads_nothing(browser: Browser, se
     assert pane_states(page)[0]["state"] == "refused"
     assert page.eval(js="document.getElementById('load').disabled") is True
     assert not [u for u in requested(page) if u.endswith(".wasm")]
+    log = page.log()
+    assert log["errors"] == [] and [m for m in log["console"] if m["type"] == "error"] == []
     page.shot("no-webgpu")
 
 
