@@ -1,9 +1,10 @@
 """The GitHub workflows: every file passes actionlint (with shellcheck on its `run:` scripts) and
 GitHub's workflow JSON schema (check-jsonschema's vendored copy), and build.yml keeps the promises
 users rely on: its choices are the project's presets and quantizations, the toolchain image is the
-one keyed by `webslm toolchain id` (the same cache key toolchain.yml writes), the build is
-uploaded before any step that uses the Hub token, a second runner verifies it, and only a
-verified build is published.
+one keyed by `webslm toolchain id` (provided by the reusable toolchain.yml, under the same cache
+key and path it saves), the build is uploaded before any step that uses the Hub token, a second
+runner verifies it, and only a verified build is published. toolchain.yml itself skips an ID
+already cached, caches what it pulls or builds under that ID, and never pushes from a pull request.
 
 The structural checks are functions returning the broken promises, so each is also shown to catch
 a workflow that breaks it.
@@ -24,6 +25,7 @@ from conftest import REPO_ROOT, require
 
 WORKFLOWS = REPO_ROOT / ".github" / "workflows"
 BUILD = WORKFLOWS / "build.yml"
+TOOLCHAIN = WORKFLOWS / "toolchain.yml"
 CACHE_KEY = re.compile(r"^webslm-toolchain-\$\{\{ (?P<source>[^}]+) \}\}$")
 
 
@@ -117,18 +119,52 @@ def jobs_running(jobs: dict[str, Any], command: str) -> list[str]:
     return [name for name, job in jobs.items() if any(runs(s, command) for s in steps_of(job))]
 
 
-def toolchain_problems(workflow: dict[str, Any]) -> list[str]:
+def id_step(job: dict[str, Any]) -> str | None:
+    """The id of the step that writes `webslm toolchain id` to $GITHUB_OUTPUT, if any."""
+    return next((str(s["id"]) for s in steps_of(job) if "id" in s and runs(s, "webslm toolchain id")
+                 and "$GITHUB_OUTPUT" in str(s.get("run"))), None)
+
+
+def outputs_the_id(job: dict[str, Any]) -> bool:
+    step = id_step(job)
+    expected = f"${{{{ steps.{step}.outputs.id }}}}"
+    return step is not None and job.get("outputs", {}).get("id") == expected
+
+
+def called_workflows(workflow: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The local reusable workflows the jobs of `workflow` call, by their `uses:` path."""
+    return {job["uses"]: load(REPO_ROOT / job["uses"]) for job in workflow["jobs"].values()
+            if str(job.get("uses", "")).startswith("./")}
+
+
+def provided_id_job(called: dict[str, Any]) -> str | None:
+    """The job of a reusable workflow whose `id` output is its `workflow_call` output `id`."""
+    trigger = called["on"].get("workflow_call") or {}
+    value = str((trigger.get("outputs") or {}).get("id", {}).get("value", ""))
+    match = re.fullmatch(r"\$\{\{ jobs\.([\w-]+)\.outputs\.id \}\}", value)
+    return match.group(1) if match and match.group(1) in called["jobs"] else None
+
+
+def toolchain_problems(workflow: dict[str, Any],
+                       called: dict[str, dict[str, Any]] | None = None) -> list[str]:
     """Every job that builds or verifies loads the image restored under the toolchain ID, which
-    comes from `webslm toolchain id`."""
+    comes from `webslm toolchain id`: in a step of one job, or of the reusable workflow it calls."""
     jobs, problems = workflow["jobs"], []
-    id_jobs = [name for name, job in jobs.items()
-               if any(runs(s, "webslm toolchain id") and "$GITHUB_OUTPUT" in str(s.get("run"))
-                      for s in steps_of(job))]
+    called = called_workflows(workflow) if called is None else called
+
+    def provides_the_id(job: dict[str, Any]) -> bool:
+        if "uses" not in job:
+            return outputs_the_id(job)
+        reusable = called.get(job["uses"])
+        if reusable is None:
+            return False
+        provider = provided_id_job(reusable)
+        return provider is not None and outputs_the_id(reusable["jobs"][provider])
+
+    id_jobs = [name for name, job in jobs.items() if provides_the_id(job)]
     if len(id_jobs) != 1:
-        return [f"one job must output `webslm toolchain id`, found {id_jobs}"]
+        return [f"one job must output `webslm toolchain id` as its output id, found {id_jobs}"]
     id_job = id_jobs[0]
-    if not str(jobs[id_job].get("outputs", {}).get("id", "")).startswith("${{ steps."):
-        problems.append(f"job {id_job} does not output the ID")
     for name in {*jobs_running(jobs, "invoke build"), *jobs_running(jobs, "invoke verify")}:
         steps = steps_of(jobs[name])
         restore = [i for i, s in enumerate(steps) if uses(s, "actions/cache/restore")
@@ -141,6 +177,68 @@ def toolchain_problems(workflow: dict[str, Any]) -> list[str]:
             problems.append(f"job {name} does not need {id_job}")
         if not restore or not load_image or not restore[0] < load_image[0] < work[0]:
             problems.append(f"job {name} does not restore and load the image of the ID first")
+    return problems
+
+
+def cache_entries(workflow: dict[str, Any], id_expression: str) -> set[tuple[str, str]]:
+    """(key, path) of every actions/cache step, the ID expression written as `<ID>`."""
+    env, found = workflow.get("env", {}), set()
+    for job in workflow["jobs"].values():
+        for step in steps_of(job):
+            if str(step.get("uses", "")).startswith("actions/cache"):
+                path = re.sub(r"\$\{\{ env\.(\w+) \}\}", lambda m: env[m.group(1)],
+                              step["with"]["path"])
+                found.add((str(step["with"]["key"]).replace(id_expression, "<ID>"), path))
+    return found
+
+
+def cache_problems(workflow: dict[str, Any], toolchain: dict[str, Any]) -> list[str]:
+    """The cache entry `workflow` restores is the one toolchain.yml looks up and saves: key
+    webslm-toolchain-<the toolchain ID> and the same path."""
+    provider = provided_id_job(toolchain)
+    step = id_step(toolchain["jobs"][provider]) if provider else None
+    callers = [name for name, job in workflow["jobs"].items()
+               if job.get("uses") == "./.github/workflows/toolchain.yml"]
+    if step is None or len(callers) != 1:
+        return [f"toolchain.yml must provide the ID to one caller job, found {callers}"]
+    theirs = cache_entries(toolchain, f"steps.{step}.outputs.id")
+    ours = cache_entries(workflow, f"needs.{callers[0]}.outputs.id")
+    saved = any(uses(s, "actions/cache/save") for s in steps_of(toolchain["jobs"][provider]))
+    if not saved or len(theirs) != 1 or not CACHE_KEY.match(next(iter(theirs))[0]):
+        return [f"toolchain.yml must save one entry keyed by the ID, found {sorted(theirs)}"]
+    if ours != theirs:
+        return [f"the cache entries restored {sorted(ours)} differ from those saved "
+                f"{sorted(theirs)}"]
+    return []
+
+
+def toolchain_workflow_problems(toolchain: dict[str, Any]) -> list[str]:
+    """toolchain.yml does nothing for an ID already in the Actions cache, saves the image it
+    pulled or built (docker save) under that ID, and never pushes from a pull request."""
+    provider = provided_id_job(toolchain)
+    if provider is None:
+        return ["toolchain.yml must output the ID of one of its jobs (workflow_call output id)"]
+    steps, problems = steps_of(toolchain["jobs"][provider]), []
+    lookup = next((i for i, s in enumerate(steps) if uses(s, "actions/cache/restore")
+                   and s["with"].get("lookup-only") is True and "id" in s), None)
+    if lookup is None:
+        return ["toolchain.yml must look the ID up in the Actions cache first"]
+    # A step runs only on a cache miss when its condition says so, or reads the output of a
+    # step that runs only on a miss (an output of a skipped step is empty).
+    gates = [f"steps.{steps[lookup]['id']}.outputs.cache-hit != 'true'"]
+    for step in steps[lookup + 1:]:
+        if not any(gate in str(step.get("if", "")) for gate in gates):
+            problems.append(f"step {step.get('name', step)!r} runs although the ID is cached")
+        elif "id" in step:
+            gates.append(f"steps.{step['id']}.outputs.")
+    saved = [i for i, s in enumerate(steps) if runs(s, "docker save")]
+    cached = [i for i, s in enumerate(steps) if uses(s, "actions/cache/save")]
+    if not saved or not cached or not saved[0] < cached[0]:
+        problems.append("toolchain.yml must docker save the image, then cache it")
+    for step in steps:
+        if "--push" in str(step.get("run", "")) and \
+                "github.event_name != 'pull_request'" not in str(step.get("if", "")):
+            problems.append(f"step {step.get('name', step)!r} pushes from pull requests")
     return problems
 
 
@@ -213,27 +311,13 @@ def test_build_and_verify_use_the_image_keyed_by_the_toolchain_id(
     assert toolchain_problems(build_workflow) == []
 
 
-def test_the_cache_key_and_path_match_what_toolchain_yml_writes(
+def test_the_cache_key_and_path_match_what_toolchain_yml_saves(
         build_workflow: dict[str, Any]) -> None:
-    toolchain_yml = WORKFLOWS / "toolchain.yml"
-    if not toolchain_yml.exists():
-        pytest.skip("toolchain.yml is not written yet")
+    assert cache_problems(build_workflow, load(TOOLCHAIN)) == []
 
-    def cache_entries(workflow: dict[str, Any]) -> set[tuple[str, str]]:
-        env = workflow.get("env", {})
-        found = set()
-        for job in workflow["jobs"].values():
-            for step in steps_of(job):
-                if str(step.get("uses", "")).startswith("actions/cache"):
-                    match = CACHE_KEY.match(step["with"]["key"])
-                    assert match, step["with"]["key"]
-                    path = re.sub(r"\$\{\{ env\.(\w+) \}\}", lambda m: env[m.group(1)],
-                                  step["with"]["path"])
-                    found.add(("webslm-toolchain-", path))
-        return found
 
-    theirs, ours = cache_entries(load(toolchain_yml)), cache_entries(build_workflow)
-    assert theirs and ours == theirs
+def test_toolchain_yml_skips_a_cached_id_caches_what_it_makes_and_never_pushes_a_pr() -> None:
+    assert toolchain_workflow_problems(load(TOOLCHAIN)) == []
 
 
 def test_the_build_is_uploaded_before_publishing_and_publishing_waits_for_verify(
@@ -285,3 +369,69 @@ def test_the_structural_checks_catch_a_broken_build_workflow(
     elif breakage == "input pasted into a script":
         publish_step["run"] = "invoke publish dist/x --repo ${{ inputs.repo }}"
     assert any(complaint in p for p in check(broken)), check(broken)
+
+
+def problems_with_toolchain_yml(workflow: dict[str, Any], toolchain: dict[str, Any]) -> list[str]:
+    """toolchain_problems with `toolchain` standing for the toolchain.yml that build.yml calls."""
+    return toolchain_problems(workflow, {"./.github/workflows/toolchain.yml": toolchain})
+
+
+@pytest.mark.parametrize("breakage, check, complaint", [
+    ("ID not from the toolchain workflow", problems_with_toolchain_yml,
+     "one job must output `webslm toolchain id`"),
+    ("ID not from webslm toolchain id", problems_with_toolchain_yml,
+     "one job must output `webslm toolchain id`"),
+    ("build restores another key", problems_with_toolchain_yml,
+     "does not restore and load the image"),
+    ("restore path differs", cache_problems, "differ from those saved"),
+    ("save key differs", cache_problems, "must save one entry keyed by the ID"),
+    ("nothing saved", cache_problems, "must save one entry keyed by the ID"),
+])
+def test_the_checks_across_both_workflows_catch_a_broken_pair(
+        build_workflow: dict[str, Any], breakage: str, check: Any, complaint: str) -> None:
+    broken, toolchain = copy.deepcopy(build_workflow), load(TOOLCHAIN)
+    steps = toolchain["jobs"]["toolchain"]["steps"]
+    if breakage == "ID not from the toolchain workflow":
+        toolchain["on"]["workflow_call"]["outputs"]["id"]["value"] = "${{ jobs.other.outputs.id }}"
+    elif breakage == "ID not from webslm toolchain id":
+        ident = next(s for s in steps if s.get("id") == "ident")
+        ident["run"] = 'echo "id=$(git rev-parse HEAD)" >> "$GITHUB_OUTPUT"'
+    elif breakage == "build restores another key":
+        restore = next(s for s in broken["jobs"]["build"]["steps"]
+                       if uses(s, "actions/cache/restore"))
+        restore["with"]["key"] = "webslm-toolchain-${{ github.sha }}"
+    elif breakage == "restore path differs":
+        restore = next(s for s in broken["jobs"]["verify"]["steps"]
+                       if uses(s, "actions/cache/restore"))
+        restore["with"]["path"] = "/tmp/other.tar"
+    elif breakage == "save key differs":
+        next(s for s in steps if uses(s, "actions/cache/save"))["with"]["key"] = \
+            "webslm-toolchain-${{ github.sha }}"
+    elif breakage == "nothing saved":
+        steps[:] = [s for s in steps if not uses(s, "actions/cache/save")]
+    problems = check(broken, toolchain)
+    assert any(complaint in p for p in problems), problems
+
+
+@pytest.mark.parametrize("breakage, complaint", [
+    ("build although cached", "runs although the ID is cached"),
+    ("save without docker save", "must docker save the image, then cache it"),
+    ("push from pull requests", "pushes from pull requests"),
+    ("no cache lookup", "must look the ID up in the Actions cache first"),
+])
+def test_the_toolchain_workflow_check_catches_a_broken_toolchain_workflow(
+        breakage: str, complaint: str) -> None:
+    toolchain = load(TOOLCHAIN)
+    steps = toolchain["jobs"]["toolchain"]["steps"]
+    made = next(s for s in steps if runs(s, "docker save"))
+    if breakage == "build although cached":
+        del made["if"]
+    elif breakage == "save without docker save":
+        made["run"] = made["run"].replace("docker save", "docker inspect")
+    elif breakage == "push from pull requests":
+        push = next(s for s in steps if "--push" in str(s.get("run", "")))
+        push["if"] = "steps.cache.outputs.cache-hit != 'true'"
+    elif breakage == "no cache lookup":
+        steps[:] = [s for s in steps if not uses(s, "actions/cache/restore")]
+    problems = toolchain_workflow_problems(toolchain)
+    assert any(complaint in p for p in problems), problems
