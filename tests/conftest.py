@@ -5,14 +5,23 @@ Docker and browser tests never skip silently in CI (CI=true): a missing engine t
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import hashlib
+import http.server
 import os
+import shutil
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from standin.image import ensure_standin_image, standin_toolchain  # noqa: E402
 from tinymodels import make_tiny_model  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -31,9 +40,8 @@ def require(condition: bool, reason: str) -> None:
 @pytest.fixture(scope="session")
 def docker_engine():  # noqa: ANN201
     """A connected Docker SDK client to the real engine."""
-    from webslm.toolchain import docker_client
-
     from webslm.errors import MissingEnvironment
+    from webslm.toolchain import docker_client
 
     try:
         client = docker_client()
@@ -63,3 +71,95 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("tiny-models")
     return {arch: make_tiny_model(root / arch, arch) for arch in ARCHITECTURES}
+
+
+@pytest.fixture(scope="session")
+def standin_image(docker_engine, debian_base_image: str) -> str:  # noqa: ANN001
+    """The TEST STAND-IN toolchain image (tests/standin), built once and cached by tag."""
+    return ensure_standin_image(docker_engine, debian_base_image)
+
+
+@pytest.fixture()
+def standin(standin_image: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):  # noqa: ANN201
+    """The CLI's toolchain is the stand-in; the cache lives in this test's folder."""
+    toolchain = standin_toolchain(standin_image)
+    monkeypatch.setattr("webslm.toolchain.current_toolchain", lambda: toolchain)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    return toolchain
+
+
+@pytest.fixture(scope="session")
+def standin_dist(standin_image: str, tiny_qwen2: Path,
+                 tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One faithful stand-in build of the tiny model named `tiny` (read-only: copy to change)."""
+    from webslm.pipeline import BuildOptions, build_model
+    from webslm.spec import resolve_spec
+
+    out = tmp_path_factory.mktemp("standin-dist")
+    options = BuildOptions(out=out / "dist", toolchain=standin_toolchain(standin_image),
+                           cache_dir=out / "cache", show_progress=False)
+    return build_model(resolve_spec(model=str(tiny_qwen2), name="tiny"), options).dist
+
+
+def writable_copy(dist: Path, target: Path) -> Path:
+    """A copy of a dist folder whose files can be changed (cached files are read-only)."""
+    shutil.copytree(dist, target)
+    for path in target.rglob("*"):
+        os.chmod(path, 0o755 if path.is_dir() else 0o644)
+    return target
+
+
+def write_hub_repo(cache: Path, repo_id: str, files: dict[str, bytes], commit: str) -> Path:
+    """A model repo laid out as huggingface_hub caches it (blobs, refs/main, snapshot symlinks,
+    nested paths such as libs/ included); returns the snapshot folder."""
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "blobs").mkdir(exist_ok=True)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        link = snapshot / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    return snapshot
+
+
+def write_hub_cache(cache: Path, repo_id: str, model: Path, commit: str) -> Path:
+    """A local model folder cached as the Hub snapshot `repo_id` at `commit`."""
+    files = {p.relative_to(model).as_posix(): p.read_bytes()
+             for p in sorted(model.rglob("*")) if p.is_file()}
+    return write_hub_repo(cache, repo_id, files, commit)
+
+
+@pytest.fixture()
+def offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """huggingface_hub in offline mode over an empty cache in this test's folder."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        """Keep the test output clean."""
+
+
+@contextlib.contextmanager
+def http_server(root: Path) -> Iterator[str]:
+    """A real HTTP server on 127.0.0.1 serving `root`; yields its base URL."""
+    handler = functools.partial(_QuietHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -9,9 +9,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_build import standin, standin_image  # noqa: F401  (shared fixtures)
-from test_verify import http_server, offline_hub, write_hub_repo  # noqa: F401
-from test_verify_rebuild import LIB, built, table, writable_copy  # noqa: F401
+from conftest import http_server, writable_copy, write_hub_repo
+from test_verify_rebuild import LIB, table
 
 from webslm.cli import main
 from webslm.files import canonical_json, sha256_file
@@ -20,32 +19,33 @@ pytestmark = pytest.mark.docker
 COMMIT = "2" * 40
 
 
-def test_audit_of_a_shipped_wasm_on_disk_matches(standin, built: Path, tmp_path: Path,  # noqa: ANN001, F811
+def test_audit_of_a_shipped_wasm_on_disk_matches(standin, standin_dist: Path, tmp_path: Path,  # noqa: ANN001
                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["audit", "--artifact", str(built / LIB), "--report", str(tmp_path / "r")])
+    code = main(["audit", "--artifact", str(standin_dist / LIB), "--report", str(tmp_path / "r")])
     out = capsys.readouterr()
     assert code == 0, out.err
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["command"] == "audit" and report["ok"]
-    assert report["provenance"] == str(built / "provenance.json")  # found beside the libs/ folder
+    # found beside the libs/ folder
+    assert report["provenance"] == str(standin_dist / "provenance.json")
     assert report["checks"][0] == {"name": f"digest of {LIB} matches the provenance", "ok": True,
-                                   "detail": f"{(built / LIB).resolve()}: "
-                                             f"{sha256_file(built / LIB)}"}
+                                   "detail": f"{(standin_dist / LIB).resolve()}: "
+                                             f"{sha256_file(standin_dist / LIB)}"}
     shipped = {f["name"]: f["shipped"] for f in report["files"]}
-    assert shipped[LIB] == sha256_file(built / LIB)
+    assert shipped[LIB] == sha256_file(standin_dist / LIB)
     assert {v for k, v in shipped.items() if k != LIB} == {"not checked"}
 
 
 def test_audit_of_a_mismatching_wasm_fails_and_shows_the_difference(
-        standin, built: Path, tmp_path: Path,  # noqa: ANN001, F811
+        standin, standin_dist: Path, tmp_path: Path,  # noqa: ANN001
         capsys: pytest.CaptureFixture[str]) -> None:
     artifact = tmp_path / "downloads" / "tiny-q4f16_1-webgpu.wasm"
     artifact.parent.mkdir()
-    data = bytearray((built / LIB).read_bytes())
+    data = bytearray((standin_dist / LIB).read_bytes())
     data[-3] ^= 0x01
     artifact.write_bytes(bytes(data))
     code = main(["audit", "--artifact", str(artifact), "--provenance",
-                 str(built / "provenance.json"), "--report", str(tmp_path / "r")])
+                 str(standin_dist / "provenance.json"), "--report", str(tmp_path / "r")])
     out = capsys.readouterr()
     assert code == 1
     assert f"shipped files do not match the provenance: 1 of 6 files differ ({LIB})" in out.err
@@ -56,9 +56,9 @@ def test_audit_of_a_mismatching_wasm_fails_and_shows_the_difference(
     assert f"first difference at offset {len(data) - 3}" in report["differences"][LIB]
 
 
-def test_audit_over_http_finds_the_provenance_and_matches(standin, built: Path,  # noqa: ANN001, F811
+def test_audit_over_http_finds_the_provenance_and_matches(standin, standin_dist: Path,  # noqa: ANN001
                                                           tmp_path: Path) -> None:
-    shutil.copytree(built, tmp_path / "site" / "models" / "tiny" / "resolve" / "main")
+    shutil.copytree(standin_dist, tmp_path / "site" / "models" / "tiny" / "resolve" / "main")
     with http_server(tmp_path / "site") as base:  # laid out as `invoke serve` serves it
         url = f"{base}/models/tiny/resolve/main/{LIB}"
         assert main(["audit", "--artifact", url, "--report", str(tmp_path / "r")]) == 0
@@ -67,10 +67,10 @@ def test_audit_over_http_finds_the_provenance_and_matches(standin, built: Path, 
     assert report["provenance"] == f"{base}/models/tiny/resolve/main/provenance.json"
 
 
-def test_audit_of_a_hub_repo_uses_the_pinned_commit(standin, built: Path, tmp_path: Path,  # noqa: ANN001, F811
-                                                    offline_hub: Path) -> None:  # noqa: F811
-    files = {p.relative_to(built).as_posix(): p.read_bytes()
-             for p in sorted(built.rglob("*")) if p.is_file()}
+def test_audit_of_a_hub_repo_uses_the_pinned_commit(standin, standin_dist: Path, tmp_path: Path,  # noqa: ANN001
+                                                    offline_hub: Path) -> None:
+    files = {p.relative_to(standin_dist).as_posix(): p.read_bytes()
+             for p in sorted(standin_dist.rglob("*")) if p.is_file()}
     write_hub_repo(offline_hub, "Org/tiny-webllm", files, COMMIT)
     url = f"https://huggingface.co/Org/tiny-webllm/resolve/main/{LIB}"
     assert main(["audit", "--artifact", url, "--report", str(tmp_path / "r")]) == 0
@@ -81,9 +81,9 @@ def test_audit_of_a_hub_repo_uses_the_pinned_commit(standin, built: Path, tmp_pa
 
 
 def test_audit_refuses_a_provenance_from_another_toolchain(
-        standin, built: Path, tmp_path: Path,  # noqa: ANN001, F811
+        standin, standin_dist: Path, tmp_path: Path,  # noqa: ANN001
         capsys: pytest.CaptureFixture[str]) -> None:
-    dist = writable_copy(built, tmp_path / "tiny")
+    dist = writable_copy(standin_dist, tmp_path / "tiny")
     statement = json.loads((dist / "provenance.json").read_text())
     for dependency in statement["predicate"]["buildDefinition"]["resolvedDependencies"]:
         if dependency["name"] in ("toolchain", "docker/toolchain.lock.json"):

@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from standin.image import ensure_standin_image, standin_toolchain
+from standin.image import standin_toolchain
 
 from webslm.cli import main
 from webslm.files import sha256_file
@@ -28,20 +28,6 @@ from webslm.provenance import sri
 from webslm.spec import resolve_spec
 
 TOOL_STAGES = ("stage", "convert_weight", "gen_config", "compile")
-
-
-@pytest.fixture(scope="session")
-def standin_image(docker_engine, debian_base_image: str) -> str:  # noqa: ANN001
-    return ensure_standin_image(docker_engine, debian_base_image)
-
-
-@pytest.fixture()
-def standin(standin_image: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):  # noqa: ANN201
-    """The CLI's toolchain is the stand-in; the cache lives in this test's folder."""
-    toolchain = standin_toolchain(standin_image)
-    monkeypatch.setattr("webslm.toolchain.current_toolchain", lambda: toolchain)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    return toolchain
 
 
 def copy_model(source: Path, target: Path) -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -11,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import write_hub_cache
 
 from webslm.errors import BadInput
 from webslm.hub import allow_patterns, check_model_folder, resolve_model
@@ -22,22 +22,6 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 def copy_model(source: Path, target: Path) -> Path:
     shutil.copytree(source, target)
     return target
-
-
-def write_hub_cache(cache: Path, repo_id: str, model: Path, commit: str = COMMIT) -> Path:
-    """Lay out `model` the way huggingface_hub caches a snapshot: blobs, refs/main, symlinks."""
-    repo = cache / ("models--" + repo_id.replace("/", "--"))
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    (repo / "blobs").mkdir()
-    for file in model.iterdir():
-        data = file.read_bytes()
-        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.write_bytes(data)
-        (snapshot / file.name).symlink_to(os.path.relpath(blob, snapshot))
-    return snapshot
 
 
 def resolve_offline(cache: Path, model_arg: str) -> subprocess.CompletedProcess[str]:
@@ -69,7 +53,7 @@ def test_local_folder_resolves_to_its_files_and_type(tiny_qwen2: Path) -> None:
 
 
 def test_hub_snapshot_resolves_offline_and_records_the_commit(tiny_qwen2, tmp_path) -> None:  # noqa: ANN001
-    snapshot = write_hub_cache(tmp_path / "hub", "Org/Tiny-Qwen", tiny_qwen2)
+    snapshot = write_hub_cache(tmp_path / "hub", "Org/Tiny-Qwen", tiny_qwen2, COMMIT)
     result = resolve_offline(tmp_path / "hub", "Org/Tiny-Qwen")
     assert result.returncode == 0, result.stderr
     resolved = json.loads(result.stdout)
@@ -90,7 +74,7 @@ def test_hub_model_with_its_own_code_is_refused(tiny_qwen2, tmp_path) -> None:  
     config = json.loads((model / "config.json").read_text())
     config["auto_map"] = {"AutoModelForCausalLM": "modeling_x.XForCausalLM"}
     (model / "config.json").write_text(json.dumps(config))
-    write_hub_cache(tmp_path / "hub", "Org/Custom", model)
+    write_hub_cache(tmp_path / "hub", "Org/Custom", model, COMMIT)
     result = resolve_offline(tmp_path / "hub", "Org/Custom")
     assert result.returncode == 2 and "auto_map" in result.stderr
 

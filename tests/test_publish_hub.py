@@ -33,7 +33,6 @@ from huggingface_hub.utils._http import (
     hf_request_event_hook,
     set_client_factory,
 )
-from test_build import standin_image  # noqa: F401  (the stand-in toolchain image fixture)
 from test_publish import FAKE_TOKEN, REPO, make_dist
 
 from webslm.cli import main

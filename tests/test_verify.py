@@ -3,21 +3,17 @@ and the one-line errors for bad input (exit 2) and missing environment (exit 3).
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import hashlib
-import http.server
 import json
 import os
 import shutil
 import socket
 import subprocess
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import http_server, write_hub_repo
 
 from webslm import verify
 from webslm.cli import main
@@ -273,25 +269,6 @@ def test_other_locations_are_not_hub_files() -> None:
     assert verify.parse_hub_location("dist/m/libs/m.wasm") is None
 
 
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        """Keep the test output clean."""
-
-
-@contextlib.contextmanager
-def http_server(root: Path) -> Iterator[str]:
-    """A real HTTP server on 127.0.0.1 serving `root`; yields its base URL."""
-    handler = functools.partial(QuietHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -318,33 +295,6 @@ def test_audit_of_an_unreachable_url_exits_3(capsys: pytest.CaptureFixture[str])
     url = f"http://127.0.0.1:{closed_port()}/m/libs/m.wasm"
     assert main(["audit", "--artifact", url]) == 3
     assert "cannot download" in capsys.readouterr().err
-
-
-def write_hub_repo(cache: Path, repo_id: str, files: dict[str, bytes], commit: str) -> None:
-    """A model repo laid out as huggingface_hub caches it, with nested paths (libs/...)."""
-    repo = cache / ("models--" + repo_id.replace("/", "--"))
-    (repo / "refs").mkdir(parents=True, exist_ok=True)
-    (repo / "refs" / "main").write_text(commit)
-    (repo / "blobs").mkdir(exist_ok=True)
-    snapshot = repo / "snapshots" / commit
-    for name, data in files.items():
-        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.write_bytes(data)
-        link = snapshot / name
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(blob, link.parent))
-
-
-@pytest.fixture()
-def offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """huggingface_hub in offline mode over an empty cache in this test's folder."""
-    from huggingface_hub import constants
-
-    cache = tmp_path / "hub"
-    cache.mkdir()
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    return cache
 
 
 def test_hub_files_are_fetched_at_a_pinned_commit(offline_hub: Path, tmp_path: Path) -> None:

@@ -3,23 +3,20 @@
 A faithful rebuild verifies; a tampered output is caught and named; a forged provenance is caught;
 a stand-in that leaks the time or the host path into the wasm (its test-only
 WEBSLM_STANDIN_NONDETERMINISM setting) is reported as not reproducible, which proves verify can
-fail. The stand-in image and the `standin` fixture (CLI toolchain := stand-in, cache in the test's
-folder) come from test_build.py.
+fail. The stand-in image, the `standin` fixture (CLI toolchain := stand-in, cache in the test's
+folder) and `standin_dist` (one faithful build) come from conftest.py.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from conftest import writable_copy, write_hub_cache
 from standin.image import standin_toolchain
-from test_build import standin, standin_image  # noqa: F401  (fixtures shared with the build tests)
-from test_hub import write_hub_cache
-from test_verify import offline_hub  # noqa: F401
 
 from webslm.cli import main
 from webslm.files import canonical_json, sha256_file
@@ -37,21 +34,6 @@ def build_dist(model: Path, out: Path, toolchain) -> Path:  # noqa: ANN001
     return build_model(resolve_spec(model=str(model), name="tiny"), options).dist
 
 
-@pytest.fixture(scope="module")
-def built(standin_image: str, tiny_qwen2: Path,  # noqa: F811
-          tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One faithful stand-in build of the tiny model (read-only for tests: copy to change it)."""
-    return build_dist(tiny_qwen2, tmp_path_factory.mktemp("verify-built"),
-                      standin_toolchain(standin_image))
-
-
-def writable_copy(dist: Path, target: Path) -> Path:
-    shutil.copytree(dist, target)
-    for path in target.rglob("*"):
-        os.chmod(path, 0o755 if path.is_dir() else 0o644)
-    return target
-
-
 def table(stdout: str) -> dict[str, list[str]]:
     """The printed table's rows by file name: [expected, shipped, rebuilt, same]."""
     rows = {}
@@ -62,14 +44,14 @@ def table(stdout: str) -> dict[str, list[str]]:
     return rows
 
 
-def test_a_faithful_rebuild_verifies(standin, built: Path, tmp_path: Path,  # noqa: ANN001, F811
+def test_a_faithful_rebuild_verifies(standin, standin_dist: Path, tmp_path: Path,  # noqa: ANN001
                                      capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["verify", str(built), "--report", str(tmp_path / "report")])
+    code = main(["verify", str(standin_dist), "--report", str(tmp_path / "report")])
     out = capsys.readouterr()
     assert code == 0, out.err
     rows = table(out.out)
     subjects = {s["name"]: s["digest"]["sha256"]
-                for s in json.loads((built / "provenance.json").read_text())["subject"]}
+                for s in json.loads((standin_dist / "provenance.json").read_text())["subject"]}
     assert set(rows) == set(subjects) and LIB in rows
     assert all(row == [subjects[name][:12]] * 3 + ["yes"] for name, row in rows.items())
     report = json.loads((tmp_path / "report" / "report.json").read_text())
@@ -78,14 +60,14 @@ def test_a_faithful_rebuild_verifies(standin, built: Path, tmp_path: Path,  # no
     conditions = report["conditions"]
     assert conditions["uid"] != str(os.getuid()) and conditions["umask"] == "0077"
     assert conditions["TZ"] != "UTC" and conditions["input order"] == "reversed"
-    assert not conditions["work_root"].startswith(str(built.parent.parent))
+    assert not conditions["work_root"].startswith(str(standin_dist.parent.parent))
     assert all(c["ok"] for c in report["checks"])
     assert (tmp_path / "report" / "report.md").read_text().startswith("# webslm verify: ✅")
 
 
-def test_a_tampered_output_is_caught_and_named(standin, built: Path, tmp_path: Path,  # noqa: ANN001, F811
+def test_a_tampered_output_is_caught_and_named(standin, standin_dist: Path, tmp_path: Path,  # noqa: ANN001
                                                capsys: pytest.CaptureFixture[str]) -> None:
-    dist = writable_copy(built, tmp_path / "tiny")
+    dist = writable_copy(standin_dist, tmp_path / "tiny")
     shard = bytearray((dist / "params_shard_0.bin").read_bytes())
     shard[100] ^= 0xFF
     (dist / "params_shard_0.bin").write_bytes(bytes(shard))
@@ -111,13 +93,13 @@ def test_a_tampered_output_is_caught_and_named(standin, built: Path, tmp_path: P
     assert all(c["ok"] for c in report["checks"])
 
 
-def test_a_forged_provenance_is_caught(standin, built: Path, tmp_path: Path,  # noqa: ANN001, F811
+def test_a_forged_provenance_is_caught(standin, standin_dist: Path, tmp_path: Path,  # noqa: ANN001
                                        capsys: pytest.CaptureFixture[str]) -> None:
     """Swap the wasm AND rewrite its digest in provenance.json and the AppConfig: the shipped
-    files agree with their papers, and only the rebuild shows they are not what was built."""
+    files agree with their papers, and only the rebuild shows they are not what was standin_dist."""
     from webslm.provenance import sri
 
-    dist = writable_copy(built, tmp_path / "tiny")
+    dist = writable_copy(standin_dist, tmp_path / "tiny")
     (dist / LIB).write_bytes((dist / LIB).read_bytes() + b"\0")
     forged = sha256_file(dist / LIB)
     statement = json.loads((dist / "provenance.json").read_text())
@@ -139,7 +121,7 @@ def test_a_forged_provenance_is_caught(standin, built: Path, tmp_path: Path,  # 
 
 @pytest.mark.parametrize("leak", ["time", "hostpath"])
 def test_a_compiler_that_leaks_run_state_is_not_reproducible(
-        standin_image: str, tiny_qwen2: Path, tmp_path: Path,  # noqa: F811
+        standin_image: str, tiny_qwen2: Path, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], leak: str) -> None:
     leaky = standin_toolchain(standin_image, WEBSLM_STANDIN_NONDETERMINISM=leak)
     dist = build_dist(tiny_qwen2, tmp_path, leaky)
@@ -159,18 +141,18 @@ def test_a_compiler_that_leaks_run_state_is_not_reproducible(
     assert "first difference at offset" in report["differences"][LIB]
 
 
-def test_a_toolchain_image_that_is_absent_exits_3(standin, built: Path,  # noqa: ANN001, F811
+def test_a_toolchain_image_that_is_absent_exits_3(standin, standin_dist: Path,  # noqa: ANN001
                                                   monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     missing = replace(standin, image="webslm-standin:absent-for-this-test")
     monkeypatch.setattr("webslm.toolchain.current_toolchain", lambda: missing)
-    assert main(["verify", str(built)]) == 3
+    assert main(["verify", str(standin_dist)]) == 3
     assert "is not in the local Docker engine" in capsys.readouterr().err
 
 
 def test_a_hub_model_build_is_verified_at_its_recorded_commit(
-        standin, tiny_qwen2: Path, tmp_path: Path,  # noqa: ANN001, F811
-        offline_hub: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+        standin, tiny_qwen2: Path, tmp_path: Path,  # noqa: ANN001
+        offline_hub: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write_hub_cache(offline_hub, "Org/Tiny-Qwen", tiny_qwen2, commit=HUB_COMMIT)
     dist = build_model(resolve_spec(model="Org/Tiny-Qwen", name="tiny"),
                        BuildOptions(out=tmp_path / "dist", toolchain=standin,
