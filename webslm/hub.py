@@ -8,8 +8,10 @@ pickle weights (unless the user says --allow-pickle). No trust_remote_code, ever
 
 from __future__ import annotations
 
+import contextlib
 import json
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,9 +121,9 @@ def check_model_folder(folder: Path, *, allow_pickle: bool = False) -> tuple[str
     return model_type, tuple(sorted(set(kept + weights)))
 
 
-def _download(repo_id: str, revision: str | None, allow_pickle: bool) -> Path:
-    """snapshot_download with the allow-list; Hub errors become one-line webslm errors."""
-    from huggingface_hub import snapshot_download
+@contextlib.contextmanager
+def hub_errors(repo_id: str, revision: str | None) -> Iterator[None]:
+    """Turn Hub failures into one-line webslm errors: what the user named is exit 2, reach is 3."""
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
@@ -132,8 +134,7 @@ def _download(repo_id: str, revision: str | None, allow_pickle: bool) -> Path:
 
     where = f"{repo_id}@{revision}" if revision else repo_id
     try:
-        return Path(snapshot_download(repo_id, revision=revision,
-                                      allow_patterns=allow_patterns(allow_pickle)))
+        yield
     except GatedRepoError as error:
         raise BadInput(f"{repo_id} is gated", "accept its license on the Hub, then log in with "
                        "`hf auth login` or set HF_TOKEN") from error
@@ -150,8 +151,18 @@ def _download(repo_id: str, revision: str | None, allow_pickle: bool) -> Path:
     except HfHubHTTPError as error:
         raise MissingEnvironment(f"the Hugging Face Hub answered an error for {where} "
                                  f"({error.__class__.__name__})", "try again later") from error
+
+
+def _download(repo_id: str, revision: str | None, allow_pickle: bool) -> Path:
+    """snapshot_download with the allow-list; Hub errors become one-line webslm errors."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        with hub_errors(repo_id, revision):
+            return Path(snapshot_download(repo_id, revision=revision,
+                                          allow_patterns=allow_patterns(allow_pickle)))
     except OSError as error:
-        raise MissingEnvironment(f"cannot download {where}: {error.__class__.__name__}",
+        raise MissingEnvironment(f"cannot download {repo_id}: {error.__class__.__name__}",
                                  "check the network and disk space") from error
 
 

@@ -529,36 +529,19 @@ def fetch_hub(file: HubFile, *, searching: bool = False) -> Fetched:
 
     While searching, a file missing from an offline cache is NotCached rather than an error."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
-    try:
-        path = Path(hf_hub_download(file.repo_id, file.path, revision=file.revision))
-    except LocalEntryNotFoundError as error:
-        if searching:
-            raise NotCached(file.location) from error
-        raise MissingEnvironment(f"cannot reach the Hugging Face Hub and {file.location} is not "
-                                 "in the local cache", "connect to the network") from error
-    except EntryNotFoundError as error:  # after its subclass LocalEntryNotFoundError
-        raise NotThere(file.location) from error
-    except GatedRepoError as error:
-        raise BadInput(f"{file.repo_id} is gated", "accept its terms on the Hub and log in "
-                       "with `hf auth login` or set HF_TOKEN") from error
-    except RepositoryNotFoundError as error:
-        raise BadInput(f"no model repo {file.repo_id} on the Hugging Face Hub (or it is private)",
-                       "check the name, or log in for a private repo") from error
-    except RevisionNotFoundError as error:
-        raise BadInput(f"{file.repo_id} has no revision {file.revision!r}",
-                       "name an existing commit, branch or tag") from error
-    except HfHubHTTPError as error:
-        raise MissingEnvironment(f"the Hugging Face Hub answered an error for {file.location} "
-                                 f"({error.__class__.__name__})", "try again later") from error
+    from webslm.hub import hub_errors
+
+    with hub_errors(file.repo_id, file.revision):
+        try:
+            path = Path(hf_hub_download(file.repo_id, file.path, revision=file.revision))
+        except LocalEntryNotFoundError as error:
+            if searching:
+                raise NotCached(file.location) from error
+            raise
+        except EntryNotFoundError as error:  # after its subclass LocalEntryNotFoundError
+            raise NotThere(file.location) from error
     commit = _hub_commit(path) or file.revision
     return Fetched(path, replace(file, revision=commit).location, file.path)
 
