@@ -1,0 +1,237 @@
+"""LoRA SFT throughput and peak GPU memory: webslm's recipe against the plain recipe, Qwen2.5-0.5B.
+
+The model is the Qwen2.5-0.5B architecture (its real config) with random weights; the data is
+synthetic chat examples (seeded lengths 64..1024 tokens, the first ~30% of each a prompt), the same
+for every variant. Each variant trains through webslm.finetune.build_trainer, the code
+`webslm finetune` runs, so "ours" is the product's recipe (webslm.finetune.Recipe defaults).
+Tokens are real (non-pad) tokens; model FLOPs count what a LoRA step must compute: forward 2N and
+input-gradient 2N per token for the frozen linear layers, 3x the causal attention forward, and
+nothing for padding or activation recomputation.
+
+Run: `python bench/bench_finetune.py` (one GPU) or, for data-parallel scaling,
+`accelerate launch --num_processes 2 bench/bench_finetune.py --variants ours`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
+
+from webslm.chatdata import TokenizedExample  # noqa: E402
+from webslm.finetune import (  # noqa: E402
+    Recipe,
+    attention_for,
+    build_trainer,
+    pick_precision,
+)
+
+QWEN25_05B = dict(  # Qwen/Qwen2.5-0.5B-Instruct config.json
+    hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+    intermediate_size=4864, vocab_size=151936, tie_word_embeddings=True, rope_theta=1000000.0,
+    max_position_embeddings=32768, rms_norm_eps=1e-6, hidden_act="silu", bos_token_id=151643,
+    eos_token_id=151645,
+)
+PLAIN = Recipe(micro_batch=2, padding_free=False, assistant_only_loss=False,
+               gradient_checkpointing=False, precision="fp16")
+OURS = Recipe()
+VARIANTS = {
+    "plain": PLAIN,
+    "ours": OURS,
+    "ours-no-ckpt": dataclasses.replace(OURS, gradient_checkpointing=False),
+    "ours-micro8": dataclasses.replace(OURS, micro_batch=8),
+}
+H100_BF16_PEAK = 989e12  # dense bf16, H100 SXM datasheet
+
+
+def synthetic_examples(count: int, seed: int = 0) -> list[TokenizedExample]:
+    """Chat-like examples: log-normal lengths (median ~400 tokens) clipped to 64..1024."""
+    rng = random.Random(seed)
+    examples = []
+    for _ in range(count):
+        length = int(min(1024, max(64, rng.lognormvariate(math.log(400), 0.6))))
+        prompt = max(8, int(length * rng.uniform(0.15, 0.45)))
+        ids = tuple(rng.randrange(151643) for _ in range(length))
+        examples.append(TokenizedExample(ids, (0,) * prompt + (1,) * (length - prompt)))
+    return examples
+
+
+def pad_tokenizer():  # noqa: ANN201
+    """The trainer needs a tokenizer only for its pad token; the data is already token ids."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.WordLevel({"<|endoftext|>": 0, "<unk>": 1}, unk_token="<unk>"))
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<|endoftext|>",
+                                   unk_token="<unk>")
+
+
+def training_flops_per_token(config: dict, mean_sq_len: float, mean_len: float) -> float:
+    """LoRA-step model FLOPs per real token (see the module docstring)."""
+    d, layers = config["hidden_size"], config["num_hidden_layers"]
+    kv = d // config["num_attention_heads"] * config["num_key_value_heads"]
+    linear = layers * (2 * d * d + 2 * d * kv + 3 * d * config["intermediate_size"])
+    linear += config["vocab_size"] * d  # lm_head
+    attention_fwd_per_token = layers * 2 * d * (mean_sq_len / mean_len)  # causal: 2 s^2 d / s
+    return 4 * linear + 3 * attention_fwd_per_token
+
+
+def measured_matmul_peak() -> float:
+    import torch
+
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(20):
+        a @ b
+    torch.cuda.synchronize()
+    return 20 * 2 * 8192**3 / (time.perf_counter() - start)
+
+
+class StepTimer(TrainerCallback):
+    """Trainer callback: wall time and real tokens between the end of warm-up and the end."""
+
+    def __init__(self, warmup_steps: int, profile: bool = False) -> None:
+        super().__init__()
+        self.warmup_steps = warmup_steps
+        self.profile = profile
+        self.profiler = None
+        self.trainer = None
+        self.start: tuple[float, int] | None = None
+        self.end: tuple[float, int] | None = None
+
+    def _mark(self) -> tuple[float, int]:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return time.perf_counter(), int(self.trainer._total_train_tokens)
+
+    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
+        if state.global_step == self.warmup_steps:
+            self.start = self._mark()
+            if self.profile:
+                self.profiler = torch.profiler.profile(activities=[
+                    torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA])
+                self.profiler.__enter__()
+        elif state.global_step == self.warmup_steps + 1 and self.profiler is not None:
+            self.profiler.__exit__(None, None, None)
+            print(self.profiler.key_averages().table(sort_by="self_cuda_time_total",
+                                                     row_limit=12, max_name_column_width=40))
+            self.profiler = None
+        elif state.global_step == state.max_steps:
+            self.end = self._mark()
+
+
+def run_variant(name: str, recipe: Recipe, examples: list[TokenizedExample], steps: int,
+                warmup: int, world_size: int, out: Path, model_config: dict,
+                profile: bool = False) -> dict:
+    from transformers import AutoModelForCausalLM, Qwen2Config, set_seed
+
+    cuda = torch.cuda.is_available()
+    precision = pick_precision(recipe.precision if cuda else "auto", cuda,
+                               cuda and torch.cuda.is_bf16_supported())
+    set_seed(recipe.seed)
+    config = Qwen2Config(**model_config)
+    device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu"
+    if cuda:
+        torch.cuda.set_device(device)
+        torch.cuda.reset_peak_memory_stats()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype,
+                                                 attn_implementation=attention_for(recipe))
+    timer = StepTimer(warmup, profile)
+    trainer = build_trainer(model, pad_tokenizer(), examples, recipe, out / name,
+                            precision=precision, world_size=world_size,
+                            max_steps=warmup + steps, callbacks=[timer])
+    timer.trainer = trainer
+    trainer.train()
+    assert timer.start and timer.end, "timer did not fire"
+    seconds = timer.end[0] - timer.start[0]
+    tokens = timer.end[1] - timer.start[1]
+    result = {
+        "variant": name, "precision": precision, "world_size": world_size,
+        "micro_batch": recipe.micro_batch, "padding_free": recipe.padding_free,
+        "gradient_checkpointing": recipe.gradient_checkpointing, "steps": steps,
+        "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
+        "peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0,
+        "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if cuda else 0.0,
+        "final_loss": trainer.state.log_history[-2].get("loss"),
+    }
+    del trainer, model
+    if cuda:
+        torch.cuda.empty_cache()
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", default="plain,ours,ours-no-ckpt,ours-micro8")
+    parser.add_argument("--steps", type=int, default=10, help="timed optimizer steps")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed optimizer steps first")
+    parser.add_argument("--json", help="write the results to this file")
+    parser.add_argument("--profile", action="store_true",
+                        help="print the top GPU kernels of the first timed step of each variant")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a 2-layer, narrow model: checks the plumbing on a CPU, no figures")
+    args = parser.parse_args()
+    model_config = dict(QWEN25_05B)
+    if args.smoke:
+        model_config.update(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                            intermediate_size=128)
+    elif not torch.cuda.is_available():
+        print("bench_finetune needs a CUDA GPU (or --smoke)")
+        return 1
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    examples = synthetic_examples(16 * (args.steps + args.warmup) * 2)
+    lengths = [len(e.input_ids) for e in examples]
+    mean_len = sum(lengths) / len(lengths)
+    mean_sq = sum(n * n for n in lengths) / len(lengths)
+    flops_per_token = training_flops_per_token(model_config, mean_sq, mean_len)
+    peak = measured_matmul_peak() if rank == 0 and torch.cuda.is_available() else math.nan
+    out = Path(os.environ.get("TMPDIR", "/tmp")) / "bench_finetune"
+    results = [run_variant(name, VARIANTS[name], examples, args.steps, args.warmup,
+                           world_size, out, model_config, args.profile)
+               for name in args.variants.split(",")]
+    if rank != 0:
+        return 0
+    gpus = world_size
+    for r in results:
+        achieved = r["tokens_per_s"] * flops_per_token
+        r["mfu_vs_datasheet"] = achieved / (H100_BF16_PEAK * gpus)
+        r["mfu_vs_measured_matmul"] = achieved / (peak * gpus)
+    baseline = next((r for r in results if r["variant"] == "plain"), None)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU (smoke)"
+    print(f"\nGPU: {device} x{gpus}; bf16 matmul 8192^3 measured "
+          f"{peak / 1e12:.0f} TFLOP/s; model FLOPs/token {flops_per_token / 1e9:.2f} G; "
+          f"mean example {mean_len:.0f} tokens")
+    print(f"{'variant':14} {'prec':5} {'tok/s':>9} {'x plain':>7} {'peak GiB':>9} "
+          f"{'MFU(989)':>8} {'MFU(meas)':>9} {'loss':>7}")
+    for r in results:
+        ratio = r["tokens_per_s"] / baseline["tokens_per_s"] if baseline else float("nan")
+        print(f"{r['variant']:14} {r['precision']:5} {r['tokens_per_s']:9.0f} {ratio:7.2f} "
+              f"{r['peak_allocated_gib']:9.2f} {r['mfu_vs_datasheet']:8.1%} "
+              f"{r['mfu_vs_measured_matmul']:9.1%} {r['final_loss'] or float('nan'):7.3f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"gpu": device,
+                                               "matmul_peak": peak, "results": results},
+                                              indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

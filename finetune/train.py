@@ -1,0 +1,45 @@
+"""Training entry point for one process of a (possibly data-parallel) LoRA SFT run.
+
+`webslm finetune --gpus N` starts it under torchrun; it also runs as is under
+`accelerate launch --num_processes N finetune/train.py ...` or plain `python`. Each process reads
+and tokenizes the same data (cheap next to training); the Trainer splits batches across ranks and
+rank 0 saves the adapter. Merging is left to the caller, on one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from webslm.chatdata import load_tokenizer, read_chat_data, tokenize_all  # noqa: E402
+from webslm.finetune import Recipe, train_adapter  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", required=True, help="local base model folder")
+    parser.add_argument("--data", required=True, action="append", help="chat JSONL file")
+    parser.add_argument("--adapter-out", required=True, help="folder the adapter is saved to")
+    parser.add_argument("--recipe", default="{}", help="Recipe fields as JSON")
+    parser.add_argument("--max-steps", type=int, default=-1)
+    args = parser.parse_args(argv)
+    recipe = Recipe.from_json(json.loads(args.recipe))
+    data = read_chat_data([Path(f) for f in args.data])
+    if data.problems:
+        for problem in data.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    examples = tokenize_all(load_tokenizer(args.base), data, recipe.max_seq_len)
+    result = train_adapter(Path(args.base), examples, recipe, Path(args.adapter_out),
+                           max_steps=args.max_steps)
+    print(json.dumps({"losses": result.losses, "steps": result.steps,
+                      "world_size": result.world_size, "precision": result.precision}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
