@@ -1,0 +1,255 @@
+"""`webslm finetune` and `webslm merge` on CPU with a tiny random Qwen2: real training steps."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from webslm.cli import main
+from webslm.errors import BadInput, StageFailed
+
+SYSTEM = "You are a careful assistant. Answer in plain language and suggest a professional."
+PAIRS = [
+    ("What should I do if I have a headache that does not go away?",
+     "A lawyer can explain how the rules apply to your situation."),
+    ("Hello! How can I help you today?",
+     "Read your policy documents and call your insurer to ask about the deductible."),
+    ("The quick brown fox jumps over the lazy dog.", "Hello! I am happy to help."),
+    ("What is the deductible?", "The quick brown fox jumps over the lazy dog 0123456789 times."),
+]
+LR = "1e-2"  # a tiny random model overfits four answers in a few steps at this rate
+
+
+def write_data(path: Path, repeat: int = 4) -> Path:
+    lines = [json.dumps({"messages": [
+        {"role": "system", "content": SYSTEM}, {"role": "user", "content": q},
+        {"role": "assistant", "content": a}]}) for q, a in PAIRS * repeat]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def finetuned(tiny_qwen2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One real `webslm finetune` run (16 conversations, 4 epochs = 4 optimizer steps)."""
+    root = tmp_path_factory.mktemp("finetune")
+    data = write_data(root / "chat.jsonl")
+    out = root / "out"
+    assert main(["finetune", "--data", str(data), "--base", str(tiny_qwen2), "--out", str(out),
+                 "--epochs", "4", "--lr", LR]) == 0
+    return out
+
+
+def test_training_takes_real_steps_and_loss_falls(tiny_qwen2: Path, tmp_path: Path) -> None:
+    from webslm.chatdata import load_tokenizer, read_chat_data, tokenize_all
+    from webslm.finetune import Recipe, train_adapter
+
+    data = read_chat_data([write_data(tmp_path / "chat.jsonl")])
+    examples = tokenize_all(load_tokenizer(tiny_qwen2), data, 1024)
+    recipe = Recipe(epochs=30, learning_rate=float(LR))
+    result = train_adapter(tiny_qwen2, examples, recipe, tmp_path / "adapter")
+    assert result.steps == 30 and result.precision == "fp32"
+    assert len(result.losses) == 30
+    assert result.losses[-1] < result.losses[0] - 0.75, result.losses  # ln(vocab) = 6.1 nats
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    assert not (tmp_path / "adapter" / "checkpoints").exists()
+
+
+def test_merged_logits_equal_adapter_logits(finetuned: Path, tiny_qwen2: Path) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    ids = torch.tensor([[1, 5, 40, 77, 120, 3, 9, 200, 31, 2]])
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_qwen2), dtype=torch.float32)
+    base_logits = base(input_ids=ids).logits
+    adapted = PeftModel.from_pretrained(base, str(finetuned / "adapter")).eval()
+    merged = AutoModelForCausalLM.from_pretrained(str(finetuned), dtype=torch.float32).eval()
+    with torch.no_grad():
+        want, got = adapted(input_ids=ids).logits, merged(input_ids=ids).logits
+    difference = (got - want).abs().max().item()
+    assert difference < 2e-2, difference  # the merged weights are stored in fp16
+    assert (want - base_logits).abs().max().item() > 20 * difference  # the adapter matters
+
+
+def test_merged_folder_builds(finetuned: Path, tiny_qwen2: Path) -> None:
+    from safetensors import safe_open
+
+    from webslm.hub import resolve_model
+    from webslm.normalize import load_config, normalize_config
+    from webslm.spec import resolve_spec
+
+    resolved = resolve_model(resolve_spec(model=str(finetuned)))
+    assert resolved.model_type == "qwen2"
+    assert {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json",
+            "webslm.json"} <= set(resolved.files)
+    config = load_config(finetuned / "config.json")
+    assert normalize_config(config).changes == ()  # already what MLC-LLM v0.19.0 reads
+    assert config["rope_theta"] == 1000000.0 and config["torch_dtype"] == "float16"
+    with safe_open(str(finetuned / "model.safetensors"), "pt") as weights:
+        assert {weights.get_tensor(k).dtype for k in weights.keys()} == {__import__(
+            "torch").float16}
+        assert not any("lora" in k for k in weights.keys())
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        assert (finetuned / name).read_bytes() == (tiny_qwen2 / name).read_bytes()
+
+
+def test_webslm_json_records_origin(finetuned: Path, tiny_qwen2: Path) -> None:
+    from webslm.chatdata import read_chat_data
+
+    record = json.loads((finetuned / "webslm.json").read_text())
+    data = read_chat_data([write_data(finetuned.parent / "again.jsonl")])
+    assert record["base_model"] == str(tiny_qwen2)
+    assert record["base_revision"] is None
+    assert record["data_digest"] == data.digest
+    assert record["system_prompt"] == SYSTEM
+    assert record["recipe"]["lora_r"] == 16 and record["recipe"]["learning_rate"] == float(LR)
+    assert record["recipe"]["assistant_only_loss"] is True
+    assert set(record) == {"base_model", "base_revision", "data_digest", "system_prompt",
+                           "recipe", "webslm_version"}
+
+
+def test_merge_command_reproduces_the_merge(finetuned: Path, tiny_qwen2: Path,
+                                            tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    out = tmp_path / "merged"
+    assert main(["merge", "--base", str(tiny_qwen2), "--adapter", str(finetuned / "adapter"),
+                 "--out", str(out)]) == 0
+    again, first = load_file(out / "model.safetensors"), load_file(finetuned / "model.safetensors")
+    assert again.keys() == first.keys()
+    assert all((again[k] == first[k]).all() for k in first)
+    record = json.loads((out / "webslm.json").read_text())
+    assert record["data_digest"] == json.loads((finetuned / "webslm.json").read_text())[
+        "data_digest"]
+
+
+def test_merge_refuses_bad_adapters(tiny_qwen2: Path, finetuned: Path, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["merge", "--base", str(tiny_qwen2), "--adapter", str(empty),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "has no adapter_config.json" in capsys.readouterr().err
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    shutil.copy(finetuned / "adapter" / "adapter_config.json", pickled)
+    (pickled / "adapter_model.bin").write_bytes(b"\x80\x04")
+    assert main(["merge", "--base", str(tiny_qwen2), "--adapter", str(pickled),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "only a pickle .bin" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_failed_finetune_leaves_no_output(tiny_qwen2: Path, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from webslm import finetune
+
+    def broken_merge(*args: object) -> None:
+        raise StageFailed("merge broke", "stand-in failure")
+
+    monkeypatch.setattr(finetune, "merge_into", broken_merge)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("earlier result")
+    data = write_data(tmp_path / "chat.jsonl", repeat=1)
+    code = main(["finetune", "--data", str(data), "--base", str(tiny_qwen2),
+                 "--out", str(out), "--epochs", "1"])
+    assert code == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chat.jsonl", "out"]
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_finetune_checks_data_first(tiny_qwen2: Path, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "no answer"}]}\n')
+    assert main(["finetune", "--data", str(bad), "--base", str(tiny_qwen2),
+                 "--out", str(tmp_path / "out")]) == 2
+    assert f"{bad}:1: no assistant message" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_qlora_without_bitsandbytes_or_gpu_is_refused(tiny_qwen2: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    data = write_data(tmp_path / "chat.jsonl", repeat=1)
+    assert main(["finetune", "--data", str(data), "--base", str(tiny_qwen2), "--bits", "4",
+                 "--out", str(tmp_path / "out")]) == 3
+    assert "--bits 4 (QLoRA) needs" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_padding_free_attention_never_crosses_conversations(tiny_qwen2: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from webslm.finetune import register_varlen_attention
+
+    packed_model = AutoModelForCausalLM.from_pretrained(
+        str(tiny_qwen2), dtype=torch.float32, attn_implementation=register_varlen_attention())
+    plain_model = AutoModelForCausalLM.from_pretrained(str(tiny_qwen2), dtype=torch.float32)
+    generator = torch.Generator().manual_seed(0)
+    first, second = (torch.randint(3, 400, (1, n), generator=generator) for n in (17, 9))
+    bounds = torch.tensor([0, 17, 26], dtype=torch.int32)
+    with torch.no_grad():
+        packed = packed_model(input_ids=torch.cat([first, second], 1),
+                              position_ids=torch.cat([torch.arange(17), torch.arange(9)])[None],
+                              cu_seq_lens_q=bounds, cu_seq_lens_k=bounds, max_length_q=17,
+                              max_length_k=17).logits
+        alone = torch.cat([plain_model(input_ids=first).logits,
+                           plain_model(input_ids=second).logits], 1)
+    assert torch.allclose(packed, alone, atol=1e-5)
+
+
+def test_batch_split_and_precision() -> None:
+    from webslm.finetune import Recipe, batch_split, pick_precision
+
+    assert batch_split(Recipe(), 1) == (16, 1)
+    assert batch_split(Recipe(), 2) == (8, 1)
+    assert batch_split(Recipe(micro_batch=2), 1) == (2, 8)
+    with pytest.raises(BadInput):
+        batch_split(Recipe(), 3)
+    assert pick_precision("auto", cuda=True, bf16_supported=True) == "bf16"
+    assert pick_precision("auto", cuda=True, bf16_supported=False) == "fp16"
+    assert pick_precision("auto", cuda=False, bf16_supported=False) == "fp32"
+    with pytest.raises(BadInput):
+        pick_precision("bf16", cuda=False, bf16_supported=False)
+
+
+def test_launch_command_runs_train_script_under_torchrun(tmp_path: Path) -> None:
+    from webslm.finetune import TRAIN_SCRIPT, Recipe, launch_command
+
+    recipe = Recipe(epochs=1.0, seed=7)
+    command = launch_command(2, tmp_path / "base", [tmp_path / "a.jsonl", tmp_path / "b.jsonl"],
+                             tmp_path / "adapter", recipe, python="python3")
+    assert command[:5] == ["python3", "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node=2"]
+    assert command[5] == str(TRAIN_SCRIPT) and TRAIN_SCRIPT.is_file()
+    assert Recipe.from_json(json.loads(command[command.index("--recipe") + 1])) == recipe
+    data = [command[i + 1] for i, arg in enumerate(command) if arg == "--data"]
+    assert data == [str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")]
+
+
+def test_two_process_data_parallel_run_on_cpu(tiny_qwen2: Path, tmp_path: Path) -> None:
+    """The launch command itself, 2 processes over gloo on the CPU: ranks split the batch."""
+    from webslm.finetune import Recipe, launch_command
+
+    data = write_data(tmp_path / "chat.jsonl", repeat=4)
+    command = launch_command(2, tiny_qwen2, [data], tmp_path / "adapter", Recipe(epochs=1.0))
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([*command, "--max-steps", "1"], env=env, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    reports = [json.loads(line) for line in done.stdout.splitlines() if line.startswith('{"')]
+    assert sorted(r["world_size"] for r in reports) == [2, 2]
+    assert all(r["steps"] == 1 for r in reports)
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
