@@ -13,8 +13,8 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
-
 from tinymodels import CHATML_TEMPLATE
+
 from webslm.chatdata import load_tokenizer, tokenize_conversation
 
 CONVERSATION = (

@@ -293,7 +293,7 @@ def build_trainer(model: Any, tokenizer: Any, examples: Sequence[TokenizedExampl
         max_length=None,
         padding_free=recipe.padding_free,
         packing=False,
-        gradient_checkpointing=recipe.gradient_checkpointing,
+        activation_checkpointing=recipe.gradient_checkpointing,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         use_cpu=precision == "fp32",
