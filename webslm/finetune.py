@@ -198,6 +198,7 @@ def varlen_attention(module: Any, query: Any, key: Any, value: Any, attention_ma
             k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))
         out = varlen_attn(q.contiguous(), k.contiguous(), v.contiguous(), bounds, bounds,
                           longest, longest, scale=scaling, **_VARLEN_CAUSAL)
+        assert isinstance(out, torch.Tensor)  # no return_aux asked for
         return out.unsqueeze(0), None
     pieces = []
     for start, end in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
