@@ -339,7 +339,8 @@ def test_diffoscope_explains_when_installed(tmp_path: Path) -> None:
     expected.write_bytes(b"\0asm\1\0\0\0" + b"a" * 64)
     got.write_bytes(b"\0asm\1\0\0\0" + b"a" * 30 + b"X" + b"a" * 33)
     text = verify.explain_difference(expected, got)
-    assert text.startswith(f"--- {expected}\n+++ {got}") and "X" in text
+    assert "first difference at offset 38" in text
+    assert f"--- {expected}\n+++ {got}" in text and "X" in text
 
 
 def test_verify_refuses_model_files_other_than_the_recorded_ones(

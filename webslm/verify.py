@@ -321,8 +321,11 @@ def diffoscope_difference(expected: Path, got: Path) -> str | None:
 
 
 def explain_difference(expected: Path, got: Path) -> str:
-    """A readable difference between two versions of one file."""
-    return diffoscope_difference(expected, got) or plain_difference(expected, got)
+    """A readable difference: sizes and the first differing offset (or JSON keys) always,
+    then diffoscope's detail when it is installed."""
+    summary = plain_difference(expected, got)
+    detail = diffoscope_difference(expected, got)
+    return f"{summary}\n{detail}" if detail else summary
 
 
 # ---------------------------------------------------------------------------- the report
