@@ -5,8 +5,9 @@ synthetic chat examples (seeded lengths 64..1024 tokens, the first ~30% of each 
 for every variant. Each variant trains through webslm.finetune.build_trainer, the code
 `webslm finetune` runs, so "ours" is the product's recipe (webslm.finetune.Recipe defaults).
 Tokens are real (non-pad) tokens; model FLOPs count what a LoRA step must compute: forward 2N and
-input-gradient 2N per token for the frozen linear layers, 3x the causal attention forward, and
-nothing for padding or activation recomputation.
+input-gradient 2N per token for the frozen linear layers (4N, not the 6N of full training: frozen
+weights get no weight gradient), the LM head only on the tokens that carry loss (TRL's fused head
+skips the rest), 3x the causal attention forward, and nothing for padding or recomputation.
 
 Run: `python bench/bench_finetune.py` (one GPU) or, for data-parallel scaling,
 `accelerate launch --num_processes 2 bench/bench_finetune.py --variants ours`.
@@ -46,11 +47,15 @@ QWEN25_05B = dict(  # Qwen/Qwen2.5-0.5B-Instruct config.json
 PLAIN = Recipe(micro_batch=2, padding_free=False, assistant_only_loss=False,
                gradient_checkpointing=False, precision="fp16")
 OURS = Recipe()
-VARIANTS = {
+VARIANTS = {  # Liger patches transformers' RoPE module-wide: the variants with it run last
     "plain": PLAIN,
     "ours": OURS,
     "ours-no-ckpt": dataclasses.replace(OURS, gradient_checkpointing=False),
+    "ours-no-dropout": dataclasses.replace(OURS, lora_dropout=0.0),
     "ours-micro8": dataclasses.replace(OURS, micro_batch=8),
+    "ours-liger": dataclasses.replace(OURS, fused_kernels=True),
+    "ours-liger-no-ckpt": dataclasses.replace(OURS, fused_kernels=True,
+                                              gradient_checkpointing=False),
 }
 H100_BF16_PEAK = 989e12  # dense bf16, H100 SXM datasheet
 
@@ -77,12 +82,17 @@ def pad_tokenizer():  # noqa: ANN201
                                    unk_token="<unk>")
 
 
-def training_flops_per_token(config: dict, mean_sq_len: float, mean_len: float) -> float:
-    """LoRA-step model FLOPs per real token (see the module docstring)."""
+def training_flops_per_token(config: dict, mean_sq_len: float, mean_len: float,
+                             loss_fraction: float) -> float:
+    """LoRA-step model FLOPs per real token (see the module docstring).
+
+    `loss_fraction`: the share of tokens whose next token carries loss, the only ones the LM head
+    projects.
+    """
     d, layers = config["hidden_size"], config["num_hidden_layers"]
     kv = d // config["num_attention_heads"] * config["num_key_value_heads"]
     linear = layers * (2 * d * d + 2 * d * kv + 3 * d * config["intermediate_size"])
-    linear += config["vocab_size"] * d  # lm_head
+    linear += config["vocab_size"] * d * loss_fraction  # lm_head
     attention_fwd_per_token = layers * 2 * d * (mean_sq_len / mean_len)  # causal: 2 s^2 d / s
     return 4 * linear + 3 * attention_fwd_per_token
 
@@ -179,7 +189,7 @@ def run_variant(name: str, recipe: Recipe, examples: list[TokenizedExample], ste
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", default="plain,ours,ours-no-ckpt,ours-micro8")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--steps", type=int, default=10, help="timed optimizer steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed optimizer steps first")
     parser.add_argument("--json", help="write the results to this file")
@@ -201,30 +211,39 @@ def main() -> int:
     lengths = [len(e.input_ids) for e in examples]
     mean_len = sum(lengths) / len(lengths)
     mean_sq = sum(n * n for n in lengths) / len(lengths)
-    flops_per_token = training_flops_per_token(model_config, mean_sq, mean_len)
+    assistant_share = sum(sum(e.assistant_mask) for e in examples) / sum(lengths)
     peak = measured_matmul_peak() if rank == 0 and torch.cuda.is_available() else math.nan
     out = Path(os.environ.get("TMPDIR", "/tmp")) / "bench_finetune"
-    results = [run_variant(name, VARIANTS[name], examples, args.steps, args.warmup,
-                           world_size, out, model_config, args.profile)
-               for name in args.variants.split(",")]
+    results = []
+    for name in args.variants.split(","):
+        try:
+            results.append(run_variant(name, VARIANTS[name], examples, args.steps, args.warmup,
+                                       world_size, out, model_config, args.profile))
+        except Exception as error:  # noqa: BLE001 - one broken variant must not hide the others
+            print(f"variant {name} failed: {type(error).__name__}: {error}")
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
     if rank != 0:
         return 0
     gpus = world_size
     for r in results:
-        achieved = r["tokens_per_s"] * flops_per_token
+        share = assistant_share if VARIANTS[r["variant"]].assistant_only_loss else 1.0
+        r["flops_per_token"] = training_flops_per_token(model_config, mean_sq, mean_len, share)
+        achieved = r["tokens_per_s"] * r["flops_per_token"]
         r["mfu_vs_datasheet"] = achieved / (H100_BF16_PEAK * gpus)
         r["mfu_vs_measured_matmul"] = achieved / (peak * gpus)
     baseline = next((r for r in results if r["variant"] == "plain"), None)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU (smoke)"
     print(f"\nGPU: {device} x{gpus}; bf16 matmul 8192^3 measured "
-          f"{peak / 1e12:.0f} TFLOP/s; model FLOPs/token {flops_per_token / 1e9:.2f} G; "
-          f"mean example {mean_len:.0f} tokens")
-    print(f"{'variant':14} {'prec':5} {'tok/s':>9} {'x plain':>7} {'peak GiB':>9} "
-          f"{'MFU(989)':>8} {'MFU(meas)':>9} {'loss':>7}")
+          f"{peak / 1e12:.0f} TFLOP/s; mean example {mean_len:.0f} tokens, "
+          f"{assistant_share:.0%} of them assistant tokens")
+    print(f"{'variant':16} {'prec':5} {'tok/s':>9} {'x plain':>7} {'peak GiB':>9} "
+          f"{'GFLOP/tok':>9} {'MFU(989)':>8} {'MFU(meas)':>9} {'loss':>7}")
     for r in results:
         ratio = r["tokens_per_s"] / baseline["tokens_per_s"] if baseline else float("nan")
-        print(f"{r['variant']:14} {r['precision']:5} {r['tokens_per_s']:9.0f} {ratio:7.2f} "
-              f"{r['peak_allocated_gib']:9.2f} {r['mfu_vs_datasheet']:8.1%} "
+        print(f"{r['variant']:16} {r['precision']:5} {r['tokens_per_s']:9.0f} {ratio:7.2f} "
+              f"{r['peak_allocated_gib']:9.2f} {r['flops_per_token'] / 1e9:9.2f} "
+              f"{r['mfu_vs_datasheet']:8.1%} "
               f"{r['mfu_vs_measured_matmul']:9.1%} {r['final_loss'] or float('nan'):7.3f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"gpu": device,
