@@ -101,6 +101,12 @@ def standin_dist(standin_image: str, tiny_qwen2: Path,
     return build_model(resolve_spec(model=str(tiny_qwen2), name="tiny"), options).dist
 
 
+def copy_model(source: Path, target: Path) -> Path:
+    """A changeable copy of a (read-only) tiny model folder."""
+    shutil.copytree(source, target)
+    return target
+
+
 def writable_copy(dist: Path, target: Path) -> Path:
     """A copy of a dist folder whose files can be changed (cached files are read-only)."""
     shutil.copytree(dist, target)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import threading
 import time
@@ -19,25 +18,20 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from conftest import copy_model
 from standin.image import standin_toolchain
 
 from webslm.cli import main
 from webslm.files import sha256_file
 from webslm.pipeline import BuildOptions, Variation, build_many, build_model
-from webslm.provenance import sri
+from webslm.provenance import hash_files, list_files, sri
 from webslm.spec import resolve_spec
 
 TOOL_STAGES = ("stage", "convert_weight", "gen_config", "compile")
 
 
-def copy_model(source: Path, target: Path) -> Path:
-    shutil.copytree(source, target)
-    return target
-
-
 def digests(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): sha256_file(p)
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return hash_files(folder, list_files(folder))
 
 
 def options(tmp_path: Path, toolchain, **changes) -> BuildOptions:  # noqa: ANN001

@@ -4,24 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import write_hub_cache
+from conftest import copy_model, write_hub_cache
 
 from webslm.errors import BadInput
 from webslm.hub import allow_patterns, check_model_folder, resolve_model
 from webslm.spec import resolve_spec
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-def copy_model(source: Path, target: Path) -> Path:
-    shutil.copytree(source, target)
-    return target
 
 
 def resolve_offline(cache: Path, model_arg: str) -> subprocess.CompletedProcess[str]:

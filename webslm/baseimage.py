@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from webslm.errors import MissingEnvironment, StageFailed
+from webslm.files import sha256_file
 
 DEFAULT_BASE_TAG = "webslm-base:bookworm"
 DEFAULT_SUITE = "bookworm"
@@ -50,17 +51,9 @@ class ImageConfig:
         return json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
 
 
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def write_docker_archive(rootfs_tar: Path, archive: Path, tag: str, created_epoch: int) -> str:
     """Wrap a root-filesystem tarball as a loadable docker-archive; return the image ID."""
-    diff_id = "sha256:" + _sha256_of(rootfs_tar)
+    diff_id = "sha256:" + sha256_file(rootfs_tar)
     config = ImageConfig(diff_id=diff_id, created_epoch=created_epoch).to_json()
     image_id = hashlib.sha256(config).hexdigest()
     manifest = [{"Config": f"{image_id}.json", "RepoTags": [tag], "Layers": ["layer/layer.tar"]}]

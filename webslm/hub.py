@@ -27,6 +27,7 @@ TOKENIZER_FILES = (
 )
 SAFETENSORS_PATTERNS = ("*.safetensors", "model.safetensors.index.json")
 PICKLE_PATTERNS = ("pytorch_model*.bin", "pytorch_model.bin.index.json")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
 
 
@@ -78,7 +79,7 @@ def check_safetensors_header(path: Path) -> None:
 
 def _weight_files(folder: Path, names: list[str], allow_pickle: bool) -> list[str]:
     safetensors = [n for n in names if n.endswith(".safetensors")]
-    pickles = [n for n in names if n.endswith((".bin", ".pt", ".pth"))]
+    pickles = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
     if safetensors:
         for name in safetensors:
             check_safetensors_header(folder / name)

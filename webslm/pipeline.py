@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from webslm.cache import StageCache, StageKey, default_cache_dir, tree_digest
 from webslm.errors import BadInput, MissingEnvironment, StageFailed, WebslmError
 from webslm.files import atomic_directory, atomic_write_text, canonical_json
+from webslm.hub import PICKLE_SUFFIXES
 from webslm.provenance import APP_CONFIG_FILE, PROVENANCE_FILE, hash_files, list_files
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ LOG_TAIL_LINES = 3
 CHAT_CONFIG = "mlc-chat-config.json"
 GENERATION_CONFIG = "generation_config.json"
 FINETUNE_FILE = "webslm.json"
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
 WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 NORMALIZE_SOURCE = Path(__file__).with_name("normalize.py")
 
@@ -440,7 +441,9 @@ class Build:
 
     def run(self) -> BuildResult:
         model, digests = self.resolve()
-        self.toolchain = _toolchain(self.options)
+        from webslm.toolchain import chosen_or_current
+
+        self.toolchain = chosen_or_current(self.options.toolchain)
         self.engine = Engine(self.toolchain, self.options)
         with self.display.stage(self.spec.model_id, "resolve"):
             pass  # shown once the environment is known good: errors before it stay one line
@@ -534,14 +537,6 @@ def scratch_area(options: BuildOptions, cache: StageCache) -> Iterator[Path]:
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def _toolchain(options: BuildOptions) -> Toolchain:
-    if options.toolchain is not None:
-        return options.toolchain
-    from webslm import toolchain
-
-    return toolchain.current_toolchain()
 
 
 def _check_options(options: BuildOptions) -> None:

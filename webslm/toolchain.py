@@ -350,6 +350,11 @@ def current_toolchain(docker_dir: Path = DOCKER_DIR) -> Toolchain:
     )
 
 
+def chosen_or_current(chosen: Toolchain | None) -> Toolchain:
+    """The toolchain a caller chose (tests, verify), else the one this checkout's lock names."""
+    return chosen if chosen is not None else current_toolchain()
+
+
 def docker_client() -> Any:
     """A Docker SDK client that answered a ping; MissingEnvironment when no engine answers."""
     try:

@@ -787,21 +787,14 @@ def rebuild(provenance: Provenance, settings: RebuildSettings, toolchain: Toolch
     return build_model(spec, options), variation
 
 
-def _toolchain(settings: RebuildSettings) -> Toolchain:
-    if settings.toolchain is not None:
-        return settings.toolchain
-    from webslm.toolchain import current_toolchain
-
-    return current_toolchain()
-
-
 def compare_with_rebuild(command: str, target: str, provenance: Provenance, where: str,
                          shipped: Mapping[str, Path | None], checks: Sequence[Check],
                          settings: RebuildSettings) -> Report:
     """The part verify and audit share: toolchain check, rebuild, compare, explain."""
     from webslm.pipeline import STAGES
+    from webslm.toolchain import chosen_or_current
 
-    toolchain = _toolchain(settings)
+    toolchain = chosen_or_current(settings.toolchain)
     checks = [*checks, check_toolchain(provenance, toolchain, settings.repo)]
     shipped_digests = {n: sha256_file(p) if p is not None else None for n, p in shipped.items()}
     with tempfile.TemporaryDirectory(prefix="webslm-verify-") as work:
