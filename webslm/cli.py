@@ -8,11 +8,15 @@ must not pay for importing torch or the Docker SDK.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from types import FrameType
 
-from webslm.errors import BadInput, WebslmError
+from webslm.errors import BadInput, Terminated, WebslmError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -242,11 +246,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """While a command runs, SIGTERM raises Terminated (cleanups run, exit 143) instead of
+    killing the process where it stands."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit code. Errors become one line on stderr."""
     try:
-        args = build_parser().parse_args(argv)
-        return int(args.handler(args))
+        with sigterm_unwinds():
+            args = build_parser().parse_args(argv)
+            return int(args.handler(args))
     except WebslmError as error:
         print(f"webslm: error: {error.line()}", file=sys.stderr)
         return error.exit_code
@@ -259,6 +282,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("webslm: interrupted; outputs already in place are unchanged", file=sys.stderr)
         return 130
+    except Terminated:
+        print("webslm: terminated (SIGTERM); outputs already in place are unchanged",
+              file=sys.stderr)
+        return Terminated.exit_code
 
 
 def run() -> None:

@@ -436,7 +436,7 @@ def merge_command(base: str, adapter: Path, out: Path) -> int:
     record = json.loads(record_path.read_text(encoding="utf-8")) if record_path.is_file() else {}
     recipe = record.get("recipe") or {k: adapter_config.get(k) for k in (
         "r", "lora_alpha", "lora_dropout", "target_modules")}
-    with atomic_directory(out) as staging:
+    with atomic_directory(out, METADATA_FILE) as staging:
         merge_into(resolved.path, adapter, staging)
         atomic_write_text(staging / METADATA_FILE, canonical_json(metadata(
             base_model=resolved.repo_id or str(resolved.path), base_revision=resolved.revision,
@@ -500,7 +500,7 @@ def finetune_command(args: argparse.Namespace) -> int:
         raise BadInput(f"no conversation has an assistant token within {recipe.max_seq_len} "
                        "tokens", "raise --max-seq-len or shorten the conversations")
     out = Path(args.out)
-    with atomic_directory(out) as staging:
+    with atomic_directory(out, METADATA_FILE) as staging:
         adapter_out = staging / ADAPTER_DIR
         _train(args.gpus, resolved.path, files, examples, recipe, adapter_out)
         record = metadata(base_model=resolved.repo_id or str(resolved.path),

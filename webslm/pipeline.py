@@ -8,8 +8,14 @@ Stages, each taking input files to a fresh output folder:
   convert_weight  mlc_llm convert_weight (container) -> params_shard_N.bin, ndarray-cache.json
   gen_config      mlc_llm gen_config (container)     -> mlc-chat-config.json, tokenizer files
   compile         mlc_llm compile --device webgpu    -> <name>-<quant>-webgpu.wasm
-  package         dist/<name>/: the outputs, the rewritten chat config (webslm.webllm), the
-                  AppConfig and provenance.json (webslm.provenance), renamed into place whole
+  package         dist/<name>/: copies of the outputs, the rewritten chat config (webslm.webllm),
+                  the AppConfig and provenance.json (webslm.provenance), swapped into place whole
+
+The output folder is checked before any container starts: never the model folder, inside it or
+around it, and never a file or a folder webslm did not write (one without provenance.json).
+Stage containers are labelled with their build's process token and host; a build that was
+killed leaves them behind, and the next build removes them. SIGTERM stops a build like Ctrl-C
+(webslm.cli): the running container is removed and nothing half-written stays.
 
 A stage's output is cached under a key naming the stage, the toolchain ID, the digests of exactly
 the files it reads and its arguments (webslm.cache); a hit skips it. Container stages see only
@@ -26,6 +32,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -36,7 +43,16 @@ from typing import TYPE_CHECKING, Any
 
 from webslm.cache import StageCache, StageKey, default_cache_dir, tree_digest
 from webslm.errors import BadInput, MissingEnvironment, StageFailed, WebslmError
-from webslm.files import atomic_directory, atomic_write_text, canonical_json
+from webslm.files import (
+    atomic_directory,
+    atomic_write_text,
+    canonical_json,
+    check_replaceable,
+    check_writable,
+    clone_or_copy,
+    owner_alive,
+    owner_token,
+)
 from webslm.hub import PICKLE_SUFFIXES
 from webslm.provenance import APP_CONFIG_FILE, PROVENANCE_FILE, hash_files, list_files
 
@@ -60,6 +76,8 @@ FINETUNE_FILE = "webslm.json"
 WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
 WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 NORMALIZE_SOURCE = Path(__file__).with_name("normalize.py")
+OWNER_LABEL = "webslm.owner"  # the building process's owner_token
+HOST_LABEL = "webslm.host"  # ... on this host (tokens mean nothing elsewhere)
 
 
 @dataclass(frozen=True)
@@ -196,18 +214,34 @@ def log_tail(text: str, lines: int = LOG_TAIL_LINES) -> str:
 # ---------------------------------------------------------------------------- file helpers
 
 
-def link_or_copy(source: Path, target: Path) -> None:
-    """Hard-link (cached files are read-only, so sharing is safe), copying across file systems."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
-
-
 def link_files(source: Path, names: Sequence[str], target: Path) -> None:
+    """Hard links (copies across file systems) for a container's read-only input view only:
+    nothing can write through a read-only mount. Dist files are copies (copy_files)."""
     for name in names:
-        link_or_copy(source / name, target / name)
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(source / name, target / name)
+        except OSError:
+            shutil.copyfile(source / name, target / name)
+
+
+def copy_files(source: Path, names: Sequence[str], target: Path) -> None:
+    for name in names:
+        clone_or_copy(source / name, target / name)
+
+
+def check_output_folder(final: Path, model: Path) -> None:
+    """The dist folder may not be the model folder, inside it or around it (the swap would
+    delete the model), nor a file or a folder webslm did not write; its parent must be
+    writable. All before any container starts."""
+    out, source = final.resolve(), model.resolve()
+    relation = ("is" if out == source else "is inside" if source in out.parents
+                else "contains" if out in source.parents else None)
+    if relation is not None:
+        raise BadInput(f"the output folder {final} {relation} the model folder {model}",
+                       "pass an --out (or --name) outside the model folder")
+    check_replaceable(final, PROVENANCE_FILE)
+    check_writable(final.parent)
 
 
 def readable_by_anyone(folder: Path) -> None:
@@ -250,6 +284,17 @@ class Engine:
                                      "Docker engine", "run: invoke toolchain") from error
         self.seccomp = (toolchain.seccomp_profile.read_text(encoding="utf-8")
                         if toolchain.seccomp_profile is not None else None)
+        self.owner = owner_token()
+        self.remove_orphans()
+
+    def remove_orphans(self) -> None:
+        """Remove stage containers left by builds on this host whose process is gone."""
+        host = socket.gethostname()
+        for container in self.client.containers.list(
+                all=True, filters={"label": [OWNER_LABEL, f"{HOST_LABEL}={host}"]}):
+            if not owner_alive(container.labels.get(OWNER_LABEL, "")):
+                with contextlib.suppress(Exception):
+                    container.remove(force=True)
 
     def run(self, job: ContainerRun) -> None:
         """Run one stage; StageFailed (with the log's last lines and its path) on failure."""
@@ -274,7 +319,8 @@ class Engine:
             nano_cpus=int(self.options.cpus * 1e9) if self.options.cpus else None,
             mem_limit=self.options.memory,
             security_opt=[f"seccomp={self.seccomp}"] if self.seccomp else None,
-            labels={"webslm.stage": job.stage, "webslm.model_id": job.model_id},
+            labels={"webslm.stage": job.stage, "webslm.model_id": job.model_id,
+                    OWNER_LABEL: self.owner, HOST_LABEL: socket.gethostname()},
         )
         try:
             container.start()
@@ -441,6 +487,7 @@ class Build:
 
     def run(self) -> BuildResult:
         model, digests = self.resolve()
+        check_output_folder(self.options.out / self.spec.name, model.path)
         from webslm.toolchain import chosen_or_current
 
         self.toolchain = chosen_or_current(self.options.toolchain)
@@ -480,11 +527,11 @@ class Build:
             system_prompt=system_prompt, tokenizer=read_json(chat.path / "tokenizer.json"))
         lib_name = webllm.library_name(self.spec.model_id)
         final = self.options.out / self.spec.name
-        with atomic_directory(final) as folder:
-            link_files(weights.path, sorted(weights.files), folder)
-            link_files(chat.path, sorted(n for n in chat.files if n != CHAT_CONFIG), folder)
+        with atomic_directory(final, PROVENANCE_FILE) as folder:
+            copy_files(weights.path, sorted(weights.files), folder)
+            copy_files(chat.path, sorted(n for n in chat.files if n != CHAT_CONFIG), folder)
             (folder / CHAT_CONFIG).write_text(canonical_json(chat_config), encoding="utf-8")
-            link_or_copy(library.path / lib_name, folder / "libs" / lib_name)
+            clone_or_copy(library.path / lib_name, folder / "libs" / lib_name)
             outputs = hash_files(folder, list_files(folder))
             statement = provenance.statement(
                 outputs=outputs, spec=self.spec.to_json(),
@@ -530,9 +577,7 @@ def read_json(path: Path) -> dict[str, Any] | None:
 def scratch_area(options: BuildOptions, cache: StageCache) -> Iterator[Path]:
     """The build area: under the variation's folder, else beside the cache (same file system,
     so finished outputs are renamed into the cache rather than copied)."""
-    root = options.variation.work_root or cache.scratch
-    root.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix="build-", dir=root))
+    folder = cache.scratch_folder("build", options.variation.work_root)
     try:
         yield folder
     finally:
