@@ -199,7 +199,7 @@ def test_reports_in_json_and_markdown_carry_the_table_and_the_explanation(tmp_pa
     data = json.loads((tmp_path / "r" / "report.json").read_text())
     assert data["ok"] is False and data["first_differing_stage"]["stage"] == "compile"
     assert data["files"][1] == {"name": "lib.wasm", "expected": A, "shipped": A, "rebuilt": C,
-                                "same": False}
+                                "same": False, "intact": True}
     assert data["differences"] == {"lib.wasm": "first difference at offset 9"}
     markdown = (tmp_path / "r" / "report.md").read_text()
     assert markdown.startswith("# webslm verify: ❌ not reproducible")
@@ -356,8 +356,10 @@ def test_verify_refuses_model_files_other_than_the_recorded_ones(
     resolved = resolve_model(spec)
     dist = tmp_path / "dist" / "m"
     dist.mkdir(parents=True)
+    (dist / "lib.wasm").write_bytes(b"\0asm")
     (dist / "provenance.json").write_text(canonical_json(a_statement(
-        spec=spec.to_json(), inputs=hash_files(resolved.path, resolved.files))))
+        spec=spec.to_json(), inputs=hash_files(resolved.path, resolved.files),
+        outputs=hash_files(dist, ["lib.wasm"]))))
     (model / "tokenizer_config.json").write_text("{}")
     monkeypatch.setattr("webslm.toolchain.current_toolchain",
                         lambda: a_toolchain(A, lock_digest(STANDIN_LOCK)))

@@ -10,6 +10,11 @@ audit ARTIFACT  fetches one shipped file (a path, an http(s) URL or a Hugging Fa
                 provenance and the provenance's toolchain ID against the lock, then rebuilds and
                 compares through the same code as verify.
 
+Step 1 always runs first and is printed first: every shipped file is hashed against the
+provenance and the AppConfig's integrity. Whatever stops the rebuild after it (toolchain image
+absent: exit 3, another toolchain: exit 2), the report lists those files, and tampering found
+in step 1 makes the exit code 1.
+
 Both print a table (file, expected, shipped, rebuilt, same), explain a mismatch (the first stage
 whose output differs; diffoscope when installed, otherwise sizes, the first differing offset and,
 for JSON, the differing keys) and can write the result as report.json and report.md for CI.
@@ -362,7 +367,7 @@ class Report:
     @property
     def verdict(self) -> str:
         if self.error is not None:
-            return "error"
+            return "error" + ("" if self.intact else "; shipped files do not match the provenance")
         problems = ([] if self.reproducible else ["not reproducible"]) + \
                    ([] if self.intact else ["shipped files do not match the provenance"])
         return "; ".join(problems) or "reproducible"
@@ -388,8 +393,37 @@ def _short(digest: str | None, checked: bool = True) -> str:
 
 
 def table_rows(report: Report) -> list[list[str]]:
+    """Cells per file; without a rebuild (it stopped early) only the shipped check counts."""
+    rebuilt = report.error is None
     return [[row.name, _short(row.expected), _short(row.shipped, row.shipped_checked),
-             _short(row.rebuilt), "yes" if row.same else "NO"] for row in report.rows]
+             _short(row.rebuilt, rebuilt),
+             ("yes" if row.same else "NO") if rebuilt else ("intact" if row.intact else "NO")]
+            for row in report.rows]
+
+
+def step_one_problems(report: Report) -> list[str]:
+    """The shipped files and AppConfig checks that do not match the provenance."""
+    return [r.name for r in report.rows if not r.intact] + \
+        [c.name for c in report.checks if not c.ok]
+
+
+def render_step_one(report: Report) -> str:
+    """Step 1's outcome in one line: shipped files against the provenance and AppConfig."""
+    checked = [r for r in report.rows if r.shipped_checked]
+    bad = [r.name for r in checked if not r.intact]
+    failed = [c.name for c in report.checks if not c.ok]
+    line = f"step 1: {plural(len(checked), 'shipped file')} hashed against {report.provenance}: "
+    if not bad and not failed:
+        return line + "all match\n"
+    parts = [f"{plural(len(bad), 'file')} differ{'s' if len(bad) == 1 else ''}"
+             f"{' (' + ', '.join(bad) + ')' if bad else ''}"]
+    if failed:
+        parts.append(f"failed checks: {', '.join(failed)}")
+    return line + "; ".join(parts) + "\n"
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 TABLE_HEADER = ["file", "expected", "shipped", "rebuilt", "same"]
@@ -430,7 +464,8 @@ def report_json(report: Report) -> dict[str, Any]:
         "conditions": dict(report.conditions),
         "files": [{"name": r.name, "expected": r.expected,
                    "shipped": r.shipped if r.shipped_checked else "not checked",
-                   "rebuilt": r.rebuilt, "same": r.same} for r in report.rows],
+                   "rebuilt": r.rebuilt, "same": r.same, "intact": r.intact}
+                  for r in report.rows],
         "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in report.checks],
         "first_differing_stage": None if stage is None else {
             "stage": stage.stage, "expected": stage.expected, "rebuilt": stage.rebuilt,
@@ -787,16 +822,27 @@ def rebuild(provenance: Provenance, settings: RebuildSettings, toolchain: Toolch
     return build_model(spec, options), variation
 
 
-def compare_with_rebuild(command: str, target: str, provenance: Provenance, where: str,
-                         shipped: Mapping[str, Path | None], checks: Sequence[Check],
-                         settings: RebuildSettings) -> Report:
-    """The part verify and audit share: toolchain check, rebuild, compare, explain."""
+def shipped_report(command: str, target: str, provenance: Provenance, where: str,
+                   shipped: Mapping[str, Path | None], checks: Sequence[Check]) -> Report:
+    """Step 1, which needs no toolchain: each shipped file's digest against the provenance."""
+    digests = {n: sha256_file(p) if p is not None else None for n, p in shipped.items()}
+    return Report(command=command, target=target, provenance=where,
+                  model_id=str(provenance.spec.get("model_id", "")),
+                  toolchain_id=provenance.toolchain_id, conditions={},
+                  rows=tuple(compare_files(provenance.subjects, digests, {})),
+                  checks=tuple(checks))
+
+
+def compare_with_rebuild(first: Report, provenance: Provenance,
+                         shipped: Mapping[str, Path | None], settings: RebuildSettings) -> Report:
+    """The part verify and audit share after step 1: toolchain check, rebuild, compare,
+    explain."""
     from webslm.pipeline import STAGES
     from webslm.toolchain import chosen_or_current
 
     toolchain = chosen_or_current(settings.toolchain)
-    checks = [*checks, check_toolchain(provenance, toolchain, settings.repo)]
-    shipped_digests = {n: sha256_file(p) if p is not None else None for n, p in shipped.items()}
+    checks = [*first.checks, check_toolchain(provenance, toolchain, settings.repo)]
+    shipped_digests = {r.name: r.shipped for r in first.rows if r.shipped_checked}
     with tempfile.TemporaryDirectory(prefix="webslm-verify-") as work:
         result, variation = rebuild(provenance, settings, toolchain, Path(work))
         rebuilt = parse_provenance(dict(result.provenance), "the rebuild's provenance")
@@ -813,17 +859,38 @@ def compare_with_rebuild(command: str, target: str, provenance: Provenance, wher
         conditions = {**variation_conditions(variation),
                       "toolchain image": f"{toolchain.image} (sha256:{rebuilt.image_digest})",
                       "image the build used": f"sha256:{provenance.image_digest}"}
-        return Report(command=command, target=target, provenance=where,
-                      model_id=result.spec.model_id, toolchain_id=provenance.toolchain_id,
-                      conditions=conditions, rows=tuple(rows),
-                      checks=tuple(checks), first_stage=stage, differences=differences)
+        return replace(first, model_id=result.spec.model_id, conditions=conditions,
+                       rows=tuple(rows), checks=tuple(checks), first_stage=stage,
+                       differences=differences)
+
+
+def check_then_rebuild(first: Report, provenance: Provenance,
+                       shipped: Mapping[str, Path | None], settings: RebuildSettings,
+                       report_dir: Path | None) -> int:
+    """Print step 1, then rebuild and compare. When the rebuild cannot run, the report still
+    lists step 1's files; tampering found there is exit 1 whatever stopped the rebuild."""
+    print(render_step_one(first), end="", flush=True)
+    try:
+        report = compare_with_rebuild(first, provenance, shipped, settings)
+    except WebslmError as error:
+        stopped = replace(first, error=error.line())
+        if report_dir is not None:
+            write_report(stopped, report_dir)
+        if first.intact:
+            raise
+        print(render_text(stopped), end="")
+        bad = step_one_problems(first)
+        raise StageFailed(f"shipped files do not match the provenance ({', '.join(bad[:3])}"
+                          f"{', ...' if len(bad) > 3 else ''}); the rebuild did not run: "
+                          f"{error.what}", error.fix) from error
+    return finish(report, report_dir)
 
 
 # ---------------------------------------------------------------------------- the commands
 
 
-def verify_dist(dist: Path, settings: RebuildSettings) -> Report:
-    """Check a dist folder's files and rebuild it; the Report says what matched."""
+def verify_dist(dist: Path) -> tuple[Report, Provenance, dict[str, Path | None]]:
+    """Step 1 for a dist folder: its files and AppConfig against its provenance."""
     provenance_path = dist / PROVENANCE_FILE
     if not dist.is_dir():
         raise BadInput(f"{dist} is not a folder", "pass a dist folder, e.g. dist/qwen2.5-0.5b")
@@ -842,23 +909,23 @@ def verify_dist(dist: Path, settings: RebuildSettings) -> Report:
                                        provenance.subjects, provenance.toolchain_id)
         except ValueError:
             checks = [Check(APP_CONFIG_FILE, False, "not valid JSON")]
-    return compare_with_rebuild("verify", str(dist), provenance, str(provenance_path),
-                                shipped, checks, settings)
+    first = shipped_report("verify", str(dist), provenance, str(provenance_path), shipped, checks)
+    return first, provenance, shipped
 
 
-def audit_artifact(artifact: str, provenance: str | None, settings: RebuildSettings,
-                   scratch: Path) -> Report:
-    """Fetch a shipped file and its provenance, check its digest, rebuild and compare."""
+def audit_artifact(artifact: str, provenance: str | None,
+                   scratch: Path) -> tuple[Report, Provenance, dict[str, Path | None]]:
+    """Step 1 for one shipped file: fetch it and its provenance, check its digest."""
     fetched = fetch(artifact, scratch)
     found = find_provenance(fetched, provenance, scratch)
     statement = load_provenance(found.path)
     digest = sha256_file(fetched.path)
     subject = artifact_subject(statement.subjects, fetched, digest, found)
-    shipped = {subject: fetched.path}
+    shipped: dict[str, Path | None] = {subject: fetched.path}
     check = Check(f"digest of {subject} matches the provenance",
                   digest == statement.subjects[subject], f"{fetched.location}: {digest}")
-    return compare_with_rebuild("audit", fetched.location, statement, found.location, shipped,
-                                [check], settings)
+    first = shipped_report("audit", fetched.location, statement, found.location, shipped, [check])
+    return first, statement, shipped
 
 
 def finish(report: Report, report_dir: Path | None) -> int:
@@ -881,23 +948,24 @@ def verify_command(dist: Path, report_dir: Path | None,
                    settings: RebuildSettings | None = None) -> int:
     """`webslm verify DIST [--report DIR]`."""
     try:
-        report = verify_dist(dist, settings or RebuildSettings())
+        first, provenance, shipped = verify_dist(dist)
     except WebslmError as error:
         if report_dir is not None:
             write_report(failed_report("verify", str(dist), error), report_dir)
         raise
-    return finish(report, report_dir)
+    return check_then_rebuild(first, provenance, shipped, settings or RebuildSettings(),
+                              report_dir)
 
 
 def audit_command(artifact: str, provenance: str | None, report_dir: Path | None,
                   settings: RebuildSettings | None = None) -> int:
     """`webslm audit --artifact X [--provenance Y] [--report DIR]`."""
-    try:
-        with tempfile.TemporaryDirectory(prefix="webslm-audit-") as scratch:
-            report = audit_artifact(artifact, provenance, settings or RebuildSettings(),
-                                    Path(scratch))
-    except WebslmError as error:
-        if report_dir is not None:
-            write_report(failed_report("audit", artifact, error), report_dir)
-        raise
-    return finish(report, report_dir)
+    with tempfile.TemporaryDirectory(prefix="webslm-audit-") as scratch:
+        try:
+            first, statement, shipped = audit_artifact(artifact, provenance, Path(scratch))
+        except WebslmError as error:
+            if report_dir is not None:
+                write_report(failed_report("audit", artifact, error), report_dir)
+            raise
+        return check_then_rebuild(first, statement, shipped, settings or RebuildSettings(),
+                                  report_dir)
