@@ -91,6 +91,9 @@ def _cmd_build(args: argparse.Namespace) -> int:
     from webslm import pipeline
 
     presets = [p.strip() for p in args.preset.split(",")] if args.preset else [None]
+    if "" in presets:
+        raise BadInput(f"--preset {args.preset!r} has an empty name in its list",
+                       "separate preset names with single commas, e.g. --preset a,b")
     specs = [_spec_from_args(args, preset=p) for p in presets]
     options = pipeline.BuildOptions(
         out=Path(args.out),
