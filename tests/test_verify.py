@@ -65,6 +65,17 @@ def test_a_build_statement_parses_into_what_verify_needs() -> None:
     ({**a_statement(), "subject": []}, "no subjects"),
     ({**a_statement(), "subject": [{"name": "x", "digest": {"sha256": "zz"}}]}, "bad sha256"),
     ({**a_statement(), "predicate": {}}, "no 'buildDefinition'"),
+    ({**a_statement(), "predicate": []}, "wrong type"),
+    ({**a_statement(), "subject": ["lib.wasm"]}, "wrong type"),
+    ({**a_statement(), "predicate": {"buildDefinition": {
+        **a_statement()["predicate"]["buildDefinition"], "externalParameters": "x"}}},
+     "wrong type"),
+    ({**a_statement(), "predicate": {"buildDefinition": {
+        **a_statement()["predicate"]["buildDefinition"], "resolvedDependencies": [1]}}},
+     "wrong type"),
+    ({**a_statement(), "predicate": {"buildDefinition": {
+        **a_statement()["predicate"]["buildDefinition"], "internalParameters": []}}},
+     "wrong type"),
 ])
 def test_what_is_not_a_provenance_is_refused_with_the_reason(document: object, why: str) -> None:
     with pytest.raises(BadInput) as caught:
@@ -367,3 +378,17 @@ def test_verify_refuses_model_files_other_than_the_recorded_ones(
     err = capsys.readouterr().err
     assert f"the model files at {model} are not the ones the provenance names " \
            "(differing: tokenizer_config.json)" in err
+
+
+@pytest.mark.parametrize("command", ["verify", "audit"])
+def test_a_provenance_of_the_wrong_shape_is_exit_2_in_one_line(
+        tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    dist = tmp_path / "m"
+    (dist / "libs").mkdir(parents=True)
+    (dist / "libs" / "m-webgpu.wasm").write_bytes(b"\0asm")
+    (dist / "provenance.json").write_text(canonical_json({**a_statement(), "predicate": []}))
+    argv = ["verify", str(dist)] if command == "verify" else \
+        ["audit", "--artifact", str(dist / "libs" / "m-webgpu.wasm")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not a webslm provenance statement" in err

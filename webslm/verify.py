@@ -111,18 +111,20 @@ def parse_provenance(statement: Any, where: str) -> Provenance:
         stages = definition.get("internalParameters", {}).get("stages", {})
         toolchain_id = str(dependencies["toolchain"]["digest"]["sha256"])
         lock_digest = str(dependencies[LOCK_PATH]["digest"]["sha256"])
-    except (KeyError, TypeError) as error:
+        image = dependencies.get("toolchain-image", {}).get("digest", {}).get("sha256")
+        inputs = {name.removeprefix("model/"): str(d["digest"]["sha256"])
+                  for name, d in dependencies.items() if name.startswith("model/")}
+        stage_records = {str(k): dict(v) for k, v in dict(stages).items()}
+    except KeyError as error:
         raise bad(f"no {error}") from error
-    image = dependencies.get("toolchain-image", {}).get("digest", {}).get("sha256")
-    inputs = {name.removeprefix("model/"): str(d["digest"]["sha256"])
-              for name, d in dependencies.items() if name.startswith("model/")}
+    except (TypeError, ValueError, AttributeError) as error:  # a list where an object belongs
+        raise bad("a field has the wrong type") from error
     bad_digests = [n for n, d in {**subjects, **inputs}.items() if not HEX64.match(d)]
     if not subjects or bad_digests:
         raise bad("no subjects" if not subjects else f"bad sha256 for {bad_digests[0]}")
     return Provenance(subjects=subjects, spec=spec, model=model, inputs=inputs,
                       toolchain_id=toolchain_id, lock_digest=lock_digest,
-                      image_digest=str(image) if image else None,
-                      stages={str(k): dict(v) for k, v in dict(stages).items()})
+                      image_digest=str(image) if image else None, stages=stage_records)
 
 
 def load_provenance(path: Path) -> Provenance:
