@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import signal
 import sys
 import threading
@@ -249,6 +250,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def optional_extra(module: str) -> str | None:
+    """The extra (`pip install 'webslm[EXTRA]'`) that installs a module, from the package's own
+    metadata (pyproject.toml is the one list); None when no extra has it."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    try:
+        requirements = requires("webslm") or []
+    except PackageNotFoundError:
+        return None
+    for requirement in requirements:
+        name, _, marker = requirement.partition(";")
+        package = re.split(r"[<>=!~\[ ]", name.strip(), maxsplit=1)[0].lower().replace("-", "_")
+        extra = re.search(r'extra == "([^"]+)"', marker)
+        if extra and extra.group(1) != "test" and package == module.lower():
+            return extra.group(1)
+    return None
+
+
 def _terminate(signum: int, frame: FrameType | None) -> None:
     raise Terminated()
 
@@ -269,6 +288,7 @@ def sigterm_unwinds() -> Iterator[None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit code. Errors become one line on stderr."""
+    args = argparse.Namespace(command="")
     try:
         with sigterm_unwinds():
             args = build_parser().parse_args(argv)
@@ -277,7 +297,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"webslm: error: {error.line()}", file=sys.stderr)
         return error.exit_code
     except ImportError as error:
-        if not (error.name or "").startswith("webslm"):
+        missing = (error.name or "").split(".")[0]
+        extra = optional_extra(missing)
+        if extra is not None:
+            print(f"webslm: error: `webslm {args.command}` needs {missing}, which is not "
+                  f"installed; pip install 'webslm[{extra}]'", file=sys.stderr)
+            return 3
+        if not missing.startswith("webslm"):
             raise
         print(f"webslm: error: `webslm {args.command}` is not built yet ({error})",
               file=sys.stderr)

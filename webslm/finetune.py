@@ -40,6 +40,7 @@ TRAIN_SCRIPT = Path(__file__).resolve().parent.parent / "finetune" / "train.py"
 ADAPTER_DIR = "adapter"
 METADATA_FILE = "webslm.json"
 PRECISIONS = ("bf16", "fp16", "fp32")
+PROBLEMS_SHOWN = 50  # data problems printed; the rest are counted
 
 
 @dataclass(frozen=True)
@@ -139,10 +140,15 @@ def checked_data(files: Sequence[Path]) -> ChatData:
     for warning in data.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if data.problems:
-        for problem in data.problems:
+        for problem in data.problems[:PROBLEMS_SHOWN]:
             print(problem, file=sys.stderr)
-        raise BadInput(f"{len(data.problems)} problems in the chat data",
-                       "fix the lines listed above and run again")
+        hidden = len(data.problems) - PROBLEMS_SHOWN
+        if hidden > 0:
+            print(f"... and {hidden} more", file=sys.stderr)
+        count = len(data.problems)
+        raise BadInput(f"{count} problem{'' if count == 1 else 's'} in the chat data",
+                       f"fix the {'first ' if hidden > 0 else ''}lines listed above and run "
+                       "again")
     return data
 
 
