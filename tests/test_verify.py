@@ -3,12 +3,18 @@ and the one-line errors for bad input (exit 2) and missing environment (exit 3).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.server
 import json
 import os
 import shutil
 import socket
 import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -392,3 +398,69 @@ def test_a_provenance_of_the_wrong_shape_is_exit_2_in_one_line(
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is not a webslm provenance statement" in err
+
+
+class _ScriptedHandler(http.server.BaseHTTPRequestHandler):
+    """Answers every GET with `announced` as Content-Length, then `chunks` (a pause before
+    each), then closes: a server that lies about the length or drips the body."""
+
+    announced = 0
+    chunks: tuple[bytes, ...] = ()
+    pause_s = 0.0
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.send_response(200)
+        self.send_header("Content-Length", str(self.announced))
+        self.end_headers()
+        self.close_connection = True
+        with contextlib.suppress(ConnectionError):  # the client gave up first: that is the test
+            for chunk in self.chunks:
+                time.sleep(self.pause_s)
+                self.wfile.write(chunk)
+                self.wfile.flush()
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        """Quiet."""
+
+
+@contextlib.contextmanager
+def scripted_server(**script: Any) -> Iterator[str]:
+    handler = type("Scripted", (_ScriptedHandler,), script)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("script, flags, code, message", [
+    ({"announced": 100, "chunks": (b"x" * 10,)}, [], 3, "ended after 10 of 100 bytes"),
+    ({"announced": 3 << 20, "chunks": (b"x" * (3 << 20),)}, ["--max-download-mib", "1"], 2,
+     "is larger than the download limit (1 MiB)"),
+    ({"announced": 2 << 20, "chunks": (b"x" * (1 << 20),) * 2}, ["--max-download-mib", "1"], 2,
+     "is larger than the download limit (1 MiB)"),
+    ({"announced": 6, "chunks": (b"ab", b"cd", b"ef"), "pause_s": 0.7},
+     ["--download-timeout", "1"], 3, "ran past the audit's deadline"),
+])
+def test_audit_downloads_are_checked_and_bounded(script: dict, flags: list[str], code: int,
+                                                 message: str,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    with scripted_server(**script) as base:
+        assert main(["audit", "--artifact", f"{base}/m/libs/m.wasm", *flags]) == code
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+
+
+def test_audit_of_an_unreachable_hub_is_one_line_without_retry_noise(tmp_path: Path) -> None:
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"),
+           "HF_ENDPOINT": f"http://127.0.0.1:{closed_port()}"}
+    done = subprocess.run([sys.executable, "-m", "webslm", "audit", "--artifact",
+                           "hf://alice/tiny@main/libs/tiny.wasm"], capture_output=True,
+                          text=True, env=env, timeout=300, check=False)
+    assert done.returncode == 3
+    assert done.stderr.strip().splitlines() == [
+        "webslm: error: cannot reach the Hugging Face Hub and alice/tiny@main is not in the local "
+        "cache; connect to the network, or download it first with network access"]

@@ -18,6 +18,7 @@ from pathlib import Path
 from types import FrameType
 
 from webslm.errors import BadInput, Terminated, WebslmError
+from webslm.verify import DOWNLOAD_TIMEOUT_S, MAX_DOWNLOAD_MIB
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -122,6 +123,8 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         artifact=args.artifact,
         provenance=args.provenance,
         report_dir=Path(args.report) if args.report else None,
+        max_download_mib=args.max_download_mib,
+        download_timeout_s=args.download_timeout,
     )
 
 
@@ -207,6 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--artifact", required=True, help="path or URL of the artifact")
     audit.add_argument("--provenance", help="path or URL of provenance.json")
     audit.add_argument("--report", help="write report.json and report.md into this folder")
+    audit.add_argument("--max-download-mib", type=int, default=MAX_DOWNLOAD_MIB,
+                       help="largest file an http(s) download may be (default "
+                            f"{MAX_DOWNLOAD_MIB})")
+    audit.add_argument("--download-timeout", type=float,
+                       default=DOWNLOAD_TIMEOUT_S, metavar="SECONDS",
+                       help="deadline for all downloads together (default "
+                            f"{DOWNLOAD_TIMEOUT_S:.0f})")
 
     data = command("data", lambda a: 0, "chat data tools")
     data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -173,6 +174,9 @@ def hub_errors(repo_id: str, revision: str | None) -> Iterator[None]:
     )
 
     where = f"{repo_id}@{revision}" if revision else repo_id
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)  # its "Retrying in 1s" lines: the error below says it
     try:
         yield
     except GatedRepoError as error:
@@ -191,6 +195,8 @@ def hub_errors(repo_id: str, revision: str | None) -> Iterator[None]:
     except HfHubHTTPError as error:
         raise MissingEnvironment(f"the Hugging Face Hub answered an error for {where} "
                                  f"({error.__class__.__name__})", "try again later") from error
+    finally:
+        hub_logger.setLevel(level)
 
 
 def _download(repo_id: str, revision: str | None, allow_pickle: bool) -> Path:

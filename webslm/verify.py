@@ -23,6 +23,7 @@ Exit codes: 0 all match, 1 mismatch, 2 bad input, 3 missing environment (webslm.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import posixpath
@@ -30,6 +31,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -64,7 +66,10 @@ PACKAGE_STAGE = "package"
 SHORT = 12  # hex digits of a digest shown in the table
 DIFF_LINES = 40  # lines of a diffoscope report kept per file
 JSON_KEYS_SHOWN = 20
-HTTP_TIMEOUT_S = 60
+HTTP_TIMEOUT_S = 60  # per read
+COPY_CHUNK = 1 << 20
+DOWNLOAD_TIMEOUT_S = 3600.0  # per audit, all downloads together (audit --download-timeout)
+MAX_DOWNLOAD_MIB = 16 * 1024  # per file: larger than any model file (audit --max-download-mib)
 DIFFOSCOPE_TIMEOUT_S = 300
 # The conditions a verifying rebuild changes (webslm.pipeline.Variation honours them all).
 VERIFY_UID = 4321
@@ -586,34 +591,87 @@ def fetch_hub(file: HubFile, *, searching: bool = False) -> Fetched:
     return Fetched(path, replace(file, revision=commit).location, file.path)
 
 
-def fetch_http(url: str, into: Path) -> Fetched:
-    """Download a URL into a fresh file under `into` (written whole)."""
+@dataclass(frozen=True)
+class DownloadLimits:
+    """How much an audit may download: bytes per file, and a deadline for all of it."""
+
+    max_bytes: int = MAX_DOWNLOAD_MIB << 20
+    deadline: float | None = None  # time.monotonic() value; None: no overall deadline
+
+    @classmethod
+    def starting_now(cls, max_mib: int, timeout_s: float) -> DownloadLimits:
+        if max_mib <= 0 or timeout_s <= 0:
+            raise BadInput("--max-download-mib and --download-timeout must be positive",
+                           f"e.g. --max-download-mib {MAX_DOWNLOAD_MIB} --download-timeout "
+                           f"{DOWNLOAD_TIMEOUT_S:.0f}")
+        return cls(max_bytes=max_mib << 20, deadline=time.monotonic() + timeout_s)
+
+    def seconds_left(self, url: str) -> float:
+        """The time the next read may take; MissingEnvironment once the deadline has passed."""
+        if self.deadline is None:
+            return HTTP_TIMEOUT_S
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise MissingEnvironment(f"downloading {url} ran past the audit's deadline",
+                                     "pass a larger --download-timeout, or download the file "
+                                     "and pass its path")
+        return min(left, HTTP_TIMEOUT_S)
+
+
+def _copy_limited(response: Any, handle: Any, url: str, limits: DownloadLimits) -> None:
+    """Copy a response body whole: at most limits.max_bytes, within the deadline, and exactly
+    the Content-Length the server announced (a shorter body is a failed download)."""
+    announced = response.headers.get("Content-Length")
+    expected = int(announced) if announced and announced.isdigit() else None
+    too_big = BadInput(f"{url} is larger than the download limit ({limits.max_bytes >> 20} MiB)",
+                       "pass a larger --max-download-mib if the file really is that big")
+    if expected is not None and expected > limits.max_bytes:
+        raise too_big
+    received = 0
+    while True:
+        chunk = response.read(COPY_CHUNK)  # each read waits at most HTTP_TIMEOUT_S
+        limits.seconds_left(url)
+        if not chunk:
+            break
+        received += len(chunk)
+        if received > limits.max_bytes:
+            raise too_big
+        handle.write(chunk)
+    if expected is not None and received != expected:
+        raise MissingEnvironment(f"the download of {url} ended after {received} of {expected} "
+                                 "bytes", "try again; check the network or the server")
+
+
+def fetch_http(url: str, into: Path, limits: DownloadLimits | None = None) -> Fetched:
+    """Download a URL into a fresh file under `into` (written whole, within the limits)."""
+    limits = limits or DownloadLimits()
     target_dir = Path(tempfile.mkdtemp(prefix="fetch-", dir=into))
     name = Path(urllib.parse.urlparse(url).path).name or "download"
     target = target_dir / name
     try:
-        with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S) as response:
+        with urllib.request.urlopen(url, timeout=limits.seconds_left(url)) as response:
             with open(target.with_suffix(target.suffix + ".part"), "wb") as handle:
-                shutil.copyfileobj(response, handle)
+                _copy_limited(response, handle, url, limits)
     except urllib.error.HTTPError as error:
         if error.code in (403, 404, 410):
             raise NotThere(url) from error
         raise MissingEnvironment(f"{url} answered HTTP {error.code}", "try again later") from error
-    except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+    except (urllib.error.URLError, TimeoutError, ConnectionError,
+            http.client.HTTPException) as error:
         raise MissingEnvironment(f"cannot download {url} ({getattr(error, 'reason', error)})",
                                  "check the network, or download it and pass the path") from error
     os.replace(target.with_suffix(target.suffix + ".part"), target)
     return Fetched(target, url, urllib.parse.urlparse(url).path.lstrip("/"))
 
 
-def fetch(location: str, into: Path) -> Fetched:
+def fetch(location: str, into: Path, limits: DownloadLimits | None = None) -> Fetched:
     """A local path, an http(s) URL or a Hugging Face file, as a local file."""
     hub = parse_hub_location(location)
     try:
         if hub is not None:
             return fetch_hub(hub)
         if is_url(location):
-            return fetch_http(location, into)
+            return fetch_http(location, into, limits)
     except NotThere as error:
         raise BadInput(f"{location} does not exist", "check the URL and the revision") from error
     path = Path(location)
@@ -637,10 +695,11 @@ def provenance_candidates(artifact: str) -> Iterator[str]:
         yield from (str(p / PROVENANCE_FILE) for p in Path(artifact).resolve().parents)
 
 
-def find_provenance(artifact: Fetched, given: str | None, into: Path) -> Fetched:
+def find_provenance(artifact: Fetched, given: str | None, into: Path,
+                    limits: DownloadLimits | None = None) -> Fetched:
     """The provenance named on the command line, else the nearest one above the artifact."""
     if given is not None:
-        return fetch(given, into)
+        return fetch(given, into, limits)
     pinned = artifact.location if is_url(artifact.location) else str(artifact.path)
     offline = False
     for candidate in provenance_candidates(pinned):
@@ -649,7 +708,7 @@ def find_provenance(artifact: Fetched, given: str | None, into: Path) -> Fetched
             if hub is not None:
                 return fetch_hub(hub, searching=True)
             if is_url(candidate):
-                return fetch_http(candidate, into)
+                return fetch_http(candidate, into, limits)
         except NotCached:
             offline = True
             continue
@@ -915,11 +974,11 @@ def verify_dist(dist: Path) -> tuple[Report, Provenance, dict[str, Path | None]]
     return first, provenance, shipped
 
 
-def audit_artifact(artifact: str, provenance: str | None,
-                   scratch: Path) -> tuple[Report, Provenance, dict[str, Path | None]]:
+def audit_artifact(artifact: str, provenance: str | None, scratch: Path,
+                   limits: DownloadLimits) -> tuple[Report, Provenance, dict[str, Path | None]]:
     """Step 1 for one shipped file: fetch it and its provenance, check its digest."""
-    fetched = fetch(artifact, scratch)
-    found = find_provenance(fetched, provenance, scratch)
+    fetched = fetch(artifact, scratch, limits)
+    found = find_provenance(fetched, provenance, scratch, limits)
     statement = load_provenance(found.path)
     digest = sha256_file(fetched.path)
     subject = artifact_subject(statement.subjects, fetched, digest, found)
@@ -960,11 +1019,15 @@ def verify_command(dist: Path, report_dir: Path | None,
 
 
 def audit_command(artifact: str, provenance: str | None, report_dir: Path | None,
-                  settings: RebuildSettings | None = None) -> int:
-    """`webslm audit --artifact X [--provenance Y] [--report DIR]`."""
+                  settings: RebuildSettings | None = None,
+                  max_download_mib: int = MAX_DOWNLOAD_MIB,
+                  download_timeout_s: float = DOWNLOAD_TIMEOUT_S) -> int:
+    """`webslm audit --artifact X [--provenance Y] [--report DIR] [download limits]`."""
+    limits = DownloadLimits.starting_now(max_download_mib, download_timeout_s)
     with tempfile.TemporaryDirectory(prefix="webslm-audit-") as scratch:
         try:
-            first, statement, shipped = audit_artifact(artifact, provenance, Path(scratch))
+            first, statement, shipped = audit_artifact(artifact, provenance, Path(scratch),
+                                                       limits)
         except WebslmError as error:
             if report_dir is not None:
                 write_report(failed_report("audit", artifact, error), report_dir)
