@@ -16,10 +16,12 @@ import pytest
 from conftest import copy_model
 
 from webslm.cache import StageCache
-from webslm.cli import main
+from webslm.cli import main, sigterm_unwinds
+from webslm.errors import Terminated
 from webslm.files import atomic_directory, check_writable, owner_token, recover_directory
-from webslm.pipeline import HOST_LABEL, OWNER_LABEL
+from webslm.pipeline import HOST_LABEL, OWNER_LABEL, BuildOptions, build_many
 from webslm.provenance import PROVENANCE_FILE, hash_files, list_files
+from webslm.spec import resolve_spec
 
 
 def digests(folder: Path) -> dict[str, str]:
@@ -245,3 +247,34 @@ def test_the_dist_never_goes_missing_while_it_is_replaced(tmp_path: Path) -> Non
 def test_check_writable_creates_nothing(tmp_path: Path) -> None:
     check_writable(tmp_path / "a" / "b")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.docker
+def test_sigterm_stops_every_model_of_a_parallel_build(
+        standin, standin_image: str, tiny_qwen2: Path, tmp_path: Path,  # noqa: ANN001
+        monkeypatch: pytest.MonkeyPatch, docker_engine) -> None:  # noqa: ANN001
+    from standin.image import standin_toolchain
+
+    slow = standin_toolchain(standin_image, WEBSLM_STANDIN_SLEEP="convert_weight:120")
+    monkeypatch.setattr("webslm.toolchain.current_toolchain", lambda: slow)
+    mine = {"label": f"{OWNER_LABEL}={owner_token()}"}
+
+    def terminate_once_both_run() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if len(docker_engine.containers.list(filters=mine)) >= 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=terminate_once_both_run, daemon=True)
+    watcher.start()
+    specs = [resolve_spec(model=str(tiny_qwen2), name=name) for name in ("a", "b")]
+    options = BuildOptions(out=tmp_path / "dist", show_progress=False)
+    started = time.monotonic()
+    with pytest.raises(Terminated), sigterm_unwinds():
+        build_many(specs, options, jobs=2)
+    assert time.monotonic() - started < 60
+    watcher.join()
+    assert docker_engine.containers.list(all=True, filters=mine) == []
+    assert not (tmp_path / "dist").exists() or list((tmp_path / "dist").iterdir()) == []

@@ -466,3 +466,13 @@ def test_audit_of_an_unreachable_hub_is_one_line_without_retry_noise(tmp_path: P
     assert done.stderr.strip().splitlines() == [
         "webslm: error: cannot reach the Hugging Face Hub and alice/tiny@main is not in the local "
         "cache; connect to the network, or download it first with network access"]
+
+
+@pytest.mark.parametrize("command", ["verify", "audit"])
+def test_a_report_folder_that_cannot_be_written_is_exit_3(
+        tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["verify", str(tmp_path)] if command == "verify" else \
+        ["audit", "--artifact", str(tmp_path / "x.wasm")]
+    assert main([*argv, "--report", "/sys/webslm-report"]) == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot write in /sys" in err

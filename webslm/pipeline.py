@@ -265,6 +265,50 @@ class ContainerRun:
     log: Path
 
 
+class RunningContainers:
+    """This process's running stage containers, so that a stop (Ctrl-C, SIGTERM) arriving in
+    the main thread can end those that worker threads wait on, and keep new ones from starting."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.containers: set[Any] = set()
+        self.stopping = False
+
+    def add(self, container: Any) -> None:
+        with self.lock:
+            if self.stopping:
+                raise StageFailed("the build was stopped", "")
+            self.containers.add(container)
+
+    def discard(self, container: Any) -> None:
+        with self.lock:
+            self.containers.discard(container)
+
+    @contextlib.contextmanager
+    def pool(self, workers: int) -> Iterator[ThreadPoolExecutor]:
+        """A thread pool for builds at once. When the caller (the main thread, where Ctrl-C and
+        SIGTERM land) is interrupted, every running container is killed and new ones are
+        refused until all workers have returned."""
+        try:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                try:
+                    yield pool
+                except BaseException:
+                    with self.lock:
+                        self.stopping = True
+                        doomed = list(self.containers)
+                    for container in doomed:
+                        with contextlib.suppress(Exception):
+                            container.kill()
+                    raise
+        finally:
+            with self.lock:
+                self.stopping = False
+
+
+RUNNING = RunningContainers()
+
+
 class Engine:
     """The Docker engine and the toolchain image the container stages run in."""
 
@@ -323,6 +367,7 @@ class Engine:
                     OWNER_LABEL: self.owner, HOST_LABEL: socket.gethostname()},
         )
         try:
+            RUNNING.add(container)
             container.start()
             status = container.wait()
             logs = container.logs(stdout=True, stderr=True).decode("utf-8", "replace")
@@ -331,6 +376,7 @@ class Engine:
                 container.kill()
             raise
         finally:
+            RUNNING.discard(container)
             with contextlib.suppress(Exception):
                 container.remove(force=True)
             os.chmod(job.output, 0o755)
@@ -634,7 +680,7 @@ def build_many(specs: Sequence[BuildSpec], options: BuildOptions,
         if jobs == 1 or len(specs) == 1:
             results = [one(spec) for spec in specs]
         else:
-            with ThreadPoolExecutor(max_workers=jobs) as pool:
+            with RUNNING.pool(jobs) as pool:
                 results = list(pool.map(one, specs))
     if errors:
         raise errors[0]

@@ -41,7 +41,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from webslm.errors import BadInput, MissingEnvironment, StageFailed, WebslmError
-from webslm.files import atomic_write_text, canonical_json, sha256_bytes, sha256_file
+from webslm.files import (
+    atomic_write_text,
+    canonical_json,
+    check_writable,
+    sha256_bytes,
+    sha256_file,
+)
 from webslm.provenance import (
     APP_CONFIG_FILE,
     NOT_SUBJECTS,
@@ -1008,6 +1014,8 @@ def failed_report(command: str, target: str, error: WebslmError) -> Report:
 def verify_command(dist: Path, report_dir: Path | None,
                    settings: RebuildSettings | None = None) -> int:
     """`webslm verify DIST [--report DIR]`."""
+    if report_dir is not None:
+        check_writable(report_dir)
     try:
         first, provenance, shipped = verify_dist(dist)
     except WebslmError as error:
@@ -1024,6 +1032,8 @@ def audit_command(artifact: str, provenance: str | None, report_dir: Path | None
                   download_timeout_s: float = DOWNLOAD_TIMEOUT_S) -> int:
     """`webslm audit --artifact X [--provenance Y] [--report DIR] [download limits]`."""
     limits = DownloadLimits.starting_now(max_download_mib, download_timeout_s)
+    if report_dir is not None:
+        check_writable(report_dir)
     with tempfile.TemporaryDirectory(prefix="webslm-audit-") as scratch:
         try:
             first, statement, shipped = audit_artifact(artifact, provenance, Path(scratch),
