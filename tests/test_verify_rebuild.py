@@ -19,9 +19,11 @@ from conftest import writable_copy, write_hub_cache
 from standin.image import standin_toolchain
 
 from webslm.cli import main
+from webslm.errors import StageFailed
 from webslm.files import canonical_json, sha256_file
 from webslm.pipeline import BuildOptions, build_model
 from webslm.spec import resolve_spec
+from webslm.verify import RebuildSettings, audit_command
 
 pytestmark = pytest.mark.docker
 LIB = "libs/tiny-q4f16_1-webgpu.wasm"
@@ -200,9 +202,6 @@ def test_audit_reports_a_tampered_file_under_another_toolchain(
         handle.seek(8)
         handle.write(b"\xff")
     other = standin_toolchain(standin.image, WEBSLM_STANDIN_MARK="another toolchain")
-    from webslm.verify import RebuildSettings, audit_command
-    from webslm.errors import StageFailed
-
     with pytest.raises(StageFailed, match="shipped files do not match the provenance"):
         audit_command(str(dist / LIB), None, tmp_path / "r",
                       RebuildSettings(toolchain=other, show_progress=False))
