@@ -13,7 +13,8 @@ import os
 import shutil
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -160,7 +161,13 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 @contextlib.contextmanager
 def http_server(root: Path) -> Iterator[str]:
     """A real HTTP server on 127.0.0.1 serving `root`; yields its base URL."""
-    handler = functools.partial(_QuietHandler, directory=str(root))
+    with serving(functools.partial(_QuietHandler, directory=str(root))) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serving(handler: Any) -> Iterator[str]:
+    """A real threading HTTP server on 127.0.0.1 answering with `handler`; yields its base URL."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -169,3 +176,30 @@ def http_server(root: Path) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def signal_when(ready: Callable[[], bool], signum: int, within_s: float = 60) -> threading.Thread:
+    """A started thread that sends this process `signum` once `ready()` holds (polled)."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline:
+            if ready():
+                os.kill(os.getpid(), signum)
+                return
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    return watcher
+
+
+@pytest.fixture()
+def no_toolchain_needed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Bad input must stop before the toolchain is even looked up."""
+
+    def refuse():  # noqa: ANN202
+        raise AssertionError("the toolchain was consulted for a build that should have stopped")
+
+    monkeypatch.setattr("webslm.toolchain.current_toolchain", refuse)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))

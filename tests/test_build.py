@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import copy_model
+from conftest import copy_model, signal_when
 from standin.image import standin_toolchain
 
 from webslm.cli import main
@@ -207,16 +205,8 @@ def test_an_interrupted_build_keeps_the_previous_dist(
     argv, out, before = built_then_switched(tiny_qwen2, tmp_path, monkeypatch, standin_image,
                                             WEBSLM_STANDIN_SLEEP="compile:120")
 
-    def interrupt_once_compiling() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if docker_engine.containers.list(filters={"label": "webslm.stage=compile"}):
-                os.kill(os.getpid(), signal.SIGINT)
-                return
-            time.sleep(0.1)
-
-    watcher = threading.Thread(target=interrupt_once_compiling, daemon=True)
-    watcher.start()
+    watcher = signal_when(lambda: bool(docker_engine.containers.list(
+        filters={"label": "webslm.stage=compile"})), signal.SIGINT)
     started = time.monotonic()
     assert main(argv) == 130
     assert time.monotonic() - started < 60

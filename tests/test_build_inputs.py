@@ -19,17 +19,6 @@ from webslm.pipeline import BuildOptions, build_many
 from webslm.spec import resolve_spec
 
 
-@pytest.fixture()
-def no_toolchain_needed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Bad input must stop before the toolchain is even looked up."""
-
-    def refuse():  # noqa: ANN202
-        raise AssertionError("the toolchain was consulted for a build that should have stopped")
-
-    monkeypatch.setattr("webslm.toolchain.current_toolchain", refuse)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-
-
 def without_config(model: Path) -> None:
     (model / "config.json").unlink()
 

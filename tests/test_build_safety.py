@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import copy_model
+from conftest import copy_model, signal_when
 
 from webslm.cache import StageCache
 from webslm.cli import main, sigterm_unwinds
@@ -33,15 +33,6 @@ def dead_token() -> str:
     process = subprocess.Popen(["true"])
     process.wait()
     return f"{process.pid}-1"
-
-
-@pytest.fixture()
-def no_toolchain_needed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    def refuse():  # noqa: ANN202
-        raise AssertionError("the toolchain was consulted for a build that should have stopped")
-
-    monkeypatch.setattr("webslm.toolchain.current_toolchain", refuse)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
 
 
 # ---------------------------------------------------------------------------- the output folder
@@ -163,16 +154,8 @@ def test_sigterm_removes_the_container_and_exits_143(
     monkeypatch.setattr("webslm.toolchain.current_toolchain", lambda: slow)
     mine = {"label": f"{OWNER_LABEL}={owner_token()}"}
 
-    def terminate_once_compiling() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if docker_engine.containers.list(filters=mine):
-                os.kill(os.getpid(), signal.SIGTERM)
-                return
-            time.sleep(0.1)
-
-    watcher = threading.Thread(target=terminate_once_compiling, daemon=True)
-    watcher.start()
+    watcher = signal_when(lambda: bool(docker_engine.containers.list(filters=mine)),
+                          signal.SIGTERM)
     started = time.monotonic()
     assert main(argv) == 143
     assert time.monotonic() - started < 60
@@ -259,16 +242,8 @@ def test_sigterm_stops_every_model_of_a_parallel_build(
     monkeypatch.setattr("webslm.toolchain.current_toolchain", lambda: slow)
     mine = {"label": f"{OWNER_LABEL}={owner_token()}"}
 
-    def terminate_once_both_run() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if len(docker_engine.containers.list(filters=mine)) >= 2:
-                os.kill(os.getpid(), signal.SIGTERM)
-                return
-            time.sleep(0.1)
-
-    watcher = threading.Thread(target=terminate_once_both_run, daemon=True)
-    watcher.start()
+    watcher = signal_when(lambda: len(docker_engine.containers.list(filters=mine)) >= 2,
+                          signal.SIGTERM)
     specs = [resolve_spec(model=str(tiny_qwen2), name=name) for name in ("a", "b")]
     options = BuildOptions(out=tmp_path / "dist", show_progress=False)
     started = time.monotonic()

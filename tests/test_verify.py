@@ -12,14 +12,13 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import http_server, require, write_hub_repo
+from conftest import http_server, require, serving, write_hub_repo
 
 from webslm import verify
 from webslm.cli import main
@@ -427,15 +426,8 @@ class _ScriptedHandler(http.server.BaseHTTPRequestHandler):
 
 @contextlib.contextmanager
 def scripted_server(**script: Any) -> Iterator[str]:
-    handler = type("Scripted", (_ScriptedHandler,), script)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(type("Scripted", (_ScriptedHandler,), script)) as url:
+        yield url
 
 
 @pytest.mark.parametrize("script, flags, code, message", [
