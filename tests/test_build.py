@@ -20,8 +20,8 @@ from conftest import copy_model, signal_when
 from standin.image import standin_toolchain
 
 from webslm.cli import main
-from webslm.files import sha256_file
-from webslm.pipeline import BuildOptions, Variation, build_many, build_model
+from webslm.files import owner_token, sha256_file
+from webslm.pipeline import OWNER_LABEL, BuildOptions, Variation, build_many, build_model
 from webslm.provenance import hash_files, list_files, sri
 from webslm.spec import resolve_spec
 
@@ -205,15 +205,16 @@ def test_an_interrupted_build_keeps_the_previous_dist(
     argv, out, before = built_then_switched(tiny_qwen2, tmp_path, monkeypatch, standin_image,
                                             WEBSLM_STANDIN_SLEEP="compile:120")
 
-    watcher = signal_when(lambda: bool(docker_engine.containers.list(
-        filters={"label": "webslm.stage=compile"})), signal.SIGINT)
+    mine = {"label": [f"{OWNER_LABEL}={owner_token()}", "webslm.stage=compile"]}  # shared engine
+    watcher = signal_when(lambda: bool(docker_engine.containers.list(filters=mine)),
+                          signal.SIGINT)
     started = time.monotonic()
     assert main(argv) == 130
     assert time.monotonic() - started < 60
     watcher.join()
     assert digests(out / "tiny") == before
     assert sorted(p.name for p in out.iterdir()) == ["tiny"]
-    assert docker_engine.containers.list(all=True, filters={"label": "webslm.stage"}) == []
+    assert docker_engine.containers.list(all=True, filters=mine) == []
 
 
 @pytest.mark.docker
