@@ -128,6 +128,26 @@ def test_a_damaged_cache_entry_is_discarded_and_rebuilt(standin, tiny_qwen2: Pat
                                      if n in digests(shard.parent)}
 
 
+@pytest.mark.docker
+def test_a_damaged_staged_copy_is_caught_when_a_later_stage_reads_it(
+        standin, tiny_qwen2: Path, tmp_path: Path,  # noqa: ANN001
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The `stage` entry is checked only when a container stage that misses reads it."""
+    argv = ["build", "--model", str(tiny_qwen2), "--name", "tiny"]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    staged = next((tmp_path / "xdg" / "webslm" / "stages").glob("*/out/model.safetensors"))
+    os.chmod(staged, 0o644)
+    with open(staged, "r+b") as handle:
+        handle.seek(-1, os.SEEK_END)
+        handle.write(b"\xff")
+    capsys.readouterr()
+    assert main([*argv, "--quantization", "q4f32_1", "--out", str(tmp_path / "b")]) == 0
+    assert "cached stage output was changed" in capsys.readouterr().err
+    clean = ["--quantization", "q4f32_1", "--out", str(tmp_path / "c"), "--no-cache"]
+    assert main([*argv, *clean]) == 0
+    assert digests(tmp_path / "b" / "tiny") == digests(tmp_path / "c" / "tiny")
+
+
 def test_a_cache_removes_scratch_of_dead_processes_only(tmp_path: Path) -> None:
     dead = tmp_path / "tmp" / f"build-{dead_token()}-abc"
     alive = tmp_path / "tmp" / f"build-{owner_token()}-def"

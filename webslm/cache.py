@@ -99,21 +99,27 @@ class StageCache:
         entry = json.loads(entry_file.read_text(encoding="utf-8"))
         return CacheEntry(path=folder / OUTPUT_DIR, files=entry["files"])
 
-    def lookup(self, key: StageKey) -> CacheEntry | None:
-        """The entry for `key` when it is there and intact; a damaged one is discarded."""
+    def lookup(self, key: StageKey, *, verify: bool = True) -> CacheEntry | None:
+        """The entry for `key`, verified (a damaged one is discarded) unless the caller checks
+        it with `intact` when it reads the files."""
         entry = self._read(key)
-        if entry is None:
-            return None
+        if entry is None or not verify or self.intact(key, entry):
+            return entry
+        return None
+
+    def intact(self, key: StageKey, entry: CacheEntry) -> bool:
+        """Whether every file of the entry still has the digest recorded when it was stored; a
+        damaged entry is discarded with a warning."""
         found = hash_files(entry.path, list_files(entry.path))
         if found == dict(entry.files):
-            return entry
+            return True
         changed = sorted(n for n in set(found) | set(entry.files)
                          if found.get(n) != entry.files.get(n))
         print(f"webslm: warning: the cached {key.stage} output was changed after it was stored "
               f"({', '.join(changed[:3])}); discarded, running {key.stage} again",
               file=sys.stderr)
         self.discard(key)
-        return None
+        return False
 
     def discard(self, key: StageKey) -> None:
         """Remove an entry: renamed out of `stages/` first, so it vanishes in one step."""

@@ -35,13 +35,13 @@ import shutil
 import socket
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from webslm.cache import StageCache, StageKey, default_cache_dir, tree_digest
+from webslm.cache import CacheEntry, StageCache, StageKey, default_cache_dir, tree_digest
 from webslm.errors import BadInput, MissingEnvironment, StageFailed, WebslmError
 from webslm.files import (
     atomic_directory,
@@ -455,18 +455,27 @@ class Build:
         self.scratch = scratch
         self.engine: Engine | None = None
         self.results: dict[str, StageResult] = {}
+        self.keys: dict[str, StageKey] = {}
+        self.reruns: dict[str, Callable[[], StageResult]] = {}
         self.logs = cache.root / "logs" / spec.model_id
 
     # -- generic stage runner
 
     def cached_stage(self, name: str, inputs: Mapping[str, str], arguments: Sequence[str],
-                     produce: Any) -> StageResult:
-        """Look the stage up in the cache; on a miss run `produce(output_folder)` and store it."""
+                     produce: Any, *, verify_hit: bool = True) -> StageResult:
+        """Look the stage up in the cache; on a miss run `produce(output_folder)` and store it.
+
+        A hit is verified (every file re-hashed) before it is used; with verify_hit=False that
+        waits until a later stage reads the files (`intact`), so a build that hits every stage
+        never re-hashes an output nothing reads."""
         assert self.toolchain is not None
         key = StageKey(stage=name, toolchain_id=self.toolchain.id, inputs=dict(inputs),
                        arguments=tuple(arguments))
+        self.keys[name] = key
+        self.reruns[name] = lambda: self.cached_stage(name, inputs, arguments, produce)
         with self.display.stage(self.spec.model_id, name) as state:
-            entry = self.cache.lookup(key) if self.options.use_cache else None
+            entry = (self.cache.lookup(key, verify=verify_hit) if self.options.use_cache
+                     else None)
             if entry is not None:
                 state["cached"] = True
                 result = StageResult(name, entry.path, entry.files, key.digest, cached=True)
@@ -481,6 +490,18 @@ class Build:
         self.results[name] = result
         return result
 
+    def intact(self, result: StageResult) -> StageResult:
+        """A cached result checked now that its files are read; a damaged entry was discarded
+        (with a warning) and its stage runs again."""
+        if not result.cached or self.cache.intact(self.keys[result.name],
+                                                  CacheEntry(result.path, result.files)):
+            return result
+        again = self.reruns[result.name]()
+        if dict(again.files) != dict(result.files):
+            raise StageFailed(f"{result.name} gave other outputs when run again after its cache "
+                              "entry was damaged", "run the build again")
+        return again
+
     def container_stage(self, name: str, source: StageResult, names: Sequence[str], mount: str,
                         argv: Sequence[str]) -> StageResult:
         """A tool stage: `names` from `source` mounted read-only at `mount`, argv run on them."""
@@ -491,7 +512,7 @@ class Build:
             try:
                 order = list(reversed(names)) if self.options.variation.reverse_input_order \
                     else list(names)
-                link_files(source.path, order, view)
+                link_files(self.intact(source).path, order, view)
                 readable_by_anyone(view)  # whichever uid the container runs as
                 assert self.engine is not None
                 self.engine.run(ContainerRun(
@@ -529,7 +550,9 @@ class Build:
             (output / "config.json").write_text(canonical_json(config), encoding="utf-8")
 
         inputs = {f"model/{n}": digests[n] for n in names}
-        return self.cached_stage("stage", inputs, ["normalize", model_type, normalizer], produce)
+        # only container stages that miss read these files: they check them then (intact)
+        return self.cached_stage("stage", inputs, ["normalize", model_type, normalizer], produce,
+                                 verify_hit=False)
 
     def run(self) -> BuildResult:
         model, digests = self.resolve()
@@ -578,7 +601,12 @@ class Build:
             copy_files(chat.path, sorted(n for n in chat.files if n != CHAT_CONFIG), folder)
             (folder / CHAT_CONFIG).write_text(canonical_json(chat_config), encoding="utf-8")
             clone_or_copy(library.path / lib_name, folder / "libs" / lib_name)
-            outputs = hash_files(folder, list_files(folder))
+            # copies of verified stage outputs: their digests are known; only the rewritten
+            # chat config is new
+            outputs = {**weights.files,
+                       **{n: d for n, d in chat.files.items() if n != CHAT_CONFIG},
+                       f"libs/{lib_name}": library.files[lib_name],
+                       **hash_files(folder, [CHAT_CONFIG])}
             statement = provenance.statement(
                 outputs=outputs, spec=self.spec.to_json(),
                 model={"id": model.repo_id or self.spec.model, "revision": model.revision,
