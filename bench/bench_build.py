@@ -10,6 +10,7 @@ Run: python bench/bench_build.py [--hash-gib 1] [--weights-mib 256]
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -62,23 +63,28 @@ def bench_rebuild(scratch: Path, weights_mib: int) -> None:
     assert all(second.cache_hits[s] for s in ("stage", "convert_weight", "gen_config", "compile"))
     assert second.stage_digests == first.stage_digests
     files = list_files(second.dist)
-    entries = [e / "out" for e in sorted((scratch / "cache" / "stages").iterdir())]
-    size = sum((second.dist / f).stat().st_size for f in files) + sum(
-        (model / f).stat().st_size for f in list_files(model)) + sum(
+    entries = verified_entries(scratch / "cache" / "stages")
+    size = sum((model / f).stat().st_size for f in list_files(model)) + sum(
         (e / f).stat().st_size for e in entries for f in list_files(e))
-    hashing, _ = timed(lambda: (hash_files(second.dist, files),
-                                hash_files(model, list_files(model)),
+    hashing, _ = timed(lambda: (hash_files(model, list_files(model)),
                                 [hash_files(e, list_files(e)) for e in entries]))
     copied, linked = copy_against_link(second.dist, files, scratch)
     print(f"== rebuild (tiny qwen2 + {weights_mib} MiB of weights, stand-in toolchain image, "
           "one run each)")
     print(f"cold build            {cold:8.3f} s")
     print(f"cache-hit rebuild     {warm:8.3f} s   ({cold / warm:.1f}x faster)")
-    print(f"  hashing alone       {hashing:8.3f} s   ({size / 1e6:.1f} MB: inputs, the cache "
-          "entries a hit re-verifies, outputs)")
+    print(f"  hashing alone       {hashing:8.3f} s   ({size / 1e6:.1f} MB: the model's files "
+          "for the keys, the cache entries a hit re-verifies)")
     print(f"  rebuild - hashing   {warm - hashing:8.3f} s   (goal <= 1 s)")
     print(f"  dist files copied   {copied:8.3f} s   (hard links, unsafe: {linked:.3f} s; "
           f"{copied / max(linked, 1e-9):.0f}x)")
+
+
+def verified_entries(stages: Path) -> list[Path]:
+    """The output folders a full cache hit re-hashes: every stage's but the staged model copy
+    (checked only when a stage that misses reads it)."""
+    return [entry / "out" for entry in sorted(stages.iterdir())
+            if json.loads((entry / "entry.json").read_text())["key"]["stage"] != "stage"]
 
 
 def copy_against_link(dist: Path, files: list[str], scratch: Path) -> tuple[float, float]:
