@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 from conftest import copy_model, signal_when
+from standin.image import standin_toolchain
 
 from webslm.cache import StageCache
 from webslm.cli import main, sigterm_unwinds
-from webslm.errors import Terminated
+from webslm.errors import BadInput, Terminated
 from webslm.files import atomic_directory, check_writable, owner_token, recover_directory
 from webslm.pipeline import HOST_LABEL, OWNER_LABEL, BuildOptions, build_many
 from webslm.provenance import PROVENANCE_FILE, hash_files, list_files
@@ -164,8 +165,6 @@ def test_a_cache_removes_scratch_of_dead_processes_only(tmp_path: Path) -> None:
 def test_sigterm_removes_the_container_and_exits_143(
         standin, standin_image: str, tiny_qwen2: Path, tmp_path: Path,  # noqa: ANN001
         monkeypatch: pytest.MonkeyPatch, docker_engine) -> None:  # noqa: ANN001
-    from standin.image import standin_toolchain
-
     out = tmp_path / "dist"
     argv = ["build", "--model", str(tiny_qwen2), "--name", "tiny", "--out", str(out)]
     assert main(argv) == 0
@@ -256,8 +255,6 @@ def test_check_writable_creates_nothing(tmp_path: Path) -> None:
 def test_sigterm_stops_every_model_of_a_parallel_build(
         standin, standin_image: str, tiny_qwen2: Path, tmp_path: Path,  # noqa: ANN001
         monkeypatch: pytest.MonkeyPatch, docker_engine) -> None:  # noqa: ANN001
-    from standin.image import standin_toolchain
-
     slow = standin_toolchain(standin_image, WEBSLM_STANDIN_SLEEP="convert_weight:120")
     monkeypatch.setattr("webslm.toolchain.current_toolchain", lambda: slow)
     mine = {"label": f"{OWNER_LABEL}={owner_token()}"}
@@ -273,3 +270,14 @@ def test_sigterm_stops_every_model_of_a_parallel_build(
     watcher.join()
     assert docker_engine.containers.list(all=True, filters=mine) == []
     assert not (tmp_path / "dist").exists() or list((tmp_path / "dist").iterdir()) == []
+
+
+def test_several_models_are_all_checked_before_any_starts(no_toolchain_needed: None,
+                                                          tiny_qwen2: Path,
+                                                          tmp_path: Path) -> None:
+    model = copy_model(tiny_qwen2, tmp_path / "second")
+    specs = [resolve_spec(model=str(tiny_qwen2), name="first"),
+             resolve_spec(model=str(model), name="second")]
+    with pytest.raises(BadInput, match="is the model folder"):
+        build_many(specs, BuildOptions(out=tmp_path, show_progress=False), jobs=1)
+    assert not (tmp_path / "first").exists()

@@ -20,6 +20,7 @@ from browser.fakedist import make_fake_dist
 from browser.harness import running_server
 from conftest import REPO_ROOT, require
 
+from webslm.cli import main
 from webslm.errors import BadInput, MissingEnvironment
 from webslm.serve import (
     LONG_CACHE,
@@ -282,8 +283,6 @@ def test_long_names_and_symlink_loops_get_404(base: str, dist: Path) -> None:
 def test_bad_listen_addresses_are_one_line(dist: Path, flags: list[str], message: str, fix: str,
                                            monkeypatch: pytest.MonkeyPatch,
                                            capsys: pytest.CaptureFixture[str]) -> None:
-    from webslm.cli import main
-
     monkeypatch.setattr("webslm.serve.ensure_web_bundle", lambda: dist.parent / "web")
     assert main(["serve", str(dist), *flags]) == 2
     error = capsys.readouterr().err

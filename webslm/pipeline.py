@@ -692,6 +692,9 @@ def build_many(specs: Sequence[BuildSpec], options: BuildOptions,
         raise BadInput(f"several models would be packaged as {', '.join(duplicates)}",
                        "give each a different --name")
     _check_options(options)
+    for spec in specs:  # every local model's output folder, before the first model starts
+        if spec.is_local:
+            check_output_folder(options.out / spec.name, Path(spec.model))
     display = Display(options.show_progress)
     lock = threading.Lock()
     errors: list[BaseException] = []
