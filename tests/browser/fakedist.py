@@ -16,7 +16,14 @@ from typing import Any
 
 from webslm.files import canonical_json, sha256_file
 from webslm.toolchain import load_lock
-from webslm.webllm import DEFAULT_BASE_URL, PackageFacts, app_config, library_name, model_record
+from webslm.webllm import (
+    DEFAULT_BASE_URL,
+    PackageFacts,
+    app_config,
+    library_name,
+    model_record,
+    weight_files,
+)
 
 EMPTY_WASM_MODULE = b"\0asm\x01\0\0\0"
 TOOLCHAIN_ID = "f" * 64
@@ -33,16 +40,19 @@ def write(path: Path, data: bytes | str) -> None:
 
 def make_fake_dist(out: Path, name: str, quantization: str = "q4f32_1", *,
                    system_prompt: str | None = None, finetune: dict[str, Any] | None = None,
-                   webllm_version: str | None = None, base_url: str = DEFAULT_BASE_URL) -> Path:
+                   webllm_version: str | None = None, base_url: str = DEFAULT_BASE_URL,
+                   shards: int = 1, shard_bytes: int = SHARD_BYTES) -> Path:
     """out/<name>/ holding a package in the dist layout; returns that folder."""
     folder = out / name
     model_id = f"{name}-{quantization}"
-    shard = random.Random(name).randbytes(SHARD_BYTES)
-    write(folder / "params_shard_0.bin", shard)
+    rng = random.Random(name)
+    names = [f"params_shard_{i}.bin" for i in range(shards)]
+    for shard in names:
+        write(folder / shard, rng.randbytes(shard_bytes))
     write(folder / "ndarray-cache.json", canonical_json({
-        "metadata": {"ParamSize": 1, "ParamBytes": SHARD_BYTES, "BitsPerParam": 32},
-        "records": [{"dataPath": "params_shard_0.bin", "format": "raw-shard",
-                     "nbytes": SHARD_BYTES, "records": [], "md5sum": ""}]}))
+        "metadata": {"ParamSize": shards, "ParamBytes": shards * shard_bytes, "BitsPerParam": 32},
+        "records": [{"dataPath": shard, "format": "raw-shard", "nbytes": shard_bytes,
+                     "records": [], "md5sum": ""} for shard in names]}))
     chat_config = {
         "model_type": "qwen2", "quantization": quantization, "vocab_size": 512,
         "context_window_size": 512, "prefill_chunk_size": 128, "temperature": 0.6,
@@ -62,7 +72,9 @@ def make_fake_dist(out: Path, name: str, quantization: str = "q4f32_1", *,
         library_digest=sha256_file(folder / "libs" / library_name(model_id)),
         tokenizer_digests={n: sha256_file(folder / n)
                            for n in ("tokenizer.json", "tokenizer_config.json")},
-        weight_bytes=SHARD_BYTES,
+        weight_digests={n: sha256_file(folder / n)
+                        for n in weight_files(["ndarray-cache.json", *names])},
+        weight_bytes=shards * shard_bytes,
         webllm_version=webllm_version or load_lock().webllm_version,
         toolchain_id=TOOLCHAIN_ID, system_prompt=system_prompt, finetune=finetune)
     write(folder / "webllm-app-config.json",
