@@ -26,7 +26,7 @@ def node_ready() -> None:
 def test_package_json_names_exactly_the_locked_webllm() -> None:
     lock = load_lock()
     package = json.loads((WEB / "package.json").read_text())
-    assert package["dependencies"] == {"@mlc-ai/web-llm": lock.webllm_version}
+    assert package["dependencies"]["@mlc-ai/web-llm"] == lock.webllm_version
     locked = json.loads((WEB / "package-lock.json").read_text())
     assert locked["packages"]["node_modules/@mlc-ai/web-llm"]["version"] == lock.webllm_version
 

@@ -1,16 +1,21 @@
 """pytest's side of tests/browser/driver.mjs: a headless Chromium driven over a line protocol,
-and `invoke serve`'s server running in a thread on a free 127.0.0.1 port."""
+`invoke serve`'s server running in a thread on a free 127.0.0.1 port, the web client with the
+scripted engine worker (scripted_worker.js, a TEST STAND-IN), and a TEST STAND-IN for the
+Hugging Face Hub's `<repo>/resolve/<revision>/<file>` URLs (a static server with CORS)."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
+import os
 import select
 import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +24,7 @@ DRIVER = Path(__file__).with_name("driver.mjs")
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO / "test-artifacts" / "web"
 REPLY_TIMEOUT_S = 60.0
+SCRIPTED_WORKER = Path(__file__).with_name("scripted_worker.js")
 
 
 def browser_missing() -> str | None:
@@ -108,6 +114,46 @@ def running_server(site: Any) -> Iterator[tuple[str, list[str]]]:
     thread.start()
     try:
         yield server.url, log
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def scripted_web(web_dist: Path, target: Path) -> Path:
+    """A copy of the built web client whose worker.js runs the scripted engine (TEST STAND-IN)."""
+    web = target / "web-scripted"
+    shutil.copytree(web_dist, web)
+    node_modules = REPO / "web" / "node_modules"
+    done = subprocess.run(
+        [str(node_modules / ".bin" / "esbuild"), str(SCRIPTED_WORKER), "--bundle", "--format=esm",
+         f"--outfile={web / 'worker.js'}", "--log-level=warning"],
+        capture_output=True, text=True, check=False, timeout=120,
+        env={**os.environ, "NODE_PATH": str(node_modules)})
+    assert done.returncode == 0, done.stderr
+    return web
+
+
+class _HubHandler(SimpleHTTPRequestHandler):
+    """Static files with the Hub's CORS header; requests go to the server's log list."""
+
+    def end_headers(self) -> None:
+        self.send_header("Access-Control-Allow-Origin", "*")
+        super().end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        self.server.log.append(format % args)  # type: ignore[attr-defined]
+
+
+@contextmanager
+def running_hub(root: Path) -> Iterator[tuple[str, list[str]]]:
+    """root/<org>/<repo>/resolve/<revision>/<file> served like the Hub: (base URL, request log)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_HubHandler, directory=str(root)))
+    server.log = []  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/", server.log  # type: ignore[attr-defined]
     finally:
         server.shutdown()
         server.server_close()

@@ -18,24 +18,35 @@ const CAUSES = [
     words: "a file could not be downloaded. Check that the server (invoke serve) is still running or that " +
       "you are online, then press Retry.",
   },
-  {
-    test: /WebAssembly|CompileError|LinkError|wasm|instantiate/i,
-    words: "the model library would not start in this browser: it is not a working WebGPU library for " +
-      "this app's web-llm. Rebuild the model (invoke build), then press Retry.",
-  },
 ];
+
+const LIBRARY_WORDS = "the model library would not start in this browser: it is not a working WebGPU library " +
+  "for this app's web-llm. Rebuild the model (invoke build), then press Retry.";
+const LIBRARY = /WebAssembly|CompileError|LinkError|wasm|instantiate/i;
+
+/** What failed when the cause is not recognised, by the step the load had reached. */
+const STEPS = {
+  check: "its files could not be checked. Press Retry; if it fails again, reload the page.",
+  library: LIBRARY_WORDS,
+  engine: "the engine stopped with an unexpected error while loading the weights onto the GPU. Press Retry; " +
+    "if it fails again, reload the page or rebuild the model.",
+};
 
 function rawMessage(error) {
   if (error instanceof Error) return `${error.name}: ${error.message}`;
   return String(error?.message ?? error);
 }
 
-/** {summary, detail} for a failed load of modelId: a sentence, and the raw error for reference. */
-export function describeLoadFailure(modelId, error) {
+/**
+ * {summary, detail} for a failed load of modelId: a sentence, and the raw error for reference.
+ * `step` is how far the load got: "check" (hashing files), "library" (the engine had reported no
+ * progress yet: web-llm reports none before the library is instantiated and the GPU found), or
+ * "engine" (the engine was loading the weights).
+ */
+export function describeLoadFailure(modelId, error, step) {
   const detail = rawMessage(error);
   const cause = CAUSES.find((c) => c.test.test(detail));
-  const why = cause ? cause.words : "the engine stopped with an unexpected error. Press Retry; if it fails again, " +
-    "reload the page or rebuild the model.";
+  const why = cause ? cause.words : LIBRARY.test(detail) ? LIBRARY_WORDS : STEPS[step];
   return { summary: `Could not load ${modelId}: ${why}`, detail };
 }
 

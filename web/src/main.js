@@ -117,7 +117,8 @@ class Pane {
     try {
       checked = await verifyRecord(this.record, store);
     } catch (error) {
-      this.fail(describeLoadFailure(this.record.model_id, error).summary, String(error.message ?? error));
+      const failure = describeLoadFailure(this.record.model_id, error, "check");
+      this.fail(failure.summary, failure.detail);
       return;
     }
     if (checked.failures.length) {
@@ -132,7 +133,7 @@ class Pane {
       weights = await verifyShards(this.record, manifest, store, (p) => this.showWeightProgress(p));
     } catch (error) {
       this.progress.hidden = true;
-      const failure = describeLoadFailure(this.record.model_id, error);
+      const failure = describeLoadFailure(this.record.model_id, error, "check");
       this.fail(failure.summary, failure.detail);
       return;
     }
@@ -148,16 +149,20 @@ class Pane {
     this.setState("loading", `${checkedText} Starting the engine…`);
     this.worker = new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
     const appConfig = { model_list: [this.record], useIndexedDBCache: false };
+    let step = "library";
     try {
       this.engine = await CreateWebWorkerMLCEngine(this.worker, this.record.model_id, {
         appConfig,
-        initProgressCallback: (report) => this.showProgress(report.progress, report.text),
+        initProgressCallback: (report) => {
+          step = "engine";
+          this.showProgress(report.progress, report.text);
+        },
       });
     } catch (error) {
       this.worker.terminate();
       this.worker = null;
       this.progress.hidden = true;
-      const failure = describeLoadFailure(this.record.model_id, error);
+      const failure = describeLoadFailure(this.record.model_id, error, step);
       this.fail(failure.summary, failure.detail);
       return;
     }

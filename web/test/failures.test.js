@@ -10,14 +10,27 @@ test("a load failure names the model and the step in words, keeping the raw erro
     [new DOMException("The quota has been exceeded.", "QuotaExceededError"), /no room left/],
     [new Error("Device was lost: out of memory"), /GPU ran out of memory/],
     [new WebAssembly.CompileError("WebAssembly.instantiate(): expected magic word"), /model library would not start/],
-    [new TypeError("Cannot read properties of undefined (reading 'buffer')"), /unexpected error\. Press Retry/],
   ];
   for (const [error, words] of cases) {
-    const { summary, detail } = describeLoadFailure("tiny-q4f32_1", error);
+    const { summary, detail } = describeLoadFailure("tiny-q4f32_1", error, "engine");
     assert.match(summary, /^Could not load tiny-q4f32_1: /);
     assert.match(summary, words, detail);
     assert.ok(!summary.includes("TypeError") && !summary.includes("undefined"), summary);
     assert.ok(detail.includes(error.message));
+  }
+});
+
+test("an unrecognised error is described by the step the load had reached", () => {
+  const raw = new TypeError("Cannot read properties of undefined (reading 'buffer')");
+  const words = {
+    check: /its files could not be checked/,
+    library: /the model library would not start in this browser/,
+    engine: /unexpected error while loading the weights onto the GPU\. Press Retry/,
+  };
+  for (const [step, pattern] of Object.entries(words)) {
+    const { summary } = describeLoadFailure("tiny-q4f32_1", raw, step);
+    assert.match(summary, pattern);
+    assert.ok(!summary.includes("TypeError") && !summary.includes("undefined"), summary);
   }
 });
 
