@@ -96,7 +96,7 @@ def ask(page: Page, question: str) -> None:
 def requests(page: Page) -> list[dict]:
     prefix = "scripted-engine request "
     return [json.loads(m["text"][len(prefix):]) for m in page.log()["console"]
-            if m["text"].startswith(prefix)]
+            if m.get("worker") and m["text"].startswith(prefix)]
 
 
 def js(page: Page, expression: str):  # noqa: ANN201
@@ -158,6 +158,12 @@ def test_conversations_persist_per_model_and_can_be_deleted(browser: Browser, se
     page.click(selector=".delete-chat")
     page.click(selector="#confirm-ok")
     page.wait_for("document.querySelectorAll('.history option').length === 1")
+    assert js(page, "document.querySelector('.history option').text") == "hello there"
+    assert "hello there" in page.text(".bubble.user")  # the remaining conversation is shown
+    stored = js(page, """new Promise((resolve) => indexedDB.open('webslm').onsuccess = (e) =>
+        e.target.result.transaction('conversations').objectStore('conversations').getAll()
+         .onsuccess = (r) => resolve(r.target.result.map(c => [c.modelId, c.title])))""")
+    assert stored == [["tiny-q4f32_1", "hello there"]]
     # Changing the model asks before closing the conversation; Cancel keeps everything.
     js(page, "(() => { const s = document.getElementById('model-a'); s.value = 'tiny-ft-q4f32_1';"
              " s.dispatchEvent(new Event('change')); })()")
@@ -169,10 +175,13 @@ def test_conversations_persist_per_model_and_can_be_deleted(browser: Browser, se
              " c.dispatchEvent(new Event('change')); })()")
     page.click(selector="#confirm-ok")
     page.wait_for("document.querySelectorAll('.pane').length === 2")
-    # Each model keeps its own conversations: tiny's is back, tiny-ft has none.
-    page.wait_for(READY, 30000)
+    # Each model keeps its own conversations: tiny's is back (and loads from the cache on its
+    # own), the other model has none and waits for Load, with its download size shown.
+    page.wait_for("document.querySelector('.pane').dataset.state === 'ready'", 30000)
     assert "hello there" in js(page, "document.querySelectorAll('.pane')[0].innerText")
     assert js(page, "document.querySelectorAll('.pane')[1].querySelectorAll('.bubble').length") == 0
+    assert js(page, "document.querySelectorAll('.pane')[1].dataset.state") == "idle"
+    assert page.text("#download-size") == "First load downloads ~0.1 MB once; after that it works offline."
 
 
 # ---------------------------------------------------------------------------- 3. following
@@ -381,7 +390,7 @@ def test_the_whole_chat_works_from_the_keyboard(browser: Browser, server: str) -
     for _ in range(6):
         page.press(key="Tab")
         order.append(js(page, "document.activeElement.id || document.activeElement.className"))
-    assert order[:4] == ["model-a", "compare", "load", "settings"] or order[:3] == ["model-a", "compare", "load"], order
+    assert order[:3] == ["model-a", "compare", "load"], order
     while js(page, "document.activeElement.id") != "load":
         page.press(key="Shift+Tab")
     page.press(key="Enter")

@@ -219,7 +219,10 @@ class Pane {
     if (!this.conversation.messages.length) return;
     if (!(await confirmed(`Delete the conversation "${this.conversation.title}" from this browser?`))) return;
     await deleteConversation(this.conversation.id);
-    await this.startConversation();
+    const [latest] = await listConversations(this.record.model_id);
+    this.conversation = latest ?? newConversation(this.record.model_id);
+    this.renderTranscript();
+    await this.fillHistory();
   }
 
   renderTranscript() {
@@ -359,21 +362,13 @@ async function isCached(record) {
   return Boolean(library) && (await hasModelInCache(record.model_id, { model_list: [record] }));
 }
 
-/** The download hint for the idle panes; true when every one of them is already cached. */
-async function showDownloadSize(panes) {
-  ui.downloadSize.textContent = "";
-  ui.downloadSize.hidden = !panes.length;
-  if (!panes.length) return false;
-  let cached = true;
-  let bytes = 0;
-  for (const pane of panes) {
-    cached &&= await isCached(pane.record).catch(() => false);
-    bytes += app.sizes.get(pane.record.model_id) ?? 0;
-  }
-  ui.downloadSize.textContent = cached
-    ? "Already in this browser's cache: loading it now, offline."
-    : `First load downloads ~${formatMB(bytes)} once; after that it works offline.`;
-  return cached;
+/** The download hint for the panes still to download (a cached model needs no download). */
+function showDownloadSize(uncached) {
+  const bytes = uncached.reduce((sum, pane) => sum + (app.sizes.get(pane.record.model_id) ?? 0), 0);
+  ui.downloadSize.hidden = !uncached.length;
+  ui.downloadSize.textContent = uncached.length
+    ? `First load downloads ~${formatMB(bytes)} once; after that it works offline.`
+    : "";
 }
 
 /** Rebuilds the panes for the current selection; a cached model is loaded straight away. */
@@ -393,13 +388,18 @@ async function renderPanes() {
   applyDefaults(entries);
   await Promise.all(app.panes.map((p) => p.restore()));
   const idle = app.panes.filter((p) => p.el.dataset.state === "idle");
-  if (await showDownloadSize(idle)) await loadPanes(idle);
+  const cached = await Promise.all(idle.map((p) => isCached(p.record).catch(() => false)));
+  showDownloadSize(idle.filter((_, i) => !cached[i]));
+  const fromCache = idle.filter((_, i) => cached[i]);
+  for (const pane of fromCache) pane.setState("idle", "In this browser's cache: loading it offline…");
+  await loadPanes(fromCache);
 }
 
 async function loadPanes(panes) {
+  if (!panes.length) return;
   await Promise.all(panes.map((p) => p.load()));
   updateControls();
-  if (app.panes.length && app.panes.every((p) => p.engine)) ui.downloadSize.hidden = true;
+  showDownloadSize(app.panes.filter((p) => p.el.dataset.state === "idle"));
   if (app.panes.some((p) => p.engine)) ui.question.focus();
 }
 
