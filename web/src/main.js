@@ -199,6 +199,7 @@ class Pane {
     const current = list.some((c) => c.id === this.conversation.id) ? [] : [this.conversation];
     this.history.replaceChildren(...[...current, ...list].map((c) => new Option(c.title, c.id)));
     this.history.value = this.conversation.id;
+    updateControls();
   }
 
   async openConversation(id) {
@@ -414,7 +415,8 @@ function updateControls() {
   ui.benchmark.disabled = !ready || app.generating;
   for (const pane of app.panes) {
     for (const button of pane.el.querySelectorAll(".example")) button.disabled = !pane.engine || app.generating;
-    for (const button of pane.el.querySelectorAll(".new-chat, .delete-chat")) button.disabled = app.generating;
+    pane.el.querySelector(".new-chat").disabled = app.generating;
+    pane.el.querySelector(".delete-chat").disabled = app.generating || !pane.conversation.messages.length;
     pane.history.disabled = app.generating;
   }
 }
