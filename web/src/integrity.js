@@ -216,27 +216,6 @@ export function integrityRefusal(record, failures) {
   );
 }
 
-/** The body of a response, read as it streams in; `onBytes(n)` hears of each piece. */
-async function readAll(response, onBytes) {
-  const declared = Number(response.headers.get("Content-Length") ?? 0);
-  const reader = response.body.getReader();
-  let buffer = new Uint8Array(declared);
-  let length = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    if (length + value.length > buffer.length) {
-      const grown = new Uint8Array(Math.max(buffer.length * 2, length + value.length));
-      grown.set(buffer.subarray(0, length));
-      buffer = grown;
-    }
-    buffer.set(value, length);
-    length += value.length;
-    onBytes(value.length);
-  }
-  return length === buffer.length ? buffer.buffer : buffer.slice(0, length).buffer;
-}
-
 /** The store over the browser's Cache Storage (shared with web-llm's worker) and fetch. */
 export function browserStore() {
   return {
@@ -250,7 +229,11 @@ export function browserStore() {
     async fetch(url, fresh, onBytes = () => {}) {
       const response = await fetch(url, { cache: fresh ? "reload" : "default" });
       if (!response.ok) throw new Error(`could not download ${url}: HTTP ${response.status}`);
-      return await readAll(response, onBytes);
+      // Read natively in one piece: a JavaScript loop over the body stream, for finer progress,
+      // made the check of a 300 MB model ~25% slower (bench/bench_web_integrity.py).
+      const bytes = await response.arrayBuffer();
+      onBytes(bytes.byteLength);
+      return bytes;
     },
     async keep(cacheName, url, bytes) {
       const type = url.endsWith(".wasm") ? "application/wasm" : url.endsWith(".json") ? "application/json" : "application/octet-stream";
