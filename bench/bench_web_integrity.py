@@ -86,7 +86,8 @@ def main() -> None:
         total_mb = args.shards * args.shard_mib * MIB / 1e6
         site = Site(web=ensure_web_bundle(), models=find_models([dist]))
         figures: dict[str, list[float]] = {k: [] for k in (
-            "check_first", "hash_first", "webllm_first", "check_cached", "read_cached", "hash_only")}
+            "check_first", "hash_first", "webllm_first", "check_cached", "read_cached",
+            "hash_only")}
         browser = Browser()
         try:
             with running_server(site) as (base, _):
@@ -122,8 +123,10 @@ def main() -> None:
     ]
     for label, seconds in rows:
         print(f"{label:34}{seconds:9.2f}{total_mb / seconds:9.0f}")
-    print(f"first load:  check / web-llm alone = {median['check_first'] / median['webllm_first']:.2f}x")
-    print(f"cached load: check / plain read    = {median['check_cached'] / median['read_cached']:.2f}x")
+    first = median["check_first"] / median["webllm_first"]
+    cached = median["check_cached"] / median["read_cached"]
+    print(f"first load:  check / web-llm alone = {first:.2f}x")
+    print(f"cached load: check / plain read    = {cached:.2f}x")
 
 
 if __name__ == "__main__":

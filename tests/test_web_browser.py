@@ -104,7 +104,8 @@ def test_the_page_loads_without_console_errors(browser: Browser, server) -> None
     assert "Try one of these" in page.text(".empty-state")
     # oldrt (first) is refused, so the first model that can run is preselected instead.
     assert page.eval(js="document.getElementById('model-a').value") == "tampered-q4f32_1"
-    assert page.text("#download-size") == "First load downloads ~0.1 MB once; after that it works offline."
+    assert page.text("#download-size") == \
+        "First load downloads ~0.1 MB once; after that it works offline."
     page.shot("page-loaded")
 
 
@@ -159,7 +160,8 @@ def test_the_engine_gets_the_appconfig_and_fetches_from_the_served_urls(
     # said in words, with Retry and the raw error kept as a detail.
     [pane] = pane_states(page)
     assert pane["state"] == "error", pane
-    assert pane["status"].startswith("Could not load tiny-q4f32_1: the model library would not start")
+    assert pane["status"].startswith(
+        "Could not load tiny-q4f32_1: the model library would not start")
     assert page.eval(js="getComputedStyle(document.querySelector('.retry')).display") != "none"
     assert page.eval(js="document.querySelector('.failure').hidden") is False
     assert "TypeError" in page.eval(js="document.querySelector('.failure-detail').textContent")
@@ -281,7 +283,8 @@ def test_a_published_model_loads_from_its_commit_not_from_main(
     urls = requested(page)
     shards = [u for u in urls if "params_shard_" in u]
     assert sorted(set(shards)) == [f"{pinned}params_shard_{i}.bin" for i in range(3)]
-    assert not [u for u in urls if "/resolve/main/" in u and not u.endswith("webllm-app-config.json")]
+    assert not [u for u in urls
+                if "/resolve/main/" in u and not u.endswith("webllm-app-config.json")]
     assert cached_urls(page, "webllm/model") == sorted(
         [f"{pinned}ndarray-cache.json", *(f"{pinned}params_shard_{i}.bin" for i in range(3)),
          f"{pinned}tokenizer.json", f"{pinned}tokenizer_config.json"])

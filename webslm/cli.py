@@ -186,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     build = command("build", _cmd_build, "build a model into a WebLLM-ready folder")
     _spec_options(build, several_presets=True)
-    build.add_argument("--out", default=DEFAULT_DIST, help=f"output folder (default {DEFAULT_DIST})")
+    build.add_argument("--out", default=DEFAULT_DIST,
+                       help=f"output folder (default {DEFAULT_DIST})")
     build.add_argument("--base-url", help="absolute URL the dist folder is served from")
     build.add_argument("--no-cache", action="store_true", help="ignore the stage cache")
     build.add_argument("--jobs", type=int, default=1, help="models built at once")

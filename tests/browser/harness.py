@@ -148,7 +148,8 @@ class _HubHandler(SimpleHTTPRequestHandler):
 @contextmanager
 def running_hub(root: Path) -> Iterator[tuple[str, list[str]]]:
     """root/<org>/<repo>/resolve/<revision>/<file> served like the Hub: (base URL, request log)."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_HubHandler, directory=str(root)))
+    handler = functools.partial(_HubHandler, directory=str(root))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.log = []  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
