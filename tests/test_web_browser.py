@@ -18,11 +18,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from browser.fakedist import make_fake_dist
+from browser.fakedist import FINETUNE, make_fake_dist
 from browser.harness import (
     Browser,
     Page,
     browser_missing,
+    open_app,
     running_hub,
     running_server,
     scripted_web,
@@ -36,9 +37,6 @@ from webslm.toolchain import load_lock
 
 pytestmark = pytest.mark.browser
 
-FINETUNE = {"base_model": "Qwen/Qwen2.5-0.5B-Instruct", "base_revision": None,
-            "data_digest": "sha256:" + "0" * 64, "system_prompt": "You are a clinic assistant.",
-            "recipe": {}, "webslm_version": "0.1.0"}
 SETTLED = "['refused','error','ready'].includes(document.querySelector('.pane')?.dataset.state)"
 COMMIT = "5d4c3b2a1f0e9d8c7b6a5f4e3d2c1b0a99887766"
 
@@ -68,13 +66,6 @@ def browser(site: Site) -> Iterator[Browser]:
     driver = Browser()
     yield driver
     driver.close()
-
-
-def open_app(browser: Browser, base: str, query: str = "", *, webgpu: bool = True) -> Page:
-    page = browser.page(webgpu=webgpu)
-    page.goto(url=base + query)
-    page.wait_for("document.body.dataset.ready === 'yes'")
-    return page
 
 
 def pane_states(page: Page) -> list[dict[str, str]]:
@@ -111,7 +102,7 @@ def test_the_page_loads_without_console_errors(browser: Browser, server) -> None
 
 def test_without_webgpu_the_page_says_why_and_loads_nothing(browser: Browser, server) -> None:  # noqa: ANN001
     base, _ = server
-    page = open_app(browser, base, "?a=tiny-q4f32_1", webgpu=False)
+    page = open_app(browser, base + "?a=tiny-q4f32_1", webgpu=False)
     assert "offers no WebGPU adapter" in page.text("#notice")
     assert "Chrome or Edge" in page.text("#notice")
     assert pane_states(page)[0]["state"] == "refused"
@@ -124,7 +115,7 @@ def test_without_webgpu_the_page_says_why_and_loads_nothing(browser: Browser, se
 
 def test_an_f16_model_is_refused_on_an_adapter_without_shader_f16(browser: Browser, server) -> None:  # noqa: ANN001
     base, _ = server
-    page = open_app(browser, base, "?a=tiny16-q4f16_1")
+    page = open_app(browser, base + "?a=tiny16-q4f16_1")
     assert page.eval(js="document.body.dataset.webgpu") == "yes"  # SwiftShader adapter
     [pane] = pane_states(page)
     assert pane["state"] == "refused"
@@ -137,7 +128,7 @@ def test_an_f16_model_is_refused_on_an_adapter_without_shader_f16(browser: Brows
 def test_the_engine_gets_the_appconfig_and_fetches_from_the_served_urls(
         browser: Browser, server) -> None:  # noqa: ANN001
     base, access_log = server
-    page = open_app(browser, base, "?a=tiny-q4f32_1")
+    page = open_app(browser, base + "?a=tiny-q4f32_1")
     assert "First load downloads ~0.1 MB once" in page.text("#download-size")
     page.click(selector="#load")
     page.wait_for(SETTLED, 60000)
@@ -170,7 +161,7 @@ def test_the_engine_gets_the_appconfig_and_fetches_from_the_served_urls(
 
 def test_a_tampered_library_is_refused_before_the_engine_starts(browser: Browser, server) -> None:  # noqa: ANN001
     base, _ = server
-    page = open_app(browser, base, "?a=tampered-q4f32_1")
+    page = open_app(browser, base + "?a=tampered-q4f32_1")
     page.click(selector="#load")
     page.wait_for(SETTLED, 30000)
     [pane] = pane_states(page)
@@ -183,7 +174,7 @@ def test_a_tampered_library_is_refused_before_the_engine_starts(browser: Browser
 
 def test_a_model_built_for_another_webllm_is_refused(browser: Browser, server) -> None:  # noqa: ANN001
     base, _ = server
-    page = open_app(browser, base, "?a=oldrt-q4f32_1")
+    page = open_app(browser, base + "?a=oldrt-q4f32_1")
     [pane] = pane_states(page)
     pinned = load_lock().webllm_version
     assert pane["state"] == "refused"
@@ -195,7 +186,7 @@ def test_a_model_built_for_another_webllm_is_refused(browser: Browser, server) -
 def test_compare_mode_shows_two_panes_with_one_prompt_and_decoding(
         browser: Browser, server) -> None:  # noqa: ANN001
     base, _ = server
-    page = open_app(browser, base, "?compare=1&a=tiny-q4f32_1&b=tiny-ft-q4f32_1")
+    page = open_app(browser, base + "?compare=1&a=tiny-q4f32_1&b=tiny-ft-q4f32_1")
     panes = pane_states(page)
     assert [p["id"] for p in panes] == ["tiny-q4f32_1", "tiny-ft-q4f32_1"]
     assert [p["state"] for p in panes] == ["idle", "idle"]
@@ -211,7 +202,7 @@ def test_compare_mode_shows_two_panes_with_one_prompt_and_decoding(
 def test_models_from_config_urls_instead_of_the_index(browser: Browser, server) -> None:  # noqa: ANN001
     base, _ = server
     config = "/models/tiny-ft/resolve/main/webllm-app-config.json"
-    page = open_app(browser, base, f"?config={config}")
+    page = open_app(browser, base + f"?config={config}")
     assert [p["id"] for p in pane_states(page)] == ["tiny-ft-q4f32_1"]
     assert base + "models/index.json" not in requested(page)
     assert page.text("#notice") == ""
@@ -270,13 +261,19 @@ def cached_urls(page: Page, cache: str) -> list[str]:
                                          .map(r => r.url).sort())()""")
 
 
-def test_a_published_model_loads_from_its_commit_not_from_main(
-        browser: Browser, scripted_server: str, hub) -> None:  # noqa: ANN001
-    base, configs = hub
-    page = open_app(browser, scripted_server, f"?config={configs['pub']}")
+def load_published(browser: Browser, app: str, config: str) -> tuple[Page, dict[str, str]]:
+    """The page after pressing Load on the model of a published AppConfig, and its pane."""
+    page = open_app(browser, app + f"?config={config}")
     page.click(selector="#load")
     page.wait_for(SETTLED, 30000)
     [pane] = pane_states(page)
+    return page, pane
+
+
+def test_a_published_model_loads_from_its_commit_not_from_main(
+        browser: Browser, scripted_server: str, hub) -> None:  # noqa: ANN001
+    base, configs = hub
+    page, pane = load_published(browser, scripted_server, configs["pub"])
     assert pane["state"] == "ready", pane
     assert pane["status"].startswith("Ready. All 0.1 MB of weights match their recorded hashes")
     pinned = f"{base}org/pub/resolve/{COMMIT}/"
@@ -295,10 +292,7 @@ def test_a_published_model_loads_from_its_commit_not_from_main(
 def test_a_tampered_weight_shard_is_refused_and_never_cached(
         browser: Browser, scripted_server: str, hub) -> None:  # noqa: ANN001
     base, configs = hub
-    page = open_app(browser, scripted_server, f"?config={configs['evil']}")
-    page.click(selector="#load")
-    page.wait_for(SETTLED, 30000)
-    [pane] = pane_states(page)
+    page, pane = load_published(browser, scripted_server, configs["evil"])
     shard = f"{base}org/evil/resolve/{COMMIT}/params_shard_1.bin"
     assert pane["state"] == "refused", pane
     assert pane["status"].startswith(
@@ -312,7 +306,7 @@ def test_a_tampered_weight_shard_is_refused_and_never_cached(
 def test_the_weights_check_shows_in_the_progress_bar(
         browser: Browser, scripted_server: str, hub) -> None:  # noqa: ANN001
     _, configs = hub
-    page = open_app(browser, scripted_server, f"?config={configs['pub']}")
+    page = open_app(browser, scripted_server + f"?config={configs['pub']}")
     page.eval(js="""(() => {
         window.progressSeen = [];
         new MutationObserver(() => {

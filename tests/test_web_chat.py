@@ -15,17 +15,21 @@ import re
 from collections.abc import Iterator
 
 import pytest
-from browser.fakedist import make_fake_dist
-from browser.harness import Browser, Page, browser_missing, running_server, scripted_web
+from browser.fakedist import FINETUNE, make_fake_dist
+from browser.harness import (
+    Browser,
+    Page,
+    browser_missing,
+    open_app,
+    running_server,
+    scripted_web,
+)
 from conftest import require
 
 from webslm.serve import Site, ensure_web_bundle, find_models
 
 pytestmark = pytest.mark.browser
 
-FINETUNE = {"base_model": "Qwen/Qwen2.5-0.5B-Instruct", "base_revision": None,
-            "data_digest": "sha256:" + "0" * 64, "system_prompt": "You are a clinic assistant.",
-            "recipe": {}, "webslm_version": "0.1.0"}
 READY = "document.querySelectorAll('.pane').length > 0 && [...document.querySelectorAll('.pane')]" \
         ".every(p => ['refused','error','ready'].includes(p.dataset.state))"
 IDLE = "!document.getElementById('send').disabled && ![...document.querySelectorAll('.pane')]" \
@@ -81,15 +85,8 @@ def browser(server: str) -> Iterator[Browser]:
     driver.close()
 
 
-def open_app(browser: Browser, base: str, query: str = "") -> Page:
-    page = browser.page(webgpu=True)
-    page.goto(url=base + query)
-    page.wait_for("document.body.dataset.ready === 'yes'")
-    return page
-
-
 def loaded(browser: Browser, base: str, query: str = "?a=tiny-q4f32_1") -> Page:
-    page = open_app(browser, base, query)
+    page = open_app(browser, base + query)
     page.click(selector="#load")
     page.wait_for(READY, 30000)
     return page
@@ -301,7 +298,7 @@ def test_the_picker_shows_sizes_and_marks_refused_models(browser: Browser, serve
 
 def test_example_prompts_wait_for_the_model_and_replace_the_question(browser: Browser,
                                                                      server: str) -> None:
-    page = open_app(browser, server, "?a=tiny-q4f32_1")
+    page = open_app(browser, server + "?a=tiny-q4f32_1")
     examples = "[...document.querySelectorAll('.example')]"
     assert js(page, f"{examples}.length") == 3
     assert js(page, f"{examples}.every(b => b.disabled)")
@@ -413,7 +410,7 @@ def test_contrast_meets_wcag_aa(browser: Browser, server: str, scheme: str) -> N
 
 
 def test_the_whole_chat_works_from_the_keyboard(browser: Browser, server: str) -> None:
-    page = open_app(browser, server, "?a=tiny-q4f32_1")
+    page = open_app(browser, server + "?a=tiny-q4f32_1")
     order = []
     for _ in range(6):
         page.press(key="Tab")
@@ -459,7 +456,7 @@ def test_dark_mode_follows_the_system_setting(browser: Browser, server: str) -> 
 
 def test_with_no_models_the_page_says_which_serve_commands_work(browser: Browser,
                                                                 server: str) -> None:
-    page = open_app(browser, server, "?index=/nothing.json")
+    page = open_app(browser, server + "?index=/nothing.json")
     notice = page.text("#notice")
     assert "invoke serve dist" in notice
     assert "webslm serve --dist dist" in notice and "webslm serve dist" in notice

@@ -26,6 +26,9 @@ from webslm.webllm import (
 )
 
 EMPTY_WASM_MODULE = b"\0asm\x01\0\0\0"
+FINETUNE = {"base_model": "Qwen/Qwen2.5-0.5B-Instruct", "base_revision": None,
+            "data_digest": "sha256:" + "0" * 64, "system_prompt": "You are a clinic assistant.",
+            "recipe": {}, "webslm_version": "0.1.0"}
 TOOLCHAIN_ID = "f" * 64
 SHARD_BYTES = 96 * 1024
 

@@ -80,6 +80,14 @@ class Browser:
             self.process.wait()
 
 
+def open_app(browser: Browser, url: str, *, webgpu: bool = True) -> Page:
+    """A fresh page with the web client at url, once it has booted (models listed)."""
+    page = browser.page(webgpu=webgpu)
+    page.goto(url=url)
+    page.wait_for("document.body.dataset.ready === 'yes'")
+    return page
+
+
 class Page:
     """A page in a fresh browser context."""
 

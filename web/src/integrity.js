@@ -112,7 +112,7 @@ function mismatch(target, actual) {
  * {match: {target, bytes, source} | null, failure: message | null, hashMs} for one target.
  * Copies are tried in order: web-llm's cache, the network, the network bypassing the HTTP cache
  * (a rebuild reuses URLs that were served as immutable). A cached copy that fails is dropped.
- * `onBytes(n)` hears of bytes as they arrive from the network.
+ * `onBytes(n)` hears of the bytes of each download once it has arrived.
  */
 async function checkTarget(target, store, onBytes) {
   const expected = parseSri(target.sri);
