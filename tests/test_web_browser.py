@@ -4,7 +4,7 @@ Models are TEST STAND-IN dist folders (tests/browser/fakedist.py: the real layou
 record, fake weights, an empty wasm module), served by the real `webslm serve` server. Without the
 real toolchain no model can generate, so these tests stop where the engine instantiates the
 library; everything before that (guards, integrity, engine construction, requests) is real.
-Published models are served by a TEST STAND-IN for the Hub's resolve URLs (harness.running_hub),
+Published models are served by a TEST STAND-IN for the Hub's resolve URLs (conftest.http_server),
 in the layout `invoke publish` writes: the AppConfig on `main` names `resolve/<commit>/`; there the
 engine is the scripted stand-in (scripted_worker.js), so loading can finish.
 Screenshots go to test-artifacts/web/.
@@ -24,11 +24,10 @@ from browser.harness import (
     Page,
     browser_missing,
     open_app,
-    running_hub,
     running_server,
     scripted_web,
 )
-from conftest import require
+from conftest import http_server, require
 
 from webslm.files import canonical_json
 from webslm.publish import resolve_url, rewrite_app_config
@@ -59,13 +58,6 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Site:
 def server(site: Site) -> Iterator[tuple[str, list[str]]]:
     with running_server(site) as served:
         yield served
-
-
-@pytest.fixture(scope="module")
-def browser(site: Site) -> Iterator[Browser]:
-    driver = Browser()
-    yield driver
-    driver.close()
 
 
 def pane_states(page: Page) -> list[dict[str, str]]:
@@ -240,11 +232,12 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[st
             data = bytearray(shard.read_bytes())
             data[1000] ^= 0xFF
             shard.write_bytes(bytes(data))
-    with running_hub(root) as (base, log):
+    with http_server(root) as endpoint:
+        base = endpoint + "/"
         for name, path in configs.items():
             config = root / path
             app_config = json.loads(config.read_text())
-            pinned_url = resolve_url(base.rstrip("/"), f"org/{name}", COMMIT)
+            pinned_url = resolve_url(endpoint, f"org/{name}", COMMIT)
             config.write_text(canonical_json(rewrite_app_config(app_config, pinned_url)))
         yield base, {name: base + path for name, path in configs.items()}
 

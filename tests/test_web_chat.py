@@ -78,13 +78,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield base
 
 
-@pytest.fixture(scope="module")
-def browser(server: str) -> Iterator[Browser]:
-    driver = Browser()
-    yield driver
-    driver.close()
-
-
 def loaded(browser: Browser, base: str, query: str = "?a=tiny-q4f32_1") -> Page:
     page = open_app(browser, base + query)
     page.click(selector="#load")

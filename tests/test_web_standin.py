@@ -4,7 +4,6 @@ by `webslm serve` and loaded in headless Chromium on the SwiftShader WebGPU adap
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,13 +29,6 @@ def standin_dist(docker_engine, debian_base_image: str, tiny_qwen2: Path,  # noq
     options = BuildOptions(out=root / "dist", toolchain=toolchain, cache_dir=root / "cache",
                            show_progress=False)
     return build_model(spec, options).dist.parent
-
-
-@pytest.fixture(scope="module")
-def browser(standin_dist: Path) -> Iterator[Browser]:
-    driver = Browser()
-    yield driver
-    driver.close()
 
 
 def test_a_standin_build_is_handed_to_the_engine_from_the_served_urls(

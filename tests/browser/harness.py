@@ -1,11 +1,9 @@
 """pytest's side of tests/browser/driver.mjs: a headless Chromium driven over a line protocol,
-`invoke serve`'s server running in a thread on a free 127.0.0.1 port, the web client with the
-scripted engine worker (scripted_worker.js, a TEST STAND-IN), and a TEST STAND-IN for the
-Hugging Face Hub's `<repo>/resolve/<revision>/<file>` URLs (a static server with CORS)."""
+`invoke serve`'s server running in a thread on a free 127.0.0.1 port, and the web client with the
+scripted engine worker (scripted_worker.js, a TEST STAND-IN)."""
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
 import os
@@ -15,7 +13,6 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -140,30 +137,3 @@ def scripted_web(web_dist: Path, target: Path) -> Path:
         env={**os.environ, "NODE_PATH": str(node_modules)})
     assert done.returncode == 0, done.stderr
     return web
-
-
-class _HubHandler(SimpleHTTPRequestHandler):
-    """Static files with the Hub's CORS header; requests go to the server's log list."""
-
-    def end_headers(self) -> None:
-        self.send_header("Access-Control-Allow-Origin", "*")
-        super().end_headers()
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-        self.server.log.append(format % args)  # type: ignore[attr-defined]
-
-
-@contextmanager
-def running_hub(root: Path) -> Iterator[tuple[str, list[str]]]:
-    """root/<org>/<repo>/resolve/<revision>/<file> served like the Hub: (base URL, request log)."""
-    handler = functools.partial(_HubHandler, directory=str(root))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.log = []  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/", server.log  # type: ignore[attr-defined]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
