@@ -19,14 +19,7 @@ from pathlib import Path
 
 import pytest
 from browser.fakedist import FINETUNE, make_fake_dist
-from browser.harness import (
-    Browser,
-    Page,
-    browser_missing,
-    open_app,
-    running_server,
-    scripted_web,
-)
+from browser.harness import Browser, Page, browser_missing, open_app, running_server, scripted_web
 from conftest import http_server, require
 
 from webslm.files import canonical_json

@@ -16,14 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 from browser.fakedist import FINETUNE, make_fake_dist
-from browser.harness import (
-    Browser,
-    Page,
-    browser_missing,
-    open_app,
-    running_server,
-    scripted_web,
-)
+from browser.harness import Browser, Page, browser_missing, open_app, running_server, scripted_web
 from conftest import require
 
 from webslm.serve import Site, ensure_web_bundle, find_models
