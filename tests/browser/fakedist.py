@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from webslm.files import canonical_json, sha256_file
+from webslm.provenance import APP_CONFIG_FILE, PROVENANCE_FILE, sri
 from webslm.toolchain import load_lock
 from webslm.webllm import (
     DEFAULT_BASE_URL,
@@ -83,3 +84,19 @@ def make_fake_dist(out: Path, name: str, quantization: str = "q4f32_1", *,
     write(folder / "webllm-app-config.json",
           canonical_json(app_config([model_record(facts, base_url)])))
     return folder
+
+
+def add_weight_digests(folder: Path) -> None:
+    """Record `webslm.weights` in a dist folder built before webslm recorded them.
+
+    For copies of the real-tiny fixture (/work/shared/fixtures/real-tiny), whose AppConfig
+    predates the weights check: the digests come from its provenance.json subjects, the sha256
+    the build computed of every file, so the record ends as a current build writes it.
+    """
+    subjects = json.loads((folder / PROVENANCE_FILE).read_text())["subject"]
+    digests = {s["name"]: s["digest"]["sha256"] for s in subjects}
+    config_path = folder / APP_CONFIG_FILE
+    config = json.loads(config_path.read_text())
+    for record in config["model_list"]:
+        record["webslm"]["weights"] = {n: sri(digests[n]) for n in weight_files(digests)}
+    config_path.write_text(canonical_json(config))
