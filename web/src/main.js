@@ -26,7 +26,6 @@ const SERVE_HINT = "Build one (invoke build) and serve it: invoke serve dist (th
   "webslm serve dist or webslm serve --dist dist), or open this page with ?config=<URL of a " +
   "webllm-app-config.json>.";
 const FOLLOW_SLACK_PX = 24;
-const PROGRESS_INTERVAL_MS = 100;
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -173,11 +172,6 @@ class Pane {
   }
 
   showWeightProgress(p) {
-    const now = performance.now();
-    const newShard = p.checkedShards !== this.lastCheckedShards;
-    if (!newShard && now - (this.lastWeightReport ?? 0) < PROGRESS_INTERVAL_MS) return;
-    this.lastWeightReport = now;
-    this.lastCheckedShards = p.checkedShards;
     const fraction = p.totalBytes ? (p.arrivedBytes + p.checkedBytes) / (2 * p.totalBytes) : 1;
     this.showProgress(fraction, `Weights: ${p.checkedShards} of ${p.shards} shards checked ` +
       `(${formatMB(p.checkedBytes)} of ${formatMB(p.totalBytes)}; ${formatMB(p.arrivedBytes)} downloaded)`);
