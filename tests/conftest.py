@@ -21,6 +21,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from browser.harness import Browser, browser_missing  # noqa: E402
 from standin.image import ensure_standin_image, standin_toolchain  # noqa: E402
 from tinymodels import make_tiny_model  # noqa: E402
 
@@ -153,6 +154,11 @@ def offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def end_headers(self) -> None:
+        """Readable from any origin, like the Hub's resolve URLs (a web page fetches them)."""
+        self.send_header("Access-Control-Allow-Origin", "*")
+        super().end_headers()
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         """Keep the test output clean."""
 
@@ -169,3 +175,12 @@ def http_server(root: Path) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """One headless Chromium driver (tests/browser/driver.mjs) per test module."""
+    require(browser_missing() is None, f"browser tests need: {browser_missing()}")
+    driver = Browser()
+    yield driver
+    driver.close()

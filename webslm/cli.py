@@ -14,6 +14,8 @@ from pathlib import Path
 
 from webslm.errors import BadInput, WebslmError
 
+DEFAULT_DIST = "dist"
+
 Handler = Callable[[argparse.Namespace], int]
 
 
@@ -138,7 +140,8 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from webslm import serve
 
-    return serve.serve_command([Path(d) for d in args.dists], host=args.host, port=args.port)
+    dists = [*args.dists, *args.dist] or [DEFAULT_DIST]
+    return serve.serve_command([Path(d) for d in dists], host=args.host, port=args.port)
 
 
 def _cmd_publish(args: argparse.Namespace) -> int:
@@ -183,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     build = command("build", _cmd_build, "build a model into a WebLLM-ready folder")
     _spec_options(build, several_presets=True)
-    build.add_argument("--out", default="dist", help="output folder (default dist)")
+    build.add_argument("--out", default=DEFAULT_DIST,
+                       help=f"output folder (default {DEFAULT_DIST})")
     build.add_argument("--base-url", help="absolute URL the dist folder is served from")
     build.add_argument("--no-cache", action="store_true", help="ignore the stage cache")
     build.add_argument("--jobs", type=int, default=1, help="models built at once")
@@ -228,7 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--out", required=True)
 
     serve = command("serve", _cmd_serve, "serve web/ and dist folders on 127.0.0.1")
-    serve.add_argument("dists", nargs="*", default=["dist"])
+    serve.add_argument("dists", nargs="*", default=[], metavar="DIST",
+                       help="dist folder(s) to serve, a model folder or a folder of them "
+                            f"(default {DEFAULT_DIST}); the same as --dist")
+    serve.add_argument("--dist", action="append", default=[], metavar="DIST",
+                       help="a dist folder to serve (repeatable); the same as a positional DIST")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
 

@@ -504,6 +504,7 @@ class Build:
                 library_digest=outputs[f"libs/{lib_name}"],
                 tokenizer_digests={n: outputs[n] for n in chat_config.get("tokenizer_files", [])
                                    if n in outputs},
+                weight_digests={n: outputs[n] for n in webllm.weight_files(outputs)},
                 weight_bytes=sum((folder / n).stat().st_size
                                  for n in outputs if n.startswith("params_shard_")),
                 webllm_version=self.toolchain.webllm_version, toolchain_id=self.toolchain.id,
