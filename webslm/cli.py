@@ -104,7 +104,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from webslm import verify
 
     report_dir = Path(args.report) if args.report else None
-    return verify.verify_command(Path(args.dist), report_dir=report_dir)
+    settings = verify.RebuildSettings(model=Path(args.model) if args.model else None)
+    return verify.verify_command(Path(args.dist), report_dir=report_dir, settings=settings)
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
@@ -194,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify = command("verify", _cmd_verify, "rebuild a dist folder and compare every output")
     verify.add_argument("dist")
     verify.add_argument("--report", help="write report.json and report.md into this folder")
+    verify.add_argument("--model", help="the local model's folder (default: the path the "
+                        "provenance records, from here or from the build's folder)")
 
     audit = command("audit", _cmd_audit, "check a shipped artifact against its provenance")
     audit.add_argument("--artifact", required=True, help="path or URL of the artifact")
