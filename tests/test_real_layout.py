@@ -18,7 +18,7 @@ import pytest
 from conftest import REPO_ROOT, copy_model
 
 from webslm.cli import main
-from webslm.errors import StageFailed
+from webslm.errors import BadInput, StageFailed
 from webslm.files import sha256_bytes, sha256_file
 from webslm.hub import check_safetensors_header
 from webslm.pipeline import (
@@ -30,7 +30,7 @@ from webslm.pipeline import (
     convert_command,
 )
 from webslm.provenance import hash_files, list_files
-from webslm.safetensors_index import INDEX_FILE, index_text, tensor_names
+from webslm.safetensors_index import INDEX_FILE, index_text, needs_index, weight_map
 from webslm.spec import resolve_spec
 
 REAL_TINY = REPO_ROOT.parent / "shared" / "fixtures" / "real-tiny"
@@ -74,10 +74,24 @@ def test_the_stage_index_has_the_bytes_the_real_build_used(real_tiny: Path) -> N
     """The fixture's dists were built with an index added by hand in MLC's own format; the one
     the stage step writes from the safetensors header is byte-identical to it."""
     header = check_safetensors_header(real_tiny / "model" / "model.safetensors")
-    text = index_text(tensor_names(header))
+    text = index_text(weight_map({"model.safetensors": header}))
     assert sha256_bytes(text.encode()) == fixture_input_digest(real_tiny / "dist-q4f32_1",
                                                               INDEX_FILE)
     assert list(json.loads(text)["weight_map"]) == sorted(json.loads(text)["weight_map"])
+
+
+def test_an_index_for_shards_without_one_maps_each_tensor_to_its_file() -> None:
+    """MLC-LLM v0.19.0 refuses shards without an index; the stage writes one for them too."""
+    headers = {"model-00002-of-00002.safetensors": {"b.weight": {}, "__metadata__": {}},
+               "model-00001-of-00002.safetensors": {"c.weight": {}, "a.weight": {}}}
+    assert needs_index(list(headers)) and not needs_index([*headers, INDEX_FILE])
+    assert not needs_index(["pytorch_model.bin"])
+    assert json.loads(index_text(weight_map(headers))) == {"weight_map": {
+        "a.weight": "model-00001-of-00002.safetensors",
+        "b.weight": "model-00002-of-00002.safetensors",
+        "c.weight": "model-00001-of-00002.safetensors"}}
+    with pytest.raises(BadInput, match="a.weight is in both"):
+        weight_map({"x.safetensors": {"a.weight": {}}, "y.safetensors": {"a.weight": {}}})
 
 
 @pytest.mark.docker

@@ -69,7 +69,8 @@ FINETUNE_FILE = "webslm.json"
 WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
 WEIGHT_INDEXES = (safetensors_index.INDEX_FILE, "pytorch_model.bin.index.json")
 # The code the `stage` step runs on the model's files: a change to it is a change of stage key.
-STAGE_SOURCES = tuple(Path(__file__).with_name(n) for n in ("normalize.py", "safetensors_index.py"))
+STAGE_SOURCES = tuple(Path(__file__).with_name(name)
+                      for name in ("normalize.py", "safetensors_index.py"))
 
 
 @dataclass(frozen=True)
@@ -480,9 +481,10 @@ class Build:
             config = normalize_config(load_config(output / "config.json"), model_type).config
             (output / "config.json").write_text(canonical_json(config), encoding="utf-8")
             if safetensors_index.needs_index(names):
-                header = check_safetensors_header(output / safetensors_index.SINGLE_FILE)
+                headers = {n: check_safetensors_header(output / n)
+                           for n in names if n.endswith(".safetensors")}
                 (output / safetensors_index.INDEX_FILE).write_text(
-                    safetensors_index.index_text(safetensors_index.tensor_names(header)),
+                    safetensors_index.index_text(safetensors_index.weight_map(headers)),
                     encoding="utf-8")
 
         inputs = {f"model/{n}": digests[n] for n in names}
