@@ -201,21 +201,29 @@ def test_a_failing_stage_keeps_the_previous_dist_and_names_its_log(
 
 
 @pytest.mark.docker
+@pytest.mark.parametrize("sleep, interrupted", [
+    ("compile:120", {"compile"}),
+    ("convert_weight:120,compile:120", {"convert_weight", "compile"}),  # both branches at once
+])
 def test_an_interrupted_build_keeps_the_previous_dist(
         standin, standin_image: str, tiny_qwen2: Path, tmp_path: Path,  # noqa: ANN001
-        monkeypatch: pytest.MonkeyPatch, docker_engine) -> None:  # noqa: ANN001
+        monkeypatch: pytest.MonkeyPatch, docker_engine, sleep: str,  # noqa: ANN001
+        interrupted: set[str]) -> None:
     argv, out, before = built_then_switched(tiny_qwen2, tmp_path, monkeypatch, standin_image,
-                                            WEBSLM_STANDIN_SLEEP="compile:120")
+                                            WEBSLM_STANDIN_SLEEP=sleep)
+    ours = {"label": "webslm.model_id=tiny-q4f16_1"}
 
-    def interrupt_once_compiling() -> None:
+    def interrupt_once_running() -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if docker_engine.containers.list(filters={"label": "webslm.stage=compile"}):
+            running = {c.labels["webslm.stage"] for c in docker_engine.containers.list(
+                filters=ours)}
+            if interrupted <= running:
                 os.kill(os.getpid(), signal.SIGINT)
                 return
             time.sleep(0.1)
 
-    watcher = threading.Thread(target=interrupt_once_compiling, daemon=True)
+    watcher = threading.Thread(target=interrupt_once_running, daemon=True)
     watcher.start()
     started = time.monotonic()
     assert main(argv) == 130
@@ -223,7 +231,7 @@ def test_an_interrupted_build_keeps_the_previous_dist(
     watcher.join()
     assert digests(out / "tiny") == before
     assert sorted(p.name for p in out.iterdir()) == ["tiny"]
-    assert docker_engine.containers.list(all=True, filters={"label": "webslm.stage"}) == []
+    assert docker_engine.containers.list(all=True, filters=ours) == []
 
 
 @pytest.mark.docker
