@@ -3,7 +3,8 @@
 The fixture holds the dists `webslm build` wrote for `real-tiny/model` with the real toolchain.
 Building the same model through the stand-in must give the same layout: file names, the
 ndarray caches' schema and every value but the weight bytes, the chat config, the tokenizer
-files, the wasm's name and place. And the model, without an index as most Hub models are, must
+files, the wasm's name and place; the staged model and gen_config's output byte for byte (their
+digests in the fixture's provenance). And the model, without an index as most Hub models are, must
 build as it is: real convert_weight writes the index into a read-only model folder and fails.
 """
 
@@ -135,9 +136,16 @@ def test_standin_dist_has_the_real_layout(standin, real_tiny: Path, tmp_path: Pa
     real = real_tiny / folder
     model = copy_model(real_tiny / "model", tmp_path / "model")
     spec = resolve_spec(model=str(model), quantization=quantization, name=name)
-    built = build_model(spec, BuildOptions(out=tmp_path / "dist", toolchain=standin,
-                                           cache_dir=tmp_path / "cache",
-                                           show_progress=False)).dist
+    result = build_model(spec, BuildOptions(out=tmp_path / "dist", toolchain=standin,
+                                            cache_dir=tmp_path / "cache", show_progress=False))
+    built = result.dist
+
+    # The staged model (normalized config, the index the stage step writes) and gen_config's
+    # raw output (chat config, tokenizer copies) are byte for byte the real build's.
+    real_stages = read(real / "provenance.json")["predicate"]["buildDefinition"][
+        "internalParameters"]["stages"]
+    for stage in ("stage", "gen_config"):
+        assert result.stage_digests[stage] == real_stages[stage]["output"], stage
 
     assert list_files(built) == list_files(real)
     ours, theirs = hash_files(built, list_files(built)), hash_files(real, list_files(real))
