@@ -50,7 +50,7 @@ def watch_stages(engine, model_id: str, seen: list[set[str]], stop: threading.Ev
 def test_the_overlapped_build_gives_the_sequential_bytes_and_runs_both_branches_at_once(
         standin_image: str, tiny_qwen2: Path, tmp_path: Path, docker_engine) -> None:  # noqa: ANN001
     slow = standin_toolchain(standin_image,
-                             WEBSLM_STANDIN_SLEEP="convert_weight:3,gen_config:1,compile:2")
+                             WEBSLM_STANDIN_SLEEP="convert_weight:8,gen_config:1,compile:1")
     spec = resolve_spec(model=str(tiny_qwen2), name=unique_name("graph"))
     results = {}
     seen: list[set[str]] = []
@@ -90,7 +90,7 @@ def test_a_failing_branch_stops_the_other_and_removes_its_container(
     previous = build_model(spec, base).dist
     before = hash_files(previous, list_files(previous))
     broken = standin_toolchain(standin_image, WEBSLM_STANDIN_FAIL=failing,
-                               WEBSLM_STANDIN_SLEEP=f"{other}:{LONG},{failing}:3")
+                               WEBSLM_STANDIN_SLEEP=f"{other}:{LONG},{failing}:8")
     seen: list[set[str]] = []
     stop = threading.Event()
     watcher = threading.Thread(target=watch_stages, args=(docker_engine, spec.model_id, seen, stop))
