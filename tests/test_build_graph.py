@@ -9,7 +9,9 @@ other fails. (Ctrl-C with both branches running: tests/test_build.py.)
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import signal
 import threading
 import time
 from dataclasses import replace
@@ -19,7 +21,7 @@ import pytest
 from standin.image import standin_toolchain
 
 from webslm.errors import StageFailed
-from webslm.pipeline import BuildOptions, build_model
+from webslm.pipeline import BuildOptions, build_many, build_model
 from webslm.provenance import hash_files, list_files
 from webslm.spec import resolve_spec
 
@@ -107,3 +109,33 @@ def test_a_failing_branch_stops_the_other_and_removes_its_container(
     assert any(other in s for s in seen)  # it was running when it was stopped
     assert containers_of(docker_engine, spec.model_id) == []
     assert hash_files(previous, list_files(previous)) == before
+
+
+def test_ctrl_c_stops_every_model_built_at_once_and_keeps_their_dists(
+        standin_image: str, tiny_qwen2: Path, tmp_path: Path, docker_engine) -> None:  # noqa: ANN001
+    """With --jobs, builds run in worker threads; Ctrl-C reaches the main thread only."""
+    specs = [resolve_spec(model=str(tiny_qwen2), name=unique_name(f"graph-jobs{i}"))
+             for i in range(2)]
+    base = BuildOptions(out=tmp_path / "dist", toolchain=standin_toolchain(standin_image),
+                        cache_dir=tmp_path / "cache", show_progress=False)
+    previous = [r.dist for r in build_many(specs, base, jobs=2)]
+    before = [hash_files(d, list_files(d)) for d in previous]
+    slow = standin_toolchain(standin_image, WEBSLM_STANDIN_SLEEP=f"compile:{LONG}")
+
+    def interrupt_once_both_compile() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if all("compile" in running_stages(docker_engine, s.model_id) for s in specs):
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=interrupt_once_both_compile, daemon=True)
+    watcher.start()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        build_many(specs, replace(base, toolchain=slow), jobs=2)
+    assert time.monotonic() - started < 60
+    watcher.join()
+    assert [hash_files(d, list_files(d)) for d in previous] == before
+    assert all(containers_of(docker_engine, s.model_id) == [] for s in specs)

@@ -335,6 +335,30 @@ class Engine:
                               f"{log_tail(logs)}", f"full log: {job.log}")
 
 
+class StopSwitch:
+    """Stops the container stages of every build that shares it: Ctrl-C while `--jobs` builds
+    run in worker threads reaches only the main thread, which presses it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.engines: list[Engine] = []
+        self.pressed = False
+
+    def attach(self, engine: Engine) -> None:
+        with self.lock:
+            self.engines.append(engine)
+            pressed = self.pressed
+        if pressed:
+            engine.stop()
+
+    def press(self) -> None:
+        with self.lock:
+            self.pressed = True
+            engines = list(self.engines)
+        for engine in engines:
+            engine.stop()
+
+
 # ---------------------------------------------------------------------------- progress
 
 
@@ -397,8 +421,9 @@ class Build:
     """One model's build: runs the stages in order and packages the result."""
 
     def __init__(self, spec: BuildSpec, options: BuildOptions, cache: StageCache,
-                 display: Display, scratch: Path) -> None:
+                 display: Display, scratch: Path, switch: StopSwitch | None = None) -> None:
         self.spec = spec
+        self.switch = switch
         self.options = options
         self.toolchain: Toolchain | None = None  # looked up after resolve: bad input first
         self.cache = cache
@@ -496,6 +521,8 @@ class Build:
 
         self.toolchain = chosen_or_current(self.options.toolchain)
         self.engine = Engine(self.toolchain, self.options)
+        if self.switch is not None:
+            self.switch.attach(self.engine)
         with self.display.stage(self.spec.model_id, "resolve"):
             pass  # shown once the environment is known good: errors before it stay one line
         staged = self.stage_files(model, digests)
@@ -516,6 +543,8 @@ class Build:
                                                     stop=self.engine.stop)
         else:
             weights, (chat, library) = weights_branch(), library_branch()
+        if self.engine.stopping:
+            raise StageStopped("package")  # interrupted: the previous dist stays
         with self.display.stage(self.spec.model_id, "package"):
             dist, statement = self.package(model, digests, staged, weights, chat, library)
         done = [self.results[name] for name in STAGES]
@@ -632,14 +661,14 @@ def _check_options(options: BuildOptions) -> None:
         raise BadInput(f"--cpus {options.cpus} is not positive", "pass e.g. --cpus 2")
 
 
-def build_model(spec: BuildSpec, options: BuildOptions, *,
-                display: Display | None = None) -> BuildResult:
+def build_model(spec: BuildSpec, options: BuildOptions, *, display: Display | None = None,
+                switch: StopSwitch | None = None) -> BuildResult:
     """Build one model into options.out/<name>/ and return where, how and from what."""
     _check_options(options)
     cache = StageCache(options.cache_dir or default_cache_dir())
     shown = display or Display(options.show_progress)
     with scratch_area(options, cache) as scratch:
-        build = Build(spec, options, cache, shown, scratch)
+        build = Build(spec, options, cache, shown, scratch, switch)
         if display is not None:
             return build.run()
         with shown.running():
@@ -658,12 +687,13 @@ def build_many(specs: Sequence[BuildSpec], options: BuildOptions,
                        "give each a different --name")
     _check_options(options)
     display = Display(options.show_progress)
+    switch = StopSwitch()
     lock = threading.Lock()
     errors: list[BaseException] = []
 
     def one(spec: BuildSpec) -> BuildResult | None:
         try:
-            return build_model(spec, options, display=display)
+            return build_model(spec, options, display=display, switch=switch)
         except WebslmError as error:
             with lock:
                 errors.append(error)
@@ -674,7 +704,13 @@ def build_many(specs: Sequence[BuildSpec], options: BuildOptions,
             results = [one(spec) for spec in specs]
         else:
             with ThreadPoolExecutor(max_workers=jobs) as pool:
-                results = list(pool.map(one, specs))
+                futures = [pool.submit(one, spec) for spec in specs]
+                try:
+                    results = [future.result() for future in futures]
+                except BaseException:  # Ctrl-C: stop every build; queued ones never start
+                    switch.press()
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
     if errors:
         raise errors[0]
     return [r for r in results if r is not None]
