@@ -11,9 +11,11 @@ import hashlib
 import http.server
 import os
 import shutil
+import signal
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +101,21 @@ def standin_dist(standin_image: str, tiny_qwen2: Path,
     options = BuildOptions(out=out / "dist", toolchain=standin_toolchain(standin_image),
                            cache_dir=out / "cache", show_progress=False)
     return build_model(resolve_spec(model=str(tiny_qwen2), name="tiny"), options).dist
+
+
+def interrupt_when(ready: Callable[[], bool], within: float = 60) -> threading.Thread:
+    """A started watcher thread that presses Ctrl-C (SIGINT to this process) once `ready()`."""
+    def watch() -> None:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            if ready():
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    return watcher
 
 
 def copy_model(source: Path, target: Path) -> Path:

@@ -9,15 +9,14 @@ other fails. (Ctrl-C with both branches running: tests/test_build.py.)
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import signal
 import threading
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from conftest import interrupt_when
 from standin.image import standin_toolchain
 
 from webslm.errors import StageFailed
@@ -122,16 +121,8 @@ def test_ctrl_c_stops_every_model_built_at_once_and_keeps_their_dists(
     before = [hash_files(d, list_files(d)) for d in previous]
     slow = standin_toolchain(standin_image, WEBSLM_STANDIN_SLEEP=f"compile:{LONG}")
 
-    def interrupt_once_both_compile() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if all("compile" in running_stages(docker_engine, s.model_id) for s in specs):
-                os.kill(os.getpid(), signal.SIGINT)
-                return
-            time.sleep(0.1)
-
-    watcher = threading.Thread(target=interrupt_once_both_compile, daemon=True)
-    watcher.start()
+    watcher = interrupt_when(lambda: all(
+        "compile" in running_stages(docker_engine, s.model_id) for s in specs))
     started = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
         build_many(specs, replace(base, toolchain=slow), jobs=2)
