@@ -189,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--no-cache", action="store_true", help="ignore the stage cache")
     build.add_argument("--jobs", type=int, default=1, help="models built at once")
     build.add_argument("--allow-pickle", action="store_true", help="accept pickle .bin weights")
-    build.add_argument("--cpus", type=float, help="CPU limit per stage container")
+    build.add_argument("--cpus", type=float, help="CPU limit per stage container (a model's "
+                       "two branches run in two containers at once)")
     build.add_argument("--memory", help="memory limit per stage container, e.g. 8g")
 
     verify = command("verify", _cmd_verify, "rebuild a dist folder and compare every output")
