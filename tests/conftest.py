@@ -9,6 +9,7 @@ import contextlib
 import functools
 import hashlib
 import http.server
+import importlib.util
 import os
 import shutil
 import signal
@@ -101,6 +102,17 @@ def standin_dist(standin_image: str, tiny_qwen2: Path,
     options = BuildOptions(out=out / "dist", toolchain=standin_toolchain(standin_image),
                            cache_dir=out / "cache", show_progress=False)
     return build_model(resolve_spec(model=str(tiny_qwen2), name="tiny"), options).dist
+
+
+def tasks_namespace() -> Any:
+    """tasks.py's Invoke collection, loaded the way the `invoke` program loads it."""
+    from invoke import Collection
+
+    spec = importlib.util.spec_from_file_location("tasks", REPO_ROOT / "tasks.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return Collection.from_module(module)
 
 
 def interrupt_when(ready: Callable[[], bool], within: float = 60) -> threading.Thread:

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO_ROOT, copy_model
+from conftest import REPO_ROOT, copy_model, tasks_namespace
+from invoke import Program
 
-from webslm.cli import main
 from webslm.errors import BadInput, StageFailed
 from webslm.files import sha256_bytes, sha256_file
 from webslm.hub import check_safetensors_header
@@ -118,15 +118,19 @@ def test_standin_convert_weight_fails_on_a_read_only_model_without_index(
 @pytest.mark.docker
 def test_readme_command_builds_the_real_fixture_model_as_it_is(
         standin, real_tiny: Path, tmp_path: Path,  # noqa: ANN001
-        capsys: pytest.CaptureFixture[str]) -> None:
-    """`webslm build --model DIR` on the fixture's model (no index): exit 0, model untouched."""
-    model = copy_model(real_tiny / "model", tmp_path / "model")
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's `invoke build --model ./DIR` on the fixture's model (a lone
+    model.safetensors, no index), through Invoke: it builds, and the model is left untouched."""
+    model = copy_model(real_tiny / "model", tmp_path / "real-tiny")
     before = hash_files(model, list_files(model))
-    code = main(["build", "--model", str(model), "--quantization", "q4f32_1",
-                 "--name", "qwen2-tiny", "--out", str(tmp_path / "dist")])
-    assert code == 0, capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)
+    Program(namespace=tasks_namespace()).run(
+        ["invoke", "build", "--model", "./real-tiny", "--quantization", "q4f32_1"], exit=False)
     assert hash_files(model, list_files(model)) == before
-    assert (tmp_path / "dist" / "qwen2-tiny" / "libs" / "qwen2-tiny-q4f32_1-webgpu.wasm").is_file()
+    dist = tmp_path / "dist" / "real-tiny"
+    assert (dist / "libs" / "real-tiny-q4f32_1-webgpu.wasm").is_file()
+    assert read(dist / "provenance.json")["predicate"]["buildDefinition"][
+        "externalParameters"]["model"]["id"] == "./real-tiny"
 
 
 @pytest.mark.docker
