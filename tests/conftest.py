@@ -9,11 +9,14 @@ import contextlib
 import functools
 import hashlib
 import http.server
+import importlib.util
 import os
 import shutil
+import signal
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +103,32 @@ def standin_dist(standin_image: str, tiny_qwen2: Path,
     options = BuildOptions(out=out / "dist", toolchain=standin_toolchain(standin_image),
                            cache_dir=out / "cache", show_progress=False)
     return build_model(resolve_spec(model=str(tiny_qwen2), name="tiny"), options).dist
+
+
+def tasks_namespace() -> Any:
+    """tasks.py's Invoke collection, loaded the way the `invoke` program loads it."""
+    from invoke import Collection
+
+    spec = importlib.util.spec_from_file_location("tasks", REPO_ROOT / "tasks.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return Collection.from_module(module)
+
+
+def interrupt_when(ready: Callable[[], bool], within: float = 60) -> threading.Thread:
+    """A started watcher thread that presses Ctrl-C (SIGINT to this process) once `ready()`."""
+    def watch() -> None:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            if ready():
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    return watcher
 
 
 def copy_model(source: Path, target: Path) -> Path:

@@ -106,7 +106,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from webslm import verify
 
     report_dir = Path(args.report) if args.report else None
-    return verify.verify_command(Path(args.dist), report_dir=report_dir)
+    settings = verify.RebuildSettings(model=Path(args.model) if args.model else None)
+    return verify.verify_command(Path(args.dist), report_dir=report_dir, settings=settings)
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
@@ -192,12 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--no-cache", action="store_true", help="ignore the stage cache")
     build.add_argument("--jobs", type=int, default=1, help="models built at once")
     build.add_argument("--allow-pickle", action="store_true", help="accept pickle .bin weights")
-    build.add_argument("--cpus", type=float, help="CPU limit per stage container")
+    build.add_argument("--cpus", type=float, help="CPU limit per stage container (a model's "
+                       "two branches run in two containers at once)")
     build.add_argument("--memory", help="memory limit per stage container, e.g. 8g")
 
     verify = command("verify", _cmd_verify, "rebuild a dist folder and compare every output")
     verify.add_argument("dist")
     verify.add_argument("--report", help="write report.json and report.md into this folder")
+    verify.add_argument("--model", help="the local model's folder (default: the path the "
+                        "provenance records, from here or from the build's folder)")
 
     audit = command("audit", _cmd_audit, "check a shipped artifact against its provenance")
     audit.add_argument("--artifact", required=True, help="path or URL of the artifact")
