@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import copy_model, signal_when
+from conftest import copy_model, interrupt_when
 from standin.image import standin_toolchain
 
 from webslm.cache import StageCache
@@ -173,8 +173,8 @@ def test_sigterm_removes_the_container_and_exits_143(
     monkeypatch.setattr("webslm.toolchain.current_toolchain", lambda: slow)
     mine = {"label": f"{OWNER_LABEL}={owner_token()}"}
 
-    watcher = signal_when(lambda: bool(docker_engine.containers.list(filters=mine)),
-                          signal.SIGTERM)
+    watcher = interrupt_when(lambda: bool(docker_engine.containers.list(filters=mine)),
+                             signum=signal.SIGTERM)
     started = time.monotonic()
     assert main(argv) == 143
     assert time.monotonic() - started < 60
@@ -259,8 +259,8 @@ def test_sigterm_stops_every_model_of_a_parallel_build(
     monkeypatch.setattr("webslm.toolchain.current_toolchain", lambda: slow)
     mine = {"label": f"{OWNER_LABEL}={owner_token()}"}
 
-    watcher = signal_when(lambda: len(docker_engine.containers.list(filters=mine)) >= 2,
-                          signal.SIGTERM)
+    watcher = interrupt_when(lambda: len(docker_engine.containers.list(filters=mine)) >= 2,
+                             signum=signal.SIGTERM)
     specs = [resolve_spec(model=str(tiny_qwen2), name=name) for name in ("a", "b")]
     options = BuildOptions(out=tmp_path / "dist", show_progress=False)
     started = time.monotonic()
