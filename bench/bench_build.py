@@ -22,11 +22,12 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 from standin.image import ensure_standin_image, standin_toolchain  # noqa: E402
 from tinymodels import make_tiny_model  # noqa: E402
 
-from webslm.baseimage import ensure_debian_base  # noqa: E402
+from webslm.baseimage import LIVE_MIRROR, ensure_base_image  # noqa: E402
+from webslm.cache import default_cache_dir  # noqa: E402
 from webslm.pipeline import BuildOptions, build_model  # noqa: E402
 from webslm.provenance import hash_files, list_files  # noqa: E402
 from webslm.spec import resolve_spec  # noqa: E402
-from webslm.toolchain import docker_client  # noqa: E402
+from webslm.toolchain import docker_client, load_lock  # noqa: E402
 
 FILE_MIB = 128
 
@@ -50,7 +51,9 @@ def add_weights(model: Path, mib: int) -> None:
 
 def bench_rebuild(scratch: Path, weights_mib: int) -> None:
     client = docker_client()
-    toolchain = standin_toolchain(ensure_standin_image(client, ensure_debian_base()))
+    base = ensure_base_image(client, load_lock().base.with_archives(*LIVE_MIRROR),
+                             default_cache_dir())
+    toolchain = standin_toolchain(ensure_standin_image(client, base))
     model = make_tiny_model(scratch / "model", "qwen2")
     add_weights(model, weights_mib)
     spec = resolve_spec(model=str(model), name="bench-tiny")

@@ -1,14 +1,18 @@
 """The pinned toolchain image: its lock, its content-addressed ID, and how it is built.
 
-`docker/toolchain.lock.json` is the one source of truth for every input of the image (base image
-digest, Debian snapshot and apt versions, Rust, emsdk, MLC-LLM and submodule commits, vendored
-crates, Python wheels, determinism patches). The toolchain ID is a sha256 over the canonical lock
-(so key order and whitespace do not matter) and every file of the build context (docker/), so a
-changed byte anywhere is a new image tag `webslm-toolchain:<first 12 hex>`.
+`docker/toolchain.lock.json` is the one source of truth for every input of the image (the Debian
+snapshot the base root filesystem is made from and every apt version, Rust, emsdk, MLC-LLM and
+submodule commits, vendored crates, Python wheels, determinism patches). The toolchain ID is a
+sha256 over the canonical lock (so key order and whitespace do not matter), the base image's recipe
+(webslm.baseimage) and every file of the build context (docker/), so a changed byte anywhere is a
+new image tag `webslm-toolchain:<first 12 hex>`.
 
-A value that could not be resolved on the machine that wrote the lock is an explicit placeholder
-(`PLACEHOLDER:...`), never a guess; building with placeholders needs `--allow-unpinned`, and
-`webslm toolchain refresh-lock` resolves them on a networked machine.
+A value that could not be resolved on the machine that wrote the lock is an explicit placeholder,
+never a guess. `PLACEHOLDER:resolve-with-refresh-lock` needs `webslm toolchain refresh-lock` on a
+networked machine (or `--allow-unpinned`); `PLACEHOLDER:resolved-on-first-use` (the vendored
+crates, which upstream pins with no Cargo.lock) is resolved by the first `webslm toolchain` build,
+which writes it into the lock and says so. A pin with an `evidence` note is inferred, not read:
+the image build checks it and `refresh-lock` replaces it with the value read at the source.
 """
 
 from __future__ import annotations
@@ -22,11 +26,16 @@ import subprocess
 import sys
 import tarfile
 import urllib.request
-from collections.abc import Iterator, Mapping
+import urllib.error
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+from webslm.baseimage import BaseRecipe, base_archive_path, ensure_base_image, image_exists
+from webslm.cache import default_cache_dir
 from webslm.errors import BadInput, MissingEnvironment, StageFailed
 from webslm.files import atomic_write_text, canonical_json, sha256_bytes, sha256_file
 
@@ -40,13 +49,17 @@ ID_LABEL = "org.webslm.toolchain.id"
 FINAL_STAGE = "toolchain"
 PLACEHOLDER_PREFIX = "PLACEHOLDER:"
 PLACEHOLDER = PLACEHOLDER_PREFIX + "resolve-with-refresh-lock"
-ID_DOMAIN = b"webslm-toolchain-id/1\n"
+FIRST_USE_PLACEHOLDER = PLACEHOLDER_PREFIX + "resolved-on-first-use"
+FIRST_USE_ENTRIES = ("cargo_vendor.tree_sha256",)
+CARGO_LOCKFILE = "cargo/Cargo.lock"
+ID_DOMAIN = b"webslm-toolchain-id/2\n"
 BUILD_CA_ENV = "WEBSLM_BUILD_CA_BUNDLE"
+CRATES_INDEX = "https://index.crates.io/config.json"
+REACH_TIMEOUT_S = 20
 CONTEXT_SKIP = frozenset({"__pycache__", ".pytest_cache"})
 
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -74,11 +87,15 @@ def find_placeholders(value: object, path: str = "") -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class SourcePin:
-    """A git checkout at a pinned commit: `path` is where it lands under /src."""
+    """A git checkout at a pinned commit: `path` is where it lands under /src.
+
+    `evidence` is set when the commit is inferred rather than read at its parent (see pins.md).
+    """
 
     path: str
     repo: str
     commit: str
+    evidence: str | None = None
 
 
 @dataclass(frozen=True)
@@ -88,9 +105,7 @@ class ToolchainLock:
     data: Mapping[str, Any]
     source_date_epoch: int
     webllm_version: str
-    base_image: str
-    debian_archive: str
-    debian_security_archive: str
+    base: BaseRecipe
     apt_packages: Mapping[str, str]
     runtime_packages: Mapping[str, str]
     llvm_major: int
@@ -99,6 +114,20 @@ class ToolchainLock:
     sources: tuple[SourcePin, ...]
     patches: Mapping[str, str]
     placeholders: tuple[str, ...]
+
+    @property
+    def first_use(self) -> tuple[str, ...]:
+        """Placeholders the first `webslm toolchain` build resolves (network needed)."""
+        return tuple(p for p in self.placeholders if p in FIRST_USE_ENTRIES)
+
+    @property
+    def unresolved(self) -> tuple[str, ...]:
+        """Placeholders only `refresh-lock` (or `--allow-unpinned`) gets past."""
+        return tuple(p for p in self.placeholders if p not in FIRST_USE_ENTRIES)
+
+    @property
+    def inferred(self) -> tuple[str, ...]:
+        return tuple(f"sources.{pin.path}.commit" for pin in self.sources if pin.evidence)
 
     @property
     def digest(self) -> str:
@@ -135,9 +164,12 @@ def parse_lock(data: Mapping[str, Any]) -> ToolchainLock:
     """Validate the lock's shape and every pin's form; BadInput names the first bad entry."""
     if _need(data, "schema", int) != 1:
         raise BadInput("toolchain lock: unknown schema", "this webslm reads schema 1")
-    base_ref = _need(data, "base_image.ref", str)
-    base_digest = _need(data, "base_image.digest", str)
-    _check_pin("base_image.digest", base_digest, _DIGEST, "sha256:<64 hex>")
+    if "base_image" in data:
+        raise BadInput("toolchain lock: `base_image` is gone (the base is made with mmdebstrap "
+                       "from `debian`)", "remove it and set `debian.base_variant`")
+    for dotted in ("debian.suite", "debian.archive", "debian.security_archive",
+                   "debian.base_variant"):
+        _need(data, dotted, str)
     apt = _need(data, "debian.packages", Mapping)
     runtime = _need(data, "debian.runtime_packages", Mapping)
     for name, version in [*apt.items(), *runtime.items()]:
@@ -158,11 +190,13 @@ def parse_lock(data: Mapping[str, Any]) -> ToolchainLock:
     for path, entry in sorted(_need(data, "sources", Mapping).items()):
         repo = entry.get("repo") if isinstance(entry, Mapping) else None
         commit = entry.get("commit") if isinstance(entry, Mapping) else None
-        if not isinstance(repo, str) or not isinstance(commit, str):
+        evidence = entry.get("evidence") if isinstance(entry, Mapping) else None
+        if not isinstance(repo, str) or not isinstance(commit, str) \
+                or not isinstance(evidence, str | None):
             raise BadInput(f"toolchain lock: source {path} needs a repo and a commit",
-                           "pin it by repository URL and commit")
+                           "pin it by repository URL and commit (evidence: a note, optional)")
         _check_pin(f"sources.{path}.commit", commit, _HEX40, "a 40-hex commit")
-        sources.append(SourcePin(path=path, repo=repo, commit=commit))
+        sources.append(SourcePin(path=path, repo=repo, commit=commit, evidence=evidence))
     if "mlc-llm" not in {pin.path for pin in sources}:
         raise BadInput("toolchain lock: `sources.mlc-llm` is missing", "pin MLC-LLM's commit")
     for name, entry in _need(data, "python.packages", Mapping).items():
@@ -179,13 +213,17 @@ def parse_lock(data: Mapping[str, Any]) -> ToolchainLock:
     if epoch <= 0:
         raise BadInput("toolchain lock: source_date_epoch must be a positive integer",
                        "use the release date of the pinned MLC-LLM as a Unix time")
+    placeholders = find_placeholders(data)
+    for path in placeholders:
+        first_use = path in FIRST_USE_ENTRIES
+        if first_use != (_value_at(data, path) == FIRST_USE_PLACEHOLDER):
+            raise BadInput(f"toolchain lock: `{path}` has the wrong kind of placeholder",
+                           f"write `{FIRST_USE_PLACEHOLDER if first_use else PLACEHOLDER}`")
     return ToolchainLock(
         data=data,
         source_date_epoch=epoch,
         webllm_version=_need(data, "webllm.version", str),
-        base_image=f"{base_ref}@{base_digest}",
-        debian_archive=_need(data, "debian.archive", str),
-        debian_security_archive=_need(data, "debian.security_archive", str),
+        base=BaseRecipe.from_lock(data),
         apt_packages=dict(apt),
         runtime_packages=dict(runtime),
         llvm_major=llvm_major,
@@ -193,8 +231,19 @@ def parse_lock(data: Mapping[str, Any]) -> ToolchainLock:
         emscripten_version=_need(data, "emscripten.version", str),
         sources=tuple(sources),
         patches=dict(patches),
-        placeholders=find_placeholders(data),
+        placeholders=placeholders,
     )
+
+
+def _value_at(data: Mapping[str, Any], dotted: str) -> Any:
+    """The value at a dotted path as find_placeholders writes it (`a.b[0]`)."""
+    value: Any = data
+    for key in dotted.split("."):
+        name, _, index = key.partition("[")
+        value = value[name]
+        if index:
+            value = value[int(index.rstrip("]"))]
+    return value
 
 
 def read_lock_json(docker_dir: Path = DOCKER_DIR) -> dict[str, Any]:
@@ -246,8 +295,9 @@ def _context_entries(docker_dir: Path) -> Iterator[tuple[str, bytes, int]]:
 
 
 def toolchain_id(docker_dir: Path = DOCKER_DIR) -> str:
-    """sha256 over the canonical lock, the Dockerfile and every file of the build context."""
+    """sha256 over the base image's recipe, the canonical lock and every file of the context."""
     digest = hashlib.sha256(ID_DOMAIN)
+    digest.update(f"base\0{load_lock(docker_dir).base.key}\0".encode())
     for name, data, mode in _context_entries(docker_dir):
         digest.update(f"{name}\0{mode:o}\0{len(data)}\0".encode())
         digest.update(data)
@@ -287,24 +337,24 @@ def determinism_env(lock: ToolchainLock) -> dict[str, str]:
             "LC_ALL": "C.UTF-8", "PYTHONHASHSEED": "0"}
 
 
-def build_args(lock: ToolchainLock, identifier: str, *, base_image: str | None = None,
-               debian_archive: str | None = None,
-               debian_security_archive: str | None = None) -> dict[str, str]:
+def build_args(lock: ToolchainLock, identifier: str, *, base: BaseRecipe | None = None,
+               apt_packages: Mapping[str, str] | None = None) -> dict[str, str]:
     """The Docker build arguments, every one read from the lock.
 
-    The overrides exist for machines that cannot reach the pinned base image or the snapshot
-    archive (this project's CI builds the Debian-only stages from a locally made base and the
-    plain Debian mirror); the apt versions stay the lock's either way.
+    The overrides exist for machines that cannot reach the snapshot archive (this project's tests
+    build the Debian-only stages from a base made from the live mirror, with the versions that
+    mirror serves today); the product always builds with the lock's recipe and versions.
     """
     def pinned(packages: Mapping[str, str]) -> str:
         return " ".join(f"{name}={version}" for name, version in sorted(packages.items()))
 
+    recipe = base or lock.base
     return {
-        "BASE_IMAGE": base_image or lock.base_image,
-        "DEBIAN_ARCHIVE": debian_archive or lock.debian_archive,
-        "DEBIAN_SECURITY_ARCHIVE": debian_security_archive or lock.debian_security_archive,
-        "DEBIAN_SUITE": str(lock.data["debian"]["suite"]),
-        "APT_PACKAGES": pinned(lock.apt_packages),
+        "BASE_IMAGE": recipe.tag,
+        "DEBIAN_ARCHIVE": recipe.archive,
+        "DEBIAN_SECURITY_ARCHIVE": recipe.security_archive,
+        "DEBIAN_SUITE": recipe.suite,
+        "APT_PACKAGES": pinned(apt_packages if apt_packages is not None else lock.apt_packages),
         "RUNTIME_PACKAGES": pinned(lock.runtime_packages),
         "LLVM_MAJOR": str(lock.llvm_major),
         "SOURCE_DATE_EPOCH": str(lock.source_date_epoch),
@@ -371,16 +421,6 @@ def docker_client() -> Any:
     return client
 
 
-def image_exists(client: Any, ref: str) -> bool:
-    import docker.errors
-
-    try:
-        client.images.get(ref)
-    except docker.errors.ImageNotFound:
-        return False
-    return True
-
-
 # ---------------------------------------------------------------------------------------------
 # Building, pulling and pushing the image (side effects at the edges)
 # ---------------------------------------------------------------------------------------------
@@ -431,23 +471,38 @@ def stage_tag(identifier: str, stage: str, buildargs: Mapping[str, str]) -> str:
     return f"{IMAGE_REPOSITORY}-stage:{stage}-{key[:12]}"
 
 
-def ensure_stage(client: Any, stage: str, *, base_image: str, debian_archive: str | None = None,
-                 debian_security_archive: str | None = None, docker_dir: Path = DOCKER_DIR,
+def ensure_stage(client: Any, stage: str, *, base: BaseRecipe,
+                 apt_packages: Mapping[str, str] | None = None, docker_dir: Path = DOCKER_DIR,
                  log: Any = sys.stderr) -> str:
-    """Build one stage from a stand-in base image when its tag is absent; return the tag.
+    """Build one stage over the base of `base` when its tag is absent; return the tag.
 
-    For machines that cannot pull the pinned base (this project's CI builds the Debian-only
-    stages from a locally made bookworm image and the plain Debian mirror).
+    The tag covers every build argument (the apt versions installed included) and the base
+    image's ID, so a cached stage stands only for exactly these inputs.
     """
     lock = load_lock(docker_dir)
     identifier = toolchain_id(docker_dir)
+    base_image = ensure_base_image(client, base, default_cache_dir())
+    args = build_args(lock, identifier, base=base, apt_packages=apt_packages)
     base_id = str(client.images.get(base_image).id)
-    args = build_args(lock, identifier, base_image=base_image, debian_archive=debian_archive,
-                      debian_security_archive=debian_security_archive)
     tag = stage_tag(identifier, stage, {**args, "BASE_IMAGE_ID": base_id})
     if not image_exists(client, tag):
         build_image(client, tag, args, target=stage, docker_dir=docker_dir, log=log)
     return tag
+
+
+def apt_candidates(client: Any, base: BaseRecipe, names: list[str]) -> dict[str, str]:
+    """The version apt would install of each package from `base`'s archives, asked now.
+
+    Runs docker/scripts/apt_install.sh's own sources set-up in a container of the base image, so
+    the answer comes from exactly the archives a stage built over `base` installs from.
+    """
+    script = (DOCKER_DIR / "scripts" / "apt_install.sh").read_text(encoding="utf-8")
+    env = {"DEBIAN_ARCHIVE": base.archive, "DEBIAN_SECURITY_ARCHIVE": base.security_archive,
+           "DEBIAN_SUITE": base.suite, "APT_PRINT_CANDIDATES": "1"}
+    output = client.containers.run(ensure_base_image(client, base, default_cache_dir()),
+                                   ["bash", "-c", script, "apt_install.sh", *names],
+                                   environment=env, remove=True).decode()
+    return dict(line.split("=", 1) for line in output.split())
 
 
 def pull_image(client: Any, ref: str, toolchain: Toolchain) -> None:
@@ -480,18 +535,120 @@ def push_image(client: Any, ref: str, toolchain: Toolchain) -> str:
     return full
 
 
+def fetched_urls(lock: ToolchainLock) -> dict[str, str]:
+    """Every URL the image build fetches from, with what it is for (one per host is enough)."""
+    data = lock.data
+    urls = {f"{lock.base.archive}/dists/{lock.base.suite}/Release": "the Debian snapshot archive",
+            f"{lock.base.security_archive}/dists/{lock.base.suite}-security/Release":
+                "the Debian security snapshot",
+            str(data["rust"]["installer_url"]): "rustup-init",
+            str(data["emscripten"]["emsdk_repo"]): "emsdk",
+            **{pin.repo: f"sources.{pin.path}" for pin in lock.sources},
+            str(data["python"]["index_url"]): "the Python wheels",
+            str(data["python"]["torch"]["find_links"]): "the torch wheel",
+            CRATES_INDEX: "the vendored crates (crates.io)"}
+    by_host: dict[str, tuple[str, str]] = {}
+    for url, what in urls.items():
+        by_host.setdefault(urlsplit(url).netloc, (url, what))
+    return dict(by_host.values())
+
+
+def unreachable(urls: Mapping[str, str]) -> list[str]:
+    """`what (url: reason)` of every URL whose server does not answer (any HTTP answer counts)."""
+    def probe(url: str) -> str | None:
+        try:
+            with _fetch(url, method="HEAD", timeout=REACH_TIMEOUT_S):
+                return None
+        except urllib.error.HTTPError:
+            return None
+        except (urllib.error.URLError, OSError) as error:
+            return str(getattr(error, "reason", error))
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        reasons = list(pool.map(probe, urls))
+    return [f"{what} ({url}: {reason})" for (url, what), reason in zip(urls.items(), reasons,
+                                                                       strict=True) if reason]
+
+
+@dataclass(frozen=True)
+class VendoredCrates:
+    """What the first build pins of tokenizers-cpp's crates: its Cargo.lock and the tree digest."""
+
+    cargo_lock: str
+    tree_sha256: str
+
+
+CratesResolver = Callable[[Any, ToolchainLock, Path, Any], VendoredCrates]
+
+
+def vendor_crates_in_image(client: Any, lock: ToolchainLock, docker_dir: Path,
+                           log: Any) -> VendoredCrates:
+    """Build the Dockerfile's `crates` stage (cargo generates the Cargo.lock from crates.io and
+    vendors it) and read back the Cargo.lock and the vendored tree's digest."""
+    identifier = toolchain_id(docker_dir)
+    args = build_args(lock, identifier)
+    tag = stage_tag(identifier, "crates", args)
+    if not image_exists(client, tag):
+        build_image(client, tag, args, target="crates", docker_dir=docker_dir, log=log)
+
+    def read(path: str) -> str:
+        return client.containers.run(tag, ["cat", path], remove=True,
+                                     network_disabled=True).decode()
+
+    crates = VendoredCrates(cargo_lock=read("/opt/webslm/Cargo.lock"),
+                            tree_sha256=read("/opt/webslm/vendor.sha256").strip())
+    client.images.remove(tag)
+    return crates
+
+
+def pin_on_first_use(client: Any, docker_dir: Path, resolve: CratesResolver,
+                     log: Any) -> tuple[str, ...]:
+    """Resolve the lock's first-use placeholders, write them into docker/, say what was pinned.
+
+    Returns the files written (for the user to commit); nothing is written when there is nothing
+    to resolve or when the resolver fails.
+    """
+    lock = load_lock(docker_dir)
+    if not lock.first_use:
+        return ()
+    crates = resolve(client, lock, docker_dir, log)
+    if not _HEX64.match(crates.tree_sha256) or "[[package]]" not in crates.cargo_lock:
+        raise StageFailed(f"resolving the vendored crates gave no digest or no Cargo.lock "
+                          f"({crates.tree_sha256[:80]!r})", "read the build log above")
+    data = read_lock_json(docker_dir)
+    data["cargo_vendor"]["tree_sha256"] = crates.tree_sha256
+    parse_lock(data)
+    lockfile = docker_dir / CARGO_LOCKFILE
+    lockfile.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(lockfile, crates.cargo_lock)
+    atomic_write_text(docker_dir / LOCK_NAME, json.dumps(data, indent=2) + "\n")
+    written = (str(docker_dir / LOCK_NAME), str(lockfile))
+    log.write(f"webslm: pinned on first use: cargo_vendor.tree_sha256 = {crates.tree_sha256}\n"
+              f"webslm: wrote {lockfile} ({crates.cargo_lock.count('[[package]]')} crates, "
+              f"resolved from crates.io now)\n"
+              f"webslm: commit both so every later build uses exactly these crates:\n"
+              f"  git add {' '.join(written)} && git commit -m 'toolchain: pin vendored crates'\n")
+    return written
+
+
 def ensure_toolchain_image(*, pull: str | None = None, push: str | None = None,
                            allow_unpinned: bool = False, docker_dir: Path = DOCKER_DIR,
+                           resolve_crates: CratesResolver = vendor_crates_in_image,
                            log: Any = sys.stderr) -> Toolchain:
-    """Make the image of the current lock present locally: as is, pulled, or built."""
+    """Make the image of the current lock present locally: as is, pulled, or built.
+
+    Building: the lock checks (exit 2), then whether everything it fetches answers (exit 3,
+    naming what does not), then the base root filesystem from the snapshot, the first-use pins
+    (written into docker/), and the image.
+    """
     lock = load_lock(docker_dir)
     stale = patch_mismatches(lock, docker_dir)
     if stale:
         raise BadInput(f"patch digests differ from the lock: {', '.join(stale)}",
                        "run: webslm toolchain refresh-lock (it records the patches' digests)")
-    if lock.placeholders and not allow_unpinned:
-        raise BadInput(f"the toolchain lock has {len(lock.placeholders)} unresolved "
-                       f"placeholders (first: {lock.placeholders[0]})",
+    if lock.unresolved and not allow_unpinned:
+        raise BadInput(f"the toolchain lock has {len(lock.unresolved)} unresolved "
+                       f"placeholders (first: {lock.unresolved[0]})",
                        "run `webslm toolchain refresh-lock` on a networked machine, or pass "
                        "--allow-unpinned to build unpinned")
     toolchain = current_toolchain(docker_dir)
@@ -500,6 +657,15 @@ def ensure_toolchain_image(*, pull: str | None = None, push: str | None = None,
         if pull:
             pull_image(client, pull, toolchain)
         else:
+            missing = unreachable(fetched_urls(lock))
+            if missing:
+                raise MissingEnvironment("the toolchain build cannot reach "
+                                         + "; ".join(missing),
+                                         "build on a machine with network access to them, or "
+                                         "take a prebuilt image: invoke toolchain --pull REF")
+            ensure_base_image(client, lock.base, default_cache_dir())
+            if pin_on_first_use(client, docker_dir, resolve_crates, log):
+                lock, toolchain = load_lock(docker_dir), current_toolchain(docker_dir)
             build_image(client, toolchain.image, build_args(lock, toolchain.id),
                         target=FINAL_STAGE, docker_dir=docker_dir, log=log)
     if push:
@@ -508,7 +674,7 @@ def ensure_toolchain_image(*, pull: str | None = None, push: str | None = None,
 
 
 def check_report(docker_dir: Path = DOCKER_DIR) -> str:
-    """What `toolchain check` prints: ID, tag, whether the image exists, placeholders left."""
+    """What `toolchain check` prints: ID, tag, whether the image exists, what is not yet read."""
     lock = load_lock(docker_dir)
     toolchain = current_toolchain(docker_dir)
     try:
@@ -516,8 +682,15 @@ def check_report(docker_dir: Path = DOCKER_DIR) -> str:
     except MissingEnvironment:
         present = "unknown (no Docker engine)"
     lines = [f"id: {toolchain.id}", f"image: {toolchain.image}", f"image present: {present}",
-             f"lock digest: {lock.digest}", f"placeholders: {len(lock.placeholders)}"]
-    lines += [f"  {path}" for path in lock.placeholders]
+             f"base image: {lock.base.tag} (mmdebstrap {lock.base.variant} {lock.base.suite} "
+             f"from {lock.base.archive})",
+             f"base archive: {base_archive_path(lock.base, default_cache_dir())}",
+             f"lock digest: {lock.digest}", f"placeholders: {len(lock.unresolved)}"]
+    lines += [f"  {path}" for path in lock.unresolved]
+    lines += [f"resolved on first use (by `webslm toolchain`): {len(lock.first_use)}"]
+    lines += [f"  {path}" for path in lock.first_use]
+    lines += [f"inferred (checked at fetch, replaced by refresh-lock): {len(lock.inferred)}"]
+    lines += [f"  {path}" for path in lock.inferred]
     lines += [f"patch digest differs from lock: {name}"
               for name in patch_mismatches(lock, docker_dir)]
     return "\n".join(lines) + "\n"
@@ -549,9 +722,10 @@ def toolchain_command(action: str = "build", pull: str | None = None, push: str 
 Resolver = Any  # Callable[[dict], str | list[str]]: raises on failure, keeps the placeholder
 
 
-def _fetch(url: str, headers: Mapping[str, str] | None = None, method: str = "GET") -> Any:
+def _fetch(url: str, headers: Mapping[str, str] | None = None, method: str = "GET",
+           timeout: float = 60) -> Any:
     request = urllib.request.Request(url, headers=dict(headers or {}), method=method)
-    return urllib.request.urlopen(request, timeout=60)  # noqa: S310 (https URLs from the lock)
+    return urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 (URLs from the lock)
 
 
 def _git(*argv: str, cwd: Path | None = None) -> str:
@@ -573,20 +747,6 @@ def _shallow_fetch(repo: str, commit: str, folder: Path, *options: str) -> None:
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-
-
-def resolve_base_digest(ref: str) -> str:
-    """The manifest-list digest of a Docker Hub reference, through the registry's HTTP API."""
-    name, tag = ref.removeprefix("docker.io/").rsplit(":", 1)
-    token_url = ("https://auth.docker.io/token?service=registry.docker.io"
-                 f"&scope=repository:{name}:pull")
-    token = json.load(_fetch(token_url))["token"]
-    accept = ", ".join(["application/vnd.oci.image.index.v1+json",
-                        "application/vnd.docker.distribution.manifest.list.v2+json",
-                        "application/vnd.docker.distribution.manifest.v2+json"])
-    response = _fetch(f"https://registry-1.docker.io/v2/{name}/manifests/{tag}",
-                      {"Authorization": f"Bearer {token}", "Accept": accept}, method="HEAD")
-    return str(response.headers["Docker-Content-Digest"])
 
 
 def resolve_download_sha256(url: str) -> str:
@@ -669,9 +829,10 @@ def patch_digests(docker_dir: Path = DOCKER_DIR) -> dict[str, str]:
 
 
 def _resolvers(data: dict[str, Any], scratch: Path) -> Iterator[tuple[str, Resolver]]:
-    """(dotted path, zero-argument resolver) for every value refresh-lock can resolve."""
-    base = data["base_image"]
-    yield "base_image.digest", lambda: resolve_base_digest(base["ref"])
+    """(dotted path, zero-argument resolver) for every value refresh-lock can resolve.
+
+    The vendored crates are not among them: the first `webslm toolchain` build pins them.
+    """
     yield "rust.installer_sha256", lambda: resolve_download_sha256(data["rust"]["installer_url"])
     emsdk = data["emscripten"]
     yield "emscripten.emsdk_commit", lambda: resolve_tag_commit(emsdk["emsdk_repo"],
@@ -690,7 +851,6 @@ def _resolvers(data: dict[str, Any], scratch: Path) -> Iterator[tuple[str, Resol
             return resolve_gitlink(entry["repo"], entry["commit"], path[len(parent) + 1:],
                                    scratch)
         yield f"sources.{path}.commit", gitlink
-    yield "cargo_vendor.tree_sha256", lambda: resolve_cargo_vendor(data, scratch)
     python = data["python"]
     for name, entry in sorted(python["packages"].items()):
         yield (f"python.packages.{name}.sha256",
@@ -698,25 +858,6 @@ def _resolvers(data: dict[str, Any], scratch: Path) -> Iterator[tuple[str, Resol
     torch = python["torch"]
     yield "python.torch.sha256", lambda: resolve_find_links_hashes(
         torch["find_links"], "torch", torch["version"])
-
-
-def resolve_cargo_vendor(data: Mapping[str, Any], scratch: Path) -> str:
-    """Vendor tokenizers-cpp's crates with cargo and hash the tree as the image build does."""
-    import runpy
-    import shutil
-
-    if shutil.which("cargo") is None:
-        raise RuntimeError("cargo is not installed")
-    pin = data["sources"]["mlc-llm/3rdparty/tokenizers-cpp"]
-    folder = scratch / "tokenizers-cpp"
-    if not folder.exists():
-        _shallow_fetch(pin["repo"], pin["commit"], folder)
-        _git("checkout", "-q", "FETCH_HEAD", cwd=folder)
-    manifest = folder / "rust" / "Cargo.toml"
-    subprocess.run(["cargo", "vendor", "--locked", "--manifest-path", str(manifest),
-                    str(folder / "vendor")], check=True, capture_output=True, timeout=1200)
-    tree = runpy.run_path(str(DOCKER_DIR / "scripts" / "tree_digest.py"))
-    return str(tree["tree_digest"](folder / "vendor"))
 
 
 def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -729,33 +870,46 @@ def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def refresh_lock(docker_dir: Path = DOCKER_DIR, *, only_placeholders: bool = True,
-                 log: Any = sys.stderr) -> tuple[str, ...]:
-    """Resolve what this machine can reach, write the lock atomically; return what is left."""
+                 log: Any = sys.stderr,
+                 resolvers: Callable[[dict[str, Any], Path], Iterator[tuple[str, Resolver]]]
+                 = lambda data, scratch: _resolvers(data, scratch)) -> tuple[str, ...]:
+    """Resolve what this machine can reach, write the lock atomically; return what is left.
+
+    Placeholders and inferred pins are resolved (an inferred pin that resolves loses its
+    `evidence` note: it is now read at the source); with only_placeholders=False, everything.
+    """
     import tempfile
 
     data = read_lock_json(docker_dir)
     data["patches"] = patch_digests(docker_dir)
+    inferred = set(parse_lock(data).inferred)
     with tempfile.TemporaryDirectory(prefix="webslm-refresh-") as scratch:
-        for dotted, resolve in _resolvers(data, Path(scratch)):
-            current: Any = data
-            for key in dotted.split("."):
-                current = current[key]
-            if only_placeholders and not find_placeholders(current):
+        for dotted, resolve in resolvers(data, Path(scratch)):
+            wanted = find_placeholders(_value_at(data, dotted)) or dotted in inferred
+            if only_placeholders and not wanted:
                 continue
             try:
                 value = resolve()
             except Exception as error:  # network, git, registry: keep the placeholder
                 log.write(f"unresolved {dotted}: {type(error).__name__}: {error}\n")
                 continue
+            old = _value_at(data, dotted)
             _set(data, dotted, value)
-            log.write(f"resolved {dotted}\n")
+            if dotted in inferred:
+                del data["sources"][dotted.removeprefix("sources.").removesuffix(".commit")][
+                    "evidence"]
+            change = f"{old} -> {value}" if old != value else "unchanged"
+            log.write(f"resolved {dotted} ({change})\n")
     lock = parse_lock(data)
     atomic_write_text(docker_dir / LOCK_NAME, json.dumps(data, indent=2) + "\n")
-    return lock.placeholders
+    return lock.unresolved
 
 
 def refresh_command() -> int:
     left = refresh_lock()
+    if load_lock().first_use:
+        sys.stderr.write("webslm: the vendored crates are pinned by the first `webslm toolchain` "
+                         "build\n")
     if left:
         sys.stderr.write(f"webslm: {len(left)} placeholders remain: {', '.join(left)}\n")
         return MissingEnvironment.exit_code
