@@ -80,8 +80,9 @@ def _pins_table() -> list[tuple[str, str, str]]:
     for line in pins.read_text().splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
         ticks = [re.findall(r"`([^`]+)`", cell) for cell in cells]
-        if len(cells) == 4 and ticks[0] and ticks[1] and cells[3].startswith(("proven", "inferred")):
-            rows.append((ticks[0][0], ticks[1][0], cells[3]))
+        status = cells[3] if len(cells) == 4 else ""
+        if ticks[0] and ticks[1] and status.startswith(("proven", "inferred")):
+            rows.append((ticks[0][0], ticks[1][0], status))
     return rows
 
 
@@ -204,7 +205,8 @@ def test_a_first_use_placeholder_elsewhere_is_refused(docker_dir: Path) -> None:
     lambda d: d.update({"source_date_epoch": d["source_date_epoch"] + 1}),
 ])
 def test_what_defines_the_base_changes_its_tag_and_the_id(docker_dir: Path, change) -> None:  # noqa: ANN001
-    before_id, before_tag = toolchain.toolchain_id(docker_dir), toolchain.load_lock(docker_dir).base.tag
+    before_id = toolchain.toolchain_id(docker_dir)
+    before_tag = toolchain.load_lock(docker_dir).base.tag
     _rewrite_lock(docker_dir, change)
     assert toolchain.toolchain_id(docker_dir) != before_id
     assert toolchain.load_lock(docker_dir).base.tag != before_tag
@@ -246,7 +248,8 @@ def test_check_shows_only_the_first_use_placeholder(capsys: pytest.CaptureFixtur
 
 
 def test_build_with_placeholders_stops_with_exit_2(docker_dir: Path) -> None:
-    _rewrite_lock(docker_dir, lambda d: d["rust"].update({"installer_sha256": toolchain.PLACEHOLDER}))
+    _rewrite_lock(docker_dir,
+                  lambda d: d["rust"].update({"installer_sha256": toolchain.PLACEHOLDER}))
     with pytest.raises(BadInput, match="--allow-unpinned") as raised:
         toolchain.ensure_toolchain_image(docker_dir=docker_dir)
     assert raised.value.exit_code == 2 and "rust.installer_sha256" in str(raised.value)
@@ -436,8 +439,8 @@ def test_the_workflow_caches_by_the_toolchain_id() -> None:
 
 
 def _git(*argv: str, cwd: Path) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t", "GIT_AUTHOR_DATE": "@0 +0000",
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t", "GIT_AUTHOR_DATE": "@0 +0000",
            "GIT_COMMITTER_DATE": "@0 +0000"}
     return subprocess.run(["git", *argv], cwd=cwd, env=env, check=True, capture_output=True,
                           text=True).stdout.strip()

@@ -25,8 +25,8 @@ import re
 import subprocess
 import sys
 import tarfile
-import urllib.request
 import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -597,7 +597,7 @@ def vendor_crates_in_image(client: Any, lock: ToolchainLock, docker_dir: Path,
 
     crates = VendoredCrates(cargo_lock=read("/opt/webslm/Cargo.lock"),
                             tree_sha256=read("/opt/webslm/vendor.sha256").strip())
-    client.images.remove(tag)
+    client.images.remove(tag, noprune=True)  # its layers stay as the build's cache
     return crates
 
 
@@ -870,9 +870,7 @@ def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def refresh_lock(docker_dir: Path = DOCKER_DIR, *, only_placeholders: bool = True,
-                 log: Any = sys.stderr,
-                 resolvers: Callable[[dict[str, Any], Path], Iterator[tuple[str, Resolver]]]
-                 = lambda data, scratch: _resolvers(data, scratch)) -> tuple[str, ...]:
+                 log: Any = sys.stderr) -> tuple[str, ...]:
     """Resolve what this machine can reach, write the lock atomically; return what is left.
 
     Placeholders and inferred pins are resolved (an inferred pin that resolves loses its
@@ -884,7 +882,7 @@ def refresh_lock(docker_dir: Path = DOCKER_DIR, *, only_placeholders: bool = Tru
     data["patches"] = patch_digests(docker_dir)
     inferred = set(parse_lock(data).inferred)
     with tempfile.TemporaryDirectory(prefix="webslm-refresh-") as scratch:
-        for dotted, resolve in resolvers(data, Path(scratch)):
+        for dotted, resolve in _resolvers(data, Path(scratch)):
             wanted = find_placeholders(_value_at(data, dotted)) or dotted in inferred
             if only_placeholders and not wanted:
                 continue

@@ -4,8 +4,8 @@
 The root source is fetched by commit. Each submodule is fetched at the commit its parent's tree
 records (the gitlink), which must equal the lock's pin (an inferred pin, marked `evidence`, is
 checked the same way: a wrong one stops here, naming the entry and the commit found); a
-placeholder pin accepts the gitlink and prints it (only with --allow-unpinned builds). `.git` folders are removed afterwards so no clone
-metadata (times, remotes) reaches the image.
+placeholder pin accepts the gitlink and prints it (only with --allow-unpinned builds). `.git`
+folders are removed afterwards so no clone metadata (times, remotes) reaches the image.
 
 usage: fetch_sources.py LOCK DEST
 """
