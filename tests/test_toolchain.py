@@ -80,9 +80,9 @@ def _pins_table() -> list[tuple[str, str, str]]:
     for line in pins.read_text().splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
         ticks = [re.findall(r"`([^`]+)`", cell) for cell in cells]
-        status = cells[3] if len(cells) == 4 else ""
-        if ticks[0] and ticks[1] and status.startswith(("proven", "inferred")):
-            rows.append((ticks[0][0], ticks[1][0], status))
+        proven_or_inferred = len(cells) == 4 and cells[3].startswith(("proven", "inferred"))
+        if proven_or_inferred and ticks[0] and ticks[1]:
+            rows.append((ticks[0][0], ticks[1][0], cells[3]))
     return rows
 
 
