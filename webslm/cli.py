@@ -202,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = command("data", lambda a: 0, "chat data tools")
     data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
-    check = data_commands.add_parser("check", help="validate chat JSONL files")
+    check = data_commands.add_parser("check", help="validate chat JSONL files",
+                                     description="validate chat JSONL files")
     check.set_defaults(handler=_cmd_data_check)
     check.add_argument("files", nargs="+")
     check.add_argument("--tokenizer", help="tokenizer (folder or id) to count tokens")
