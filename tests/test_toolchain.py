@@ -18,6 +18,8 @@ from webslm import toolchain
 from webslm.baseimage import LIVE_MIRROR, mmdebstrap_command
 from webslm.cli import main
 from webslm.errors import BadInput, MissingEnvironment
+from webslm.toolchain import build, refresh
+from webslm.toolchain import lock as lock_module
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -91,7 +93,7 @@ def test_every_proven_and_inferred_pin_of_pins_md_is_in_the_lock() -> None:
     rows = _pins_table()
     assert len(rows) == 10
     for entry, value, status in rows:
-        found = toolchain._value_at(lock.data, entry)
+        found = lock_module.value_at(lock.data, entry)
         assert value in (found if isinstance(found, list) else [found]), entry
         if entry.startswith("sources."):
             assert (entry in lock.inferred) == status.startswith("inferred"), entry
@@ -99,7 +101,7 @@ def test_every_proven_and_inferred_pin_of_pins_md_is_in_the_lock() -> None:
 
 
 def test_patch_digests_in_the_lock_match_the_patch_files() -> None:
-    assert toolchain.patch_mismatches(toolchain.load_lock()) == ()
+    assert lock_module.patch_mismatches(toolchain.load_lock()) == ()
     assert len(toolchain.load_lock().patches) == 2
 
 
@@ -192,7 +194,7 @@ def test_a_registry_base_image_is_refused(docker_dir: Path) -> None:
 
 def test_a_first_use_placeholder_elsewhere_is_refused(docker_dir: Path) -> None:
     _rewrite_lock(docker_dir, lambda d: d["rust"].update(
-        {"installer_sha256": toolchain.FIRST_USE_PLACEHOLDER}))
+        {"installer_sha256": lock_module.FIRST_USE_PLACEHOLDER}))
     with pytest.raises(BadInput, match="rust.installer_sha256"):
         toolchain.load_lock(docker_dir)
 
@@ -249,9 +251,9 @@ def test_check_shows_only_the_first_use_placeholder(capsys: pytest.CaptureFixtur
 
 def test_build_with_placeholders_stops_with_exit_2(docker_dir: Path) -> None:
     _rewrite_lock(docker_dir,
-                  lambda d: d["rust"].update({"installer_sha256": toolchain.PLACEHOLDER}))
+                  lambda d: d["rust"].update({"installer_sha256": lock_module.PLACEHOLDER}))
     with pytest.raises(BadInput, match="--allow-unpinned") as raised:
-        toolchain.ensure_toolchain_image(docker_dir=docker_dir)
+        build.ensure_toolchain_image(docker_dir=docker_dir)
     assert raised.value.exit_code == 2 and "rust.installer_sha256" in str(raised.value)
 
 
@@ -295,10 +297,10 @@ checksum = "02fc4265df13d6fa1d00ecff087228cc0a2b5f3c0e87e258d8b94a156e984c70"
 def standin_crates_resolver(calls: list[str]):  # noqa: ANN201
     """STAND-IN for the `crates` stage (cargo against crates.io, unreachable here): the real
     resolver's interface, returning a fixed Cargo.lock and digest."""
-    def resolve(client, lock, docker_dir, log) -> toolchain.VendoredCrates:  # noqa: ANN001
+    def resolve(client, lock, docker_dir, log) -> build.VendoredCrates:  # noqa: ANN001
         assert lock.first_use == ("cargo_vendor.tree_sha256",)
         calls.append(str(docker_dir))
-        return toolchain.VendoredCrates(cargo_lock=CARGO_LOCK, tree_sha256="ab" * 32)
+        return build.VendoredCrates(cargo_lock=CARGO_LOCK, tree_sha256="ab" * 32)
     return resolve
 
 
@@ -306,17 +308,17 @@ def test_first_use_pins_the_crates_writes_the_lock_and_says_to_commit(docker_dir
     calls: list[str] = []
     log = io.StringIO()
     before = toolchain.toolchain_id(docker_dir)
-    written = toolchain.pin_on_first_use(None, docker_dir, standin_crates_resolver(calls), log)
+    written = build.pin_on_first_use(None, docker_dir, standin_crates_resolver(calls), log)
     lock = toolchain.load_lock(docker_dir)
     assert lock.placeholders == () and lock.data["cargo_vendor"]["tree_sha256"] == "ab" * 32
-    assert (docker_dir / toolchain.CARGO_LOCKFILE).read_text() == CARGO_LOCK
+    assert (docker_dir / lock_module.CARGO_LOCKFILE).read_text() == CARGO_LOCK
     assert written == (str(docker_dir / toolchain.LOCK_NAME),
-                       str(docker_dir / toolchain.CARGO_LOCKFILE))
+                       str(docker_dir / lock_module.CARGO_LOCKFILE))
     said = log.getvalue()
     assert f"cargo_vendor.tree_sha256 = {'ab' * 32}" in said and "(2 crates" in said
     assert "git add" in said and "git commit" in said
     assert toolchain.toolchain_id(docker_dir) != before  # the committed pins name a new image
-    assert toolchain.pin_on_first_use(None, docker_dir, standin_crates_resolver(calls), log) == ()
+    assert build.pin_on_first_use(None, docker_dir, standin_crates_resolver(calls), log) == ()
     assert len(calls) == 1
 
 
@@ -327,9 +329,9 @@ def test_a_failed_first_use_resolution_writes_nothing(docker_dir: Path) -> None:
         raise MissingEnvironment("cannot reach index.crates.io", "build on a networked machine")
 
     with pytest.raises(MissingEnvironment):
-        toolchain.pin_on_first_use(None, docker_dir, unreachable, io.StringIO())
+        build.pin_on_first_use(None, docker_dir, unreachable, io.StringIO())
     assert (docker_dir / toolchain.LOCK_NAME).read_bytes() == before
-    assert not (docker_dir / toolchain.CARGO_LOCKFILE).exists()
+    assert not (docker_dir / lock_module.CARGO_LOCKFILE).exists()
 
 
 def test_the_build_pins_on_first_use_then_builds_the_image_of_the_pinned_lock(
@@ -339,15 +341,15 @@ def test_the_build_pins_on_first_use_then_builds_the_image_of_the_pinned_lock(
     are the boundaries replaced here (STAND-INs recording what they were asked)."""
     steps: list[tuple[str, str]] = []
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setattr(toolchain, "docker_client", lambda: None)
-    monkeypatch.setattr(toolchain, "image_exists", lambda client, ref: False)
-    monkeypatch.setattr(toolchain, "unreachable", lambda urls: [])
-    monkeypatch.setattr(toolchain, "ensure_base_image",
+    monkeypatch.setattr(build, "docker_client", lambda: None)
+    monkeypatch.setattr(build, "image_exists", lambda client, ref: False)
+    monkeypatch.setattr(build, "unreachable", lambda urls: [])
+    monkeypatch.setattr(build, "ensure_base_image",
                         lambda client, recipe, cache: steps.append(("base", recipe.tag)))
-    monkeypatch.setattr(toolchain, "build_image", lambda client, tag, args, **kw: steps.append(
+    monkeypatch.setattr(build, "build_image", lambda client, tag, args, **kw: steps.append(
         ("build", f"{tag} {kw['target']} {args['TOOLCHAIN_ID']}")))
     calls: list[str] = []
-    result = toolchain.ensure_toolchain_image(docker_dir=docker_dir, log=io.StringIO(),
+    result = build.ensure_toolchain_image(docker_dir=docker_dir, log=io.StringIO(),
                                               resolve_crates=standin_crates_resolver(calls))
     pinned = toolchain.toolchain_id(docker_dir)
     assert result.id == pinned and len(calls) == 1
@@ -359,19 +361,19 @@ def test_a_patch_edited_without_refreshing_the_lock_stops_the_build(docker_dir: 
     patch = docker_dir / "patches" / "02_codegen_webgpu_ordered_maps.py"
     patch.write_text(patch.read_text() + "\n")
     with pytest.raises(BadInput, match="02_codegen_webgpu_ordered_maps.py"):
-        toolchain.ensure_toolchain_image(allow_unpinned=True, docker_dir=docker_dir)
+        build.ensure_toolchain_image(allow_unpinned=True, docker_dir=docker_dir)
 
 
 def test_registry_refs_get_the_id_as_tag_unless_they_name_one() -> None:
     ident = "0123456789ab" + "c" * 52
-    assert toolchain.registry_ref("ghcr.io/o/webslm-toolchain", ident) == \
+    assert build.registry_ref("ghcr.io/o/webslm-toolchain", ident) == \
         "ghcr.io/o/webslm-toolchain:0123456789ab"
-    assert toolchain.registry_ref("localhost:5000/t", ident) == "localhost:5000/t:0123456789ab"
-    assert toolchain.registry_ref("ghcr.io/o/t:v1", ident) == "ghcr.io/o/t:v1"
+    assert build.registry_ref("localhost:5000/t", ident) == "localhost:5000/t:0123456789ab"
+    assert build.registry_ref("ghcr.io/o/t:v1", ident) == "ghcr.io/o/t:v1"
 
 
 def test_the_build_context_tar_is_byte_identical_each_time() -> None:
-    assert toolchain.context_tar().getvalue() == toolchain.context_tar().getvalue()
+    assert lock_module.context_tar().getvalue() == lock_module.context_tar().getvalue()
 
 
 @pytest.mark.parametrize(("filename", "fits"), [
@@ -385,7 +387,7 @@ def test_the_build_context_tar_is_byte_identical_each_time() -> None:
 ])
 def test_refresh_lock_hashes_only_wheels_that_install_in_the_image(filename: str,
                                                                    fits: bool) -> None:
-    assert toolchain.wheel_fits(filename) is fits
+    assert refresh.wheel_fits(filename) is fits
 
 
 def test_pip_requirements_name_every_locked_wheel_with_its_hashes() -> None:
@@ -491,7 +493,7 @@ def test_a_wrong_inferred_pin_fails_at_fetch_and_refresh_lock_corrects_it(
     assert old in failed.stderr and new in failed.stderr and "refresh-lock" in failed.stderr
 
     log = io.StringIO()
-    toolchain.refresh_lock(docker_dir, log=log)
+    refresh.refresh_lock(docker_dir, log=log)
     fixed = toolchain.load_lock(docker_dir)
     assert fixed.source("mlc-llm/3rdparty/dep").commit == new
     assert fixed.inferred == () and f"resolved {entry} ({old} -> {new})" in log.getvalue()
@@ -501,7 +503,7 @@ def test_a_wrong_inferred_pin_fails_at_fetch_and_refresh_lock_corrects_it(
 
 
 def _final_stage(dockerfile: str) -> str:
-    return dockerfile[dockerfile.index(f"AS {toolchain.FINAL_STAGE}\n"):]
+    return dockerfile[dockerfile.index(f"AS {build.FINAL_STAGE}\n"):]
 
 
 def test_the_image_ships_a_frozen_prebuilt_emscripten_cache() -> None:
@@ -525,6 +527,6 @@ def test_the_image_ships_a_frozen_prebuilt_emscripten_cache() -> None:
 def test_the_crates_stage_vendors_at_the_committed_cargo_lock() -> None:
     dockerfile = (REPO / "docker" / "Dockerfile").read_text()
     crates = dockerfile[dockerfile.index("AS crates\n"):dockerfile.index("AS mlc\n")]
-    assert f"COPY {Path(toolchain.CARGO_LOCKFILE).parent}/" in crates
+    assert f"COPY {Path(lock_module.CARGO_LOCKFILE).parent}/" in crates
     assert "cargo vendor --locked" in crates and "tree_digest.py" in crates
     assert "COPY --from=crates /src/vendor /src/vendor" in dockerfile

@@ -14,6 +14,7 @@ from __future__ import annotations
 import pytest
 
 from webslm import toolchain
+from webslm.toolchain import build
 
 pytestmark = pytest.mark.docker
 
@@ -22,14 +23,14 @@ pytestmark = pytest.mark.docker
 def live_versions(docker_engine, live_base) -> dict[str, str]:  # noqa: ANN001
     """name -> version the live mirror serves now, for every apt package the lock pins."""
     names = sorted(toolchain.load_lock().apt_packages)
-    versions = toolchain.apt_candidates(docker_engine, live_base, names)
+    versions = build.apt_candidates(docker_engine, live_base, names)
     assert sorted(versions) == names and all(versions.values()), versions
     return versions
 
 
 @pytest.fixture(scope="session")
 def base_stage(docker_engine, live_base, live_versions: dict[str, str]) -> str:  # noqa: ANN001
-    return toolchain.ensure_stage(docker_engine, "base", base=live_base,
+    return build.ensure_stage(docker_engine, "base", base=live_base,
                                   apt_packages=live_versions)
 
 
@@ -67,8 +68,8 @@ def test_the_stage_tag_covers_the_installed_versions(live_base) -> None:  # noqa
                                  apt_packages=dict.fromkeys(names, "1.0"))
     moved = toolchain.build_args(lock, identifier, base=live_base,
                                  apt_packages={**dict.fromkeys(names, "1.0"), names[0]: "1.0+u1"})
-    assert toolchain.stage_tag(identifier, "base", today) != \
-        toolchain.stage_tag(identifier, "base", moved)
+    assert build.stage_tag(identifier, "base", today) != \
+        build.stage_tag(identifier, "base", moved)
 
 
 def test_base_stage_carries_the_determinism_settings(docker_engine, base_stage: str) -> None:  # noqa: ANN001
