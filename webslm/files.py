@@ -206,7 +206,7 @@ def atomic_directory(final: Path, marker: str) -> Iterator[Path]:
         if not final.exists():
             os.rename(staging, final)
         elif exchange(staging, final):
-            shutil.rmtree(staging)  # now the old copy
+            shutil.rmtree(staging, ignore_errors=True)  # now the old copy; the swap is done
         else:
             retired = final.with_name(f".{final.name}.old-{token}")
             os.rename(final, retired)
