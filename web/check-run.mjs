@@ -1,5 +1,4 @@
-// Runs `webslm check`'s browser side: opens check.html in headless Chromium with WebGPU (the
-// machine's GPU when Chromium offers one, else its CPU SwiftShader adapter), calls
+// Runs `webslm check`'s browser side: opens check.html in headless Chromium with WebGPU, calls
 // window.webslmCheck with the JSON read from stdin, prints the JSON it returns on stdout.
 //
 // usage: node web/check-run.mjs URL_OF_CHECK_HTML < input.json
@@ -11,36 +10,23 @@ import { fileURLToPath } from "node:url";
 const web = dirname(fileURLToPath(import.meta.url));
 const { chromium } = createRequire(join(web, "package.json"))("playwright-core");
 
+// No --disable-gpu: Chromium takes the machine's GPU when it offers WebGPU, else SwiftShader.
 const CHROMIUM_ARGS = [
   "--headless", "--no-sandbox", "--disable-quic", "--no-first-run", "--enable-unsafe-webgpu",
   "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ];
-const SWIFTSHADER_ARGS = ["--disable-gpu"];
-
-async function hasAdapter(page) {
-  return await page.evaluate(async () => Boolean(await navigator.gpu?.requestAdapter()));
-}
-
-async function openCheckPage(url, args) {
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium", args,
-  });
-  const page = await browser.newPage();
-  page.on("console", (m) => { if (m.type() === "error") process.stderr.write(`browser: ${m.text()}\n`); });
-  await page.goto(url, { waitUntil: "load" });
-  await page.waitForFunction("document.body.dataset.ready === 'yes'");
-  return { browser, page };
-}
 
 async function main() {
   const [url] = process.argv.slice(2);
   const input = JSON.parse(readFileSync(0, "utf8"));
-  let { browser, page } = await openCheckPage(url, CHROMIUM_ARGS);
-  if (!(await hasAdapter(page))) {
-    await browser.close();
-    ({ browser, page } = await openCheckPage(url, [...CHROMIUM_ARGS, ...SWIFTSHADER_ARGS]));
-  }
+  const browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium", args: CHROMIUM_ARGS,
+  });
   try {
+    const page = await browser.newPage();
+    page.on("console", (m) => { if (m.type() === "error") process.stderr.write(`browser: ${m.text()}\n`); });
+    await page.goto(url, { waitUntil: "load" });
+    await page.waitForFunction("document.body.dataset.ready === 'yes'");
     const result = await page.evaluate((arg) => window.webslmCheck(arg), input);
     process.stdout.write(JSON.stringify(result));
   } finally {

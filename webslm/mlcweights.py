@@ -110,7 +110,7 @@ def read_params(dist: Path) -> dict[str, np.ndarray]:
             shards[record.shard] = shard.read_bytes()
         data = shards[record.shard][record.byte_offset:record.byte_offset + record.nbytes]
         if len(data) != record.nbytes:
-            raise BadInput(f"{record.shard} is shorter than ndarray-cache.json says ({record.name})",
+            raise BadInput(f"{record.shard} ends before {record.name} (see ndarray-cache.json)",
                            "rebuild the dist with `webslm build`")
         arrays[record.name] = decode_array(record, data)
     return arrays
