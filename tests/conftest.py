@@ -170,3 +170,25 @@ def http_server(root: Path) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+# ---------------------------------------------------------------------------- browser modules
+# A browser test module defines a module-scoped `site` (webslm.serve.Site); these serve it on a
+# free port and drive one headless Chromium for the module.
+
+
+@pytest.fixture(scope="module")
+def server(site: Any) -> Iterator[tuple[str, list[str]]]:
+    from browser.harness import running_server
+
+    with running_server(site) as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def browser(site: Any) -> Iterator[Any]:
+    from browser.harness import Browser
+
+    driver = Browser()
+    yield driver
+    driver.close()

@@ -166,3 +166,21 @@ def test_an_f16_dist_on_an_adapter_without_shader_f16_is_missing_environment(
     require(check.browser_missing() is None, f"browser tests need: {check.browser_missing()}")
     assert main(["check", str(fixture_dists["q4f16_1"]), "--model", str(REAL_TINY / "model")]) == 3
     assert "needs the WebGPU feature shader-f16" in capsys.readouterr().err
+
+
+def test_build_check_runs_the_check_on_each_built_model(fixture_dists, monkeypatch) -> None:  # noqa: ANN001
+    from webslm import pipeline
+    from webslm.spec import resolve_spec
+
+    spec = resolve_spec(model=str(REAL_TINY / "model"), quantization="q4f32_1")
+    built = pipeline.BuildResult(spec=spec, dist=fixture_dists["q4f32_1"], provenance={},
+                                 stage_digests={}, cache_hits={})
+    checked: list[tuple[Path, str]] = []
+    monkeypatch.setattr(pipeline, "build_many", lambda specs, options, jobs: [built])
+    monkeypatch.setattr(check, "check_command",
+                        lambda dist, model: checked.append((dist, model)) or 1)
+    assert main(["build", "--model", str(REAL_TINY / "model"), "--quantization", "q4f32_1",
+                 "--check"]) == 1
+    assert checked == [(fixture_dists["q4f32_1"], str(REAL_TINY / "model"))]
+    assert main(["build", "--model", str(REAL_TINY / "model"), "--quantization", "q4f32_1"]) == 0
+    assert len(checked) == 1

@@ -15,7 +15,7 @@ from conftest import REPO_ROOT, require
 from webslm.toolchain import load_lock
 
 WEB = REPO_ROOT / "web"
-WEB_SOURCES = ("build.mjs", "package.json", "index.html", "src")
+WEB_SOURCES = ("build.mjs", "package.json", "index.html", "check.html", "src")
 
 
 def node_ready() -> None:

@@ -10,11 +10,10 @@ Screenshots go to test-artifacts/web/.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 from browser.fakedist import make_fake_dist
-from browser.harness import Browser, Page, browser_missing, running_server
+from browser.harness import Browser, Page, browser_missing
 from conftest import require
 
 from webslm.serve import Site, ensure_web_bundle, find_models
@@ -40,19 +39,6 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Site:
     with open(tampered / "libs" / "tampered-q4f32_1-webgpu.wasm", "ab") as library:
         library.write(b"\0")
     return Site(web=ensure_web_bundle(), models=find_models([dist]))
-
-
-@pytest.fixture(scope="module")
-def server(site: Site) -> Iterator[tuple[str, list[str]]]:
-    with running_server(site) as served:
-        yield served
-
-
-@pytest.fixture(scope="module")
-def browser(site: Site) -> Iterator[Browser]:
-    driver = Browser()
-    yield driver
-    driver.close()
 
 
 def open_app(browser: Browser, base: str, query: str = "", *, webgpu: bool = True) -> Page:

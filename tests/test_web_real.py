@@ -7,10 +7,8 @@ tests (test_web_browser.py, failure cases), these load the real wasm and generat
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-from browser.harness import Browser, Page, browser_missing, running_server
+from browser.harness import Browser, Page, browser_missing
 from conftest import REAL_TINY, require, writable_copy
 
 from webslm.serve import Site, ensure_web_bundle, find_models
@@ -31,19 +29,6 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Site:
     for name, served in (("dist-q4f32_1", "qwen2-tiny"), ("dist-q4f16_1", "qwen2-tiny-f16")):
         writable_copy(REAL_TINY / name, dist / served)
     return Site(web=ensure_web_bundle(), models=find_models([dist]))
-
-
-@pytest.fixture(scope="module")
-def server(site: Site) -> Iterator[tuple[str, list[str]]]:
-    with running_server(site) as served:
-        yield served
-
-
-@pytest.fixture(scope="module")
-def browser(site: Site) -> Iterator[Browser]:
-    driver = Browser()
-    yield driver
-    driver.close()
 
 
 def open_app(browser: Browser, base: str, model_id: str) -> Page:

@@ -358,6 +358,7 @@ class CheckReport:
     dist_weights_note: str
     tolerance: Tolerance
     problems: tuple[str, ...]
+    replies: tuple[tuple[str, str], ...]  # (prompt, the browser's greedy reply)
 
     @property
     def ok(self) -> bool:
@@ -454,7 +455,8 @@ def run_check(dist: Path, model: str, prompts: Sequence[str],
         prefill_tokens_per_s=run.prefill_tokens_per_s,
         decode_tokens_per_s=run.decode_tokens_per_s, against_model=against_model,
         against_dist_weights=runtime, dist_weights_note=note, tolerance=tolerance,
-        problems=out_of_tolerance(against_model, runtime, tolerance))
+        problems=out_of_tolerance(against_model, runtime, tolerance),
+        replies=tuple((g.prompt, g.text) for g in run.generations))
 
 
 # ---------------------------------------------------------------------------- output
@@ -521,6 +523,8 @@ def report_markdown(report: CheckReport) -> str:
               f"|Δ log-prob| ≤ {limit.max_runtime_abs_logprob:g} and KL ≤ "
               f"{limit.max_runtime_kl:g} against the dist's own weights."]
     lines += [f"- ❌ {p}" for p in report.problems]
+    lines += ["", "## The browser's greedy replies", "", "| prompt | reply |", "| --- | --- |"]
+    lines += [f"| {json.dumps(prompt)} | {json.dumps(reply)} |" for prompt, reply in report.replies]
     return "\n".join(lines) + "\n"
 
 
