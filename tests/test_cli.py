@@ -11,7 +11,7 @@ import pytest
 from webslm.cli import build_parser, main
 
 COMMANDS = {"spec", "normalize", "toolchain", "build", "verify", "audit", "data", "finetune",
-            "merge", "serve", "publish", "bench"}
+            "merge", "serve", "publish", "bench", "check"}
 
 
 def test_every_task_is_a_cli_command() -> None:
