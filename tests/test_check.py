@@ -74,6 +74,18 @@ def test_the_dists_weights_dequantize_to_the_models_weights(fixture_dists) -> No
     assert QUANTIZATIONS["q4f32_1"].max_int == 7
 
 
+def test_prompts_come_from_a_file_one_per_line(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("First question?\n\n  Second | one  \n")
+    assert check.read_prompts(prompts) == ("First question?", "Second | one")
+    assert check.read_prompts(None) == check.DEFAULT_PROMPTS
+    assert check.cell("a|b\n") == '"a\\|b\\n"'
+    prompts.write_text("\n")
+    assert main(["check", str(REAL_TINY / "dist-q4f32_1"), "--model", str(REAL_TINY / "model"),
+                 "--prompts", str(prompts)]) == 2
+    assert "holds no prompt" in capsys.readouterr().err
+
+
 def test_comparison_figures() -> None:
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(4, 50)).astype(np.float32)

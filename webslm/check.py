@@ -507,11 +507,17 @@ def report_json(report: CheckReport) -> dict[str, Any]:
     return data
 
 
+def cell(text: str) -> str:
+    """Text as one Markdown table cell: quoted and escaped, pipes escaped."""
+    return json.dumps(text).replace("|", "\\|")
+
+
 def report_markdown(report: CheckReport) -> str:
     mark = "✅" if report.ok else "❌"
     lines = [f"# webslm check: {mark} {summary(report)}", "",
              f"- dist: `{report.dist}` ({report.quantization})", f"- model: `{report.model}`",
-             f"- {speed(report)}", "", "| " + " | ".join(TABLE_HEADER) + " |",
+             f"- {speed(report)}", "",
+             "| " + " | ".join(h.replace("|", "\\|") for h in TABLE_HEADER) + " |",
              "|" + " --- |" * len(TABLE_HEADER)]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(report)]
     if report.dist_weights_note:
@@ -524,7 +530,7 @@ def report_markdown(report: CheckReport) -> str:
               f"{limit.max_runtime_kl:g} against the dist's own weights."]
     lines += [f"- ❌ {p}" for p in report.problems]
     lines += ["", "## The browser's greedy replies", "", "| prompt | reply |", "| --- | --- |"]
-    lines += [f"| {json.dumps(prompt)} | {json.dumps(reply)} |" for prompt, reply in report.replies]
+    lines += [f"| {cell(prompt)} | {cell(reply)} |" for prompt, reply in report.replies]
     return "\n".join(lines) + "\n"
 
 
