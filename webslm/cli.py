@@ -228,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = command("data", lambda a: 0, "chat data tools")
     data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
-    data_check = data_commands.add_parser("check", help="validate chat JSONL files")
+    data_check = data_commands.add_parser("check", help="validate chat JSONL files",
+                                          description="validate chat JSONL files")
     data_check.set_defaults(handler=_cmd_data_check)
     data_check.add_argument("files", nargs="+")
     data_check.add_argument("--tokenizer", help="tokenizer (folder or id) to count tokens")
