@@ -7,6 +7,7 @@ real headless Chromium on the SwiftShader WebGPU adapter; transformers runs for 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -196,3 +197,14 @@ def test_build_check_runs_the_check_on_each_built_model(fixture_dists, monkeypat
     assert checked == [(fixture_dists["q4f32_1"], str(REAL_TINY / "model"))]
     assert main(["build", "--model", str(REAL_TINY / "model"), "--quantization", "q4f32_1"]) == 0
     assert len(checked) == 1
+
+
+def test_without_the_check_extra_it_names_the_install(monkeypatch, capsys) -> None:  # noqa: ANN001
+    import webslm
+
+    monkeypatch.delitem(sys.modules, "webslm.check")
+    monkeypatch.delattr(webslm, "check")
+    monkeypatch.setitem(sys.modules, "transformers", None)  # as if not installed
+    assert main(["check", "dist", "--model", "model"]) == 3
+    err = capsys.readouterr().err
+    assert "needs transformers" in err and "pip install 'webslm[check]'" in err

@@ -28,12 +28,26 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from tokenizers import Tokenizer
+from transformers import AutoModelForCausalLM
+from transformers.utils import logging
 
 from webslm.errors import BadInput, MissingEnvironment, StageFailed
 from webslm.files import atomic_write_text, canonical_json
+from webslm.hub import check_model_folder, resolve_model
+from webslm.mlcweights import dequantized_params, to_transformers_names
+from webslm.serve import (
+    APP_CONFIG,
+    ServedModel,
+    Site,
+    ensure_web_bundle,
+    make_server,
+    model_url_path,
+)
+from webslm.spec import resolve_spec
 
 CHAT_CONFIG = "mlc-chat-config.json"
-APP_CONFIG = "webllm-app-config.json"
 TOKENIZER = "tokenizer.json"
 REPORT_JSON = "report.json"
 REPORT_MARKDOWN = "report.md"
@@ -130,8 +144,6 @@ def prompt_pieces(conv_template: dict[str, Any], user_message: str) -> list[str]
 
 def prompt_token_ids(tokenizer_file: Path, pieces: Sequence[str]) -> list[int]:
     """Token ids of the prompt, each piece encoded separately as web-llm does."""
-    from tokenizers import Tokenizer
-
     tokenizer = Tokenizer.from_file(str(tokenizer_file))
     return [i for piece in pieces for i in tokenizer.encode(piece, add_special_tokens=False).ids]
 
@@ -190,8 +202,6 @@ def browser_missing() -> MissingEnvironment | None:
 @contextmanager
 def serving(dist: Path) -> Iterator[tuple[str, str]]:
     """The web client and DIST on a free 127.0.0.1 port: (URL of check.html, AppConfig path)."""
-    from webslm.serve import ServedModel, Site, ensure_web_bundle, make_server, model_url_path
-
     model = ServedModel(name=dist.resolve().name, folder=dist.resolve())
     site = Site(web=ensure_web_bundle(), models=(model,))
     server = make_server(site, "127.0.0.1", 0, log=lambda line: None)
@@ -288,9 +298,6 @@ def compare(reference: str, pairs: Sequence[tuple[np.ndarray, np.ndarray, Sequen
 
 def resolve_model_folder(model: str) -> Path:
     """A local model folder, or a Hub model downloaded (safetensors only)."""
-    from webslm.hub import check_model_folder, resolve_model
-    from webslm.spec import resolve_spec
-
     if Path(model).is_dir():
         check_model_folder(Path(model))
         return Path(model)
@@ -299,10 +306,6 @@ def resolve_model_folder(model: str) -> Path:
 
 def load_reference(folder: Path) -> Any:
     """The model in transformers: CPU, float32, safetensors only, no code from the repo."""
-    import torch
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging
-
     logging.disable_progress_bar()
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -316,8 +319,6 @@ def load_reference(folder: Path) -> Any:
 def teacher_forced_logits(model: Any, prompt_ids: Sequence[int], tokens: Sequence[int]
                           ) -> np.ndarray:
     """The model's logits at each position where the browser picked a token."""
-    import torch
-
     ids = torch.tensor([list(prompt_ids) + list(tokens)])
     with torch.no_grad():
         logits = model(input_ids=ids).logits[0]
@@ -327,10 +328,6 @@ def teacher_forced_logits(model: Any, prompt_ids: Sequence[int], tokens: Sequenc
 
 def load_dist_weights(model: Any, dist: Path, quantization: str) -> None:
     """Replace the model's weights with the dist's own, dequantized (in place)."""
-    import torch
-
-    from webslm.mlcweights import dequantized_params, to_transformers_names
-
     shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
     weights = to_transformers_names(dequantized_params(dist, quantization), shapes)
     with torch.no_grad():

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from webslm.errors import BadInput, WebslmError
+from webslm.errors import BadInput, MissingEnvironment, WebslmError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -115,8 +115,12 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from webslm import check
-
+    try:
+        from webslm import check
+    except ImportError as error:  # numpy, torch, transformers: the `check` extra
+        raise MissingEnvironment(f"webslm check needs {error.name}, which is not installed",
+                                 "pip install 'webslm[check]' (or -e '.[check]' in a checkout)"
+                                 ) from error
     return check.check_command(
         Path(args.dist), args.model,
         prompts_file=Path(args.prompts) if args.prompts else None,
