@@ -56,7 +56,7 @@ RUNNER = WEB / "check-run.mjs"
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 NEW_TOKENS = 16
 TOP_K = 5
-BROWSER_TIMEOUT_S = 600
+BROWSER_TIMEOUT_S = 1800  # larger models load and decode slowly on SwiftShader
 DEFAULT_PROMPTS = (
     "What can you help me with?",
     "Explain photosynthesis in one sentence.",
