@@ -84,11 +84,13 @@ class Tolerance:
 # separates the two there. Against the dist's weights: |Δ log-prob| 8.4e-7 and KL 3e-14
 # (q4f32_1, SwiftShader). q4f16_1 computes in float16; SwiftShader has no shader-f16, so its
 # runtime limit comes from transformers in float16 against float32 on the same weights (|Δ| 5e-4,
-# KL 6e-9 on real-tiny) with room for deeper models.
+# KL 6e-9 on real-tiny) with room for deeper models. The limits against the model leave room for
+# a real model's quantization error (4-bit flips some near-tied top-1 tokens and moves the tail),
+# which could not be measured here (no Hub access); a model with other weights is far outside.
 TOLERANCES = {
-    "q4f32_1": Tolerance(min_greedy_agreement=0.9, min_top5_mean=3.0, max_kl=0.05,
+    "q4f32_1": Tolerance(min_greedy_agreement=0.75, min_top5_mean=3.0, max_kl=0.5,
                          max_runtime_abs_logprob=1e-3, max_runtime_kl=1e-5),
-    "q4f16_1": Tolerance(min_greedy_agreement=0.9, min_top5_mean=3.0, max_kl=0.05,
+    "q4f16_1": Tolerance(min_greedy_agreement=0.75, min_top5_mean=3.0, max_kl=0.5,
                          max_runtime_abs_logprob=0.05, max_runtime_kl=1e-3),
 }
 
