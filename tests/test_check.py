@@ -98,6 +98,20 @@ def test_comparison_figures() -> None:
     assert other.greedy_agreement < 4 and other.max_kl > 0.1 and other.max_abs_logprob > 1
 
 
+def test_a_runtime_error_fails_even_when_the_quantization_error_hides_it() -> None:
+    """Against the model a small miscompute looks like quantization; against the dist's own
+    weights it stands out."""
+    limit = check.TOLERANCES["q4f32_1"]
+    model = check.Comparison("model", 64, 64, 3, 3.8, 0.1, 0.02, 4e-4)
+    exact = check.Comparison("dist", 64, 64, 5, 5.0, 9e-7, 2e-7, 3e-14)
+    assert check.out_of_tolerance(model, exact, limit) == ()
+    off = check.Comparison("dist", 64, 64, 5, 5.0, 0.01, 2e-3, 2e-5)
+    assert check.out_of_tolerance(model, off, limit) == (
+        "|Δ log-prob| to the dist's own weights 0.01 > 0.001",
+        "KL to the dist's own weights 2e-05 > 1e-05")
+    assert check.out_of_tolerance(model, off, check.TOLERANCES["q4f16_1"]) == ()  # float16 room
+
+
 def test_a_dist_without_its_files_is_bad_input(fixture_dists, tmp_path: Path, capsys) -> None:  # noqa: ANN001
     dist = writable_copy(fixture_dists["q4f32_1"], tmp_path / "dist")
     (dist / "tokenizer.json").unlink()
