@@ -9,11 +9,14 @@ import contextlib
 import functools
 import hashlib
 import http.server
+import importlib.util
 import os
 import shutil
+import signal
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from browser.harness import Browser, browser_missing  # noqa: E402
 from standin.image import ensure_standin_image, standin_toolchain  # noqa: E402
 from tinymodels import make_tiny_model  # noqa: E402
 
@@ -102,6 +106,32 @@ def standin_dist(standin_image: str, tiny_qwen2: Path,
     return build_model(resolve_spec(model=str(tiny_qwen2), name="tiny"), options).dist
 
 
+def tasks_namespace() -> Any:
+    """tasks.py's Invoke collection, loaded the way the `invoke` program loads it."""
+    from invoke import Collection
+
+    spec = importlib.util.spec_from_file_location("tasks", REPO_ROOT / "tasks.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return Collection.from_module(module)
+
+
+def interrupt_when(ready: Callable[[], bool], within: float = 60) -> threading.Thread:
+    """A started watcher thread that presses Ctrl-C (SIGINT to this process) once `ready()`."""
+    def watch() -> None:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            if ready():
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    return watcher
+
+
 def copy_model(source: Path, target: Path) -> Path:
     """A changeable copy of a (read-only) tiny model folder."""
     shutil.copytree(source, target)
@@ -154,6 +184,11 @@ def offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def end_headers(self) -> None:
+        """Readable from any origin, like the Hub's resolve URLs (a web page fetches them)."""
+        self.send_header("Access-Control-Allow-Origin", "*")
+        super().end_headers()
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         """Keep the test output clean."""
 
@@ -172,23 +207,10 @@ def http_server(root: Path) -> Iterator[str]:
         server.server_close()
 
 
-# ---------------------------------------------------------------------------- browser modules
-# A browser test module defines a module-scoped `site` (webslm.serve.Site); these serve it on a
-# free port and drive one headless Chromium for the module.
-
-
 @pytest.fixture(scope="module")
-def server(site: Any) -> Iterator[tuple[str, list[str]]]:
-    from browser.harness import running_server
-
-    with running_server(site) as served:
-        yield served
-
-
-@pytest.fixture(scope="module")
-def browser(site: Any) -> Iterator[Any]:
-    from browser.harness import Browser
-
+def browser() -> Iterator[Browser]:
+    """One headless Chromium driver (tests/browser/driver.mjs) per test module."""
+    require(browser_missing() is None, f"browser tests need: {browser_missing()}")
     driver = Browser()
     yield driver
     driver.close()

@@ -4,25 +4,15 @@ command and flag exists in both, and an Invoke command line reaches `webslm` as 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import subprocess
 import sys
 
 import pytest
-from conftest import REPO_ROOT
-from invoke import Collection, Program
+from conftest import REPO_ROOT, tasks_namespace
+from invoke import Program
 
 import webslm.invoke_tasks as invoke_tasks
 from webslm.invoke_tasks import cli_commands, is_bare_words
-
-
-def tasks_namespace() -> Collection:
-    """tasks.py's collection, loaded the way the `invoke` program loads it."""
-    spec = importlib.util.spec_from_file_location("tasks", REPO_ROOT / "tasks.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return Collection.from_module(module)
 
 
 def cli_surface(actions: list[argparse.Action]) -> set[str]:
@@ -57,6 +47,9 @@ def argv_seen(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     (["serve", "dist"], ["serve", "dist"]),
     (["serve", "dist/a", "dist/b", "--port", "8001"],
      ["serve", "dist/a", "dist/b", "--port", "8001"]),
+    (["serve", "--dist", "dist/a", "--dist", "dist/b"],
+     ["serve", "--dist", "dist/a", "--dist", "dist/b"]),
+    (["serve", "dist/a", "--dist", "dist/b"], ["serve", "dist/a", "--dist", "dist/b"]),
     (["data-check", "a.jsonl", "b.jsonl", "--tokenizer", "t"],
      ["data", "check", "a.jsonl", "b.jsonl", "--tokenizer", "t"]),
     (["toolchain", "id"], ["toolchain", "id"]),

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from webslm.errors import BadInput, MissingEnvironment, WebslmError
 
+DEFAULT_DIST = "dist"
+
 Handler = Callable[[argparse.Namespace], int]
 
 
@@ -111,7 +113,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from webslm import verify
 
     report_dir = Path(args.report) if args.report else None
-    return verify.verify_command(Path(args.dist), report_dir=report_dir)
+    settings = verify.RebuildSettings(model=Path(args.model) if args.model else None)
+    return verify.verify_command(Path(args.dist), report_dir=report_dir, settings=settings)
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -159,7 +162,8 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from webslm import serve
 
-    return serve.serve_command([Path(d) for d in args.dists], host=args.host, port=args.port)
+    dists = [*args.dists, *args.dist] or [DEFAULT_DIST]
+    return serve.serve_command([Path(d) for d in dists], host=args.host, port=args.port)
 
 
 def _cmd_publish(args: argparse.Namespace) -> int:
@@ -204,12 +208,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     build = command("build", _cmd_build, "build a model into a WebLLM-ready folder")
     _spec_options(build, several_presets=True)
-    build.add_argument("--out", default="dist", help="output folder (default dist)")
+    build.add_argument("--out", default=DEFAULT_DIST,
+                       help=f"output folder (default {DEFAULT_DIST})")
     build.add_argument("--base-url", help="absolute URL the dist folder is served from")
     build.add_argument("--no-cache", action="store_true", help="ignore the stage cache")
     build.add_argument("--jobs", type=int, default=1, help="models built at once")
     build.add_argument("--allow-pickle", action="store_true", help="accept pickle .bin weights")
-    build.add_argument("--cpus", type=float, help="CPU limit per stage container")
+    build.add_argument("--cpus", type=float, help="CPU limit per stage container (a model's "
+                       "two branches run in two containers at once)")
     build.add_argument("--memory", help="memory limit per stage container, e.g. 8g")
     build.add_argument("--check", action="store_true",
                        help="run `webslm check` on each built model against its model")
@@ -217,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify = command("verify", _cmd_verify, "rebuild a dist folder and compare every output")
     verify.add_argument("dist")
     verify.add_argument("--report", help="write report.json and report.md into this folder")
+    verify.add_argument("--model", help="the local model's folder (default: the path the "
+                        "provenance records, from here or from the build's folder)")
 
     check = command("check", _cmd_check,
                     "compare a dist running in headless Chromium with its model in transformers")
@@ -258,7 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--out", required=True)
 
     serve = command("serve", _cmd_serve, "serve web/ and dist folders on 127.0.0.1")
-    serve.add_argument("dists", nargs="*", default=["dist"])
+    serve.add_argument("dists", nargs="*", default=[], metavar="DIST",
+                       help="dist folder(s) to serve, a model folder or a folder of them "
+                            f"(default {DEFAULT_DIST}); the same as --dist")
+    serve.add_argument("--dist", action="append", default=[], metavar="DIST",
+                       help="a dist folder to serve (repeatable); the same as a positional DIST")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
 
