@@ -7,13 +7,18 @@ tests (test_web_browser.py, test_web_chat.py), these load the real wasm and weig
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from browser.harness import Browser, Page, open_app, running_server
 from conftest import REAL_TINY, require, writable_copy
 
-from webslm.serve import Site, ensure_web_bundle, find_models
+from webslm.files import canonical_json, sha256_file
+from webslm.provenance import sri
+from webslm.serve import APP_CONFIG, Site, ensure_web_bundle, find_models
+from webslm.webllm import weight_files
 
 pytestmark = pytest.mark.browser
 
@@ -31,12 +36,25 @@ RECORD_STREAM = """(() => { window.seen = [];
     })()"""
 
 
+def with_weight_digests(dist: Path) -> Path:
+    """The fixture predates `webslm.weights` in the AppConfig (the app now checks every shard);
+    add the digests of the real shards exactly as the current build records them."""
+    path = dist / APP_CONFIG
+    config = json.loads(path.read_text())
+    weights = {name: sri(sha256_file(dist / name))
+               for name in weight_files(p.name for p in dist.iterdir())}
+    for record in config["model_list"]:
+        record["webslm"].setdefault("weights", weights)
+    path.write_text(canonical_json(config))
+    return dist
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, list[str]]]:
     require(REAL_TINY.is_dir(), f"the real-tiny fixture is missing at {REAL_TINY}")
     dist = tmp_path_factory.mktemp("real") / "dist"
     for folder, served in (("dist-q4f32_1", "qwen2-tiny"), ("dist-q4f16_1", "qwen2-tiny-f16")):
-        writable_copy(REAL_TINY / folder, dist / served)
+        with_weight_digests(writable_copy(REAL_TINY / folder, dist / served))
     with running_server(Site(web=ensure_web_bundle(), models=find_models([dist]))) as served:
         yield served
 
@@ -86,6 +104,9 @@ def test_the_real_f16_model_is_refused_before_its_library_is_fetched(
     assert state["state"] == "refused"
     assert "needs the WebGPU feature shader-f16" in state["status"]
     assert page.eval(js="document.getElementById('load').disabled") is True
-    assert not [line for line in access_log if "qwen2-tiny-f16-q4f16_1-webgpu.wasm" in line]
-    assert not [r for r in page.log()["requests"] if r["url"].endswith(".wasm")]
+    # Never fetched: at most a HEAD for the download size the picker shows.
+    assert not [line for line in access_log
+                if "qwen2-tiny-f16-q4f16_1-webgpu.wasm" in line and '"HEAD ' not in line]
+    assert not [r for r in page.log()["requests"]
+                if r["url"].endswith(".wasm") and r["method"] != "HEAD"]
     page.shot("real-f16-refused")
