@@ -56,11 +56,22 @@ def docker_engine():  # noqa: ANN201
 
 
 @pytest.fixture(scope="session")
-def debian_base_image(docker_engine) -> str:  # noqa: ANN001
-    """Tag of the locally made Debian bookworm minbase image (built once, then cached by tag)."""
-    from webslm.baseimage import ensure_debian_base
+def live_base() -> Any:
+    """The lock's base recipe over the live Debian mirror (snapshot.debian.org is unreachable
+    here): the product's mmdebstrap path with only the archive URLs swapped."""
+    from webslm.baseimage import LIVE_MIRROR
+    from webslm.toolchain import load_lock
 
-    return ensure_debian_base()
+    return load_lock().base.with_archives(*LIVE_MIRROR)
+
+
+@pytest.fixture(scope="session")
+def debian_base_image(docker_engine, live_base) -> str:  # noqa: ANN001
+    """Tag of the base image made by mmdebstrap from the live mirror (made once, cached by tag)."""
+    from webslm.baseimage import ensure_base_image
+    from webslm.cache import default_cache_dir
+
+    return ensure_base_image(docker_engine, live_base, default_cache_dir())
 
 
 @pytest.fixture(scope="session")

@@ -75,9 +75,9 @@ def _cmd_normalize(args: argparse.Namespace) -> int:
 
 
 def _cmd_toolchain(args: argparse.Namespace) -> int:
-    from webslm import toolchain
+    from webslm.toolchain.build import toolchain_command
 
-    return toolchain.toolchain_command(
+    return toolchain_command(
         action=args.action,
         pull=args.pull,
         push=args.push,

@@ -300,6 +300,7 @@ class Engine:
             environment=container_environment(self.toolchain.env, variation),
             network_disabled=True, network_mode="none",
             mounts=mounts, tmpfs={WORK_DIR: "rw,exec,mode=1777"},
+            read_only=True,  # the image (emscripten's frozen cache included) is never written
             hostname=variation.hostname or DEFAULT_HOSTNAME,
             nano_cpus=int(self.options.cpus * 1e9) if self.options.cpus else None,
             mem_limit=self.options.memory,
