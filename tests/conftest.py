@@ -29,6 +29,7 @@ from standin.image import ensure_standin_image, standin_toolchain  # noqa: E402
 from tinymodels import make_tiny_model  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+REAL_TINY = REPO_ROOT.parent / "shared" / "fixtures" / "real-tiny"  # real MLC-LLM output
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 

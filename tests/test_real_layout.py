@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO_ROOT, copy_model, tasks_namespace
+from conftest import REAL_TINY, copy_model, tasks_namespace
 from invoke import Program
 
 from webslm.errors import BadInput, StageFailed
@@ -34,7 +34,6 @@ from webslm.provenance import hash_files, list_files
 from webslm.safetensors_index import INDEX_FILE, index_text, needs_index, weight_map
 from webslm.spec import resolve_spec
 
-REAL_TINY = REPO_ROOT.parent / "shared" / "fixtures" / "real-tiny"
 # (dist folder, --quantization, --name) as the fixture's README says they were built
 REAL_DISTS = [("dist-q4f32_1", "q4f32_1", "qwen2-tiny"),
               ("dist-q4f16_1", "q4f16_1", "qwen2-tiny-f16")]

@@ -190,7 +190,7 @@ def web_copy(tmp_path: Path, *, with_modules: bool = True) -> Path:
     """web/ sources beside a copy of the lock (node_modules linked when asked)."""
     web = tmp_path / "web"
     shutil.copytree(REPO_ROOT / "web" / "src", web / "src")
-    for name in ("index.html", "build.mjs", "package.json", "package-lock.json"):
+    for name in ("index.html", "check.html", "build.mjs", "package.json", "package-lock.json"):
         shutil.copy2(REPO_ROOT / "web" / name, web / name)
     if with_modules:
         os.symlink(REPO_ROOT / "web" / "node_modules", web / "node_modules")

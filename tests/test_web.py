@@ -18,7 +18,7 @@ from webslm.provenance import sri
 from webslm.toolchain import load_lock
 
 WEB = REPO_ROOT / "web"
-WEB_SOURCES = ("build.mjs", "package.json", "index.html", "src")
+WEB_SOURCES = ("build.mjs", "package.json", "index.html", "check.html", "src")
 
 
 def node_ready() -> None:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 
-from webslm.errors import BadInput, Terminated, WebslmError
+from webslm.errors import BadInput, MissingEnvironment, Terminated, WebslmError
 from webslm.verify import DOWNLOAD_TIMEOUT_S, MAX_DOWNLOAD_MIB
 
 DEFAULT_DIST = "dist"
@@ -107,8 +107,15 @@ def _cmd_build(args: argparse.Namespace) -> int:
         cpus=args.cpus,
         memory=args.memory,
     )
-    pipeline.build_many(specs, options, jobs=args.jobs)
-    return 0
+    results = pipeline.build_many(specs, options, jobs=args.jobs)
+    if not args.check:
+        return 0
+    from webslm import check
+
+    codes = [check.check_command(r.dist, r.spec.model + (f"@{r.spec.revision}"
+                                                        if r.spec.revision else ""))
+             for r in results]
+    return max(codes, default=0)
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
@@ -117,6 +124,20 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     report_dir = Path(args.report) if args.report else None
     settings = verify.RebuildSettings(model=Path(args.model) if args.model else None)
     return verify.verify_command(Path(args.dist), report_dir=report_dir, settings=settings)
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    try:
+        from webslm import check
+    except ImportError as error:  # numpy, torch, transformers: the `check` extra
+        raise MissingEnvironment(f"webslm check needs {error.name}, which is not installed",
+                                 "pip install 'webslm[check]' (or -e '.[check]' in a checkout)"
+                                 ) from error
+    return check.check_command(
+        Path(args.dist), args.model,
+        prompts_file=Path(args.prompts) if args.prompts else None,
+        report_dir=Path(args.report) if args.report else None,
+    )
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
@@ -207,12 +228,21 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--cpus", type=float, help="CPU limit per stage container (a model's "
                        "two branches run in two containers at once)")
     build.add_argument("--memory", help="memory limit per stage container, e.g. 8g")
+    build.add_argument("--check", action="store_true",
+                       help="run `webslm check` on each built model against its model")
 
     verify = command("verify", _cmd_verify, "rebuild a dist folder and compare every output")
     verify.add_argument("dist")
     verify.add_argument("--report", help="write report.json and report.md into this folder")
     verify.add_argument("--model", help="the local model's folder (default: the path the "
                         "provenance records, from here or from the build's folder)")
+
+    check = command("check", _cmd_check,
+                    "compare a dist running in headless Chromium with its model in transformers")
+    check.add_argument("dist")
+    check.add_argument("--model", required=True, help="the model it was built from (folder or id)")
+    check.add_argument("--prompts", help="text file, one prompt per line (default: built-in set)")
+    check.add_argument("--report", help="write report.json and report.md into this folder")
 
     audit = command("audit", _cmd_audit, "check a shipped artifact against its provenance")
     audit.add_argument("--artifact", required=True, help="path or URL of the artifact")
@@ -228,11 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = command("data", lambda a: 0, "chat data tools")
     data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
-    check = data_commands.add_parser("check", help="validate chat JSONL files",
-                                     description="validate chat JSONL files")
-    check.set_defaults(handler=_cmd_data_check)
-    check.add_argument("files", nargs="+")
-    check.add_argument("--tokenizer", help="tokenizer (folder or id) to count tokens")
+    data_check = data_commands.add_parser("check", help="validate chat JSONL files",
+                                          description="validate chat JSONL files")
+    data_check.set_defaults(handler=_cmd_data_check)
+    data_check.add_argument("files", nargs="+")
+    data_check.add_argument("--tokenizer", help="tokenizer (folder or id) to count tokens")
 
     finetune = command("finetune", _cmd_finetune, "LoRA fine-tune and merge into a checkpoint")
     finetune.add_argument("--data", required=True, action="append", help="chat JSONL file")

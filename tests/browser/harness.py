@@ -52,9 +52,10 @@ class Browser:
         request_id = next(self.ids)
         self.process.stdin.write(json.dumps({"id": request_id, "op": op, **fields}) + "\n")
         self.process.stdin.flush()
-        ready, _, _ = select.select([self.process.stdout], [], [], REPLY_TIMEOUT_S)
+        waited = max(REPLY_TIMEOUT_S, fields.get("timeout", 0) / 1000 + 10)  # a wait's own limit
+        ready, _, _ = select.select([self.process.stdout], [], [], waited)
         if not ready:
-            raise DriverError(f"no reply to {op} within {REPLY_TIMEOUT_S} s")
+            raise DriverError(f"no reply to {op} within {waited} s")
         line = self.process.stdout.readline()
         if not line:
             raise DriverError(f"the driver exited (code {self.process.poll()}) during {op}")
