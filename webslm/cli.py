@@ -303,22 +303,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def optional_extra(module: str) -> str | None:
+def optional_extra(module: str, preferred: str = "finetune") -> str | None:
     """The extra (`pip install 'webslm[EXTRA]'`) that installs a module, from the package's own
-    metadata (pyproject.toml is the one list); None when no extra has it."""
+    metadata (pyproject.toml is the one list): `preferred` when it has the module (torch is in
+    both finetune and check; the commands that reach this handler are finetune's), else any other
+    non-test extra; None when no extra has it."""
     from importlib.metadata import PackageNotFoundError, requires
 
     try:
         requirements = requires("webslm") or []
     except PackageNotFoundError:
         return None
+    extras = set()
     for requirement in requirements:
         name, _, marker = requirement.partition(";")
         package = re.split(r"[<>=!~\[ ]", name.strip(), maxsplit=1)[0].lower().replace("-", "_")
         extra = re.search(r'extra == "([^"]+)"', marker)
         if extra and extra.group(1) != "test" and package == module.lower():
-            return extra.group(1)
-    return None
+            extras.add(extra.group(1))
+    return preferred if preferred in extras else min(extras, default=None)
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
