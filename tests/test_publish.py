@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from webslm import publish
+from webslm import layout, publish
 from webslm.cli import main
 from webslm.errors import BadInput
 from webslm.files import canonical_json
@@ -67,7 +67,7 @@ def make_dist(root: Path, *, name: str = "tiny", quantization: str = "q4f32_1",
     (folder / "mlc-chat-config.json").write_text(canonical_json(chat_config))
     (folder / "tokenizer.json").write_text(canonical_json({"model": {"vocab": {"a": 0}}}))
     (folder / "tokenizer_config.json").write_text(canonical_json({"model_max_length": 4096}))
-    library = webllm.library_name(spec.model_id)
+    library = layout.library_name(spec.model_id)
     (folder / "libs" / library).write_bytes(b"\0asm\x01\0\0\0" + rng.randbytes(5000))
     outputs = hash_files(folder, list_files(folder))
     statement = provenance.statement(
@@ -82,7 +82,7 @@ def make_dist(root: Path, *, name: str = "tiny", quantization: str = "q4f32_1",
         chat_config=chat_config, chat_config_digest=outputs["mlc-chat-config.json"],
         library_digest=outputs[f"libs/{library}"],
         tokenizer_digests={n: outputs[n] for n in chat_config["tokenizer_files"]},
-        weight_digests={n: outputs[n] for n in webllm.weight_files(outputs)},
+        weight_digests={n: outputs[n] for n in layout.weight_files(outputs)},
         weight_bytes=sum(map(len, shards.values())), webllm_version="0.2.79",
         toolchain_id=TOOLCHAIN_ID, system_prompt=system_prompt, finetune=None)
     record = webllm.model_record(facts, webllm.DEFAULT_BASE_URL)

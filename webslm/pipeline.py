@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import shutil
 import socket
@@ -49,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from webslm import safetensors_index
+from webslm import layout, safetensors_index
 from webslm.cache import CacheEntry, StageCache, StageKey, default_cache_dir, tree_digest
 from webslm.errors import BadInput, MissingEnvironment, StageFailed, WebslmError
 from webslm.files import (
@@ -61,9 +60,18 @@ from webslm.files import (
     clone_or_copy,
     owner_alive,
     owner_token,
+    read_json_object,
 )
 from webslm.hub import PICKLE_SUFFIXES
-from webslm.provenance import APP_CONFIG_FILE, PROVENANCE_FILE, hash_files, list_files
+from webslm.layout import (
+    APP_CONFIG_FILE,
+    CHAT_CONFIG_FILE,
+    PROVENANCE_FILE,
+    SHARD_PREFIX,
+    library_name,
+    library_path,
+)
+from webslm.provenance import hash_files, list_files
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -79,7 +87,6 @@ OUT_MOUNT = "/out"
 WORK_DIR = "/tmp"
 DEFAULT_HOSTNAME = "webslm-build"
 LOG_TAIL_LINES = 3
-CHAT_CONFIG = "mlc-chat-config.json"
 GENERATION_CONFIG = "generation_config.json"
 FINETUNE_FILE = "webslm.json"
 WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
@@ -193,9 +200,7 @@ def gen_config_command(spec: BuildSpec) -> list[str]:
 
 
 def compile_command(spec: BuildSpec) -> list[str]:
-    from webslm.webllm import library_name
-
-    return ["mlc_llm", "compile", f"{CONFIG_MOUNT}/{CHAT_CONFIG}",
+    return ["mlc_llm", "compile", f"{CONFIG_MOUNT}/{CHAT_CONFIG_FILE}",
             "--quantization", spec.quantization, "--model-type", spec.model_type,
             "--device", "webgpu", "-o", f"{OUT_MOUNT}/{library_name(spec.model_id)}"]
 
@@ -612,7 +617,7 @@ class Build:
         def library_branch() -> tuple[StageResult, StageResult]:
             chat = self.container_stage("gen_config", staged, gen_config_inputs(names),
                                         MODEL_MOUNT, gen_config_command(self.spec))
-            return chat, self.container_stage("compile", chat, [CHAT_CONFIG], CONFIG_MOUNT,
+            return chat, self.container_stage("compile", chat, [CHAT_CONFIG_FILE], CONFIG_MOUNT,
                                               compile_command(self.spec))
 
         if self.options.overlap:
@@ -642,23 +647,23 @@ class Build:
 
         finetune = read_json(staged.path / FINETUNE_FILE)
         system_prompt = webllm.choose_system_prompt(self.spec.system_prompt, finetune)
-        raw_chat = read_json(chat.path / CHAT_CONFIG) or {}
+        raw_chat = read_json(chat.path / CHAT_CONFIG_FILE) or {}
         chat_config = webllm.rewrite_chat_config(
             raw_chat, sampling=webllm.sampling_defaults(read_json(staged.path / GENERATION_CONFIG)),
             system_prompt=system_prompt, tokenizer=read_json(chat.path / "tokenizer.json"))
-        lib_name = webllm.library_name(self.spec.model_id)
+        lib_name, lib_path = library_name(self.spec.model_id), library_path(self.spec.model_id)
         final = self.options.out / self.spec.name
         with atomic_directory(final, PROVENANCE_FILE) as folder:
             copy_files(weights.path, sorted(weights.files), folder)
-            copy_files(chat.path, sorted(n for n in chat.files if n != CHAT_CONFIG), folder)
-            (folder / CHAT_CONFIG).write_text(canonical_json(chat_config), encoding="utf-8")
-            clone_or_copy(library.path / lib_name, folder / "libs" / lib_name)
+            copy_files(chat.path, sorted(n for n in chat.files if n != CHAT_CONFIG_FILE), folder)
+            (folder / CHAT_CONFIG_FILE).write_text(canonical_json(chat_config), encoding="utf-8")
+            clone_or_copy(library.path / lib_name, folder / lib_path)
             # copies of verified stage outputs: their digests are known; only the rewritten
             # chat config is new
             outputs = {**weights.files,
-                       **{n: d for n, d in chat.files.items() if n != CHAT_CONFIG},
-                       f"libs/{lib_name}": library.files[lib_name],
-                       **hash_files(folder, [CHAT_CONFIG])}
+                       **{n: d for n, d in chat.files.items() if n != CHAT_CONFIG_FILE},
+                       lib_path: library.files[lib_name],
+                       **hash_files(folder, [CHAT_CONFIG_FILE])}
             statement = provenance.statement(
                 outputs=outputs, spec=self.spec.to_json(),
                 model={"id": model.repo_id or self.spec.model, "revision": model.revision,
@@ -673,18 +678,18 @@ class Build:
             facts = webllm.PackageFacts(
                 name=self.spec.name, model_id=self.spec.model_id,
                 quantization=self.spec.quantization, f16=is_f16(self.spec.quantization),
-                chat_config=chat_config, chat_config_digest=outputs[CHAT_CONFIG],
-                library_digest=outputs[f"libs/{lib_name}"],
+                chat_config=chat_config, chat_config_digest=outputs[CHAT_CONFIG_FILE],
+                library_digest=outputs[lib_path],
                 tokenizer_digests={n: outputs[n] for n in chat_config.get("tokenizer_files", [])
                                    if n in outputs},
-                weight_digests={n: outputs[n] for n in webllm.weight_files(outputs)},
+                weight_digests={n: outputs[n] for n in layout.weight_files(outputs)},
                 weight_bytes=sum((folder / n).stat().st_size
-                                 for n in outputs if n.startswith("params_shard_")),
+                                 for n in outputs if n.startswith(SHARD_PREFIX)),
                 webllm_version=self.toolchain.webllm_version, toolchain_id=self.toolchain.id,
                 system_prompt=system_prompt, finetune=finetune,
             )
             record = webllm.model_record(facts, self.options.base_url or webllm.DEFAULT_BASE_URL)
-            (folder / APP_CONFIG_FILE).write_text(canonical_json(webllm.app_config([record])),
+            (folder / APP_CONFIG_FILE).write_text(webllm.render_app_config([record]),
                                                   encoding="utf-8")
             (folder / PROVENANCE_FILE).write_text(provenance.render(statement), encoding="utf-8")
         shipped = {n: d for n, d in outputs.items() if n not in provenance.NOT_SUBJECTS}
@@ -715,11 +720,10 @@ def run_branches(first: Callable[[], Any], second: Callable[[], Any], *,
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
-    """A JSON object from a file, or None when the file is absent."""
+    """A JSON object from a stage's output, or None when the file is absent."""
     if not path.is_file():
         return None
-    value = json.loads(path.read_text(encoding="utf-8"))
-    return value if isinstance(value, dict) else None
+    return read_json_object(path, "remove the stage cache (--no-cache) and build again")
 
 
 @contextlib.contextmanager

@@ -32,22 +32,29 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from webslm.errors import BadInput, MissingEnvironment, StageFailed, WebslmError
-from webslm.provenance import APP_CONFIG_FILE, PROVENANCE_FILE, hash_files, list_files
-from webslm.verify import parse_provenance
+from webslm.files import canonical_json
+from webslm.layout import (
+    APP_CONFIG_FILE,
+    CHAT_CONFIG_FILE,
+    PROVENANCE_FILE,
+    SHARD_PREFIX,
+    WEIGHTS_MANIFEST,
+)
+from webslm.provenance import Provenance, hash_files, list_files, load_provenance
+from webslm.webllm import SHADER_F16, read_app_config
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 MODEL_CARD_FILE = "README.md"
-CHAT_CONFIG_FILE = "mlc-chat-config.json"
-WEIGHTS_MANIFEST = "ndarray-cache.json"
 DRY_RUN_COMMIT = "<commit>"
 LOGIN_HINT = "run `hf auth login` with a write token, or set HF_TOKEN"
 REPO_PART = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
 TOKEN_SHAPES = re.compile(r"\b(?:hf_|api_org_)[A-Za-z0-9]{20,}|(?i:bearer)\s+[^\s'\"]+")
 REDACTED = "***"
 DETAIL_CHARS = 300
+REBUILD = "rebuild with `invoke build`"
 
 
 # ---------------------------------------------------------------------------- the dist folder
@@ -69,7 +76,7 @@ class DistPackage:
     folder: Path
     files: tuple[PackageFile, ...]
     app_config: Mapping[str, Any]
-    provenance: Mapping[str, Any]
+    provenance: Provenance
 
     @property
     def record(self) -> Mapping[str, Any]:
@@ -78,20 +85,6 @@ class DistPackage:
     @property
     def total_bytes(self) -> int:
         return sum(f.size for f in self.files)
-
-
-def _load_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise BadInput(f"{path} is missing",
-                       "pass a folder written by `invoke build` (dist/<name>)")
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise BadInput(f"{path} is not valid JSON ({error})",
-                       "rebuild with `invoke build`") from None
-    if not isinstance(value, dict):
-        raise BadInput(f"{path} does not hold a JSON object", "rebuild with `invoke build`")
-    return value
 
 
 def library_path(record: Mapping[str, Any]) -> str:
@@ -118,21 +111,6 @@ def check_app_config(app_config: Mapping[str, Any]) -> Mapping[str, Any]:
     return record
 
 
-def _subject_digests(provenance: Mapping[str, Any]) -> dict[str, str]:
-    subjects = provenance.get("subject")
-    if not isinstance(subjects, list) or not subjects:
-        raise BadInput(f"{PROVENANCE_FILE} lists no subjects", "rebuild with `invoke build`")
-    digests = {}
-    for subject in subjects:
-        name = subject.get("name") if isinstance(subject, dict) else None
-        digest = (subject.get("digest") or {}).get("sha256") if isinstance(subject, dict) else None
-        if not isinstance(name, str) or not isinstance(digest, str):
-            raise BadInput(f"{PROVENANCE_FILE} has a malformed subject: {subject!r}",
-                           "rebuild with `invoke build`")
-        digests[name] = digest
-    return digests
-
-
 def _listing(names: Sequence[str]) -> str:
     shown = ", ".join(names[:3])
     return shown + (f" and {len(names) - 3} more" if len(names) > 3 else "")
@@ -147,11 +125,10 @@ def read_package(dist: Path) -> DistPackage:
     if not dist.is_dir():
         raise BadInput(f"{dist} is not a folder", "pass a folder written by `invoke build`, "
                        "e.g. dist/qwen2.5-0.5b")
-    provenance = _load_json(dist / PROVENANCE_FILE)
-    parse_provenance(provenance, str(dist / PROVENANCE_FILE))  # the shape, before any .get
-    app_config = _load_json(dist / APP_CONFIG_FILE)
+    provenance = load_provenance(dist / PROVENANCE_FILE, REBUILD)
+    app_config = read_app_config(dist / APP_CONFIG_FILE)
     record = check_app_config(app_config)
-    expected = _subject_digests(provenance)
+    expected = dict(provenance.subjects)
     present = set(list_files(dist)) - {PROVENANCE_FILE, APP_CONFIG_FILE}
     missing = sorted(set(expected) - present)
     if missing:
@@ -163,7 +140,7 @@ def read_package(dist: Path) -> DistPackage:
                        "remove them, or rebuild with `invoke build`")
     needed = [CHAT_CONFIG_FILE, WEIGHTS_MANIFEST, library_path(record)]
     absent = [n for n in needed if n not in expected]
-    if not any(n.startswith("params_shard_") for n in expected):
+    if not any(n.startswith(SHARD_PREFIX) for n in expected):
         absent.append("params_shard_*.bin")
     if absent:
         raise BadInput(f"{dist} lacks {_listing(absent)}, which WebLLM loads",
@@ -218,6 +195,7 @@ class CardFacts:
     source_revision: str | None
     source_kind: str
     quantization: str
+    shader_f16: bool  # the record's required_features names shader-f16
     toolchain_id: str
     lock_digest: str
     webllm_version: str
@@ -226,38 +204,28 @@ class CardFacts:
     finetune_base: str | None
 
 
-def _dependency_digest(provenance: Mapping[str, Any], name: str) -> str:
-    build = provenance.get("predicate", {}).get("buildDefinition", {})
-    for dependency in build.get("resolvedDependencies", []):
-        if dependency.get("name") == name:
-            return str(dependency.get("digest", {}).get("sha256", ""))
-    raise BadInput(f"{PROVENANCE_FILE} names no {name!r} dependency", "rebuild with `invoke build`")
-
-
 def card_facts(package: DistPackage) -> CardFacts:
     """The card's facts; the AppConfig and provenance must agree on toolchain and web-llm pin."""
     record, provenance = package.record, package.provenance
     webslm = record.get("webslm") or {}
-    build = provenance.get("predicate", {}).get("buildDefinition", {})
-    external = build.get("externalParameters", {})
-    toolchain_id = _dependency_digest(provenance, "toolchain")
-    webllm_version = str(build.get("internalParameters", {}).get("webllm_version", ""))
+    toolchain_id, webllm_version = provenance.toolchain_id, provenance.webllm_version
     for key, ours in (("toolchain_id", toolchain_id), ("webllm_version", webllm_version)):
         if webslm.get(key) != ours:
             raise BadInput(f"{APP_CONFIG_FILE} says {key} {webslm.get(key)!r} but "
                            f"{PROVENANCE_FILE} says {ours!r}", "rebuild with `invoke build`")
-    model = external.get("model", {})
+    model = provenance.model
     finetune = webslm.get("finetune") or {}
     return CardFacts(
         model_id=str(record["model_id"]),
         source_model=str(model.get("id", "")),
         source_revision=model.get("revision"),
         source_kind=str(model.get("source", "")),
-        quantization=str(external.get("spec", {}).get("quantization", "")),
+        quantization=str(provenance.spec.get("quantization", "")),
+        shader_f16=SHADER_F16 in (record.get("required_features") or ()),
         toolchain_id=toolchain_id,
-        lock_digest=_dependency_digest(provenance, "docker/toolchain.lock.json"),
+        lock_digest=provenance.lock_digest,
         webllm_version=webllm_version,
-        subjects=len(provenance.get("subject", [])),
+        subjects=len(provenance.subjects),
         system_prompt=webslm.get("system_prompt"),
         finetune_base=finetune.get("base_model") if isinstance(finetune, dict) else None,
     )
@@ -311,7 +279,7 @@ def model_card(facts: CardFacts, repo: str, endpoint: str, commit: str,
         "console.log(reply.choices[0].message.content);",
         "```", "",
         "It needs a browser with WebGPU"
-        + (" and the `shader-f16` feature." if "f16" in facts.quantization else "."), "",
+        + (f" and the `{SHADER_F16}` feature." if facts.shader_f16 else "."), "",
         "## Audit it", "",
         "Rebuild the library from its provenance with webslm and compare it byte for byte:", "",
         "```sh",
@@ -342,8 +310,6 @@ class PublishPlan:
 
     def second_commit(self) -> dict[str, bytes]:
         """The second commit's files: the rewritten AppConfig and the model card."""
-        from webslm.files import canonical_json
-
         return {APP_CONFIG_FILE: canonical_json(self.app_config).encode("utf-8"),
                 MODEL_CARD_FILE: self.model_card.encode("utf-8")}
 

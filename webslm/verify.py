@@ -48,15 +48,17 @@ from webslm.files import (
     sha256_bytes,
     sha256_file,
 )
+from webslm.layout import APP_CONFIG_FILE, CHAT_CONFIG_FILE, LIBS_DIR, PROVENANCE_FILE
 from webslm.provenance import (
-    APP_CONFIG_FILE,
+    LOCK_DEPENDENCY,
     NOT_SUBJECTS,
-    PREDICATE_TYPE,
-    PROVENANCE_FILE,
-    STATEMENT_TYPE,
+    Provenance,
     list_files,
+    load_provenance,
+    parse_provenance,
     sri,
 )
+from webslm.webllm import read_app_config
 
 if TYPE_CHECKING:
     from webslm.pipeline import BuildResult, Variation
@@ -66,8 +68,6 @@ if TYPE_CHECKING:
 REPORT_JSON = "report.json"
 REPORT_MARKDOWN = "report.md"
 REPORT_VERSION = 1
-LOCK_PATH = "docker/toolchain.lock.json"
-HEX64 = re.compile(r"^[0-9a-f]{64}$")
 PACKAGE_STAGE = "package"
 SHORT = 12  # hex digits of a digest shown in the table
 DIFF_LINES = 40  # lines of a diffoscope report kept per file
@@ -83,68 +83,6 @@ VERIFY_TZ = "Pacific/Kiritimati"  # UTC+14: as far from the lock's UTC as a zone
 VERIFY_LOCALE = "tr_TR.UTF-8"  # dotless i: the classic locale that breaks case mapping
 VERIFY_UMASK = 0o077
 VERIFY_HOSTNAME = "webslm-verify"
-
-
-# ---------------------------------------------------------------------------- provenance
-
-
-@dataclass(frozen=True)
-class Provenance:
-    """What verify needs from a provenance statement, checked on the way in."""
-
-    subjects: Mapping[str, str]  # file name -> sha256 hex
-    spec: Mapping[str, Any]
-    model: Mapping[str, Any]  # {"id", "revision", "source": "hub" | "local"}
-    inputs: Mapping[str, str]  # model file name -> sha256 hex
-    toolchain_id: str
-    lock_digest: str
-    image_digest: str | None
-    stages: Mapping[str, Mapping[str, str]]  # stage -> {"cache_key", "output"}
-
-
-def parse_provenance(statement: Any, where: str) -> Provenance:
-    """A Provenance from a decoded provenance.json; BadInput saying what is missing."""
-
-    def bad(why: str) -> BadInput:
-        return BadInput(f"{where} is not a webslm provenance statement ({why})",
-                        "point at the provenance.json a webslm build wrote")
-
-    if not isinstance(statement, dict):
-        raise bad("not a JSON object")
-    if statement.get("_type") != STATEMENT_TYPE or statement.get("predicateType") != PREDICATE_TYPE:
-        raise bad(f"want _type {STATEMENT_TYPE} and predicateType {PREDICATE_TYPE}")
-    try:
-        subjects = {str(s["name"]): str(s["digest"]["sha256"]) for s in statement["subject"]}
-        definition = statement["predicate"]["buildDefinition"]
-        external = definition["externalParameters"]
-        spec, model = dict(external["spec"]), dict(external["model"])
-        dependencies = {str(d["name"]): d for d in definition["resolvedDependencies"]}
-        stages = definition.get("internalParameters", {}).get("stages", {})
-        toolchain_id = str(dependencies["toolchain"]["digest"]["sha256"])
-        lock_digest = str(dependencies[LOCK_PATH]["digest"]["sha256"])
-        image = dependencies.get("toolchain-image", {}).get("digest", {}).get("sha256")
-        inputs = {name.removeprefix("model/"): str(d["digest"]["sha256"])
-                  for name, d in dependencies.items() if name.startswith("model/")}
-        stage_records = {str(k): dict(v) for k, v in dict(stages).items()}
-    except KeyError as error:
-        raise bad(f"no {error}") from error
-    except (TypeError, ValueError, AttributeError) as error:  # a list where an object belongs
-        raise bad("a field has the wrong type") from error
-    bad_digests = [n for n, d in {**subjects, **inputs}.items() if not HEX64.match(d)]
-    if not subjects or bad_digests:
-        raise bad("no subjects" if not subjects else f"bad sha256 for {bad_digests[0]}")
-    return Provenance(subjects=subjects, spec=spec, model=model, inputs=inputs,
-                      toolchain_id=toolchain_id, lock_digest=lock_digest,
-                      image_digest=str(image) if image else None, stages=stage_records)
-
-
-def load_provenance(path: Path) -> Provenance:
-    try:
-        statement = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise BadInput(f"cannot read {path} as JSON ({error.__class__.__name__})",
-                       "point at the provenance.json a webslm build wrote") from error
-    return parse_provenance(statement, str(path))
 
 
 # ---------------------------------------------------------------------------- comparison
@@ -233,8 +171,8 @@ def app_config_checks(app_config: Mapping[str, Any], subjects: Mapping[str, str]
     for record in app_config.get("model_list", []):
         model_id = record.get("model_id", "?")
         integrity = record.get("integrity", {})
-        library = "libs/" + str(record.get("model_lib", "")).rsplit("/libs/", 1)[-1]
-        wanted = {"config": ("mlc-chat-config.json", integrity.get("config")),
+        library = f"{LIBS_DIR}/" + str(record.get("model_lib", "")).rsplit(f"/{LIBS_DIR}/", 1)[-1]
+        wanted = {"config": (CHAT_CONFIG_FILE, integrity.get("config")),
                   "model_lib": (library, integrity.get("model_lib"))}
         wanted.update({f"tokenizer {name}": (name, value)
                        for name, value in integrity.get("tokenizer", {}).items()})
@@ -776,11 +714,11 @@ def lock_commits(lock_digest: str, repo: Path) -> list[str]:
     if git is None:
         return []
     try:
-        log = subprocess.run([git, "-C", str(repo), "log", "--format=%H", "--", LOCK_PATH],
+        log = subprocess.run([git, "-C", str(repo), "log", "--format=%H", "--", LOCK_DEPENDENCY],
                              capture_output=True, text=True, timeout=60, check=True).stdout
         found = []
         for commit in log.split():
-            shown = subprocess.run([git, "-C", str(repo), "show", f"{commit}:{LOCK_PATH}"],
+            shown = subprocess.run([git, "-C", str(repo), "show", f"{commit}:{LOCK_DEPENDENCY}"],
                                    capture_output=True, timeout=60, check=False)
             if shown.returncode == 0 and lock_digest_of(shown.stdout) == lock_digest:
                 found.append(commit)
@@ -796,10 +734,11 @@ def check_toolchain(provenance: Provenance, toolchain: Toolchain, repo: Path) ->
         return Check("toolchain ID matches the lock", True, toolchain.id)
     if provenance.lock_digest != toolchain.lock_digest:
         commits = lock_commits(provenance.lock_digest, repo)
-        where = (f"`git checkout {commits[0][:12]}` (its {LOCK_PATH} has that digest)" if commits
-                 else f"check out the webslm commit whose {LOCK_PATH} has digest "
-                      f"{provenance.lock_digest[:16]} (the provenance's {LOCK_PATH} dependency; "
-                      f"`git log -- {LOCK_PATH}` lists the candidates)")
+        lock = LOCK_DEPENDENCY
+        where = (f"`git checkout {commits[0][:12]}` (its {lock} has that digest)" if commits
+                 else f"check out the webslm commit whose {lock} has digest "
+                      f"{provenance.lock_digest[:16]} (the provenance's {lock} dependency; "
+                      f"`git log -- {lock}` lists the candidates)")
     else:
         where = ("the lock is the same but the Dockerfile or its context differ: check out the "
                  "webslm commit the build used (`invoke toolchain id` prints this one's ID)")
@@ -994,10 +933,10 @@ def verify_dist(dist: Path) -> tuple[Report, Provenance, dict[str, Path | None]]
     app_config = dist / APP_CONFIG_FILE
     if app_config.is_file():
         try:
-            checks = app_config_checks(json.loads(app_config.read_text(encoding="utf-8")),
+            checks = app_config_checks(read_app_config(app_config),
                                        provenance.subjects, provenance.toolchain_id)
-        except ValueError:
-            checks = [Check(APP_CONFIG_FILE, False, "not valid JSON")]
+        except BadInput as error:
+            checks = [Check(APP_CONFIG_FILE, False, error.what)]
     first = shipped_report("verify", str(dist), provenance, str(provenance_path), shipped, checks)
     return first, provenance, shipped
 
