@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from webslm.cache import default_cache_dir
+from webslm.container import Variation
 from webslm.errors import BadInput
 from webslm.files import (
     canonical_json,
@@ -22,7 +23,7 @@ from webslm.files import (
     sha256_file,
 )
 from webslm.hub import resolve_model
-from webslm.pipeline import STAGES, BuildOptions, BuildResult, Variation, build_model
+from webslm.pipeline import STAGES, BuildOptions, BuildResult, build_model
 from webslm.provenance import (
     LOCK_DEPENDENCY,
     Provenance,
@@ -41,7 +42,7 @@ from webslm.verify.diff import (
 )
 from webslm.verify.report import Report
 
-# The conditions a verifying rebuild changes (webslm.pipeline.Variation honours them all).
+# The conditions a verifying rebuild changes (webslm.container.Variation honours them all).
 VERIFY_UID = 4321
 VERIFY_TZ = "Pacific/Kiritimati"  # UTC+14: as far from the lock's UTC as a zone gets
 VERIFY_LOCALE = "tr_TR.UTF-8"  # dotless i: the classic locale that breaks case mapping
