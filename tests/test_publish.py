@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from webslm import layout, publish
+from webslm import hubapi, layout, publish
 from webslm.cli import main
 from webslm.errors import BadInput
 from webslm.files import canonical_json
@@ -273,7 +273,7 @@ def test_dry_run_prints_files_sizes_and_urls_and_needs_no_token(
 
 
 def test_redactor_removes_the_token_and_anything_shaped_like_one() -> None:
-    redactor = publish.Redactor(("s3cret-value",))
+    redactor = hubapi.Redactor(("s3cret-value",))
     text = (f"Authorization: Bearer {FAKE_TOKEN}; token={FAKE_TOKEN}; api_org_"
             + "x" * 30 + " and s3cret-value; bearer s3cret-value")
     clean = redactor.redact(text)
@@ -284,8 +284,8 @@ def test_redactor_removes_the_token_and_anything_shaped_like_one() -> None:
 
 def test_log_records_are_redacted_while_publishing(caplog: pytest.LogCaptureFixture) -> None:
     logger = logging.getLogger("huggingface_hub.test")
-    redactor = publish.Redactor((FAKE_TOKEN,))
-    with caplog.at_level(logging.DEBUG), publish.redacted_logs(redactor):
+    redactor = hubapi.Redactor((FAKE_TOKEN,))
+    with caplog.at_level(logging.DEBUG), hubapi.redacted_logs(redactor):
         logger.warning("sending %s", {"authorization": f"Bearer {FAKE_TOKEN}"})
         try:
             raise RuntimeError(f"server said {FAKE_TOKEN}")

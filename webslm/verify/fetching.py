@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from webslm.errors import BadInput, MissingEnvironment
+from webslm.hubapi import CacheMiss, EntryMissing, download_file
 from webslm.layout import PROVENANCE_FILE
 
 HTTP_TIMEOUT_S = 60  # per read  # per read
@@ -85,20 +86,12 @@ def fetch_hub(file: HubFile, *, searching: bool = False) -> Fetched:
     """hf_hub_download at the file's revision; the result names the commit it resolved to.
 
     While searching, a file missing from an offline cache is NotCached rather than an error."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
-
-    from webslm.hub import hub_errors
-
-    with hub_errors(file.repo_id, file.revision):
-        try:
-            path = Path(hf_hub_download(file.repo_id, file.path, revision=file.revision))
-        except LocalEntryNotFoundError as error:
-            if searching:
-                raise NotCached(file.location) from error
-            raise
-        except EntryNotFoundError as error:  # after its subclass LocalEntryNotFoundError
-            raise NotThere(file.location) from error
+    try:
+        path = download_file(file.repo_id, file.path, file.revision, searching=searching)
+    except CacheMiss as error:
+        raise NotCached(file.location) from error
+    except EntryMissing as error:
+        raise NotThere(file.location) from error
     commit = _hub_commit(path) or file.revision
     return Fetched(path, replace(file, revision=commit).location, file.path)
 
