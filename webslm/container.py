@@ -147,11 +147,13 @@ class Engine:
     def remove_orphans(self) -> None:
         """Remove stage containers left by builds on this host whose process is gone."""
         host = socket.gethostname()
-        for container in self.client.containers.list(
+        # the list endpoint's own records: inspecting each one races with builds that remove
+        # theirs meanwhile (one daemon serves every build on the host)
+        for record in self.client.api.containers(
                 all=True, filters={"label": [OWNER_LABEL, f"{HOST_LABEL}={host}"]}):
-            if not owner_alive(container.labels.get(OWNER_LABEL, "")):
+            if not owner_alive((record.get("Labels") or {}).get(OWNER_LABEL, "")):
                 with contextlib.suppress(Exception):
-                    container.remove(force=True)
+                    self.client.api.remove_container(record["Id"], force=True)
 
     def stop(self) -> None:
         """Kill every running stage container and start no more (another branch failed)."""
