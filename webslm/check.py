@@ -34,7 +34,7 @@ from transformers import AutoModelForCausalLM
 from transformers.utils import logging
 
 from webslm.errors import BadInput, MissingEnvironment, StageFailed
-from webslm.files import atomic_write_text, canonical_json, read_json_object
+from webslm.files import atomic_write_text, canonical_json
 from webslm.hub import check_model_folder, resolve_model
 from webslm.layout import APP_CONFIG_FILE, CHAT_CONFIG_FILE, WEIGHTS_MANIFEST
 from webslm.mlcweights import dequantized_params, to_transformers_names
@@ -46,6 +46,7 @@ from webslm.serve import (
     model_url_path,
 )
 from webslm.spec import resolve_spec
+from webslm.webllm import read_app_config, read_chat_config
 
 TOKENIZER = "tokenizer.json"
 DIST_FIX = "pass a dist folder made by `webslm build`"
@@ -394,8 +395,8 @@ def checked_dist(dist: Path) -> tuple[dict[str, Any], str]:
     """The dist's chat config and quantization, after checking every file the check reads."""
     if not dist.is_dir():
         raise BadInput(f"{dist} is not a folder", "pass a dist folder made by `webslm build`")
-    chat_config = read_json_object(dist / CHAT_CONFIG_FILE, DIST_FIX)
-    app_config = read_json_object(dist / APP_CONFIG_FILE, DIST_FIX)
+    chat_config = read_chat_config(dist / CHAT_CONFIG_FILE, DIST_FIX)
+    app_config = read_app_config(dist / APP_CONFIG_FILE, DIST_FIX)
     missing = [name for name in (TOKENIZER, WEIGHTS_MANIFEST) if not (dist / name).is_file()]
     for record in app_config.get("model_list", []):
         lib = str(record.get("model_lib", ""))

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from webslm import provenance, webllm
-from webslm.files import atomic_directory, canonical_json, clone_or_copy, read_json_object
+from webslm.files import atomic_directory, clone_or_copy, read_json_object
 from webslm.layout import (
     APP_CONFIG_FILE,
     CHAT_CONFIG_FILE,
@@ -71,7 +71,8 @@ def write_package(final: Path, *, spec: BuildSpec, model: ResolvedModel,
     with atomic_directory(final, PROVENANCE_FILE) as folder:
         copy_files(weights.path, sorted(weights.files), folder)
         copy_files(chat.path, sorted(n for n in chat.files if n != CHAT_CONFIG_FILE), folder)
-        (folder / CHAT_CONFIG_FILE).write_text(canonical_json(chat_config), encoding="utf-8")
+        (folder / CHAT_CONFIG_FILE).write_text(webllm.render_chat_config(chat_config),
+                                               encoding="utf-8")
         clone_or_copy(library.path / lib_name, folder / lib_path)
         # copies of verified stage outputs: their digests are known; only the rewritten
         # chat config is new

@@ -36,6 +36,7 @@ FALLBACK_STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
 LOW_RESOURCE_MB = 2048.0
 SHADER_F16 = "shader-f16"  # the WebGPU feature an f16 library needs (record.required_features)
 MIB = 1024 * 1024
+REBUILD = "rebuild with `invoke build`"
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,16 @@ def render_app_config(records: Iterable[Mapping[str, Any]]) -> str:
     return canonical_json(app_config(records))
 
 
-def read_app_config(path: Path) -> dict[str, Any]:
-    """A webllm-app-config.json: a JSON object, or BadInput saying what to do."""
-    return read_json_object(path, "rebuild with `invoke build`")
+def read_app_config(path: Path, fix: str = REBUILD) -> dict[str, Any]:
+    """A webllm-app-config.json: a JSON object, or BadInput (with `fix` as the hint)."""
+    return read_json_object(path, fix)
+
+
+def render_chat_config(chat_config: Mapping[str, Any]) -> str:
+    """The text of a rewritten mlc-chat-config.json (canonical JSON)."""
+    return canonical_json(chat_config)
+
+
+def read_chat_config(path: Path, fix: str = REBUILD) -> dict[str, Any]:
+    """An mlc-chat-config.json: a JSON object, or BadInput (with `fix` as the hint)."""
+    return read_json_object(path, fix)
