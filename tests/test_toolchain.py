@@ -177,6 +177,10 @@ def test_build_args_come_from_the_lock() -> None:
     (lambda d: d["sources"]["mlc-llm"].update({"commit": "v0.19.0"}), "sources.mlc-llm.commit"),
     (lambda d: d.pop("source_date_epoch"), "source_date_epoch"),
     (lambda d: d["python"]["packages"]["numpy"].update({"sha256": []}), "numpy"),
+    # An entry that is not a mapping at all is the same bad input, not an AttributeError.
+    (lambda d: d["python"]["packages"].update({"numpy": "1.26.4"}), "numpy"),
+    (lambda d: d["sources"].update({"mlc-llm": "v0.19.0"}), "source mlc-llm"),
+    (lambda d: d["debian"].update({"packages": ["cmake"]}), "debian.packages"),
 ])
 def test_a_malformed_lock_is_bad_input_naming_the_entry(docker_dir: Path, change,  # noqa: ANN001
                                                         message: str) -> None:

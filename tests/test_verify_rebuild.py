@@ -18,6 +18,7 @@ import pytest
 from conftest import copy_model, writable_copy, write_hub_cache
 from standin.image import standin_toolchain
 
+from webslm import hub, pipeline, provenance
 from webslm.cli import main
 from webslm.errors import StageFailed
 from webslm.files import canonical_json, sha256_file
@@ -161,7 +162,8 @@ def test_a_hub_model_build_is_verified_at_its_recorded_commit(
                                     cache_dir=tmp_path / "cache", show_progress=False)).dist
     model = json.loads((dist / "provenance.json").read_text())[
         "predicate"]["buildDefinition"]["externalParameters"]["model"]
-    assert model == {"id": "Org/Tiny-Qwen", "revision": HUB_COMMIT, "source": "hub"}
+    assert model == {"id": "Org/Tiny-Qwen", "revision": HUB_COMMIT, "source": "hub",
+                     "allow_pickle": False}
     # main moves on; verify must still rebuild from the commit the build used
     (offline_hub / "models--Org--Tiny-Qwen" / "refs" / "main").write_text("9" * 40)
     assert main(["verify", str(dist)]) == 0, capsys.readouterr().err
@@ -236,7 +238,8 @@ def test_provenance_names_a_local_model_as_given_and_verify_finds_it(
     assert statements[0] == statements[1]
     statement = json.loads(statements[0])
     external = statement["predicate"]["buildDefinition"]["externalParameters"]
-    assert external["model"] == {"id": "./tiny", "revision": None, "source": "local"}
+    assert external["model"] == {"id": "./tiny", "revision": None, "source": "local",
+                                 "allow_pickle": False}
     assert external["spec"]["model"] == "./tiny"
     assert not [s for s in string_values(statement) if s.startswith("/") or str(tmp_path) in s]
 
@@ -251,3 +254,38 @@ def test_provenance_names_a_local_model_as_given_and_verify_finds_it(
     assert "cannot find the model folder ./tiny" in err and "--model" in err
     assert main(["verify", str(dist), "--model", str(tmp_path / "moved")]) == 0
     assert main(["verify", str(dist), "--model", str(tmp_path / "first" / "dist")]) == 2
+
+
+def test_an_allow_pickle_build_is_verified_with_it_and_the_model_is_hashed_once(
+        standin, tiny_qwen2: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """--allow-pickle is in the provenance, so verify resolves the model with it (a pickle
+    model would be refused without it); verify hashes the model's files once, not again in the
+    rebuild."""
+    copy_model(tiny_qwen2, tmp_path / "tiny")
+    monkeypatch.chdir(tmp_path)
+    assert main(["build", "--model", "tiny", "--out", "dist", "--allow-pickle"]) == 0, \
+        capsys.readouterr().err
+    external = json.loads((tmp_path / "dist" / "tiny" / "provenance.json").read_text())[
+        "predicate"]["buildDefinition"]["externalParameters"]
+    assert external["model"]["allow_pickle"] is True
+
+    resolved, model_hashes = [], []
+    real_resolve, real_hash = hub.resolve_model, provenance.hash_files
+
+    def resolve_model(spec, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        resolved.append(kwargs.get("allow_pickle"))
+        return real_resolve(spec, **kwargs)
+
+    def hash_files(root: Path, names):  # noqa: ANN001, ANN202
+        names = list(names)
+        if "config.json" in names and root.resolve() == (tmp_path / "tiny").resolve():
+            model_hashes.append(root)
+        return real_hash(root, names)
+
+    monkeypatch.setattr(hub, "resolve_model", resolve_model)
+    monkeypatch.setattr(provenance, "hash_files", hash_files)
+    monkeypatch.setattr(pipeline, "hash_files", hash_files)
+    assert main(["verify", "dist/tiny"]) == 0, capsys.readouterr().err
+    assert resolved == [True, True]  # verify's input check and the rebuild
+    assert len(model_hashes) == 1
