@@ -36,8 +36,8 @@ def require(path: Path) -> Path:
     """PATH, unless it lies in a checkout that webslm was installed without."""
     if path.is_relative_to(ROOT) and not is_checkout():
         raise MissingEnvironment(
-            f"{path.relative_to(ROOT).as_posix()} is not installed with the webslm package "
-            f"(it lives in the source checkout, and {ROOT} is not one)",
-            "run webslm from a git clone: git clone <webslm repository>, then pip install -e ."
+            f"webslm's {path.relative_to(ROOT).as_posix()}/ folder is not part of the installed "
+            f"package (it lives in the source checkout, and {ROOT} is not one)",
+            "run webslm from a git clone of its repository, installed with pip install -e CLONE"
         )
     return path
