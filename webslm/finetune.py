@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -40,6 +42,12 @@ TRAIN_SCRIPT = Path(__file__).resolve().parent.parent / "finetune" / "train.py"
 ADAPTER_DIR = "adapter"
 METADATA_FILE = "webslm.json"
 PRECISIONS = ("bf16", "fp16", "fp32")
+COMPILE_CHOICES = ("auto", "on", "off")
+# Compiling the decoder layers costs tens of seconds once per process and saves time every step:
+# "auto" compiles only when the run has at least this many optimizer steps (bench/RESULTS.md).
+COMPILE_MIN_STEPS = 300
+TOKEN_BUCKET = 1024
+COMPILE_BACKEND = "inductor"  # torch.compile's own; the CPU tests swap in "aot_eager" for time
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,13 @@ class Recipe:
     `micro_batch` conversations go through one forward pass per GPU, flattened into a single
     padding-free row (no pad tokens computed); gradients accumulate up to `global_batch`.
     `fused_kernels` trades speed for memory, not the maths: see `speed_up`.
+    `compile_layers` ("auto", "on", "off") compiles each decoder layer, LoRA included, with
+    `torch.compile`, checkpointed from outside except every `keep_every`-th layer (0: all
+    checkpointed), which keeps its activations: see `compile_decoder_layers`. "auto" compiles
+    on a GPU when the run is long enough to repay the compile time. `cuda_graphs` (with
+    compiled layers) pads each packed row to a multiple of TOKEN_BUCKET tokens, so shapes
+    repeat, and replays each layer as a CUDA graph. None of these changes the batch, the steps
+    or the loss a user gets.
     """
 
     epochs: float = 3.0
@@ -67,6 +82,9 @@ class Recipe:
     gradient_checkpointing: bool = True
     precision: str = "auto"
     fused_kernels: bool = False
+    compile_layers: str = "auto"
+    keep_every: int = 0
+    cuda_graphs: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -96,6 +114,10 @@ def check_recipe(recipe: Recipe) -> None:
             raise BadInput(f"{flag} must be positive", f"pass a value above 0 for {flag}")
     if recipe.precision not in ("auto", *PRECISIONS):
         raise BadInput(f"unknown precision {recipe.precision!r}", "use auto, bf16, fp16 or fp32")
+    if recipe.compile_layers not in COMPILE_CHOICES:
+        raise BadInput(f"unknown compile_layers {recipe.compile_layers!r}", "use auto, on or off")
+    if recipe.keep_every < 0:
+        raise BadInput("keep_every must not be negative", "pass 0 to checkpoint every layer")
 
 
 def pick_precision(requested: str, cuda: bool, bf16_supported: bool) -> str:
@@ -300,6 +322,92 @@ def speed_up(model: Any, recipe: Recipe, precision: str) -> tuple[str, ...]:
     return ("liger",)
 
 
+def planned_steps(recipe: Recipe, examples: int, max_steps: int = -1) -> int:
+    """Optimizer steps the run will take (the Trainer's own count: whole batches per epoch)."""
+    if max_steps > 0:
+        return max_steps
+    return max(1, math.ceil(math.ceil(examples / recipe.global_batch) * recipe.epochs))
+
+
+def should_compile(recipe: Recipe, cuda: bool, steps: int) -> bool:
+    """Compile when asked, or ("auto") on a GPU for runs long enough to repay the compile."""
+    if recipe.compile_layers != "auto":
+        return recipe.compile_layers == "on"
+    return cuda and steps >= COMPILE_MIN_STEPS
+
+
+def decoder_layers(model: Any) -> list[Any]:
+    """The transformer blocks of a (PEFT-wrapped) transformers model, in order."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+
+
+class BucketPadding:
+    """Pads a padding-free row to a multiple of `bucket` tokens, so a few shapes repeat.
+
+    The padding is one extra sequence (positions 0.., labels -100) that attends only to itself;
+    `max_length` is fixed, so the attention call's arguments repeat too. Wraps TRL's collator;
+    `pad_tokens` counts what was added, so throughput can be reported in real tokens.
+    """
+
+    def __init__(self, collate: Any, bucket: int, pad_id: int, max_length: int) -> None:
+        self.collate = collate
+        self.bucket = bucket
+        self.pad_id = pad_id
+        self.max_length = max_length
+        self.pad_tokens = 0
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        batch = dict(self.collate(examples))
+        length = batch["input_ids"].shape[1]
+        pad = -length % self.bucket
+        self.pad_tokens += pad
+        extend = {"input_ids": self.pad_id, "labels": -100}
+        for key, value in extend.items():
+            batch[key] = torch.cat([batch[key], batch[key].new_full((1, pad), value)], dim=1)
+        batch["position_ids"] = torch.cat(
+            [batch["position_ids"], torch.arange(pad, dtype=batch["position_ids"].dtype)[None]], 1)
+        bounds = batch["cu_seq_lens_q"]
+        bounds = torch.cat([bounds, bounds.new_tensor([length + pad])]) if pad else bounds
+        batch["cu_seq_lens_q"] = batch["cu_seq_lens_k"] = bounds
+        batch["max_length_q"] = batch["max_length_k"] = self.max_length
+        if "seq_idx" in batch:
+            batch["seq_idx"] = torch.cat([batch["seq_idx"], batch["seq_idx"].new_full(
+                (1, pad), bounds.numel() - 2)], dim=1)
+        return batch
+
+
+def compile_decoder_layers(model: Any, checkpointed: bool, keep_every: int = 0,
+                           cuda_graphs: bool = False) -> int:
+    """Compile each decoder layer (LoRA inside it) and checkpoint it from outside; return the count.
+
+    Why: a 0.5B model's step is bound by kernel launches, thousands of small elementwise kernels
+    (norms, RoPE, SwiGLU, LoRA's dtype casts and dropout) around the matrix products. Inductor
+    fuses them, and all layers share one compiled graph. Transformers' own checkpointing wraps the
+    layer's forward, inside the compiled region, which dynamo cannot trace; here the compiled
+    forward is checkpointed (non-reentrant) from outside instead; with `keep_every` = k > 0,
+    every k-th layer keeps its activations (less recomputation for more memory). The module
+    tree, parameter names and saved adapter stay as they were.
+    """
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    layers = decoder_layers(model)
+    for index, layer in enumerate(layers):
+        compiled = torch.compile(layer.forward, backend=COMPILE_BACKEND,
+                                 mode="reduce-overhead" if cuda_graphs else None,
+                                 dynamic=False if cuda_graphs else None)
+        keeps = keep_every > 0 and index % keep_every == keep_every - 1
+        if checkpointed and not keeps:
+            layer.forward = functools.partial(checkpoint, compiled, use_reentrant=False)
+        else:
+            layer.forward = compiled
+    return len(layers)
+
+
 def build_trainer(model: Any, tokenizer: Any, examples: Sequence[TokenizedExample],
                   recipe: Recipe, output_dir: Path, *, precision: str, world_size: int,
                   max_steps: int = -1, callbacks: Sequence[Any] = ()):
@@ -308,6 +416,8 @@ def build_trainer(model: Any, tokenizer: Any, examples: Sequence[TokenizedExampl
 
     micro, accumulation = batch_split(recipe, world_size)
     speed_up(model, recipe, precision)
+    compiled = should_compile(recipe, precision != "fp32",
+                              planned_steps(recipe, len(examples), max_steps))
     config = SFTConfig(
         output_dir=str(output_dir),
         num_train_epochs=recipe.epochs,
@@ -320,7 +430,7 @@ def build_trainer(model: Any, tokenizer: Any, examples: Sequence[TokenizedExampl
         max_length=None,
         padding_free=recipe.padding_free,
         packing=False,
-        activation_checkpointing=recipe.gradient_checkpointing,
+        activation_checkpointing=recipe.gradient_checkpointing and not compiled,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         use_cpu=precision == "fp32",
@@ -333,7 +443,7 @@ def build_trainer(model: Any, tokenizer: Any, examples: Sequence[TokenizedExampl
         dataloader_drop_last=False,
         ddp_find_unused_parameters=False,
     )
-    return SFTTrainer(
+    trainer = SFTTrainer(
         model=model,
         args=config,
         train_dataset=training_dataset(examples, recipe.assistant_only_loss),
@@ -341,6 +451,14 @@ def build_trainer(model: Any, tokenizer: Any, examples: Sequence[TokenizedExampl
         peft_config=lora_config(recipe),
         callbacks=list(callbacks),
     )
+    if compiled:
+        compile_decoder_layers(trainer.model, recipe.gradient_checkpointing, recipe.keep_every,
+                               recipe.cuda_graphs)
+        if recipe.cuda_graphs and recipe.padding_free:
+            trainer.data_collator = BucketPadding(trainer.data_collator, TOKEN_BUCKET,
+                                                  tokenizer.pad_token_id,
+                                                  max(recipe.max_seq_len, TOKEN_BUCKET))
+    return trainer
 
 
 def train_adapter(base: Path, examples: Sequence[TokenizedExample], recipe: Recipe,
@@ -451,7 +569,7 @@ def merge_command(base: str, adapter: Path, out: Path) -> int:
 def recipe_from_args(args: argparse.Namespace) -> Recipe:
     return Recipe(epochs=args.epochs, learning_rate=args.lr, lora_r=args.lora_r,
                   lora_alpha=args.lora_alpha, max_seq_len=args.max_seq_len, bits=args.bits,
-                  seed=args.seed)
+                  seed=args.seed, compile_layers=args.compile)
 
 
 def _train(gpus: int, base: Path, files: Sequence[Path], examples: Sequence[TokenizedExample],
@@ -486,31 +604,34 @@ def _push(out: Path, repo: str) -> None:
 
 
 def finetune_command(args: argparse.Namespace) -> int:
-    recipe = recipe_from_args(args)
+    finetune([Path(f) for f in args.data], args.base, Path(args.out), recipe_from_args(args),
+             gpus=args.gpus)
+    if args.push:
+        _push(Path(args.out), args.push)
+    return 0
+
+
+def finetune(files: Sequence[Path], base: str, out: Path, recipe: Recipe, gpus: int = 1) -> None:
+    """Check the data, train the adapter, merge: what `webslm finetune` does (the e2e bench too)."""
     check_recipe(recipe)
-    if args.gpus < 1:
+    if gpus < 1:
         raise BadInput("--gpus must be at least 1", "pass --gpus 1 or more")
-    files = [Path(f) for f in args.data]
     data = checked_data(files)
-    resolved = _resolve_base(args.base)
+    resolved = _resolve_base(base)
     examples = tokenize_all(load_tokenizer(resolved.path), data, recipe.max_seq_len)
     for line in summary_lines(data, examples, recipe.max_seq_len):
         print(line)
     if not examples:
         raise BadInput(f"no conversation has an assistant token within {recipe.max_seq_len} "
                        "tokens", "raise --max-seq-len or shorten the conversations")
-    out = Path(args.out)
     with atomic_directory(out) as staging:
         adapter_out = staging / ADAPTER_DIR
-        _train(args.gpus, resolved.path, files, examples, recipe, adapter_out)
+        _train(gpus, resolved.path, files, examples, recipe, adapter_out)
         record = metadata(base_model=resolved.repo_id or str(resolved.path),
                           base_revision=resolved.revision, data_digest=data.digest,
                           system_prompt=data.system_prompt,
-                          recipe={**recipe.to_json(), "gpus": args.gpus})
+                          recipe={**recipe.to_json(), "gpus": gpus})
         atomic_write_text(adapter_out / METADATA_FILE, canonical_json(record))
         merge_into(resolved.path, adapter_out, staging)
         atomic_write_text(staging / METADATA_FILE, canonical_json(record))
     print(f"merged model written to {out} (adapter in {out / ADAPTER_DIR})")
-    if args.push:
-        _push(out, args.push)
-    return 0
