@@ -9,8 +9,11 @@ input-gradient 2N per token for the frozen linear layers (4N, not the 6N of full
 weights get no weight gradient), the LM head only on the tokens that carry loss (TRL's fused head
 skips the rest), 3x the causal attention forward, and nothing for padding or recomputation.
 
-Run: `python bench/bench_finetune.py` (one GPU) or, for data-parallel scaling,
-`accelerate launch --num_processes 2 bench/bench_finetune.py --variants ours`.
+Run: `python bench/bench_finetune.py` (one GPU); data-parallel scaling: `python -m
+torch.distributed.run --standalone --nproc_per_node 2 bench/bench_finetune.py --variants eager,ours`
+(strong: same global batch) and the same with `--global-batch 32` (weak: 16 per GPU); end to end:
+`python bench/bench_finetune.py --e2e finetune/data/medical.jsonl` (wall time of `webslm finetune`
+from process start to merged checkpoint, on a random Qwen2.5-0.5B-shaped base it writes first).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from webslm.finetune import (  # noqa: E402
     Recipe,
     attention_for,
     build_trainer,
+    load_base_model,
     pick_precision,
 )
 
@@ -60,13 +64,12 @@ VARIANTS = {  # Liger patches transformers' RoPE module-wide: the variants with 
                                          gradient_checkpointing=False),
     "ours-keep3": dataclasses.replace(LONG_RUN, keep_every=3),
     "ours-keep4": dataclasses.replace(LONG_RUN, keep_every=4),
-    "graphs-no-ckpt": dataclasses.replace(LONG_RUN, cuda_graphs=True,
-                                          gradient_checkpointing=False),
-    "graphs": dataclasses.replace(LONG_RUN, cuda_graphs=True),
     "ours-no-dropout": dataclasses.replace(LONG_RUN, lora_dropout=0.0),
+    "qlora": dataclasses.replace(OURS, bits=4, compile_layers="off"),  # --bits 4, short run
+    "qlora-compiled": dataclasses.replace(LONG_RUN, bits=4),
     "ours-liger": dataclasses.replace(OURS, compile_layers="off", fused_kernels=True),
 }
-DEFAULT_VARIANTS = "plain,eager,ours,ours-ckpt2,ours-ckpt3,ours-no-ckpt"
+DEFAULT_VARIANTS = "plain,eager,ours,ours-keep2,ours-keep3,ours-no-ckpt"
 H100_BF16_PEAK = 989e12  # dense bf16, H100 SXM datasheet
 
 
@@ -138,8 +141,7 @@ class StepTimer(TrainerCallback):
     def _mark(self) -> tuple[float, int]:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
-        padding = getattr(self.trainer.data_collator, "pad_tokens", 0)
-        return time.perf_counter(), int(self.trainer._total_train_tokens) - padding
+        return time.perf_counter(), int(self.trainer._total_train_tokens)
 
     def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
         self.began = time.perf_counter()
@@ -178,9 +180,16 @@ def run_variant(name: str, recipe: Recipe, examples: list[TokenizedExample], ste
         torch.cuda.set_device(device)
         torch.cuda.reset_peak_memory_stats()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype,
-                                                 attn_implementation=attention_for(recipe))
+    if recipe.bits == 4:  # quantized on load: through a saved copy, as `webslm finetune` loads
+        saved = out / "base-4bit-source"
+        if not saved.is_dir():
+            AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).save_pretrained(saved)
+        torch.cuda.reset_peak_memory_stats()
+        model = load_base_model(saved, precision, recipe)
+    else:
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype,
+                                                     attn_implementation=attention_for(recipe))
     timer = StepTimer(warmup, profile)
     trainer = build_trainer(model, pad_tokenizer(), examples, recipe, out / name,
                             precision=precision, world_size=world_size,
@@ -196,7 +205,7 @@ def run_variant(name: str, recipe: Recipe, examples: list[TokenizedExample], ste
         "global_batch": recipe.global_batch, "micro_batch": recipe.micro_batch,
         "padding_free": recipe.padding_free, "compile_layers": recipe.compile_layers,
         "gradient_checkpointing": recipe.gradient_checkpointing,
-        "keep_every": recipe.keep_every, "cuda_graphs": recipe.cuda_graphs, "steps": steps,
+        "keep_every": recipe.keep_every, "steps": steps,
         "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
         "warmup_seconds": timer.start[0] - timer.began,
         "peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0,

@@ -8,7 +8,8 @@ where it came from. The output folder appears whole or not at all.
 The training recipe is one frozen dataclass, `Recipe`; the benchmark in bench/ trains with the
 same code and the same defaults, so its figures describe what users run. Several GPUs: the
 same training script runs data-parallel under torchrun (or `accelerate launch`); the global
-batch stays 16 conversations, split across the GPUs, so results do not depend on the count.
+batch stays 16 conversations, split across the GPUs, so results do not depend on the count,
+unless the user raises it (`--global-batch`), which is what scales (bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -43,10 +44,10 @@ ADAPTER_DIR = "adapter"
 METADATA_FILE = "webslm.json"
 PRECISIONS = ("bf16", "fp16", "fp32")
 COMPILE_CHOICES = ("auto", "on", "off")
-# Compiling the decoder layers costs tens of seconds once per process and saves time every step:
-# "auto" compiles only when the run has at least this many optimizer steps (bench/RESULTS.md).
+# Compiling the decoder layers costs ~60 s once per process and saves ~0.2 s per step of 16
+# conversations on an H200: "auto" compiles only for runs of at least this many optimizer steps
+# (bench/RESULTS.md, issue 16).
 COMPILE_MIN_STEPS = 300
-TOKEN_BUCKET = 1024
 COMPILE_BACKEND = "inductor"  # torch.compile's own; the CPU tests swap in "aot_eager" for time
 
 
@@ -60,10 +61,8 @@ class Recipe:
     `compile_layers` ("auto", "on", "off") compiles each decoder layer, LoRA included, with
     `torch.compile`, checkpointed from outside except every `keep_every`-th layer (0: all
     checkpointed), which keeps its activations: see `compile_decoder_layers`. "auto" compiles
-    on a GPU when the run is long enough to repay the compile time. `cuda_graphs` (with
-    compiled layers) pads each packed row to a multiple of TOKEN_BUCKET tokens, so shapes
-    repeat, and replays each layer as a CUDA graph. None of these changes the batch, the steps
-    or the loss a user gets.
+    on a GPU when the run is long enough to repay the compile time. Neither changes the batch,
+    the steps or the loss a user gets.
     """
 
     epochs: float = 3.0
@@ -84,7 +83,6 @@ class Recipe:
     fused_kernels: bool = False
     compile_layers: str = "auto"
     keep_every: int = 0
-    cuda_graphs: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -108,7 +106,7 @@ def check_recipe(recipe: Recipe) -> None:
     """Refuse settings that cannot train, before loading anything."""
     if recipe.bits not in (16, 4):
         raise BadInput(f"--bits {recipe.bits} is not supported", "pass 16 (LoRA) or 4 (QLoRA)")
-    for name in ("epochs", "learning_rate", "lora_r", "lora_alpha", "max_seq_len"):
+    for name in ("epochs", "learning_rate", "lora_r", "lora_alpha", "max_seq_len", "global_batch"):
         if getattr(recipe, name) <= 0:
             flag = "--" + name.replace("_", "-").replace("learning-rate", "lr")
             raise BadInput(f"{flag} must be positive", f"pass a value above 0 for {flag}")
@@ -343,45 +341,7 @@ def decoder_layers(model: Any) -> list[Any]:
     return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
 
 
-class BucketPadding:
-    """Pads a padding-free row to a multiple of `bucket` tokens, so a few shapes repeat.
-
-    The padding is one extra sequence (positions 0.., labels -100) that attends only to itself;
-    `max_length` is fixed, so the attention call's arguments repeat too. Wraps TRL's collator;
-    `pad_tokens` counts what was added, so throughput can be reported in real tokens.
-    """
-
-    def __init__(self, collate: Any, bucket: int, pad_id: int, max_length: int) -> None:
-        self.collate = collate
-        self.bucket = bucket
-        self.pad_id = pad_id
-        self.max_length = max_length
-        self.pad_tokens = 0
-
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        import torch
-
-        batch = dict(self.collate(examples))
-        length = batch["input_ids"].shape[1]
-        pad = -length % self.bucket
-        self.pad_tokens += pad
-        extend = {"input_ids": self.pad_id, "labels": -100}
-        for key, value in extend.items():
-            batch[key] = torch.cat([batch[key], batch[key].new_full((1, pad), value)], dim=1)
-        batch["position_ids"] = torch.cat(
-            [batch["position_ids"], torch.arange(pad, dtype=batch["position_ids"].dtype)[None]], 1)
-        bounds = batch["cu_seq_lens_q"]
-        bounds = torch.cat([bounds, bounds.new_tensor([length + pad])]) if pad else bounds
-        batch["cu_seq_lens_q"] = batch["cu_seq_lens_k"] = bounds
-        batch["max_length_q"] = batch["max_length_k"] = self.max_length
-        if "seq_idx" in batch:
-            batch["seq_idx"] = torch.cat([batch["seq_idx"], batch["seq_idx"].new_full(
-                (1, pad), bounds.numel() - 2)], dim=1)
-        return batch
-
-
-def compile_decoder_layers(model: Any, checkpointed: bool, keep_every: int = 0,
-                           cuda_graphs: bool = False) -> int:
+def compile_decoder_layers(model: Any, checkpointed: bool, keep_every: int = 0) -> int:
     """Compile each decoder layer (LoRA inside it) and checkpoint it from outside; return the count.
 
     Why: a 0.5B model's step is bound by kernel launches, thousands of small elementwise kernels
@@ -397,9 +357,7 @@ def compile_decoder_layers(model: Any, checkpointed: bool, keep_every: int = 0,
 
     layers = decoder_layers(model)
     for index, layer in enumerate(layers):
-        compiled = torch.compile(layer.forward, backend=COMPILE_BACKEND,
-                                 mode="reduce-overhead" if cuda_graphs else None,
-                                 dynamic=False if cuda_graphs else None)
+        compiled = torch.compile(layer.forward, backend=COMPILE_BACKEND)
         keeps = keep_every > 0 and index % keep_every == keep_every - 1
         if checkpointed and not keeps:
             layer.forward = functools.partial(checkpoint, compiled, use_reentrant=False)
@@ -452,12 +410,7 @@ def build_trainer(model: Any, tokenizer: Any, examples: Sequence[TokenizedExampl
         callbacks=list(callbacks),
     )
     if compiled:
-        compile_decoder_layers(trainer.model, recipe.gradient_checkpointing, recipe.keep_every,
-                               recipe.cuda_graphs)
-        if recipe.cuda_graphs and recipe.padding_free:
-            trainer.data_collator = BucketPadding(trainer.data_collator, TOKEN_BUCKET,
-                                                  tokenizer.pad_token_id,
-                                                  max(recipe.max_seq_len, TOKEN_BUCKET))
+        compile_decoder_layers(trainer.model, recipe.gradient_checkpointing, recipe.keep_every)
     return trainer
 
 
@@ -569,7 +522,7 @@ def merge_command(base: str, adapter: Path, out: Path) -> int:
 def recipe_from_args(args: argparse.Namespace) -> Recipe:
     return Recipe(epochs=args.epochs, learning_rate=args.lr, lora_r=args.lora_r,
                   lora_alpha=args.lora_alpha, max_seq_len=args.max_seq_len, bits=args.bits,
-                  seed=args.seed, compile_layers=args.compile)
+                  seed=args.seed, compile_layers=args.compile, global_batch=args.global_batch)
 
 
 def _train(gpus: int, base: Path, files: Sequence[Path], examples: Sequence[TokenizedExample],
@@ -582,6 +535,12 @@ def _train(gpus: int, base: Path, files: Sequence[Path], examples: Sequence[Toke
         return
     import torch
 
+    if recipe.global_batch == Recipe.global_batch:
+        print(f"note: {gpus} GPUs split the {recipe.global_batch} conversations of each step; at "
+              "this batch a small model trains slower on several GPUs than on one (bench/"
+              f"RESULTS.md). --global-batch {recipe.global_batch * gpus} keeps "
+              f"{recipe.global_batch} per GPU, which scales, with {gpus}x fewer, larger steps.",
+              file=sys.stderr)
     if torch.cuda.device_count() < gpus:
         raise MissingEnvironment(f"--gpus {gpus} asks for more GPUs than this machine has "
                                  f"({torch.cuda.device_count()})", "pass a smaller --gpus")
@@ -616,6 +575,7 @@ def finetune(files: Sequence[Path], base: str, out: Path, recipe: Recipe, gpus: 
     check_recipe(recipe)
     if gpus < 1:
         raise BadInput("--gpus must be at least 1", "pass --gpus 1 or more")
+    batch_split(recipe, gpus)
     data = checked_data(files)
     resolved = _resolve_base(base)
     examples = tokenize_all(load_tokenizer(resolved.path), data, recipe.max_seq_len)
