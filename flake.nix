@@ -12,13 +12,15 @@
     {
       lib.toolchainLock = toolchainLock;
       devShells.${system}.default = import ./nix/devshell.nix { inherit pkgs toolchainLock; };
-      # nix build .#toolchain-image --impure (reads the exported rootfs and the ID):
-      #   WEBSLM_ROOTFS=/abs/rootfs.tar WEBSLM_TOOLCHAIN_ID=$(webslm toolchain id)
+      # nix build .#toolchain-image --impure (reads the exported rootfs, the base archive that
+      # `webslm toolchain check` names, and the ID):
+      #   WEBSLM_ROOTFS=/abs/rootfs.tar WEBSLM_BASE_ARCHIVE=/abs/base.tar \
+      #   WEBSLM_TOOLCHAIN_ID=$(webslm toolchain id)
       packages.${system}.toolchain-image = import ./nix/image.nix {
         inherit pkgs toolchainLock;
         rootfs = /. + builtins.getEnv "WEBSLM_ROOTFS";
+        baseArchive = /. + builtins.getEnv "WEBSLM_BASE_ARCHIVE";
         toolchainId = builtins.getEnv "WEBSLM_TOOLCHAIN_ID";
-        baseImageNarHash = toolchainLock.lock.base_image.nix_sha256;
       };
     };
 }

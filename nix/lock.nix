@@ -21,12 +21,19 @@ rec {
   inherit lock isPlaceholder;
   sourceDateEpoch = lock.source_date_epoch;
   webllmVersion = lock.webllm.version;
-  baseImage = "${lock.base_image.ref}@${lock.base_image.digest}";
   placeholders = placeholdersIn "" lock;
-  # The Docker build arguments, exactly as webslm.toolchain.build_args writes them (bar the ID,
-  # which hashes the files of docker/ and is computed by `webslm toolchain id`).
+  # What defines the base root filesystem (webslm.baseimage.BaseRecipe): mmdebstrap of this
+  # variant and suite from the snapshot archive, with SOURCE_DATE_EPOCH. No registry image.
+  baseRecipe = {
+    suite = lock.debian.suite;
+    archive = lock.debian.archive;
+    security_archive = lock.debian.security_archive;
+    variant = lock.debian.base_variant;
+    source_date_epoch = sourceDateEpoch;
+  };
+  # The Docker build arguments, exactly as webslm.toolchain.build_args writes them (bar the ID
+  # and BASE_IMAGE, the local tag of the base; both hash files and are computed by webslm).
   buildArgs = {
-    BASE_IMAGE = baseImage;
     DEBIAN_ARCHIVE = lock.debian.archive;
     DEBIAN_SECURITY_ARCHIVE = lock.debian.security_archive;
     DEBIAN_SUITE = lock.debian.suite;

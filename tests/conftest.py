@@ -9,11 +9,14 @@ import contextlib
 import functools
 import hashlib
 import http.server
+import importlib.util
 import os
 import shutil
+import signal
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +24,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from browser.harness import Browser, browser_missing  # noqa: E402
 from standin.image import ensure_standin_image, standin_toolchain  # noqa: E402
 from tinymodels import make_tiny_model  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+REAL_TINY = REPO_ROOT.parent / "shared" / "fixtures" / "real-tiny"  # real MLC-LLM output
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
@@ -51,11 +56,22 @@ def docker_engine():  # noqa: ANN201
 
 
 @pytest.fixture(scope="session")
-def debian_base_image(docker_engine) -> str:  # noqa: ANN001
-    """Tag of the locally made Debian bookworm minbase image (built once, then cached by tag)."""
-    from webslm.baseimage import ensure_debian_base
+def live_base() -> Any:
+    """The lock's base recipe over the live Debian mirror (snapshot.debian.org is unreachable
+    here): the product's mmdebstrap path with only the archive URLs swapped."""
+    from webslm.baseimage import LIVE_MIRROR
+    from webslm.toolchain import load_lock
 
-    return ensure_debian_base()
+    return load_lock().base.with_archives(*LIVE_MIRROR)
+
+
+@pytest.fixture(scope="session")
+def debian_base_image(docker_engine, live_base) -> str:  # noqa: ANN001
+    """Tag of the base image made by mmdebstrap from the live mirror (made once, cached by tag)."""
+    from webslm.baseimage import ensure_base_image
+    from webslm.cache import default_cache_dir
+
+    return ensure_base_image(docker_engine, live_base, default_cache_dir())
 
 
 @pytest.fixture(scope="session")
@@ -99,6 +115,32 @@ def standin_dist(standin_image: str, tiny_qwen2: Path,
     options = BuildOptions(out=out / "dist", toolchain=standin_toolchain(standin_image),
                            cache_dir=out / "cache", show_progress=False)
     return build_model(resolve_spec(model=str(tiny_qwen2), name="tiny"), options).dist
+
+
+def tasks_namespace() -> Any:
+    """tasks.py's Invoke collection, loaded the way the `invoke` program loads it."""
+    from invoke import Collection
+
+    spec = importlib.util.spec_from_file_location("tasks", REPO_ROOT / "tasks.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return Collection.from_module(module)
+
+
+def interrupt_when(ready: Callable[[], bool], within: float = 60) -> threading.Thread:
+    """A started watcher thread that presses Ctrl-C (SIGINT to this process) once `ready()`."""
+    def watch() -> None:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            if ready():
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    return watcher
 
 
 def copy_model(source: Path, target: Path) -> Path:
@@ -153,6 +195,11 @@ def offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def end_headers(self) -> None:
+        """Readable from any origin, like the Hub's resolve URLs (a web page fetches them)."""
+        self.send_header("Access-Control-Allow-Origin", "*")
+        super().end_headers()
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         """Keep the test output clean."""
 
@@ -169,3 +216,12 @@ def http_server(root: Path) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """One headless Chromium driver (tests/browser/driver.mjs) per test module."""
+    require(browser_missing() is None, f"browser tests need: {browser_missing()}")
+    driver = Browser()
+    yield driver
+    driver.close()

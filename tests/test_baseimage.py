@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from webslm.baseimage import mmdebstrap_command, write_docker_archive
+from webslm.baseimage import BaseRecipe, mmdebstrap_command, write_docker_archive
 
 
 def small_rootfs(path: Path, content: bytes) -> Path:
@@ -35,9 +35,13 @@ def test_docker_archive_image_id_depends_only_on_the_rootfs(tmp_path: Path) -> N
 
 
 def test_mmdebstrap_command_strips_host_specific_files(tmp_path: Path) -> None:
-    command = mmdebstrap_command(tmp_path / "r.tar", "bookworm", None)
+    recipe = BaseRecipe(suite="bookworm", archive="http://a/debian", security_archive="http://a/s",
+                        variant="minbase", source_date_epoch=1739232000)
+    command = mmdebstrap_command(recipe, tmp_path / "r.tar")
     assert command[:2] == ["mmdebstrap", "--variant=minbase"]
     assert any("etc/resolv.conf" in part and "etc/hostname" in part for part in command)
+    assert command[-3:] == recipe.sources()
+    assert recipe.sources()[2].endswith("http://a/s bookworm-security main")
 
 
 @pytest.mark.docker
@@ -50,3 +54,21 @@ def test_a_container_runs_from_the_local_base_image(docker_engine, debian_base_i
     assert version.startswith("12.") and uid == "1234"
     image = docker_engine.images.get(debian_base_image)
     assert image.attrs["Created"].startswith("2025-02-11")
+
+
+@pytest.mark.docker
+def test_the_base_image_is_tagged_by_its_recipe_and_kept_as_one_archive(  # noqa: ANN001
+        docker_engine, debian_base_image, live_base) -> None:
+    """The live-mirror base used here and the product's snapshot base share one code path and
+    differ in tag; the loaded image is the kept docker-archive (the file Nix starts from)."""
+    from webslm.baseimage import base_archive_path
+    from webslm.cache import default_cache_dir
+    from webslm.toolchain import load_lock
+
+    assert debian_base_image == live_base.tag != load_lock().base.tag
+    archive = base_archive_path(live_base, default_cache_dir())
+    with tarfile.open(archive) as tar:
+        manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
+    assert manifest[0]["RepoTags"] == [live_base.tag]
+    image_id = docker_engine.images.get(debian_base_image).id
+    assert image_id == "sha256:" + manifest[0]["Config"].removesuffix(".json")

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import signal
-import threading
+import secrets
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import copy_model
+from conftest import copy_model, interrupt_when
 from standin.image import standin_toolchain
 
 from webslm.cli import main
@@ -172,12 +170,13 @@ def test_a_non_reproducible_toolchain_shows_in_the_compile_digest(
 
 
 def built_then_switched(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                        image: str, **env: str) -> tuple[list[str], Path, dict[str, str]]:
+                        image: str, name: str = "tiny",
+                        **env: str) -> tuple[list[str], Path, dict[str, str]]:
     """Build once through the CLI, then point it at a stand-in with test settings `env`."""
     out = tmp_path / "dist"
-    argv = ["build", "--model", str(tiny), "--name", "tiny", "--out", str(out)]
+    argv = ["build", "--model", str(tiny), "--name", name, "--out", str(out)]
     assert main(argv) == 0
-    before = digests(out / "tiny")
+    before = digests(out / name)
     switched = standin_toolchain(image, **env)
     monkeypatch.setattr("webslm.toolchain.current_toolchain", lambda: switched)
     return argv, out, before
@@ -201,29 +200,27 @@ def test_a_failing_stage_keeps_the_previous_dist_and_names_its_log(
 
 
 @pytest.mark.docker
+@pytest.mark.parametrize("sleep, interrupted", [
+    ("compile:120", {"compile"}),
+    ("convert_weight:120,compile:120", {"convert_weight", "compile"}),  # both branches at once
+])
 def test_an_interrupted_build_keeps_the_previous_dist(
         standin, standin_image: str, tiny_qwen2: Path, tmp_path: Path,  # noqa: ANN001
-        monkeypatch: pytest.MonkeyPatch, docker_engine) -> None:  # noqa: ANN001
+        monkeypatch: pytest.MonkeyPatch, docker_engine, sleep: str,  # noqa: ANN001
+        interrupted: set[str]) -> None:
+    name = f"tiny-{secrets.token_hex(4)}"  # other builds on this shared engine are not ours
     argv, out, before = built_then_switched(tiny_qwen2, tmp_path, monkeypatch, standin_image,
-                                            WEBSLM_STANDIN_SLEEP="compile:120")
-
-    def interrupt_once_compiling() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if docker_engine.containers.list(filters={"label": "webslm.stage=compile"}):
-                os.kill(os.getpid(), signal.SIGINT)
-                return
-            time.sleep(0.1)
-
-    watcher = threading.Thread(target=interrupt_once_compiling, daemon=True)
-    watcher.start()
+                                            name, WEBSLM_STANDIN_SLEEP=sleep)
+    ours = {"label": f"webslm.model_id={name}-q4f16_1"}
+    watcher = interrupt_when(lambda: interrupted <= {
+        c.labels["webslm.stage"] for c in docker_engine.containers.list(filters=ours)})
     started = time.monotonic()
     assert main(argv) == 130
     assert time.monotonic() - started < 60
     watcher.join()
-    assert digests(out / "tiny") == before
-    assert sorted(p.name for p in out.iterdir()) == ["tiny"]
-    assert docker_engine.containers.list(all=True, filters={"label": "webslm.stage"}) == []
+    assert digests(out / name) == before
+    assert sorted(p.name for p in out.iterdir()) == [name]
+    assert docker_engine.containers.list(all=True, filters=ours) == []
 
 
 @pytest.mark.docker

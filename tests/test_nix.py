@@ -44,7 +44,14 @@ def test_every_nix_file_parses(path: Path) -> None:
 def test_nix_build_args_equal_the_docker_build_args() -> None:
     python_args = toolchain.build_args(toolchain.load_lock(), "unused")
     python_args.pop("TOOLCHAIN_ID")
+    python_args.pop("BASE_IMAGE")  # the local tag of the base: a hash webslm computes
     assert _eval("buildArgs") == python_args
+
+
+def test_nix_reads_the_same_base_recipe_and_pulls_no_registry_image() -> None:
+    assert _eval("baseRecipe") == toolchain.load_lock().base.to_json()
+    image = (REPO / "nix" / "image.nix").read_text()
+    assert "pullImage" not in image and "fromImage = baseArchive" in image
 
 
 def test_nix_sees_the_same_placeholders_and_settings() -> None:

@@ -189,7 +189,7 @@ def web_copy(tmp_path: Path, *, with_modules: bool = True) -> Path:
     """web/ sources beside a copy of the lock (node_modules linked when asked)."""
     web = tmp_path / "web"
     shutil.copytree(REPO_ROOT / "web" / "src", web / "src")
-    for name in ("index.html", "build.mjs", "package.json", "package-lock.json"):
+    for name in ("index.html", "check.html", "build.mjs", "package.json", "package-lock.json"):
         shutil.copy2(REPO_ROOT / "web" / name, web / name)
     if with_modules:
         os.symlink(REPO_ROOT / "web" / "node_modules", web / "node_modules")
@@ -222,9 +222,14 @@ def test_without_node_modules_it_says_the_one_build_command(tmp_path: Path) -> N
     assert "npm ci --prefix web && npm run build --prefix web" in raised.value.line()
 
 
-def test_the_serve_command_prints_the_url_and_serves(dist: Path) -> None:
+@pytest.mark.parametrize("spelling", ["positional", "--dist", "both"])
+def test_the_serve_command_prints_the_url_and_serves(dist: Path, spelling: str) -> None:
+    """`webslm serve DIST`, `webslm serve --dist DIST` (repeatable) and a mix serve the same."""
     require((REPO_ROOT / "web" / "node_modules").is_dir(), "web/node_modules is missing")
-    process = subprocess.Popen([sys.executable, "-m", "webslm", "serve", str(dist), "--port", "0"],
+    dists = {"positional": [str(dist)], "--dist": ["--dist", str(dist / "tiny"), "--dist",
+                                                   str(dist / "tiny16")],
+             "both": [str(dist / "tiny"), "--dist", str(dist / "tiny16")]}[spelling]
+    process = subprocess.Popen([sys.executable, "-m", "webslm", "serve", *dists, "--port", "0"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                cwd=REPO_ROOT)
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import REPO_ROOT
@@ -84,7 +85,8 @@ def test_unknown_names_exit_2_with_one_line_naming_the_closest_valid_values(
 def test_local_model_type_auto_is_read_from_config(tiny_models) -> None:  # noqa: ANN001
     spec = resolve_spec(model=str(tiny_models["llama"]))
     assert (spec.model_type, spec.conv_template, spec.name) == ("llama", "llama-3", "llama")
-    assert spec.model == str(tiny_models["llama"].resolve())
+    assert not Path(spec.model).is_absolute() and spec.model.startswith(("./", "../"))
+    assert (Path.cwd() / spec.model).resolve() == tiny_models["llama"].resolve()
 
 
 def test_hub_id_keeps_its_revision_and_auto_type_until_download() -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -12,8 +15,11 @@ import pytest
 from conftest import require
 
 from webslm import toolchain
+from webslm.baseimage import LIVE_MIRROR, mmdebstrap_command
 from webslm.cli import main
-from webslm.errors import BadInput
+from webslm.errors import BadInput, MissingEnvironment
+from webslm.toolchain import build, refresh
+from webslm.toolchain import lock as lock_module
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -48,28 +54,54 @@ def test_the_repository_lock_is_valid_and_pins_what_the_image_needs() -> None:
                    "tvm/3rdparty/libbacktrace", "tokenizers-cpp/msgpack",
                    "tokenizers-cpp/sentencepiece"):
         assert lock.source(f"mlc-llm/3rdparty/{nested}")
-    assert lock.data["debian"]["snapshot"] in lock.debian_archive
-    assert "snapshot.debian.org" in lock.debian_archive
+    assert lock.data["debian"]["snapshot"] in lock.base.archive
+    assert "snapshot.debian.org" in lock.base.archive and lock.base.variant == "minbase"
 
 
-def test_python_wheels_carry_real_hashes_and_torch_is_a_declared_placeholder() -> None:
+def test_python_wheels_and_torch_carry_real_hashes() -> None:
     lock = toolchain.load_lock()
-    packages = lock.data["python"]["packages"]
-    assert {"numpy", "safetensors", "ml-dtypes", "tornado", "pydantic"} <= set(packages)
+    packages = {**lock.data["python"]["packages"], "torch": lock.data["python"]["torch"]}
+    assert {"numpy", "safetensors", "ml-dtypes", "tornado", "pydantic", "torch"} <= set(packages)
     for name, entry in packages.items():
         assert entry["sha256"] and all(len(h) == 64 for h in entry["sha256"]), name
-    assert "python.torch.sha256[0]" in lock.placeholders
 
 
-def test_every_placeholder_is_explicit_and_listed() -> None:
+def test_only_the_first_use_placeholder_is_left() -> None:
     lock = toolchain.load_lock()
     text = (REPO / "docker" / toolchain.LOCK_NAME).read_text()
-    assert text.count('"PLACEHOLDER:') == len(lock.placeholders)
-    assert "base_image.digest" in lock.placeholders
+    assert text.count('"PLACEHOLDER:') == len(lock.placeholders) == 1
+    assert lock.first_use == ("cargo_vendor.tree_sha256",) and lock.unresolved == ()
+    assert "base_image" not in lock.data
+
+
+def _pins_table() -> list[tuple[str, str, str]]:
+    """(lock entry, value, status) of every row of ../shared/reference/pins.md with a value."""
+    pins = REPO.parent / "shared" / "reference" / "pins.md"
+    require(pins.is_file(), f"{pins} is absent (CI has it beside the clone)")
+    rows = []
+    for line in pins.read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        ticks = [re.findall(r"`([^`]+)`", cell) for cell in cells]
+        proven_or_inferred = len(cells) == 4 and cells[3].startswith(("proven", "inferred"))
+        if proven_or_inferred and ticks[0] and ticks[1]:
+            rows.append((ticks[0][0], ticks[1][0], cells[3]))
+    return rows
+
+
+def test_every_proven_and_inferred_pin_of_pins_md_is_in_the_lock() -> None:
+    lock = toolchain.load_lock()
+    rows = _pins_table()
+    assert len(rows) == 10
+    for entry, value, status in rows:
+        found = lock_module.value_at(lock.data, entry)
+        assert value in (found if isinstance(found, list) else [found]), entry
+        if entry.startswith("sources."):
+            assert (entry in lock.inferred) == status.startswith("inferred"), entry
+    assert len(lock.inferred) == 4
 
 
 def test_patch_digests_in_the_lock_match_the_patch_files() -> None:
-    assert toolchain.patch_mismatches(toolchain.load_lock()) == ()
+    assert lock_module.patch_mismatches(toolchain.load_lock()) == ()
     assert len(toolchain.load_lock().patches) == 2
 
 
@@ -129,8 +161,8 @@ def test_build_args_come_from_the_lock() -> None:
     args = toolchain.build_args(lock, "f" * 64)
     for name, version in lock.apt_packages.items():
         assert f"{name}={version}" in args["APT_PACKAGES"].split()
-    assert args["BASE_IMAGE"] == f"{lock.data['base_image']['ref']}@" \
-                                 f"{lock.data['base_image']['digest']}"
+    assert args["BASE_IMAGE"] == lock.base.tag and args["BASE_IMAGE"].startswith("webslm-base:")
+    assert args["DEBIAN_ARCHIVE"] == lock.data["debian"]["archive"]
     assert args["SOURCE_DATE_EPOCH"] == str(lock.source_date_epoch)
     assert args["EMSCRIPTEN_VERSION"] == "3.1.56"
     dockerfile = (REPO / "docker" / "Dockerfile").read_text()
@@ -153,10 +185,45 @@ def test_a_malformed_lock_is_bad_input_naming_the_entry(docker_dir: Path, change
         toolchain.load_lock(docker_dir)
 
 
-def test_a_guessed_value_is_refused_while_a_placeholder_is_accepted(docker_dir: Path) -> None:
-    _rewrite_lock(docker_dir, lambda d: d["base_image"].update({"digest": "sha256:1234"}))
-    with pytest.raises(BadInput, match="base_image.digest"):
+def test_a_registry_base_image_is_refused(docker_dir: Path) -> None:
+    _rewrite_lock(docker_dir, lambda d: d.update(
+        {"base_image": {"ref": "debian:bookworm", "digest": "sha256:" + "0" * 64}}))
+    with pytest.raises(BadInput, match="base_image"):
         toolchain.load_lock(docker_dir)
+
+
+def test_a_first_use_placeholder_elsewhere_is_refused(docker_dir: Path) -> None:
+    _rewrite_lock(docker_dir, lambda d: d["rust"].update(
+        {"installer_sha256": lock_module.FIRST_USE_PLACEHOLDER}))
+    with pytest.raises(BadInput, match="rust.installer_sha256"):
+        toolchain.load_lock(docker_dir)
+
+
+@pytest.mark.parametrize("change", [
+    lambda d: d["debian"].update({"snapshot": "20250601T000000Z",
+                                  "archive": d["debian"]["archive"].replace("0520", "0601")}),
+    lambda d: d["debian"].update({"suite": "trixie"}),
+    lambda d: d["debian"].update({"base_variant": "essential"}),
+    lambda d: d.update({"source_date_epoch": d["source_date_epoch"] + 1}),
+])
+def test_what_defines_the_base_changes_its_tag_and_the_id(docker_dir: Path, change) -> None:  # noqa: ANN001
+    before_id = toolchain.toolchain_id(docker_dir)
+    before_tag = toolchain.load_lock(docker_dir).base.tag
+    _rewrite_lock(docker_dir, change)
+    assert toolchain.toolchain_id(docker_dir) != before_id
+    assert toolchain.load_lock(docker_dir).base.tag != before_tag
+
+
+def test_the_base_is_made_from_the_snapshot_with_the_locks_epoch() -> None:
+    lock = toolchain.load_lock()
+    command = mmdebstrap_command(lock.base, Path("rootfs.tar"))
+    assert command[:2] == ["mmdebstrap", "--variant=minbase"]
+    snapshot = lock.data["debian"]["snapshot"]
+    sources = [part for part in command if part.startswith("deb ")]
+    assert len(sources) == 3 and all(snapshot in line for line in sources)
+    assert lock.base.source_date_epoch == lock.source_date_epoch
+    live = lock.base.with_archives(*LIVE_MIRROR)
+    assert live.tag != lock.base.tag and live.suite == lock.base.suite
 
 
 def test_toolchain_id_prints_the_full_id_alone(capsys: pytest.CaptureFixture[str]) -> None:
@@ -174,31 +241,139 @@ def test_check_lists_the_id_and_every_placeholder(capsys: pytest.CaptureFixture[
         assert f"  {path}\n" in out
 
 
-def test_build_with_placeholders_stops_with_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
-    assert toolchain.load_lock().placeholders
-    assert main(["toolchain", "build"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("webslm: error:") and "--allow-unpinned" in err
-    assert len(err.strip().splitlines()) == 1
+def test_check_shows_only_the_first_use_placeholder(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["toolchain", "check"]) == 0
+    out = capsys.readouterr().out
+    assert "placeholders: 0\n" in out
+    assert "resolved on first use (by `webslm toolchain`): 1\n  cargo_vendor.tree_sha256\n" in out
+    assert "inferred (checked at fetch, replaced by refresh-lock): 4\n" in out
+
+
+def test_build_with_placeholders_stops_with_exit_2(docker_dir: Path) -> None:
+    _rewrite_lock(docker_dir,
+                  lambda d: d["rust"].update({"installer_sha256": lock_module.PLACEHOLDER}))
+    with pytest.raises(BadInput, match="--allow-unpinned") as raised:
+        build.ensure_toolchain_image(docker_dir=docker_dir)
+    assert raised.value.exit_code == 2 and "rust.installer_sha256" in str(raised.value)
+
+
+def test_offline_build_passes_the_lock_checks_and_exits_3_naming_what_it_cannot_reach(
+        tmp_path: Path) -> None:
+    """A machine without network (every connection refused through a dead proxy): exit 3, one
+    line naming the snapshot archive and the other hosts, nothing written, no build started."""
+    lock_before = (REPO / "docker" / toolchain.LOCK_NAME).read_bytes()
+    dead = "http://127.0.0.1:9"
+    env = {**os.environ, "http_proxy": dead, "https_proxy": dead, "HTTP_PROXY": dead,
+           "HTTPS_PROXY": dead, "no_proxy": "", "NO_PROXY": "", "XDG_CACHE_HOME": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "webslm", "toolchain", "build"], env=env,
+                            capture_output=True, text=True, check=False, cwd=REPO, timeout=300)
+    if "no Docker engine" in result.stderr:
+        require(False, "no Docker engine")
+    assert result.returncode == 3, result.stderr
+    line = result.stderr.strip()
+    assert len(line.splitlines()) == 1 and "cannot reach" in line
+    for host in ("snapshot.debian.org", "github.com", "static.rust-lang.org", "pypi.org",
+                 "index.crates.io"):
+        assert host in line, host
+    assert (REPO / "docker" / toolchain.LOCK_NAME).read_bytes() == lock_before
+    assert not (tmp_path / "webslm").exists()
+
+
+CARGO_LOCK = """# This file is automatically @generated by Cargo.
+version = 3
+
+[[package]]
+name = "tokenizers-c"
+version = "0.1.0"
+
+[[package]]
+name = "serde"
+version = "1.0.217"
+source = "registry+https://github.com/rust-lang/crates.io-index"
+checksum = "02fc4265df13d6fa1d00ecff087228cc0a2b5f3c0e87e258d8b94a156e984c70"
+"""
+
+
+def standin_crates_resolver(calls: list[str]):  # noqa: ANN201
+    """STAND-IN for the `crates` stage (cargo against crates.io, unreachable here): the real
+    resolver's interface, returning a fixed Cargo.lock and digest."""
+    def resolve(client, lock, docker_dir, log) -> build.VendoredCrates:  # noqa: ANN001
+        assert lock.first_use == ("cargo_vendor.tree_sha256",)
+        calls.append(str(docker_dir))
+        return build.VendoredCrates(cargo_lock=CARGO_LOCK, tree_sha256="ab" * 32)
+    return resolve
+
+
+def test_first_use_pins_the_crates_writes_the_lock_and_says_to_commit(docker_dir: Path) -> None:
+    calls: list[str] = []
+    log = io.StringIO()
+    before = toolchain.toolchain_id(docker_dir)
+    written = build.pin_on_first_use(None, docker_dir, standin_crates_resolver(calls), log)
+    lock = toolchain.load_lock(docker_dir)
+    assert lock.placeholders == () and lock.data["cargo_vendor"]["tree_sha256"] == "ab" * 32
+    assert (docker_dir / lock_module.CARGO_LOCKFILE).read_text() == CARGO_LOCK
+    assert written == (str(docker_dir / toolchain.LOCK_NAME),
+                       str(docker_dir / lock_module.CARGO_LOCKFILE))
+    said = log.getvalue()
+    assert f"cargo_vendor.tree_sha256 = {'ab' * 32}" in said and "(2 crates" in said
+    assert "git add" in said and "git commit" in said
+    assert toolchain.toolchain_id(docker_dir) != before  # the committed pins name a new image
+    assert build.pin_on_first_use(None, docker_dir, standin_crates_resolver(calls), log) == ()
+    assert len(calls) == 1
+
+
+def test_a_failed_first_use_resolution_writes_nothing(docker_dir: Path) -> None:
+    before = (docker_dir / toolchain.LOCK_NAME).read_bytes()
+
+    def unreachable(client, lock, docker_dir, log):  # noqa: ANN001, ANN202
+        raise MissingEnvironment("cannot reach index.crates.io", "build on a networked machine")
+
+    with pytest.raises(MissingEnvironment):
+        build.pin_on_first_use(None, docker_dir, unreachable, io.StringIO())
+    assert (docker_dir / toolchain.LOCK_NAME).read_bytes() == before
+    assert not (docker_dir / lock_module.CARGO_LOCKFILE).exists()
+
+
+def test_the_build_pins_on_first_use_then_builds_the_image_of_the_pinned_lock(
+        docker_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`webslm toolchain` on a networked machine: base, first-use pins, then the final build of
+    the lock that now holds them. The snapshot archive, crates.io and the hour-long image build
+    are the boundaries replaced here (STAND-INs recording what they were asked)."""
+    steps: list[tuple[str, str]] = []
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(build, "docker_client", lambda: None)
+    monkeypatch.setattr(build, "image_exists", lambda client, ref: False)
+    monkeypatch.setattr(build, "unreachable", lambda urls: [])
+    monkeypatch.setattr(build, "ensure_base_image",
+                        lambda client, recipe, cache: steps.append(("base", recipe.tag)))
+    monkeypatch.setattr(build, "build_image", lambda client, tag, args, **kw: steps.append(
+        ("build", f"{tag} {kw['target']} {args['TOOLCHAIN_ID']}")))
+    calls: list[str] = []
+    result = build.ensure_toolchain_image(docker_dir=docker_dir, log=io.StringIO(),
+                                              resolve_crates=standin_crates_resolver(calls))
+    pinned = toolchain.toolchain_id(docker_dir)
+    assert result.id == pinned and len(calls) == 1
+    assert steps == [("base", toolchain.load_lock(docker_dir).base.tag),
+                     ("build", f"{toolchain.image_tag(pinned)} toolchain {pinned}")]
 
 
 def test_a_patch_edited_without_refreshing_the_lock_stops_the_build(docker_dir: Path) -> None:
     patch = docker_dir / "patches" / "02_codegen_webgpu_ordered_maps.py"
     patch.write_text(patch.read_text() + "\n")
     with pytest.raises(BadInput, match="02_codegen_webgpu_ordered_maps.py"):
-        toolchain.ensure_toolchain_image(allow_unpinned=True, docker_dir=docker_dir)
+        build.ensure_toolchain_image(allow_unpinned=True, docker_dir=docker_dir)
 
 
 def test_registry_refs_get_the_id_as_tag_unless_they_name_one() -> None:
     ident = "0123456789ab" + "c" * 52
-    assert toolchain.registry_ref("ghcr.io/o/webslm-toolchain", ident) == \
+    assert build.registry_ref("ghcr.io/o/webslm-toolchain", ident) == \
         "ghcr.io/o/webslm-toolchain:0123456789ab"
-    assert toolchain.registry_ref("localhost:5000/t", ident) == "localhost:5000/t:0123456789ab"
-    assert toolchain.registry_ref("ghcr.io/o/t:v1", ident) == "ghcr.io/o/t:v1"
+    assert build.registry_ref("localhost:5000/t", ident) == "localhost:5000/t:0123456789ab"
+    assert build.registry_ref("ghcr.io/o/t:v1", ident) == "ghcr.io/o/t:v1"
 
 
 def test_the_build_context_tar_is_byte_identical_each_time() -> None:
-    assert toolchain.context_tar().getvalue() == toolchain.context_tar().getvalue()
+    assert lock_module.context_tar().getvalue() == lock_module.context_tar().getvalue()
 
 
 @pytest.mark.parametrize(("filename", "fits"), [
@@ -212,7 +387,7 @@ def test_the_build_context_tar_is_byte_identical_each_time() -> None:
 ])
 def test_refresh_lock_hashes_only_wheels_that_install_in_the_image(filename: str,
                                                                    fits: bool) -> None:
-    assert toolchain.wheel_fits(filename) is fits
+    assert refresh.wheel_fits(filename) is fits
 
 
 def test_pip_requirements_name_every_locked_wheel_with_its_hashes() -> None:
@@ -263,3 +438,95 @@ def test_the_workflow_caches_by_the_toolchain_id() -> None:
     assert "webslm toolchain id" in workflow
     assert "key: webslm-toolchain-${{ steps.ident.outputs.id }}" in workflow
     assert "cache-hit != 'true'" in workflow and "--pull" in workflow and "--push" in workflow
+
+
+def _git(*argv: str, cwd: Path) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t", "GIT_AUTHOR_DATE": "@0 +0000",
+           "GIT_COMMITTER_DATE": "@0 +0000"}
+    return subprocess.run(["git", *argv], cwd=cwd, env=env, check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def _fake_repo(folder: Path, files: dict[str, str], gitlinks: dict[str, str]) -> str:
+    """A local git repository with one commit holding `files` and submodule `gitlinks`."""
+    folder.mkdir(parents=True)
+    _git("init", "-q", cwd=folder)
+    for name, text in files.items():
+        (folder / name).write_text(text)
+        _git("add", name, cwd=folder)
+    for path, commit in gitlinks.items():
+        _git("update-index", "--add", "--cacheinfo", f"160000,{commit},{path}", cwd=folder)
+    _git("commit", "-q", "-m", "pin", cwd=folder)
+    return _git("rev-parse", "HEAD", cwd=folder)
+
+
+def test_a_wrong_inferred_pin_fails_at_fetch_and_refresh_lock_corrects_it(
+        docker_dir: Path, tmp_path: Path) -> None:
+    """Real git, real fetch_sources.py and real refresh-lock over local repositories standing in
+    for GitHub: the parent's gitlink is the truth an inferred pin is checked against."""
+    child = tmp_path / "repos" / "dep"
+    _fake_repo(child, {"a.txt": "one\n"}, {})
+    old = _git("rev-parse", "HEAD", cwd=child)
+    (child / "a.txt").write_text("two\n")
+    _git("commit", "-q", "-am", "next", cwd=child)
+    new = _git("rev-parse", "HEAD", cwd=child)
+    parent = _fake_repo(tmp_path / "repos" / "mlc", {"README": "x\n"}, {"3rdparty/dep": new})
+    entry = "sources.mlc-llm/3rdparty/dep.commit"
+
+    def fake_sources(data: dict) -> None:  # noqa: ANN001
+        data["sources"] = {
+            "mlc-llm": {"repo": (tmp_path / "repos" / "mlc").as_uri(), "commit": parent},
+            "mlc-llm/3rdparty/dep": {"repo": child.as_uri(), "commit": old,
+                                     "evidence": "inferred: test"}}
+    _rewrite_lock(docker_dir, fake_sources)
+    assert toolchain.load_lock(docker_dir).inferred == (entry,)
+
+    def fetch(dest: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, str(REPO / "docker/scripts/fetch_sources.py"),
+                               str(docker_dir / toolchain.LOCK_NAME), str(dest)],
+                              capture_output=True, text=True, check=False)
+
+    failed = fetch(tmp_path / "src1")
+    assert failed.returncode != 0
+    assert entry in failed.stderr and "inferred" in failed.stderr
+    assert old in failed.stderr and new in failed.stderr and "refresh-lock" in failed.stderr
+
+    log = io.StringIO()
+    refresh.refresh_lock(docker_dir, log=log)
+    fixed = toolchain.load_lock(docker_dir)
+    assert fixed.source("mlc-llm/3rdparty/dep").commit == new
+    assert fixed.inferred == () and f"resolved {entry} ({old} -> {new})" in log.getvalue()
+    done = fetch(tmp_path / "src2")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "src2" / "mlc-llm/3rdparty/dep/a.txt").read_text() == "two\n"
+
+
+def _final_stage(dockerfile: str) -> str:
+    return dockerfile[dockerfile.index(f"AS {build.FINAL_STAGE}\n"):]
+
+
+def test_the_image_ships_a_frozen_prebuilt_emscripten_cache() -> None:
+    """EM_CACHE lives in the image (not in the stage's /tmp work area), is filled at image build
+    time by a link with compile's own flags, and is frozen after that, so stages never rebuild
+    libc/libc++ and never write the cache."""
+    from webslm.pipeline import WORK_DIR
+
+    final = _final_stage((REPO / "docker" / "Dockerfile").read_text())
+    cache = re.search(r"EM_CACHE=(\S+)", final)
+    assert cache is not None
+    assert not cache.group(1).startswith(WORK_DIR + "/") and cache.group(1).startswith("/opt/")
+    warm = final.index("warm_emscripten_cache.py \\")
+    frozen = final.index("ENV EM_FROZEN_CACHE=1")
+    assert warm < final.index("EM_FROZEN_CACHE=1 python3 /opt/webslm/scripts/warm") < frozen
+    assert final.index("USER 1000:1000") > frozen
+    script = (REPO / "docker/scripts/warm_emscripten_cache.py").read_text()
+    assert "create_tvmjs_wasm(" in script and "mlc_wasm_runtime.bc" in script
+
+
+def test_the_crates_stage_vendors_at_the_committed_cargo_lock() -> None:
+    dockerfile = (REPO / "docker" / "Dockerfile").read_text()
+    crates = dockerfile[dockerfile.index("AS crates\n"):dockerfile.index("AS mlc\n")]
+    assert f"COPY {Path(lock_module.CARGO_LOCKFILE).parent}/" in crates
+    assert "cargo vendor --locked" in crates and "tree_digest.py" in crates
+    assert "COPY --from=crates /src/vendor /src/vendor" in dockerfile

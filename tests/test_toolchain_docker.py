@@ -1,24 +1,37 @@
-"""The Debian-only stage of docker/Dockerfile built for real from the locally made base image
-(standing in for the pinned digest, which cannot be pulled here) with the lock's exact apt
-versions, and the seccomp profile that lets stages turn address-space randomization off.
-The stage image is cached by a tag derived from the toolchain ID, so reruns are instant."""
+"""The Debian-only stage of docker/Dockerfile built for real, and the seccomp profile that lets
+stages turn address-space randomization off.
+
+The product installs the lock's exact versions from the snapshot archive, which this machine cannot
+reach. The live mirror moves (a lock version disappears when Debian updates it), so this test asks
+the live mirror, at test time and from inside the base image, which version of each locked package
+it serves, builds the `base` stage with exactly those versions through the product's own path
+(mmdebstrap base, apt_install.sh, the Dockerfile), and checks that exactly those got installed.
+The stage's cache tag covers those versions and the base image's ID: a mirror that moved makes a
+new tag, so a cached image never stands in for a build that would fail today."""
 
 from __future__ import annotations
 
 import pytest
 
 from webslm import toolchain
+from webslm.toolchain import build
 
 pytestmark = pytest.mark.docker
-DEBIAN_MIRROR = "http://deb.debian.org/debian"
-DEBIAN_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 
 
 @pytest.fixture(scope="session")
-def base_stage(docker_engine, debian_base_image: str) -> str:  # noqa: ANN001
-    return toolchain.ensure_stage(docker_engine, "base", base_image=debian_base_image,
-                                  debian_archive=DEBIAN_MIRROR,
-                                  debian_security_archive=DEBIAN_SECURITY_MIRROR)
+def live_versions(docker_engine, live_base) -> dict[str, str]:  # noqa: ANN001
+    """name -> version the live mirror serves now, for every apt package the lock pins."""
+    names = sorted(toolchain.load_lock().apt_packages)
+    versions = build.apt_candidates(docker_engine, live_base, names)
+    assert sorted(versions) == names and all(versions.values()), versions
+    return versions
+
+
+@pytest.fixture(scope="session")
+def base_stage(docker_engine, live_base, live_versions: dict[str, str]) -> str:  # noqa: ANN001
+    return build.ensure_stage(docker_engine, "base", base=live_base,
+                                  apt_packages=live_versions)
 
 
 def _run(client, image: str, script: str, **options) -> str:  # noqa: ANN001, ANN003
@@ -39,12 +52,24 @@ def test_base_stage_has_static_llvm_with_polly(docker_engine, base_stage: str) -
     assert int(out.strip().splitlines()[-2]) > 50  # the static component libraries
 
 
-def test_base_stage_has_exactly_the_pinned_apt_versions(docker_engine, base_stage: str) -> None:  # noqa: ANN001
-    lock = toolchain.load_lock()
+def test_base_stage_has_exactly_the_versions_it_was_built_with(  # noqa: ANN001
+        docker_engine, base_stage: str, live_versions: dict[str, str]) -> None:
     out = _run(docker_engine, base_stage,
-               "dpkg-query -W -f='${Package}=${Version}\\n' " + " ".join(lock.apt_packages))
+               "dpkg-query -W -f='${Package}=${Version}\\n' " + " ".join(live_versions))
     installed = dict(line.split("=", 1) for line in out.split())
-    assert installed == dict(lock.apt_packages)
+    assert installed == live_versions
+
+
+def test_the_stage_tag_covers_the_installed_versions(live_base) -> None:  # noqa: ANN001
+    lock = toolchain.load_lock()
+    identifier = toolchain.toolchain_id()
+    names = sorted(lock.apt_packages)
+    today = toolchain.build_args(lock, identifier, base=live_base,
+                                 apt_packages=dict.fromkeys(names, "1.0"))
+    moved = toolchain.build_args(lock, identifier, base=live_base,
+                                 apt_packages={**dict.fromkeys(names, "1.0"), names[0]: "1.0+u1"})
+    assert build.stage_tag(identifier, "base", today) != \
+        build.stage_tag(identifier, "base", moved)
 
 
 def test_base_stage_carries_the_determinism_settings(docker_engine, base_stage: str) -> None:  # noqa: ANN001
@@ -77,3 +102,30 @@ def test_seccomp_profile_still_refuses_dangerous_calls(docker_engine,  # noqa: A
                "unshare --user true && echo allowed || echo refused",
                security_opt=[f"seccomp={profile.read_text()}"])
     assert out.strip().endswith("refused")
+
+
+def test_stage_containers_cannot_write_the_image(docker_engine, debian_base_image: str,  # noqa: ANN001
+                                                 tmp_path) -> None:  # noqa: ANN001
+    """The pipeline's container set-up (webslm.pipeline.Engine) runs a stage with the image
+    read-only, emscripten's frozen cache included: only /out and the work area are writable."""
+    from webslm.errors import StageFailed
+    from webslm.pipeline import OUT_MOUNT, WORK_DIR, BuildOptions, ContainerRun, Engine
+    from webslm.toolchain import Toolchain
+
+    image = Toolchain(id="0" * 64, image=debian_base_image, lock_digest="0" * 64,
+                      webllm_version="0.2.79", env={"EM_CACHE": "/opt/emscripten-cache"},
+                      seccomp_profile=None)
+    engine = Engine(image, BuildOptions(out=tmp_path / "dist", toolchain=image))
+
+    def stage(name: str, script: str) -> None:
+        out = tmp_path / name
+        out.mkdir()
+        engine.run(ContainerRun(stage=name, model_id="m", argv=("sh", "-c", script), inputs={},
+                                output=out, log=tmp_path / f"{name}.log"))
+
+    stage("writable", f"echo ok > {OUT_MOUNT}/x && echo ok > {WORK_DIR}/y && ls /usr/lib")
+    assert (tmp_path / "writable" / "x").read_text() == "ok\n"
+    for target in ('"$EM_CACHE"', "/usr/lib"):
+        with pytest.raises(StageFailed):
+            stage(f"write-{len(target)}", f"mkdir -p {target}/new")
+        assert "Read-only file system" in (tmp_path / f"write-{len(target)}.log").read_text()

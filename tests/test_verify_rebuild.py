@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import writable_copy, write_hub_cache
+from conftest import copy_model, writable_copy, write_hub_cache
 from standin.image import standin_toolchain
 
 from webslm.cli import main
@@ -163,3 +163,45 @@ def test_a_hub_model_build_is_verified_at_its_recorded_commit(
     # main moves on; verify must still rebuild from the commit the build used
     (offline_hub / "models--Org--Tiny-Qwen" / "refs" / "main").write_text("9" * 40)
     assert main(["verify", str(dist)]) == 0, capsys.readouterr().err
+
+
+def string_values(value) -> list[str]:  # noqa: ANN001
+    """Every string inside a JSON value."""
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in string_values(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in string_values(v)]
+    return [value] if isinstance(value, str) else []
+
+
+def test_provenance_names_a_local_model_as_given_and_verify_finds_it(
+        standin, tiny_qwen2: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The same build in two folders writes the same provenance, with no host path in it;
+    verify finds the model by that path from where it runs, from the build's folder, or by
+    --model once it has moved."""
+    statements = []
+    for place in ("first", "second"):
+        folder = tmp_path / place
+        copy_model(tiny_qwen2, folder / "tiny")
+        monkeypatch.chdir(folder)
+        assert main(["build", "--model", "tiny", "--out", "dist"]) == 0, capsys.readouterr().err
+        statements.append((folder / "dist" / "tiny" / "provenance.json").read_text())
+    assert statements[0] == statements[1]
+    statement = json.loads(statements[0])
+    external = statement["predicate"]["buildDefinition"]["externalParameters"]
+    assert external["model"] == {"id": "./tiny", "revision": None, "source": "local"}
+    assert external["spec"]["model"] == "./tiny"
+    assert not [s for s in string_values(statement) if s.startswith("/") or str(tmp_path) in s]
+
+    dist = tmp_path / "second" / "dist" / "tiny"
+    assert main(["verify", "dist/tiny"]) == 0, capsys.readouterr().err  # from the build folder
+    monkeypatch.chdir(tmp_path)
+    assert main(["verify", str(dist)]) == 0, capsys.readouterr().err  # the build's folder
+    (tmp_path / "second" / "tiny").rename(tmp_path / "moved")
+    capsys.readouterr()
+    assert main(["verify", str(dist)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot find the model folder ./tiny" in err and "--model" in err
+    assert main(["verify", str(dist), "--model", str(tmp_path / "moved")]) == 0
+    assert main(["verify", str(dist), "--model", str(tmp_path / "first" / "dist")]) == 2

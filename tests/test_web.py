@@ -10,12 +10,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, require
+from browser.fakedist import add_weight_digests
+from conftest import REPO_ROOT, require, writable_copy
 
+from webslm.files import sha256_file
+from webslm.provenance import sri
 from webslm.toolchain import load_lock
 
 WEB = REPO_ROOT / "web"
-WEB_SOURCES = ("build.mjs", "package.json", "index.html", "src")
+WEB_SOURCES = ("build.mjs", "package.json", "index.html", "check.html", "src")
 
 
 def node_ready() -> None:
@@ -26,7 +29,7 @@ def node_ready() -> None:
 def test_package_json_names_exactly_the_locked_webllm() -> None:
     lock = load_lock()
     package = json.loads((WEB / "package.json").read_text())
-    assert package["dependencies"] == {"@mlc-ai/web-llm": lock.webllm_version}
+    assert package["dependencies"]["@mlc-ai/web-llm"] == lock.webllm_version
     locked = json.loads((WEB / "package-lock.json").read_text())
     assert locked["packages"]["node_modules/@mlc-ai/web-llm"]["version"] == lock.webllm_version
 
@@ -98,3 +101,15 @@ def test_the_build_refuses_a_webllm_that_differs_from_the_lock(tmp_path: Path,
     assert "npm ci --prefix web" in done.stderr
     assert not (web / "dist").exists()
     assert not list(web.glob(".dist-*"))  # no half-written output
+
+
+def test_weight_digests_added_to_a_real_dist_match_its_files(tmp_path: Path) -> None:
+    """The real-tiny fixture's AppConfig predates `webslm.weights`; the helper that adds them
+    (for browser tests that load a copy of it) takes the build's own digests from provenance."""
+    fixture = REPO_ROOT.parent / "shared" / "fixtures" / "real-tiny" / "dist-q4f32_1"
+    require(fixture.is_dir(), f"the real-tiny fixture is missing ({fixture})")
+    dist = writable_copy(fixture, tmp_path / "qwen2-tiny")
+    add_weight_digests(dist)
+    [record] = json.loads((dist / "webllm-app-config.json").read_text())["model_list"]
+    weights = ("ndarray-cache.json", "params_shard_0.bin")
+    assert record["webslm"]["weights"] == {name: sri(sha256_file(dist / name)) for name in weights}

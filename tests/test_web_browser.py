@@ -4,28 +4,33 @@ Models are TEST STAND-IN dist folders (tests/browser/fakedist.py: the real layou
 record, fake weights, an empty wasm module), served by the real `webslm serve` server. Without the
 real toolchain no model can generate, so these tests stop where the engine instantiates the
 library; everything before that (guards, integrity, engine construction, requests) is real.
+Published models are served by a TEST STAND-IN for the Hub's resolve URLs (conftest.http_server),
+in the layout `invoke publish` writes: the AppConfig on `main` names `resolve/<commit>/`; there the
+engine is the scripted stand-in (scripted_worker.js), so loading can finish.
 Screenshots go to test-artifacts/web/.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from browser.fakedist import make_fake_dist
-from browser.harness import Browser, Page, browser_missing, running_server
-from conftest import require
+from browser.fakedist import FINETUNE, make_fake_dist
+from browser.harness import Browser, Page, browser_missing, open_app, running_server, scripted_web
+from conftest import http_server, require
 
+from webslm.files import canonical_json
+from webslm.publish import resolve_url, rewrite_app_config
 from webslm.serve import Site, ensure_web_bundle, find_models
 from webslm.toolchain import load_lock
 
 pytestmark = pytest.mark.browser
 
-FINETUNE = {"base_model": "Qwen/Qwen2.5-0.5B-Instruct", "base_revision": None,
-            "data_digest": "sha256:" + "0" * 64, "system_prompt": "You are a clinic assistant.",
-            "recipe": {}, "webslm_version": "0.1.0"}
 SETTLED = "['refused','error','ready'].includes(document.querySelector('.pane')?.dataset.state)"
+COMMIT = "5d4c3b2a1f0e9d8c7b6a5f4e3d2c1b0a99887766"
 
 
 @pytest.fixture(scope="module")
@@ -48,20 +53,6 @@ def server(site: Site) -> Iterator[tuple[str, list[str]]]:
         yield served
 
 
-@pytest.fixture(scope="module")
-def browser(site: Site) -> Iterator[Browser]:
-    driver = Browser()
-    yield driver
-    driver.close()
-
-
-def open_app(browser: Browser, base: str, query: str = "", *, webgpu: bool = True) -> Page:
-    page = browser.page(webgpu=webgpu)
-    page.goto(url=base + query)
-    page.wait_for("document.body.dataset.ready === 'yes'")
-    return page
-
-
 def pane_states(page: Page) -> list[dict[str, str]]:
     return page.eval(js="""[...document.querySelectorAll('.pane')].map(p => ({
         id: p.dataset.modelId, state: p.dataset.state,
@@ -73,7 +64,8 @@ def value(page: Page, element_id: str) -> str:
 
 
 def requested(page: Page) -> list[str]:
-    return [r["url"] for r in page.log()["requests"]]
+    """URLs the page fetched (GET; the picker's size look-ups are HEAD requests, no download)."""
+    return [r["url"] for r in page.log()["requests"] if r["method"] == "GET"]
 
 
 def test_the_page_loads_without_console_errors(browser: Browser, server) -> None:  # noqa: ANN001
@@ -86,13 +78,16 @@ def test_the_page_loads_without_console_errors(browser: Browser, server) -> None
     assert options == ["oldrt-q4f32_1", "tampered-q4f32_1", "tiny-q4f32_1", "tiny-ft-q4f32_1",
                        "tiny16-q4f16_1"]
     assert "Try one of these" in page.text(".empty-state")
-    assert page.text("#download-size") == ""  # oldrt (first) is refused: nothing to download
+    # oldrt (first) is refused, so the first model that can run is preselected instead.
+    assert page.eval(js="document.getElementById('model-a').value") == "tampered-q4f32_1"
+    assert page.text("#download-size") == \
+        "First load downloads ~0.1 MB once; after that it works offline."
     page.shot("page-loaded")
 
 
 def test_without_webgpu_the_page_says_why_and_loads_nothing(browser: Browser, server) -> None:  # noqa: ANN001
     base, _ = server
-    page = open_app(browser, base, "?a=tiny-q4f32_1", webgpu=False)
+    page = open_app(browser, base + "?a=tiny-q4f32_1", webgpu=False)
     assert "offers no WebGPU adapter" in page.text("#notice")
     assert "Chrome or Edge" in page.text("#notice")
     assert pane_states(page)[0]["state"] == "refused"
@@ -105,7 +100,7 @@ def test_without_webgpu_the_page_says_why_and_loads_nothing(browser: Browser, se
 
 def test_an_f16_model_is_refused_on_an_adapter_without_shader_f16(browser: Browser, server) -> None:  # noqa: ANN001
     base, _ = server
-    page = open_app(browser, base, "?a=tiny16-q4f16_1")
+    page = open_app(browser, base + "?a=tiny16-q4f16_1")
     assert page.eval(js="document.body.dataset.webgpu") == "yes"  # SwiftShader adapter
     [pane] = pane_states(page)
     assert pane["state"] == "refused"
@@ -118,7 +113,7 @@ def test_an_f16_model_is_refused_on_an_adapter_without_shader_f16(browser: Brows
 def test_the_engine_gets_the_appconfig_and_fetches_from_the_served_urls(
         browser: Browser, server) -> None:  # noqa: ANN001
     base, access_log = server
-    page = open_app(browser, base, "?a=tiny-q4f32_1")
+    page = open_app(browser, base + "?a=tiny-q4f32_1")
     assert "First load downloads ~0.1 MB once" in page.text("#download-size")
     page.click(selector="#load")
     page.wait_for(SETTLED, 60000)
@@ -133,16 +128,25 @@ def test_the_engine_gets_the_appconfig_and_fetches_from_the_served_urls(
     cached = page.eval(js="""(async () => (await (await caches.open('webllm/wasm')).keys())
                                          .map(r => r.url))()""")
     assert cached == [folder + "libs/tiny-q4f32_1-webgpu.wasm"]
-    # ...and the engine took them: instantiating the stand-in's empty module is what failed.
+    # ...so are the verified weights (manifest and shard), where web-llm's NDArray cache reads them.
+    weights = page.eval(js="""(async () => (await (await caches.open('webllm/model')).keys())
+                                          .map(r => r.url).sort())()""")
+    assert folder + "ndarray-cache.json" in weights and folder + "params_shard_0.bin" in weights
+    # ...and the engine took them: instantiating the stand-in's empty module is what failed,
+    # said in words, with Retry and the raw error kept as a detail.
     [pane] = pane_states(page)
     assert pane["state"] == "error", pane
-    assert pane["status"].startswith("The engine could not load tiny-q4f32_1:")
+    assert pane["status"].startswith(
+        "Could not load tiny-q4f32_1: the model library would not start")
+    assert page.eval(js="getComputedStyle(document.querySelector('.retry')).display") != "none"
+    assert page.eval(js="document.querySelector('.failure').hidden") is False
+    assert "TypeError" in page.eval(js="document.querySelector('.failure-detail').textContent")
     page.shot("engine-constructed")
 
 
 def test_a_tampered_library_is_refused_before_the_engine_starts(browser: Browser, server) -> None:  # noqa: ANN001
     base, _ = server
-    page = open_app(browser, base, "?a=tampered-q4f32_1")
+    page = open_app(browser, base + "?a=tampered-q4f32_1")
     page.click(selector="#load")
     page.wait_for(SETTLED, 30000)
     [pane] = pane_states(page)
@@ -155,7 +159,7 @@ def test_a_tampered_library_is_refused_before_the_engine_starts(browser: Browser
 
 def test_a_model_built_for_another_webllm_is_refused(browser: Browser, server) -> None:  # noqa: ANN001
     base, _ = server
-    page = open_app(browser, base, "?a=oldrt-q4f32_1")
+    page = open_app(browser, base + "?a=oldrt-q4f32_1")
     [pane] = pane_states(page)
     pinned = load_lock().webllm_version
     assert pane["state"] == "refused"
@@ -167,7 +171,7 @@ def test_a_model_built_for_another_webllm_is_refused(browser: Browser, server) -
 def test_compare_mode_shows_two_panes_with_one_prompt_and_decoding(
         browser: Browser, server) -> None:  # noqa: ANN001
     base, _ = server
-    page = open_app(browser, base, "?compare=1&a=tiny-q4f32_1&b=tiny-ft-q4f32_1")
+    page = open_app(browser, base + "?compare=1&a=tiny-q4f32_1&b=tiny-ft-q4f32_1")
     panes = pane_states(page)
     assert [p["id"] for p in panes] == ["tiny-q4f32_1", "tiny-ft-q4f32_1"]
     assert [p["state"] for p in panes] == ["idle", "idle"]
@@ -183,7 +187,128 @@ def test_compare_mode_shows_two_panes_with_one_prompt_and_decoding(
 def test_models_from_config_urls_instead_of_the_index(browser: Browser, server) -> None:  # noqa: ANN001
     base, _ = server
     config = "/models/tiny-ft/resolve/main/webllm-app-config.json"
-    page = open_app(browser, base, f"?config={config}")
+    page = open_app(browser, base + f"?config={config}")
     assert [p["id"] for p in pane_states(page)] == ["tiny-ft-q4f32_1"]
     assert base + "models/index.json" not in requested(page)
     assert page.text("#notice") == ""
+
+
+# ---------------------------------------------------------------------------- published models
+
+
+def publish_layout(hub: Path, dist: Path, repo: str, *, main_changes: bool) -> str:
+    """dist laid out as `invoke publish` leaves it on the Hub; returns the AppConfig URL path.
+
+    resolve/<COMMIT>/ holds the package; resolve/main/ holds the AppConfig pinned to COMMIT (and,
+    when main_changes, a shard changed on main after publishing, which must never load).
+    """
+    pinned = hub / repo / "resolve" / COMMIT
+    shutil.copytree(dist, pinned)
+    main = hub / repo / "resolve" / "main"
+    shutil.copytree(dist, main)
+    if main_changes:
+        (main / "params_shard_1.bin").write_bytes(b"changed on main" * 1000)
+    return f"{repo}/resolve/main/webllm-app-config.json"
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
+    root = tmp_path_factory.mktemp("hub")
+    made = tmp_path_factory.mktemp("published")
+    configs = {}
+    for name, tamper in (("pub", False), ("evil", True)):
+        dist = make_fake_dist(made, name, shards=3, shard_bytes=48 * 1024)
+        repo = f"org/{name}"
+        configs[name] = publish_layout(root, dist, repo, main_changes=not tamper)
+        if tamper:
+            shard = root / repo / "resolve" / COMMIT / "params_shard_1.bin"
+            data = bytearray(shard.read_bytes())
+            data[1000] ^= 0xFF
+            shard.write_bytes(bytes(data))
+    with http_server(root) as endpoint:
+        base = endpoint + "/"
+        for name, path in configs.items():
+            config = root / path
+            app_config = json.loads(config.read_text())
+            pinned_url = resolve_url(endpoint, f"org/{name}", COMMIT)
+            config.write_text(canonical_json(rewrite_app_config(app_config, pinned_url)))
+        yield base, {name: base + path for name, path in configs.items()}
+
+
+@pytest.fixture(scope="module")
+def scripted_server(site: Site, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    web = scripted_web(site.web, tmp_path_factory.mktemp("scripted"))
+    with running_server(Site(web=web, models=())) as (base, _):
+        yield base
+
+
+def cached_urls(page: Page, cache: str) -> list[str]:
+    return page.eval(js=f"""(async () => (await (await caches.open({json.dumps(cache)})).keys())
+                                         .map(r => r.url).sort())()""")
+
+
+def load_published(browser: Browser, app: str, config: str) -> tuple[Page, dict[str, str]]:
+    """The page after pressing Load on the model of a published AppConfig, and its pane."""
+    page = open_app(browser, app + f"?config={config}")
+    page.click(selector="#load")
+    page.wait_for(SETTLED, 30000)
+    [pane] = pane_states(page)
+    return page, pane
+
+
+def test_a_published_model_loads_from_its_commit_not_from_main(
+        browser: Browser, scripted_server: str, hub) -> None:  # noqa: ANN001
+    base, configs = hub
+    page, pane = load_published(browser, scripted_server, configs["pub"])
+    assert pane["state"] == "ready", pane
+    assert pane["status"].startswith("Ready. All 0.1 MB of weights match their recorded hashes")
+    pinned = f"{base}org/pub/resolve/{COMMIT}/"
+    urls = requested(page)
+    shards = [u for u in urls if "params_shard_" in u]
+    assert sorted(set(shards)) == [f"{pinned}params_shard_{i}.bin" for i in range(3)]
+    assert not [u for u in urls
+                if "/resolve/main/" in u and not u.endswith("webllm-app-config.json")]
+    assert cached_urls(page, "webllm/model") == sorted(
+        [f"{pinned}ndarray-cache.json", *(f"{pinned}params_shard_{i}.bin" for i in range(3)),
+         f"{pinned}tokenizer.json", f"{pinned}tokenizer_config.json"])
+    assert cached_urls(page, "webllm/wasm") == [f"{pinned}libs/pub-q4f32_1-webgpu.wasm"]
+    page.shot("published-pinned")
+
+
+def test_a_tampered_weight_shard_is_refused_and_never_cached(
+        browser: Browser, scripted_server: str, hub) -> None:  # noqa: ANN001
+    base, configs = hub
+    page, pane = load_published(browser, scripted_server, configs["evil"])
+    shard = f"{base}org/evil/resolve/{COMMIT}/params_shard_1.bin"
+    assert pane["state"] == "refused", pane
+    assert pane["status"].startswith(
+        f"Refusing to load evil-q4f32_1: the weight shard params_shard_1.bin ({shard}) does not "
+        "match the hash its build recorded")
+    assert shard not in cached_urls(page, "webllm/model")
+    assert scripted_server + "worker.js" not in requested(page)  # the engine never started
+    page.shot("tampered-shard-refused")
+
+
+def test_the_weights_check_shows_in_the_progress_bar(
+        browser: Browser, scripted_server: str, hub) -> None:  # noqa: ANN001
+    _, configs = hub
+    page = open_app(browser, scripted_server + f"?config={configs['pub']}")
+    page.eval(js="""(() => {
+        window.progressSeen = [];
+        new MutationObserver(() => {
+            const bar = document.querySelector('.progress');
+            window.progressSeen.push([bar.getAttribute('role'), bar.getAttribute('aria-valuenow'),
+                                      bar.querySelector('.progress-text').textContent]);
+        }).observe(document.getElementById('panes'), {subtree: true, attributes: true,
+                                                        childList: true, characterData: true});
+    })()""")
+    page.click(selector="#load")
+    page.wait_for(SETTLED, 30000)
+    seen = page.eval(js="window.progressSeen")
+    texts = [text for _, _, text in seen]
+    assert any(t.startswith("Weights: 3 of 3 shards checked") for t in texts), texts[-5:]
+    assert any(t.startswith("Weights: 1 of 3 shards checked") or
+               t.startswith("Weights: 2 of 3 shards checked") for t in texts), texts
+    assert {role for role, _, _ in seen} == {"progressbar"}
+    values = [int(v) for _, v, _ in seen]
+    assert 0 < max(values) <= 100

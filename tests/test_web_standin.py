@@ -4,11 +4,10 @@ by `webslm serve` and loaded in headless Chromium on the SwiftShader WebGPU adap
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from browser.harness import Browser, browser_missing, running_server
+from browser.harness import Browser, browser_missing, open_app, running_server
 from conftest import require
 from standin.image import ensure_standin_image, standin_toolchain
 
@@ -32,20 +31,11 @@ def standin_dist(docker_engine, debian_base_image: str, tiny_qwen2: Path,  # noq
     return build_model(spec, options).dist.parent
 
 
-@pytest.fixture(scope="module")
-def browser(standin_dist: Path) -> Iterator[Browser]:
-    driver = Browser()
-    yield driver
-    driver.close()
-
-
 def test_a_standin_build_is_handed_to_the_engine_from_the_served_urls(
         standin_dist: Path, browser: Browser) -> None:
     site = Site(web=ensure_web_bundle(), models=find_models([standin_dist]))
     with running_server(site) as (base, access_log):
-        page = browser.page(webgpu=True)
-        page.goto(url=base)
-        page.wait_for("document.body.dataset.ready === 'yes'")
+        page = open_app(browser, base)
         assert page.eval(js="document.getElementById('system-prompt').value") == \
             "Answer in one sentence."
         page.click(selector="#load")
@@ -55,8 +45,10 @@ def test_a_standin_build_is_handed_to_the_engine_from_the_served_urls(
         status = page.text(".pane .status")
         page.shot("standin-build")
         served = "\n".join(access_log)
-    # The build's integrity hashes hold, so the engine was constructed and took the library.
-    assert state == "error" and status.startswith("The engine could not load tiny-q4f32_1:")
+    # The build's integrity hashes (library, configs, tokenizer, every weight shard) hold, so the
+    # engine was constructed and took the library: starting the stand-in's empty module failed.
+    assert state == "error" and status.startswith(
+        "Could not load tiny-q4f32_1: the model library would not start in this browser")
     folder = "/models/tiny/resolve/main/"
     assert f'"GET {folder}mlc-chat-config.json' in served
     assert f'"GET {folder}libs/tiny-q4f32_1-webgpu.wasm' in served

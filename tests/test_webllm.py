@@ -17,6 +17,7 @@ from webslm.webllm import (
     sampling_defaults,
     stop_token_ids,
     vram_required_mb,
+    weight_files,
 )
 
 QWEN2_TEMPLATE = {"name": "qwen2", "system_message": "You are a helpful assistant.",
@@ -98,7 +99,9 @@ def facts(quantization: str) -> PackageFacts:
             chat_config(151936, quantization), sampling=Sampling(0.6, 0.9), system_prompt=None,
             tokenizer=None),
         chat_config_digest="00" * 32, library_digest="11" * 32,
-        tokenizer_digests={"tokenizer.json": "22" * 32}, weight_bytes=300 * 1024 * 1024,
+        tokenizer_digests={"tokenizer.json": "22" * 32},
+        weight_digests={"ndarray-cache.json": "44" * 32, "params_shard_0.bin": "55" * 32},
+        weight_bytes=300 * 1024 * 1024,
         webllm_version="0.2.79", toolchain_id="3" * 64, system_prompt=None,
         finetune={"base_model": "Qwen/Qwen2.5-0.5B-Instruct"})
 
@@ -115,11 +118,19 @@ def test_model_record_for_an_f16_library() -> None:
     assert set(record["integrity"]["tokenizer"]) == {"tokenizer.json"}
     assert record["webslm"]["webllm_version"] == "0.2.79"
     assert record["webslm"]["finetune"] == {"base_model": "Qwen/Qwen2.5-0.5B-Instruct"}
+    assert record["webslm"]["weights"] == {"ndarray-cache.json": "sha256-" + "RE" * 21 + "Q=",
+                                           "params_shard_0.bin": "sha256-" + "VV" * 21 + "U="}
     assert app_config([record]) == {"model_list": [record]}
 
 
 def test_model_record_for_an_f32_library_needs_no_shader_f16() -> None:
     assert "required_features" not in model_record(facts("q4f32_1"), DEFAULT_BASE_URL)
+
+
+def test_weight_files_are_the_manifest_and_its_shards() -> None:
+    names = ["libs/x.wasm", "params_shard_1.bin", "ndarray-cache.json", "ndarray-cache-b16.json",
+             "params_shard_0.bin", "tokenizer.json"]
+    assert weight_files(names) == ["ndarray-cache.json", "params_shard_0.bin", "params_shard_1.bin"]
 
 
 def test_vram_estimate_grows_with_weights_context_and_f32() -> None:

@@ -335,6 +335,21 @@ def test_verify_attaches_its_report_even_when_it_fails(build_workflow: dict[str,
     assert attach[0]["if"] == "always()"
 
 
+def test_publishing_waits_for_the_browser_check_of_the_built_dist(
+        build_workflow: dict[str, Any]) -> None:
+    jobs = build_workflow["jobs"]
+    [checker] = jobs_running(jobs, "invoke check")
+    [publisher] = jobs_running(jobs, "invoke publish")
+    [builder] = jobs_running(jobs, "invoke build")
+    assert checker in upstream(jobs, publisher) and builder in upstream(jobs, checker)
+    steps = steps_of(jobs[checker])
+    got = next(i for i, s in enumerate(steps) if uses(s, "actions/download-artifact"))
+    checked = next(i for i, s in enumerate(steps) if runs(s, "invoke check"))
+    assert got < checked
+    # Only a missing shader-f16 (a q4f16 build on the GPU-less runner) is let through.
+    assert 'if [ "$status" = 3 ] && grep -q shader-f16' in steps[checked]["run"]
+
+
 def test_the_token_reaches_only_the_steps_that_need_it(build_workflow: dict[str, Any]) -> None:
     assert token_problems(build_workflow) == []
 

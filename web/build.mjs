@@ -13,7 +13,9 @@ import { fileURLToPath } from "node:url";
 
 const web = dirname(fileURLToPath(import.meta.url));
 const lockPath = join(web, "..", "docker", "toolchain.lock.json");
-const STATIC_FILES = ["index.html", "src/style.css"];
+const STATIC_FILES = ["index.html", "check.html", "src/style.css"];
+// The app, its engine worker, and the page `webslm check` drives (with its recording worker).
+const ENTRY_POINTS = ["main.js", "worker.js", "check.js", "check-worker.js"];
 
 function readJson(path) {
   return JSON.parse(readFileSync(path, "utf8"));
@@ -41,7 +43,7 @@ async function main() {
   const staging = mkdtempSync(join(web, ".dist-"));
   try {
     await build({
-      entryPoints: [join(web, "src", "main.js"), join(web, "src", "worker.js")],
+      entryPoints: ENTRY_POINTS.map((file) => join(web, "src", file)),
       outdir: staging,
       bundle: true,
       splitting: true,

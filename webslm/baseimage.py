@@ -1,9 +1,15 @@
-"""A Debian base image made locally, for machines that cannot pull one from a registry.
+"""The Debian base image of the toolchain, made locally with mmdebstrap: no registry involved.
 
-`docker import` stamps the import time, so every import yields a new image ID. Wrapping the
-root-filesystem tarball in a docker-archive (manifest + config with a fixed `created`) and
-`docker load`-ing it yields the same ID every time the tarball is the same. mmdebstrap with a fixed
-SOURCE_DATE_EPOCH makes that tarball byte-identical run to run.
+What defines the base is a `BaseRecipe`, read from the lock: the suite, the (snapshot) archive and
+its security archive, the mmdebstrap variant and SOURCE_DATE_EPOCH. mmdebstrap with a fixed
+SOURCE_DATE_EPOCH makes the root-filesystem tarball byte-identical run to run, and the tarball is
+wrapped in a docker-archive whose config has a fixed `created`, so `docker load` gives the same
+image ID every time (`docker import` would stamp the import time). The same archive file is what
+the Nix image (nix/image.nix) starts from.
+
+Tests, which cannot reach snapshot.debian.org, make the base through this same path with the
+archive URLs swapped for the live mirror (`BaseRecipe.with_archives`); the swapped recipe has
+another key, so the two images never share a tag.
 """
 
 from __future__ import annotations
@@ -16,17 +22,64 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from webslm.errors import MissingEnvironment, StageFailed
-from webslm.files import sha256_file
+from webslm.files import sha256_bytes, sha256_file
 
-DEFAULT_BASE_TAG = "webslm-base:bookworm"
-DEFAULT_SUITE = "bookworm"
-DEFAULT_EPOCH = 1739232000  # 2025-02-11, the MLC-LLM v0.19.0 tag date
-HOST_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
+BASE_REPOSITORY = "webslm-base"
+# The live Debian mirror: what tests and benchmarks make the base from where the snapshot archive
+# is unreachable (never the product's path: the lock's snapshot is).
+LIVE_MIRROR = ("http://deb.debian.org/debian", "http://deb.debian.org/debian-security")
+# Files mmdebstrap copies from the host; removed so the tarball does not depend on the host.
+HOST_FILES = ("etc/resolv.conf", "etc/hostname")
+
+
+@dataclass(frozen=True)
+class BaseRecipe:
+    """Everything that defines the base root filesystem (all of it comes from the lock)."""
+
+    suite: str
+    archive: str
+    security_archive: str
+    variant: str
+    source_date_epoch: int
+
+    @classmethod
+    def from_lock(cls, data: Mapping[str, Any]) -> BaseRecipe:
+        debian = data["debian"]
+        return cls(suite=str(debian["suite"]), archive=str(debian["archive"]),
+                   security_archive=str(debian["security_archive"]),
+                   variant=str(debian["base_variant"]),
+                   source_date_epoch=int(data["source_date_epoch"]))
+
+    def with_archives(self, archive: str, security_archive: str) -> BaseRecipe:
+        """The same recipe over other archives (the live mirror, where no snapshot is reachable)."""
+        return replace(self, archive=archive, security_archive=security_archive)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def key(self) -> str:
+        """sha256 of the recipe and the exact mmdebstrap command it runs."""
+        material = {"recipe": self.to_json(), "command": mmdebstrap_command(self, Path("ROOTFS"))}
+        return sha256_bytes(json.dumps(material, sort_keys=True).encode())
+
+    @property
+    def tag(self) -> str:
+        return f"{BASE_REPOSITORY}:{self.key[:12]}"
+
+    def sources(self) -> list[str]:
+        """One-line apt sources: the suite, its updates and its security archive."""
+        option = "[check-valid-until=no]"
+        return [f"deb {option} {self.archive} {self.suite} main",
+                f"deb {option} {self.archive} {self.suite}-updates main",
+                f"deb {option} {self.security_archive} {self.suite}-security main"]
 
 
 @dataclass(frozen=True)
@@ -73,52 +126,60 @@ def write_docker_archive(rootfs_tar: Path, archive: Path, tag: str, created_epoc
     return "sha256:" + image_id
 
 
-def mmdebstrap_command(rootfs_tar: Path, suite: str, sources: Path | None) -> list[str]:
-    """The mmdebstrap call that makes a minimal, reproducible root filesystem tarball."""
-    command = [
+def mmdebstrap_command(recipe: BaseRecipe, rootfs_tar: Path) -> list[str]:
+    """The mmdebstrap call that makes the recipe's minimal, reproducible root filesystem tarball."""
+    removed = " ".join(f'"$1"/{name}' for name in HOST_FILES)
+    return [
         "mmdebstrap",
-        "--variant=minbase",
-        "--customize-hook=rm -f \"$1\"/etc/resolv.conf \"$1\"/etc/hostname",
-        suite,
+        f"--variant={recipe.variant}",
+        f"--customize-hook=rm -f {removed}",
+        recipe.suite,
         str(rootfs_tar),
+        *recipe.sources(),
     ]
-    if sources is not None and sources.exists():
-        command.append(str(sources))
-    return command
 
 
-def ensure_debian_base(
-    tag: str = DEFAULT_BASE_TAG,
-    suite: str = DEFAULT_SUITE,
-    created_epoch: int = DEFAULT_EPOCH,
-) -> str:
-    """Return `tag`, first making the image with mmdebstrap when the engine lacks it."""
-    from webslm.toolchain import docker_client
+def base_archive_path(recipe: BaseRecipe, cache_dir: Path) -> Path:
+    """Where the docker-archive of a recipe is kept (the Nix image starts from this file)."""
+    return cache_dir / "base" / f"{recipe.key[:12]}.tar"
 
-    client = docker_client()
+
+def ensure_base_image(client: Any, recipe: BaseRecipe, cache_dir: Path) -> str:
+    """Return the recipe's tag, first making and loading the image when the engine lacks it."""
+    if image_exists(client, recipe.tag):
+        return recipe.tag
+    if shutil.which("mmdebstrap") is None:
+        raise MissingEnvironment(f"image {recipe.tag} is absent and mmdebstrap is not installed",
+                                 "install it with `apt-get install -y mmdebstrap` (needs root)")
+    archive = base_archive_path(recipe, cache_dir)
+    if not archive.is_file():
+        _make_archive(recipe, archive)
+    with open(archive, "rb") as handle:
+        client.images.load(handle.read())
+    return recipe.tag
+
+
+def _make_archive(recipe: BaseRecipe, archive: Path) -> None:
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="webslm-base-", dir=archive.parent) as scratch:
+        rootfs = Path(scratch) / "rootfs.tar"
+        env = {**os.environ, "SOURCE_DATE_EPOCH": str(recipe.source_date_epoch)}
+        result = subprocess.run(mmdebstrap_command(recipe, rootfs), env=env, capture_output=True,
+                                text=True, check=False)
+        if result.returncode != 0:
+            tail = " | ".join(result.stderr.strip().splitlines()[-3:])
+            raise StageFailed(f"mmdebstrap failed: {tail}",
+                              f"check that {recipe.archive} serves {recipe.suite}")
+        partial = Path(scratch) / "image.tar"
+        write_docker_archive(rootfs, partial, recipe.tag, recipe.source_date_epoch)
+        partial.replace(archive)
+
+
+def image_exists(client: Any, ref: str) -> bool:
     try:
-        client.images.get(tag)
-        return tag
+        client.images.get(ref)
     except Exception as error:  # docker.errors.ImageNotFound, without importing docker here
         if type(error).__name__ != "ImageNotFound":
             raise
-    if shutil.which("mmdebstrap") is None:
-        raise MissingEnvironment(
-            f"image {tag} is absent and mmdebstrap is not installed",
-            "install it with `apt-get install -y mmdebstrap` (needs root)",
-        )
-    with tempfile.TemporaryDirectory(prefix="webslm-base-") as scratch:
-        rootfs = Path(scratch) / "rootfs.tar"
-        archive = Path(scratch) / "image.tar"
-        env = {**os.environ, "SOURCE_DATE_EPOCH": str(created_epoch)}
-        result = subprocess.run(
-            mmdebstrap_command(rootfs, suite, HOST_SOURCES),
-            env=env, capture_output=True, text=True, check=False,
-        )
-        if result.returncode != 0:
-            tail = " | ".join(result.stderr.strip().splitlines()[-3:])
-            raise StageFailed(f"mmdebstrap failed: {tail}", "check the Debian mirror is reachable")
-        write_docker_archive(rootfs, archive, tag, created_epoch)
-        with open(archive, "rb") as handle:
-            client.images.load(handle.read())
-    return tag
+        return False
+    return True

@@ -12,7 +12,9 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from webslm.errors import BadInput, WebslmError
+from webslm.errors import BadInput, MissingEnvironment, WebslmError
+
+DEFAULT_DIST = "dist"
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -73,9 +75,9 @@ def _cmd_normalize(args: argparse.Namespace) -> int:
 
 
 def _cmd_toolchain(args: argparse.Namespace) -> int:
-    from webslm import toolchain
+    from webslm.toolchain.build import toolchain_command
 
-    return toolchain.toolchain_command(
+    return toolchain_command(
         action=args.action,
         pull=args.pull,
         push=args.push,
@@ -96,15 +98,37 @@ def _cmd_build(args: argparse.Namespace) -> int:
         cpus=args.cpus,
         memory=args.memory,
     )
-    pipeline.build_many(specs, options, jobs=args.jobs)
-    return 0
+    results = pipeline.build_many(specs, options, jobs=args.jobs)
+    if not args.check:
+        return 0
+    from webslm import check
+
+    codes = [check.check_command(r.dist, r.spec.model + (f"@{r.spec.revision}"
+                                                        if r.spec.revision else ""))
+             for r in results]
+    return max(codes, default=0)
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     from webslm import verify
 
     report_dir = Path(args.report) if args.report else None
-    return verify.verify_command(Path(args.dist), report_dir=report_dir)
+    settings = verify.RebuildSettings(model=Path(args.model) if args.model else None)
+    return verify.verify_command(Path(args.dist), report_dir=report_dir, settings=settings)
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    try:
+        from webslm import check
+    except ImportError as error:  # numpy, torch, transformers: the `check` extra
+        raise MissingEnvironment(f"webslm check needs {error.name}, which is not installed",
+                                 "pip install 'webslm[check]' (or -e '.[check]' in a checkout)"
+                                 ) from error
+    return check.check_command(
+        Path(args.dist), args.model,
+        prompts_file=Path(args.prompts) if args.prompts else None,
+        report_dir=Path(args.report) if args.report else None,
+    )
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
@@ -138,7 +162,8 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from webslm import serve
 
-    return serve.serve_command([Path(d) for d in args.dists], host=args.host, port=args.port)
+    dists = [*args.dists, *args.dist] or [DEFAULT_DIST]
+    return serve.serve_command([Path(d) for d in dists], host=args.host, port=args.port)
 
 
 def _cmd_publish(args: argparse.Namespace) -> int:
@@ -183,17 +208,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     build = command("build", _cmd_build, "build a model into a WebLLM-ready folder")
     _spec_options(build, several_presets=True)
-    build.add_argument("--out", default="dist", help="output folder (default dist)")
+    build.add_argument("--out", default=DEFAULT_DIST,
+                       help=f"output folder (default {DEFAULT_DIST})")
     build.add_argument("--base-url", help="absolute URL the dist folder is served from")
     build.add_argument("--no-cache", action="store_true", help="ignore the stage cache")
     build.add_argument("--jobs", type=int, default=1, help="models built at once")
     build.add_argument("--allow-pickle", action="store_true", help="accept pickle .bin weights")
-    build.add_argument("--cpus", type=float, help="CPU limit per stage container")
+    build.add_argument("--cpus", type=float, help="CPU limit per stage container (a model's "
+                       "two branches run in two containers at once)")
     build.add_argument("--memory", help="memory limit per stage container, e.g. 8g")
+    build.add_argument("--check", action="store_true",
+                       help="run `webslm check` on each built model against its model")
 
     verify = command("verify", _cmd_verify, "rebuild a dist folder and compare every output")
     verify.add_argument("dist")
     verify.add_argument("--report", help="write report.json and report.md into this folder")
+    verify.add_argument("--model", help="the local model's folder (default: the path the "
+                        "provenance records, from here or from the build's folder)")
+
+    check = command("check", _cmd_check,
+                    "compare a dist running in headless Chromium with its model in transformers")
+    check.add_argument("dist")
+    check.add_argument("--model", required=True, help="the model it was built from (folder or id)")
+    check.add_argument("--prompts", help="text file, one prompt per line (default: built-in set)")
+    check.add_argument("--report", help="write report.json and report.md into this folder")
 
     audit = command("audit", _cmd_audit, "check a shipped artifact against its provenance")
     audit.add_argument("--artifact", required=True, help="path or URL of the artifact")
@@ -202,10 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = command("data", lambda a: 0, "chat data tools")
     data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
-    check = data_commands.add_parser("check", help="validate chat JSONL files")
-    check.set_defaults(handler=_cmd_data_check)
-    check.add_argument("files", nargs="+")
-    check.add_argument("--tokenizer", help="tokenizer (folder or id) to count tokens")
+    data_check = data_commands.add_parser("check", help="validate chat JSONL files",
+                                          description="validate chat JSONL files")
+    data_check.set_defaults(handler=_cmd_data_check)
+    data_check.add_argument("files", nargs="+")
+    data_check.add_argument("--tokenizer", help="tokenizer (folder or id) to count tokens")
 
     finetune = command("finetune", _cmd_finetune, "LoRA fine-tune and merge into a checkpoint")
     finetune.add_argument("--data", required=True, action="append", help="chat JSONL file")
@@ -231,7 +270,11 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--out", required=True)
 
     serve = command("serve", _cmd_serve, "serve web/ and dist folders on 127.0.0.1")
-    serve.add_argument("dists", nargs="*", default=["dist"])
+    serve.add_argument("dists", nargs="*", default=[], metavar="DIST",
+                       help="dist folder(s) to serve, a model folder or a folder of them "
+                            f"(default {DEFAULT_DIST}); the same as --dist")
+    serve.add_argument("--dist", action="append", default=[], metavar="DIST",
+                       help="a dist folder to serve (repeatable); the same as a positional DIST")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
 

@@ -48,8 +48,8 @@ def allow_patterns(allow_pickle: bool) -> list[str]:
     return patterns + list(PICKLE_PATTERNS) if allow_pickle else patterns
 
 
-def check_safetensors_header(path: Path) -> None:
-    """Refuse a safetensors file whose header is unreadable or points past the file's end."""
+def check_safetensors_header(path: Path) -> dict[str, Any]:
+    """A safetensors file's header; refuse one that is unreadable or points past the file's end."""
     size = path.stat().st_size
     fix = "re-download or re-save the model"
     with open(path, "rb") as handle:
@@ -75,6 +75,7 @@ def check_safetensors_header(path: Path) -> None:
                 or not 0 <= offsets[0] <= offsets[1] <= data_size):
             raise BadInput(f"corrupt safetensors header in {path.name}: tensor {name!r} lies "
                            "outside the file", fix)
+    return header
 
 
 def _weight_files(folder: Path, names: list[str], allow_pickle: bool) -> list[str]:
@@ -167,10 +168,14 @@ def _download(repo_id: str, revision: str | None, allow_pickle: bool) -> Path:
                                  "check the network and disk space") from error
 
 
-def resolve_model(spec: BuildSpec, *, allow_pickle: bool = False) -> ResolvedModel:
-    """A checked local folder for the spec's model, downloading a Hub model when needed."""
+def resolve_model(spec: BuildSpec, *, allow_pickle: bool = False,
+                  local_folder: Path | None = None) -> ResolvedModel:
+    """A checked local folder for the spec's model, downloading a Hub model when needed.
+
+    A local model is at `local_folder` when given (verify finds it), else at the spec's path
+    from the current folder."""
     if spec.is_local:
-        folder, repo_id, revision = Path(spec.model), None, None
+        folder, repo_id, revision = (local_folder or Path(spec.model)).resolve(), None, None
     else:
         folder = _download(spec.model, spec.revision, allow_pickle)
         repo_id, revision = spec.model, folder.name

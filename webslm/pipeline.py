@@ -4,12 +4,20 @@ Stages, each taking input files to a fresh output folder:
 
   resolve         the model argument -> a checked local folder (webslm.hub); bad input stops here,
                   before any container starts or any file is written
-  stage           copy the files a build uses into the build area; normalize config.json
+  stage           copy the files a build uses into the build area; normalize config.json; write
+                  the safetensors index convert_weight needs (webslm.safetensors_index)
   convert_weight  mlc_llm convert_weight (container) -> params_shard_N.bin, ndarray-cache.json
   gen_config      mlc_llm gen_config (container)     -> mlc-chat-config.json, tokenizer files
   compile         mlc_llm compile --device webgpu    -> <name>-<quant>-webgpu.wasm
   package         dist/<name>/: the outputs, the rewritten chat config (webslm.webllm), the
                   AppConfig and provenance.json (webslm.provenance), renamed into place whole
+
+They form a graph, not a line: compile reads only gen_config's chat config, never the weights,
+and only package reads convert_weight's output. So the two branches run at once, each stage in
+its own container, and a failure (or Ctrl-C) in one stops the other:
+
+  stage ─┬─ convert_weight ──────────────┐
+         └─ gen_config ── compile ───────┴─ package
 
 A stage's output is cached under a key naming the stage, the toolchain ID, the digests of exactly
 the files it reads and its arguments (webslm.cache); a hit skips it. Container stages see only
@@ -28,12 +36,13 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from webslm import safetensors_index
 from webslm.cache import StageCache, StageKey, default_cache_dir, tree_digest
 from webslm.errors import BadInput, MissingEnvironment, StageFailed, WebslmError
 from webslm.files import atomic_directory, atomic_write_text, canonical_json
@@ -58,8 +67,10 @@ CHAT_CONFIG = "mlc-chat-config.json"
 GENERATION_CONFIG = "generation_config.json"
 FINETUNE_FILE = "webslm.json"
 WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
-WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
-NORMALIZE_SOURCE = Path(__file__).with_name("normalize.py")
+WEIGHT_INDEXES = (safetensors_index.INDEX_FILE, "pytorch_model.bin.index.json")
+# The code the `stage` step runs on the model's files: a change to it is a change of stage key.
+STAGE_SOURCES = tuple(Path(__file__).with_name(name)
+                      for name in ("normalize.py", "safetensors_index.py"))
 
 
 @dataclass(frozen=True)
@@ -95,6 +106,8 @@ class BuildOptions:
     cache_dir: Path | None = None  # None: $XDG_CACHE_HOME/webslm
     variation: Variation = field(default_factory=Variation)
     show_progress: bool = True
+    model_folder: Path | None = None  # a local model's folder, when not at spec.model from here
+    overlap: bool = True  # run convert_weight beside gen_config -> compile (False: one by one)
 
 
 @dataclass(frozen=True)
@@ -219,6 +232,10 @@ def readable_by_anyone(folder: Path) -> None:
 # ---------------------------------------------------------------------------- containers
 
 
+class StageStopped(Exception):
+    """A stage ended because another branch of the build failed or was interrupted."""
+
+
 @dataclass(frozen=True)
 class ContainerRun:
     """Everything one container stage run needs, apart from the engine."""
@@ -250,9 +267,22 @@ class Engine:
                                      "Docker engine", "run: invoke toolchain") from error
         self.seccomp = (toolchain.seccomp_profile.read_text(encoding="utf-8")
                         if toolchain.seccomp_profile is not None else None)
+        self.lock = threading.Lock()
+        self.running: list[Any] = []  # containers started and not yet removed
+        self.stopping = False
+
+    def stop(self) -> None:
+        """Kill every running stage container and start no more (another branch failed)."""
+        with self.lock:
+            self.stopping = True
+            running = list(self.running)
+        for container in running:
+            with contextlib.suppress(Exception):
+                container.kill()
 
     def run(self, job: ContainerRun) -> None:
-        """Run one stage; StageFailed (with the log's last lines and its path) on failure."""
+        """Run one stage; StageFailed (with the log's last lines and its path) on failure,
+        StageStopped when stop() ended it."""
         from docker.types import Mount
 
         variation = self.options.variation
@@ -270,6 +300,7 @@ class Engine:
             environment=container_environment(self.toolchain.env, variation),
             network_disabled=True, network_mode="none",
             mounts=mounts, tmpfs={WORK_DIR: "rw,exec,mode=1777"},
+            read_only=True,  # the image (emscripten's frozen cache included) is never written
             hostname=variation.hostname or DEFAULT_HOSTNAME,
             nano_cpus=int(self.options.cpus * 1e9) if self.options.cpus else None,
             mem_limit=self.options.memory,
@@ -277,6 +308,10 @@ class Engine:
             labels={"webslm.stage": job.stage, "webslm.model_id": job.model_id},
         )
         try:
+            with self.lock:
+                if self.stopping:
+                    raise StageStopped(job.stage)
+                self.running.append(container)
             container.start()
             status = container.wait()
             logs = container.logs(stdout=True, stderr=True).decode("utf-8", "replace")
@@ -287,13 +322,42 @@ class Engine:
         finally:
             with contextlib.suppress(Exception):
                 container.remove(force=True)
+            with self.lock:
+                if container in self.running:
+                    self.running.remove(container)
             os.chmod(job.output, 0o755)
+        if self.stopping:
+            raise StageStopped(job.stage)
         job.log.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(job.log, "$ " + " ".join(command) + "\n" + logs)
         code = int(status.get("StatusCode", 1))
         if code != 0:
             raise StageFailed(f"{job.stage} failed for {job.model_id} (exit {code}): "
                               f"{log_tail(logs)}", f"full log: {job.log}")
+
+
+class StopSwitch:
+    """Stops the container stages of every build that shares it: Ctrl-C while `--jobs` builds
+    run in worker threads reaches only the main thread, which presses it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.engines: list[Engine] = []
+        self.pressed = False
+
+    def attach(self, engine: Engine) -> None:
+        with self.lock:
+            self.engines.append(engine)
+            pressed = self.pressed
+        if pressed:
+            engine.stop()
+
+    def press(self) -> None:
+        with self.lock:
+            self.pressed = True
+            engines = list(self.engines)
+        for engine in engines:
+            engine.stop()
 
 
 # ---------------------------------------------------------------------------- progress
@@ -339,6 +403,10 @@ class Display:
         task = self.progress.add_task(label, total=1)
         try:
             yield state
+        except StageStopped:
+            self.progress.update(task, description=f"[yellow]{label} stopped")
+            self.progress.stop_task(task)
+            raise
         except BaseException:
             self.progress.update(task, description=f"[red]{label} failed")
             self.progress.stop_task(task)
@@ -354,8 +422,9 @@ class Build:
     """One model's build: runs the stages in order and packages the result."""
 
     def __init__(self, spec: BuildSpec, options: BuildOptions, cache: StageCache,
-                 display: Display, scratch: Path) -> None:
+                 display: Display, scratch: Path, switch: StopSwitch | None = None) -> None:
         self.spec = spec
+        self.switch = switch
         self.options = options
         self.toolchain: Toolchain | None = None  # looked up after resolve: bad input first
         self.cache = cache
@@ -415,7 +484,8 @@ class Build:
     def resolve(self) -> tuple[ResolvedModel, dict[str, str]]:
         from webslm.hub import resolve_model
 
-        model = resolve_model(self.spec, allow_pickle=self.options.allow_pickle)
+        model = resolve_model(self.spec, allow_pickle=self.options.allow_pickle,
+                              local_folder=self.options.model_folder)
         self.spec = self.spec.with_model_type(model.model_type)
         digests = hash_files(model.path, model.files)
         self.results["resolve"] = StageResult("resolve", model.path, digests, "", cached=False)
@@ -426,18 +496,25 @@ class Build:
         if self.options.variation.reverse_input_order:
             names.reverse()
         model_type = self.spec.model_type
-        normalizer = hashlib.sha256(NORMALIZE_SOURCE.read_bytes()).hexdigest()
+        stage_code = hashlib.sha256(b"".join(p.read_bytes() for p in STAGE_SOURCES)).hexdigest()
 
         def produce(output: Path) -> None:
+            from webslm.hub import check_safetensors_header
             from webslm.normalize import load_config, normalize_config
 
             for name in names:
                 shutil.copyfile(model.path / name, output / name)
             config = normalize_config(load_config(output / "config.json"), model_type).config
             (output / "config.json").write_text(canonical_json(config), encoding="utf-8")
+            if safetensors_index.needs_index(names):
+                headers = {n: check_safetensors_header(output / n)
+                           for n in names if n.endswith(".safetensors")}
+                (output / safetensors_index.INDEX_FILE).write_text(
+                    safetensors_index.index_text(safetensors_index.weight_map(headers)),
+                    encoding="utf-8")
 
         inputs = {f"model/{n}": digests[n] for n in names}
-        return self.cached_stage("stage", inputs, ["normalize", model_type, normalizer], produce)
+        return self.cached_stage("stage", inputs, ["normalize", model_type, stage_code], produce)
 
     def run(self) -> BuildResult:
         model, digests = self.resolve()
@@ -445,22 +522,37 @@ class Build:
 
         self.toolchain = chosen_or_current(self.options.toolchain)
         self.engine = Engine(self.toolchain, self.options)
+        if self.switch is not None:
+            self.switch.attach(self.engine)
         with self.display.stage(self.spec.model_id, "resolve"):
             pass  # shown once the environment is known good: errors before it stay one line
         staged = self.stage_files(model, digests)
         names = sorted(staged.files)
-        weights = self.container_stage("convert_weight", staged, convert_inputs(names),
-                                       MODEL_MOUNT, convert_command(self.spec, names))
-        chat = self.container_stage("gen_config", staged, gen_config_inputs(names),
-                                    MODEL_MOUNT, gen_config_command(self.spec))
-        library = self.container_stage("compile", chat, [CHAT_CONFIG], CONFIG_MOUNT,
-                                       compile_command(self.spec))
+
+        def weights_branch() -> StageResult:
+            return self.container_stage("convert_weight", staged, convert_inputs(names),
+                                        MODEL_MOUNT, convert_command(self.spec, names))
+
+        def library_branch() -> tuple[StageResult, StageResult]:
+            chat = self.container_stage("gen_config", staged, gen_config_inputs(names),
+                                        MODEL_MOUNT, gen_config_command(self.spec))
+            return chat, self.container_stage("compile", chat, [CHAT_CONFIG], CONFIG_MOUNT,
+                                              compile_command(self.spec))
+
+        if self.options.overlap:
+            weights, (chat, library) = run_branches(weights_branch, library_branch,
+                                                    stop=self.engine.stop)
+        else:
+            weights, (chat, library) = weights_branch(), library_branch()
+        if self.engine.stopping:
+            raise StageStopped("package")  # interrupted: the previous dist stays
         with self.display.stage(self.spec.model_id, "package"):
             dist, statement = self.package(model, digests, staged, weights, chat, library)
+        done = [self.results[name] for name in STAGES]
         return BuildResult(
             spec=self.spec, dist=dist, provenance=statement,
-            stage_digests={name: r.digest for name, r in self.results.items()},
-            cache_hits={name: r.cached for name, r in self.results.items()},
+            stage_digests={r.name: r.digest for r in done},
+            cache_hits={r.name: r.cached for r in done},
         )
 
     def package(self, model: ResolvedModel, digests: Mapping[str, str], staged: StageResult,
@@ -504,6 +596,7 @@ class Build:
                 library_digest=outputs[f"libs/{lib_name}"],
                 tokenizer_digests={n: outputs[n] for n in chat_config.get("tokenizer_files", [])
                                    if n in outputs},
+                weight_digests={n: outputs[n] for n in webllm.weight_files(outputs)},
                 weight_bytes=sum((folder / n).stat().st_size
                                  for n in outputs if n.startswith("params_shard_")),
                 webllm_version=self.toolchain.webllm_version, toolchain_id=self.toolchain.id,
@@ -516,6 +609,28 @@ class Build:
         shipped = {n: d for n, d in outputs.items() if n not in provenance.NOT_SUBJECTS}
         self.results["package"] = StageResult("package", final, shipped, "", cached=False)
         return final, statement
+
+
+def run_branches(first: Callable[[], Any], second: Callable[[], Any], *,
+                 stop: Callable[[], None]) -> tuple[Any, Any]:
+    """Run two branches of a build at once; return both results.
+
+    When one fails, or the caller is interrupted (Ctrl-C), `stop` kills the other's container and
+    both threads are waited for before the first real error is raised: nothing keeps running."""
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="webslm-branch") as pool:
+        futures: list[Future[Any]] = [pool.submit(first), pool.submit(second)]
+        try:
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        except BaseException:
+            stop()
+            wait(futures)
+            raise
+        if any(f.exception() is not None for f in done):
+            stop()
+            wait(futures)
+            errors = [e for f in futures if (e := f.exception()) is not None]
+            raise next((e for e in errors if not isinstance(e, StageStopped)), errors[0])
+        return futures[0].result(), futures[1].result()
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -548,14 +663,14 @@ def _check_options(options: BuildOptions) -> None:
         raise BadInput(f"--cpus {options.cpus} is not positive", "pass e.g. --cpus 2")
 
 
-def build_model(spec: BuildSpec, options: BuildOptions, *,
-                display: Display | None = None) -> BuildResult:
+def build_model(spec: BuildSpec, options: BuildOptions, *, display: Display | None = None,
+                switch: StopSwitch | None = None) -> BuildResult:
     """Build one model into options.out/<name>/ and return where, how and from what."""
     _check_options(options)
     cache = StageCache(options.cache_dir or default_cache_dir())
     shown = display or Display(options.show_progress)
     with scratch_area(options, cache) as scratch:
-        build = Build(spec, options, cache, shown, scratch)
+        build = Build(spec, options, cache, shown, scratch, switch)
         if display is not None:
             return build.run()
         with shown.running():
@@ -574,12 +689,13 @@ def build_many(specs: Sequence[BuildSpec], options: BuildOptions,
                        "give each a different --name")
     _check_options(options)
     display = Display(options.show_progress)
+    switch = StopSwitch()
     lock = threading.Lock()
     errors: list[BaseException] = []
 
     def one(spec: BuildSpec) -> BuildResult | None:
         try:
-            return build_model(spec, options, display=display)
+            return build_model(spec, options, display=display, switch=switch)
         except WebslmError as error:
             with lock:
                 errors.append(error)
@@ -590,7 +706,13 @@ def build_many(specs: Sequence[BuildSpec], options: BuildOptions,
             results = [one(spec) for spec in specs]
         else:
             with ThreadPoolExecutor(max_workers=jobs) as pool:
-                results = list(pool.map(one, specs))
+                futures = [pool.submit(one, spec) for spec in specs]
+                try:
+                    results = [future.result() for future in futures]
+                except BaseException:  # Ctrl-C: stop every build; queued ones never start
+                    switch.press()
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
     if errors:
         raise errors[0]
     return [r for r in results if r is not None]

@@ -311,7 +311,7 @@ def make_server(site: Site, host: str = "127.0.0.1", port: int = 8000,
 def bundle_inputs(web: Path) -> list[Path]:
     """Files whose change makes web/dist stale (the lock carries the web-llm pin)."""
     sources = [p for p in (web / "src").rglob("*") if p.is_file()]
-    named = [web / "index.html", web / "build.mjs", web / "package-lock.json",
+    named = [*sorted(web.glob("*.html")), web / "build.mjs", web / "package-lock.json",
              web.parent / "docker" / "toolchain.lock.json"]
     return sources + [p for p in named if p.exists()]
 

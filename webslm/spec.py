@@ -8,6 +8,7 @@ before any download or container starts, against the lists read from MLC-LLM v0.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -181,6 +182,18 @@ def read_hf_model_type(folder: Path) -> str:
     return model_type
 
 
+def local_model_path(model: str, here: Path | None = None) -> str:
+    """How a local model is named in the spec and the provenance: as given, relative to where
+    webslm runs (an absolute or `~` path is made relative to it), starting with `./` or `../`
+    so it never reads as a Hub id. The host's folder names stay out of a published file, and
+    the same build run in another folder records the same spec."""
+    path = Path(model).expanduser()
+    if path.is_absolute():
+        path = Path(os.path.relpath(path, here or Path.cwd()))
+    text = path.as_posix()
+    return text if text == ".." or text.startswith("../") else f"./{text}".removesuffix("/.")
+
+
 def default_name(model: str) -> str:
     """A package name from a model argument: the folder or repo name, lower-cased."""
     base = model.split("@", 1)[0].rstrip("/").split("/")[-1].lower()
@@ -223,10 +236,11 @@ def resolve_spec(
                 raise BadInput(f"empty revision in {model!r}",
                                "use ORG/NAME@REVISION or drop the @")
         if is_local_model(source):
-            source = str(Path(source).expanduser().resolve())
-            if not Path(source).is_dir():
-                raise BadInput(f"model folder {source} does not exist",
+            folder = Path(source).expanduser().resolve()
+            if not folder.is_dir():
+                raise BadInput(f"model folder {folder} does not exist",
                                "pass a local model folder or a Hugging Face id like ORG/NAME")
+            source, base_name = local_model_path(source), default_name(str(folder))
 
     chosen_type = model_type or base_type
     if chosen_type != AUTO:

@@ -717,6 +717,8 @@ class RebuildSettings:
     cache_dir: Path | None = None  # where logs go (None: <cache>/verify); no stage is reused
     show_progress: bool = True
     repo: Path = Path(__file__).resolve().parent.parent  # where `git log` finds the lock
+    model: Path | None = None  # verify --model: a local model's folder, wherever it is now
+    build_folder: Path | None = None  # where the build probably ran (a dist's grandparent)
 
 
 def verify_variation(work_root: Path, host_uid: int) -> Variation:
@@ -751,24 +753,44 @@ def rebuild_spec(provenance: Provenance) -> BuildSpec:
     return spec
 
 
-def check_inputs(spec: BuildSpec, provenance: Provenance) -> None:
-    """The model files the rebuild would read must be the ones the provenance names."""
+def model_folders(spec: BuildSpec, settings: RebuildSettings) -> list[Path]:
+    """Where a local model the provenance names by its relative path may be: `--model`, else
+    that path from the current folder, then from the build's folder."""
+    if settings.model is not None:
+        return [settings.model]
+    places = [Path.cwd(), *([settings.build_folder] if settings.build_folder else [])]
+    return list(dict.fromkeys((place / spec.model).resolve() for place in places))
+
+
+def check_inputs(spec: BuildSpec, provenance: Provenance,
+                 settings: RebuildSettings) -> Path | None:
+    """The model files the rebuild would read must be the ones the provenance names; returns
+    the local model's folder (None for a Hub model)."""
     from webslm.hub import resolve_model
     from webslm.provenance import hash_files
 
-    try:
-        model = resolve_model(spec)
-    except BadInput as error:
-        raise BadInput(f"cannot get the model the provenance names ({error.what})",
-                       "verify where the build's model folder exists, or from the same Hub "
-                       "revision") from error
-    digests = hash_files(model.path, model.files)
-    differ = sorted(n for n in set(digests) | set(provenance.inputs)
-                    if digests.get(n) != provenance.inputs.get(n))
-    if differ:
-        raise BadInput(f"the model files at {model.path} are not the ones the provenance names "
-                       f"(differing: {', '.join(differ[:4])})",
-                       "verify needs the exact inputs: restore the model the build used")
+    folders: list[Path | None] = list(model_folders(spec, settings)) if spec.is_local else [None]
+    if not any(f is None or f.is_dir() for f in folders):
+        raise BadInput(f"cannot find the model folder {spec.model} the provenance names (looked "
+                       f"in {', '.join(str(f) for f in folders)})",
+                       "run verify where the build ran, or pass --model PATH")
+    differ: list[str] = []
+    for folder in [f for f in folders if f is None or f.is_dir()]:
+        try:
+            model = resolve_model(spec, local_folder=folder)
+        except BadInput as error:
+            raise BadInput(f"cannot get the model the provenance names ({error.what})",
+                           "verify where the build's model folder exists, or from the same Hub "
+                           "revision") from error
+        digests = hash_files(model.path, model.files)
+        differ = sorted(n for n in set(digests) | set(provenance.inputs)
+                        if digests.get(n) != provenance.inputs.get(n))
+        if not differ:
+            return folder
+    raise BadInput(f"the model files at {model.path} are not the ones the provenance names "
+                   f"(differing: {', '.join(differ[:4])})",
+                   "verify needs the exact inputs: restore the model the build used, or pass "
+                   "--model PATH")
 
 
 def rebuild(provenance: Provenance, settings: RebuildSettings, toolchain: Toolchain,
@@ -778,11 +800,11 @@ def rebuild(provenance: Provenance, settings: RebuildSettings, toolchain: Toolch
     from webslm.pipeline import BuildOptions, build_model
 
     spec = rebuild_spec(provenance)
-    check_inputs(spec, provenance)
+    folder = check_inputs(spec, provenance, settings)
     variation = verify_variation(work / "build-area", os.getuid())
     options = BuildOptions(out=work / "dist", use_cache=False, toolchain=toolchain,
                            cache_dir=settings.cache_dir or default_cache_dir() / "verify",
-                           variation=variation,
+                           variation=variation, model_folder=folder,
                            show_progress=settings.show_progress)
     return build_model(spec, options), variation
 
@@ -842,8 +864,9 @@ def verify_dist(dist: Path, settings: RebuildSettings) -> Report:
                                        provenance.subjects, provenance.toolchain_id)
         except ValueError:
             checks = [Check(APP_CONFIG_FILE, False, "not valid JSON")]
+    build_folder = dist.resolve().parent.parent  # `--out DIR` wrote DIR/<name>
     return compare_with_rebuild("verify", str(dist), provenance, str(provenance_path),
-                                shipped, checks, settings)
+                                shipped, checks, replace(settings, build_folder=build_folder))
 
 
 def audit_artifact(artifact: str, provenance: str | None, settings: RebuildSettings,

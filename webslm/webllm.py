@@ -9,7 +9,9 @@ template's fall outside its vocabulary.
 
 The AppConfig follows web-llm 0.2.79's ModelRecord (full URLs: a bare id fails in `new URL`),
 plus `integrity` in the SRI format web-llm 0.2.83+ enforces (0.2.79 ignores it; our web client
-checks it) and a `webslm` block the web client shows.
+checks it) and a `webslm` block the web client reads. web-llm's `integrity` has no place for the
+weights, so their digests go in `webslm.weights` (ndarray-cache.json and every shard, SRI strings):
+web-llm ignores the `webslm` block, and our client checks each shard before it enters Cache Storage.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ DEFAULT_TEMPERATURE = 0.7
 DEFAULT_TOP_P = 0.8
 FALLBACK_STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
 LOW_RESOURCE_MB = 2048.0
+WEIGHTS_MANIFEST = "ndarray-cache.json"
+SHARD_PREFIX = "params_shard_"
 MIB = 1024 * 1024
 
 
@@ -111,6 +115,11 @@ def model_url(base_url: str, name: str) -> str:
     return f"{check_base_url(base_url)}/{name}/resolve/main/"
 
 
+def weight_files(names: Iterable[str]) -> list[str]:
+    """The files web-llm reads the weights from: ndarray-cache.json and the shards it lists."""
+    return sorted(n for n in names if n == WEIGHTS_MANIFEST or n.startswith(SHARD_PREFIX))
+
+
 def library_name(model_id: str) -> str:
     return f"{model_id}-webgpu.wasm"
 
@@ -145,6 +154,7 @@ class PackageFacts:
     chat_config_digest: str
     library_digest: str
     tokenizer_digests: Mapping[str, str]
+    weight_digests: Mapping[str, str]
     weight_bytes: int
     webllm_version: str
     toolchain_id: str
@@ -179,6 +189,7 @@ def model_record(facts: PackageFacts, base_url: str) -> dict[str, Any]:
             "toolchain_id": facts.toolchain_id,
             "system_prompt": facts.system_prompt,
             "finetune": dict(facts.finetune) if facts.finetune is not None else None,
+            "weights": {name: sri(d) for name, d in sorted(facts.weight_digests.items())},
         },
     }
     if facts.f16:

@@ -2,9 +2,10 @@
 """Fetch MLC-LLM and its submodules at the lock's commits into DEST, checking every commit.
 
 The root source is fetched by commit. Each submodule is fetched at the commit its parent's tree
-records (the gitlink), which must equal the lock's pin; a placeholder pin accepts the gitlink and
-prints it (only with --allow-unpinned builds). `.git` folders are removed afterwards so no clone
-metadata (times, remotes) reaches the image.
+records (the gitlink), which must equal the lock's pin (an inferred pin, marked `evidence`, is
+checked the same way: a wrong one stops here, naming the entry and the commit found); a
+placeholder pin accepts the gitlink and prints it (only with --allow-unpinned builds). `.git`
+folders are removed afterwards so no clone metadata (times, remotes) reaches the image.
 
 usage: fetch_sources.py LOCK DEST
 """
@@ -58,8 +59,10 @@ def main(argv: list[str]) -> int:
                 print(f"UNPINNED {path}: using the parent's gitlink {recorded}")
                 commit = recorded
             elif commit != recorded:
-                raise SystemExit(f"fetch_sources: lock pins {path} at {commit}, but {parent} "
-                                 f"records {recorded}")
+                kind = "inferred pin" if pin.get("evidence") else "pin"
+                raise SystemExit(f"fetch_sources: lock entry sources.{path}.commit ({kind}) is "
+                                 f"{commit}, but {parent} records {recorded}; run "
+                                 f"`webslm toolchain refresh-lock` to correct it")
         fetch(pin["repo"], commit, dest / path)
         print(f"{path} {commit}")
     for folder in sorted(dest.rglob(".git"), reverse=True):

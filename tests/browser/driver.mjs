@@ -6,6 +6,8 @@
 // ops: open {webgpu} -> page id · goto {page, url} · wait {page, js, timeout} · eval {page, js}
 //      click {page, selector} · fill {page, selector, text} · screenshot {page, path}
 //      log {page} -> {console, errors, requests} · close {page}
+//      viewport {page, width, height} · media {page, colorScheme} · press {page, key}
+//      type {page, text} · grant {page, permissions}
 // One browser per launch-flag set (with or without the SwiftShader WebGPU adapter); each page
 // gets a fresh context, so Cache Storage never leaks between tests.
 import { createRequire } from "node:module";
@@ -59,6 +61,14 @@ const ops = {
   click: async ({ page, selector }) => { await pages.get(page).page.click(selector); },
   fill: async ({ page, selector, text }) => { await pages.get(page).page.fill(selector, text); },
   screenshot: async ({ page, path }) => { await pages.get(page).page.screenshot({ path, fullPage: true }); },
+  viewport: async ({ page, width, height }) => { await pages.get(page).page.setViewportSize({ width, height }); },
+  media: async ({ page, colorScheme }) => { await pages.get(page).page.emulateMedia({ colorScheme }); },
+  press: async ({ page, key }) => { await pages.get(page).page.keyboard.press(key); },
+  type: async ({ page, text }) => { await pages.get(page).page.keyboard.type(text); },
+  grant: async ({ page, permissions }) => {
+    const { page: p, context } = pages.get(page);
+    await context.grantPermissions(permissions, { origin: new URL(p.url()).origin });
+  },
   log: async ({ page }) => {
     const { console: messages, errors, requests } = pages.get(page);
     return { console: messages, errors, requests };

@@ -15,10 +15,21 @@ from pathlib import Path
 from typing import Any
 
 from webslm.files import canonical_json, sha256_file
+from webslm.provenance import APP_CONFIG_FILE, PROVENANCE_FILE, sri
 from webslm.toolchain import load_lock
-from webslm.webllm import DEFAULT_BASE_URL, PackageFacts, app_config, library_name, model_record
+from webslm.webllm import (
+    DEFAULT_BASE_URL,
+    PackageFacts,
+    app_config,
+    library_name,
+    model_record,
+    weight_files,
+)
 
 EMPTY_WASM_MODULE = b"\0asm\x01\0\0\0"
+FINETUNE = {"base_model": "Qwen/Qwen2.5-0.5B-Instruct", "base_revision": None,
+            "data_digest": "sha256:" + "0" * 64, "system_prompt": "You are a clinic assistant.",
+            "recipe": {}, "webslm_version": "0.1.0"}
 TOOLCHAIN_ID = "f" * 64
 SHARD_BYTES = 96 * 1024
 
@@ -33,16 +44,19 @@ def write(path: Path, data: bytes | str) -> None:
 
 def make_fake_dist(out: Path, name: str, quantization: str = "q4f32_1", *,
                    system_prompt: str | None = None, finetune: dict[str, Any] | None = None,
-                   webllm_version: str | None = None, base_url: str = DEFAULT_BASE_URL) -> Path:
+                   webllm_version: str | None = None, base_url: str = DEFAULT_BASE_URL,
+                   shards: int = 1, shard_bytes: int = SHARD_BYTES) -> Path:
     """out/<name>/ holding a package in the dist layout; returns that folder."""
     folder = out / name
     model_id = f"{name}-{quantization}"
-    shard = random.Random(name).randbytes(SHARD_BYTES)
-    write(folder / "params_shard_0.bin", shard)
+    rng = random.Random(name)
+    names = [f"params_shard_{i}.bin" for i in range(shards)]
+    for shard in names:
+        write(folder / shard, rng.randbytes(shard_bytes))
     write(folder / "ndarray-cache.json", canonical_json({
-        "metadata": {"ParamSize": 1, "ParamBytes": SHARD_BYTES, "BitsPerParam": 32},
-        "records": [{"dataPath": "params_shard_0.bin", "format": "raw-shard",
-                     "nbytes": SHARD_BYTES, "records": [], "md5sum": ""}]}))
+        "metadata": {"ParamSize": shards, "ParamBytes": shards * shard_bytes, "BitsPerParam": 32},
+        "records": [{"dataPath": shard, "format": "raw-shard", "nbytes": shard_bytes,
+                     "records": [], "md5sum": ""} for shard in names]}))
     chat_config = {
         "model_type": "qwen2", "quantization": quantization, "vocab_size": 512,
         "context_window_size": 512, "prefill_chunk_size": 128, "temperature": 0.6,
@@ -62,9 +76,27 @@ def make_fake_dist(out: Path, name: str, quantization: str = "q4f32_1", *,
         library_digest=sha256_file(folder / "libs" / library_name(model_id)),
         tokenizer_digests={n: sha256_file(folder / n)
                            for n in ("tokenizer.json", "tokenizer_config.json")},
-        weight_bytes=SHARD_BYTES,
+        weight_digests={n: sha256_file(folder / n)
+                        for n in weight_files(["ndarray-cache.json", *names])},
+        weight_bytes=shards * shard_bytes,
         webllm_version=webllm_version or load_lock().webllm_version,
         toolchain_id=TOOLCHAIN_ID, system_prompt=system_prompt, finetune=finetune)
     write(folder / "webllm-app-config.json",
           canonical_json(app_config([model_record(facts, base_url)])))
     return folder
+
+
+def add_weight_digests(folder: Path) -> None:
+    """Record `webslm.weights` in a dist folder built before webslm recorded them.
+
+    For copies of the real-tiny fixture (/work/shared/fixtures/real-tiny), whose AppConfig
+    predates the weights check: the digests come from its provenance.json subjects, the sha256
+    the build computed of every file, so the record ends as a current build writes it.
+    """
+    subjects = json.loads((folder / PROVENANCE_FILE).read_text())["subject"]
+    digests = {s["name"]: s["digest"]["sha256"] for s in subjects}
+    config_path = folder / APP_CONFIG_FILE
+    config = json.loads(config_path.read_text())
+    for record in config["model_list"]:
+        record["webslm"]["weights"] = {n: sri(digests[n]) for n in weight_files(digests)}
+    config_path.write_text(canonical_json(config))

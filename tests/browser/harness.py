@@ -1,10 +1,12 @@
 """pytest's side of tests/browser/driver.mjs: a headless Chromium driven over a line protocol,
-and `invoke serve`'s server running in a thread on a free 127.0.0.1 port."""
+`invoke serve`'s server running in a thread on a free 127.0.0.1 port, and the web client with the
+scripted engine worker (scripted_worker.js, a TEST STAND-IN)."""
 
 from __future__ import annotations
 
 import itertools
 import json
+import os
 import select
 import shutil
 import subprocess
@@ -19,6 +21,7 @@ DRIVER = Path(__file__).with_name("driver.mjs")
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO / "test-artifacts" / "web"
 REPLY_TIMEOUT_S = 60.0
+SCRIPTED_WORKER = Path(__file__).with_name("scripted_worker.js")
 
 
 def browser_missing() -> str | None:
@@ -49,9 +52,10 @@ class Browser:
         request_id = next(self.ids)
         self.process.stdin.write(json.dumps({"id": request_id, "op": op, **fields}) + "\n")
         self.process.stdin.flush()
-        ready, _, _ = select.select([self.process.stdout], [], [], REPLY_TIMEOUT_S)
+        waited = max(REPLY_TIMEOUT_S, fields.get("timeout", 0) / 1000 + 10)  # a wait's own limit
+        ready, _, _ = select.select([self.process.stdout], [], [], waited)
         if not ready:
-            raise DriverError(f"no reply to {op} within {REPLY_TIMEOUT_S} s")
+            raise DriverError(f"no reply to {op} within {waited} s")
         line = self.process.stdout.readline()
         if not line:
             raise DriverError(f"the driver exited (code {self.process.poll()}) during {op}")
@@ -72,6 +76,14 @@ class Browser:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+def open_app(browser: Browser, url: str, *, webgpu: bool = True) -> Page:
+    """A fresh page with the web client at url, once it has booted (models listed)."""
+    page = browser.page(webgpu=webgpu)
+    page.goto(url=url)
+    page.wait_for("document.body.dataset.ready === 'yes'")
+    return page
 
 
 class Page:
@@ -112,3 +124,17 @@ def running_server(site: Any) -> Iterator[tuple[str, list[str]]]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+def scripted_web(web_dist: Path, target: Path) -> Path:
+    """A copy of the built web client whose worker.js runs the scripted engine (TEST STAND-IN)."""
+    web = target / "web-scripted"
+    shutil.copytree(web_dist, web)
+    node_modules = REPO / "web" / "node_modules"
+    done = subprocess.run(
+        [str(node_modules / ".bin" / "esbuild"), str(SCRIPTED_WORKER), "--bundle", "--format=esm",
+         f"--outfile={web / 'worker.js'}", "--log-level=warning"],
+        capture_output=True, text=True, check=False, timeout=120,
+        env={**os.environ, "NODE_PATH": str(node_modules)})
+    assert done.returncode == 0, done.stderr
+    return web

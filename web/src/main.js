@@ -1,13 +1,17 @@
 // The page: pick a model (or two, to compare), check it, load it into a Web Worker engine, chat.
 //
 // Everything a model needs is checked before its engine starts (guards.js: web-llm version,
-// WebGPU, shader-f16; integrity.js: SRI hashes). The AppConfig goes to the engine constructor
-// (CreateWebWorkerMLCEngine's engineConfig.appConfig), never to reload().
+// WebGPU, shader-f16; integrity.js: SRI hashes of the library, configs, tokenizer and every weight
+// shard). The AppConfig goes to the engine constructor (CreateWebWorkerMLCEngine's
+// engineConfig.appConfig), never to reload(). Conversations are kept per model in IndexedDB.
 import { CreateWebWorkerMLCEngine, hasModelInCache } from "@mlc-ai/web-llm";
 
-import { chatRequest, streamAnswer } from "./chat.js";
+import { BENCHMARK, benchmarkRequest, chatRequest, formatSpeed, streamAnswer } from "./chat.js";
+import { deleteConversation, listConversations, newConversation, saveConversation } from "./conversations.js";
+import { describeAnswerFailure, describeLoadFailure } from "./failures.js";
 import { featureProblem, NO_WEBGPU, probeWebGPU, versionProblem } from "./guards.js";
-import { browserStore, integrityRefusal, verifyRecord } from "./integrity.js";
+import { browserStore, integrityRefusal, verifyRecord, verifyShards, WEIGHTS_MANIFEST } from "./integrity.js";
+import { renderMarkdown } from "./markdown.js";
 import {
   describeRecord, downloadBytes, formatMB, loadCatalog, pageOptions, samplingOf, systemPromptOf,
 } from "./models.js";
@@ -15,9 +19,13 @@ import { BUILT_WEBLLM_VERSION } from "./version.js";
 
 const EXAMPLES = [
   "What can you help me with?",
-  "Explain your answer to my last question in simpler words.",
-  "Summarize the key points in three sentences.",
+  "Give me three tips for writing a clear email, as a list.",
+  "Explain what a hash function is in two sentences.",
 ];
+const SERVE_HINT = "Build one (invoke build) and serve it: invoke serve dist (the same as " +
+  "webslm serve dist or webslm serve --dist dist), or open this page with ?config=<URL of a " +
+  "webllm-app-config.json>.";
+const FOLLOW_SLACK_PX = 24;
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -25,10 +33,12 @@ const ui = {
   compare: $("compare"), load: $("load"), downloadSize: $("download-size"), panes: $("panes"),
   systemPrompt: $("system-prompt"), temperature: $("temperature"), topP: $("top-p"),
   budget: $("sentence-budget"), form: $("ask"), question: $("question"), send: $("send"),
-  stop: $("stop"), template: $("pane-template"),
+  stop: $("stop"), template: $("pane-template"), benchmark: $("benchmark"),
+  benchmarkResult: $("benchmark-result"), benchmarkCopy: $("benchmark-copy"),
+  confirm: $("confirm"), confirmText: $("confirm-text"),
 };
 
-const app = { gpu: null, entries: [], panes: [] };
+const app = { gpu: null, entries: [], panes: [], sizes: new Map(), generating: false, shown: { a: "", b: "", compare: false } };
 
 async function fetchJson(url) {
   const response = await fetch(url, { cache: "no-cache" });
@@ -41,53 +51,74 @@ function showNotice(lines) {
   ui.notice.textContent = lines.join("\n");
 }
 
+/** Asks a yes/no question in the page's dialog; resolves true on Continue. */
+function confirmed(text) {
+  ui.confirmText.textContent = text;
+  ui.confirm.returnValue = "";
+  ui.confirm.showModal();
+  return new Promise((resolve) => {
+    ui.confirm.addEventListener("close", () => resolve(ui.confirm.returnValue === "ok"), { once: true });
+  });
+}
+
+/** Why a record cannot load in this browser, or null. */
+function refusalOf(record) {
+  return versionProblem(record, BUILT_WEBLLM_VERSION) ?? featureProblem(record, app.gpu);
+}
+
 /** One model's column: its checks, its engine and its conversation. */
 class Pane {
   constructor(entry, title) {
     this.record = entry.record;
     this.engine = null;
     this.worker = null;
-    this.messages = [];
+    this.conversation = newConversation(this.record.model_id);
+    this.follow = true;
     this.el = ui.template.content.firstElementChild.cloneNode(true);
     this.el.dataset.modelId = this.record.model_id;
-    this.el.querySelector(".pane-title").textContent = title;
-    this.status = this.el.querySelector(".status");
-    this.progress = this.el.querySelector(".progress");
-    this.transcript = this.el.querySelector(".transcript");
-    const examples = this.el.querySelector(".examples");
-    for (const text of EXAMPLES) {
-      const item = document.createElement("li");
-      const button = document.createElement("button");
-      button.type = "button";
-      button.textContent = text;
-      button.addEventListener("click", () => {
-        ui.question.value = text;
-        ui.question.focus();
-      });
-      item.append(button);
-      examples.append(item);
-    }
+    const find = (selector) => this.el.querySelector(selector);
+    find(".pane-title").textContent = title;
+    this.status = find(".status");
+    this.failure = find(".failure");
+    this.progress = find(".progress");
+    this.progress.setAttribute("aria-label", `Loading ${this.record.model_id}`);
+    this.transcript = find(".transcript");
+    this.history = find(".history");
+    this.history.addEventListener("change", () => this.openConversation(this.history.value));
+    find(".new-chat").addEventListener("click", () => this.startConversation());
+    find(".delete-chat").addEventListener("click", () => this.deleteCurrent());
+    find(".retry").addEventListener("click", () => this.load());
+    this.transcript.addEventListener("scroll", () => {
+      const { scrollTop, clientHeight, scrollHeight } = this.transcript;
+      this.follow = scrollTop + clientHeight >= scrollHeight - FOLLOW_SLACK_PX;
+    });
   }
 
   setState(state, message = "") {
     this.el.dataset.state = state;
     this.status.textContent = message;
     this.status.classList.toggle("error", state === "refused" || state === "error");
+    if (state !== "error") this.failure.hidden = true;
+    updateControls();
   }
 
-  /** The reason this model cannot load here, shown before anything is downloaded. */
-  refusal() {
-    return versionProblem(this.record, BUILT_WEBLLM_VERSION) ?? featureProblem(this.record, app.gpu);
+  fail(summary, detail) {
+    this.setState("error", summary);
+    this.failure.hidden = false;
+    this.el.querySelector(".failure-detail").textContent = detail;
   }
 
+  /** Checks every file against the build's hashes (weights shard by shard), then starts the engine. */
   async load() {
+    this.failure.hidden = true;
     this.setState("checking", "Checking the model's files against the hashes its build recorded…");
     const store = browserStore();
     let checked;
     try {
       checked = await verifyRecord(this.record, store);
     } catch (error) {
-      this.setState("error", `Could not check ${this.record.model_id}: ${error.message}`);
+      const failure = describeLoadFailure(this.record.model_id, error, "check");
+      this.fail(failure.summary, failure.detail);
       return;
     }
     if (checked.failures.length) {
@@ -95,57 +126,199 @@ class Pane {
       return;
     }
     for (const { target, bytes } of checked.verified) await store.keep(target.cache, target.url, bytes);
-    this.setState("loading", "Loading…");
-    this.progress.hidden = false;
+    const manifest = checked.verified.find((v) => v.target.url.endsWith(WEIGHTS_MANIFEST)).bytes;
+    this.showProgress(0, "Downloading and checking the weights…");
+    let weights;
+    try {
+      weights = await verifyShards(this.record, manifest, store, (p) => this.showWeightProgress(p));
+    } catch (error) {
+      this.progress.hidden = true;
+      const failure = describeLoadFailure(this.record.model_id, error, "check");
+      this.fail(failure.summary, failure.detail);
+      return;
+    }
+    if (weights.failures.length) {
+      this.progress.hidden = true;
+      this.setState("refused", integrityRefusal(this.record, weights.failures));
+      return;
+    }
+    this.el.dataset.checkSeconds = weights.seconds.toFixed(3);
+    this.el.dataset.hashSeconds = weights.hashSeconds.toFixed(3);
+    const checkedText = `All ${formatMB(weights.bytes)} of weights match their recorded hashes ` +
+      `(checked in ${weights.seconds.toFixed(1)} s).`;
+    this.setState("loading", `${checkedText} Starting the engine…`);
     this.worker = new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
     const appConfig = { model_list: [this.record], useIndexedDBCache: false };
+    let step = "library";
     try {
       this.engine = await CreateWebWorkerMLCEngine(this.worker, this.record.model_id, {
         appConfig,
-        initProgressCallback: (report) => this.showProgress(report),
+        initProgressCallback: (report) => {
+          step = "engine";
+          this.showProgress(report.progress, report.text);
+        },
       });
-      this.progress.hidden = true;
-      this.setState("ready", "Ready. Works offline from now on.");
     } catch (error) {
       this.worker.terminate();
       this.worker = null;
       this.progress.hidden = true;
-      this.setState("error", `The engine could not load ${this.record.model_id}: ${error.message ?? error}`);
+      const failure = describeLoadFailure(this.record.model_id, error, step);
+      this.fail(failure.summary, failure.detail);
+      return;
     }
+    this.progress.hidden = true;
+    this.setState("ready", `Ready. ${checkedText} Works offline from now on.`);
+    ui.question.focus();
   }
 
-  showProgress(report) {
-    this.progress.querySelector(".bar").style.width = `${Math.round(report.progress * 100)}%`;
-    this.progress.querySelector(".progress-text").textContent = report.text;
+  showWeightProgress(p) {
+    const fraction = p.totalBytes ? (p.arrivedBytes + p.checkedBytes) / (2 * p.totalBytes) : 1;
+    this.showProgress(fraction, `Weights: ${p.checkedShards} of ${p.shards} shards checked ` +
+      `(${formatMB(p.checkedBytes)} of ${formatMB(p.totalBytes)}; ${formatMB(p.arrivedBytes)} downloaded)`);
   }
 
-  addBubble(role, text) {
-    this.el.querySelector(".empty-state")?.remove();
+  showProgress(fraction, text) {
+    const percent = Math.max(0, Math.min(100, Math.round(fraction * 100)));
+    this.progress.hidden = false;
+    this.progress.setAttribute("aria-valuenow", String(percent));
+    this.progress.setAttribute("aria-valuetext", text);
+    this.progress.querySelector(".bar").style.width = `${percent}%`;
+    this.progress.querySelector(".progress-text").textContent = text;
+  }
+
+  /** The latest saved conversation with this model, and the list of all of them. */
+  async restore() {
+    const saved = await listConversations(this.record.model_id);
+    if (saved.length) this.conversation = saved[0];
+    this.renderTranscript();
+    await this.fillHistory(saved);
+  }
+
+  async fillHistory(saved = null) {
+    const list = saved ?? (await listConversations(this.record.model_id));
+    const current = list.some((c) => c.id === this.conversation.id) ? [] : [this.conversation];
+    this.history.replaceChildren(...[...current, ...list].map((c) => new Option(c.title, c.id)));
+    this.history.value = this.conversation.id;
+    updateControls();
+  }
+
+  async openConversation(id) {
+    const found = (await listConversations(this.record.model_id)).find((c) => c.id === id);
+    if (!found) return;
+    this.conversation = found;
+    this.renderTranscript();
+  }
+
+  async startConversation() {
+    this.conversation = newConversation(this.record.model_id);
+    this.renderTranscript();
+    await this.fillHistory();
+    if (!ui.question.disabled) ui.question.focus();
+  }
+
+  async deleteCurrent() {
+    if (!this.conversation.messages.length) return;
+    if (!(await confirmed(`Delete the conversation "${this.conversation.title}" from this browser?`))) return;
+    await deleteConversation(this.conversation.id);
+    const [latest] = await listConversations(this.record.model_id);
+    this.conversation = latest ?? newConversation(this.record.model_id);
+    this.renderTranscript();
+    await this.fillHistory();
+  }
+
+  renderTranscript() {
+    this.transcript.replaceChildren();
+    if (!this.conversation.messages.length) {
+      const empty = ui.template.content.querySelector(".empty-state").cloneNode(true);
+      const list = empty.querySelector(".examples");
+      for (const text of EXAMPLES) {
+        const item = document.createElement("li");
+        const button = document.createElement("button");
+        button.type = "button";
+        button.className = "example";
+        button.textContent = text;
+        button.disabled = !this.engine;
+        button.addEventListener("click", () => {
+          ui.question.value = text;
+          ui.question.focus();
+        });
+        item.append(button);
+        list.append(item);
+      }
+      this.transcript.append(empty);
+      return;
+    }
+    for (const message of this.conversation.messages) this.addBubble(message.role, message.content, message.speed);
+    this.follow = true;
+    this.scrollToEnd();
+  }
+
+  addBubble(role, text, speed = null) {
+    this.transcript.querySelector(".empty-state")?.remove();
     const bubble = document.createElement("div");
     bubble.className = `bubble ${role}`;
-    bubble.textContent = text;
+    const body = document.createElement("div");
+    body.className = "body";
+    bubble.append(body);
+    if (role === "assistant") renderMarkdown(body, text);
+    else body.textContent = text;
+    if (speed) this.addSpeed(bubble, speed);
     this.transcript.append(bubble);
-    this.transcript.scrollTop = this.transcript.scrollHeight;
+    this.scrollToEnd();
     return bubble;
   }
 
-  /** Streams one answer into the transcript; the sentence budget cuts and stops it. */
+  addSpeed(bubble, speed) {
+    const line = document.createElement("p");
+    line.className = "speed";
+    line.textContent = formatSpeed(speed);
+    bubble.append(line);
+  }
+
+  scrollToEnd() {
+    if (this.follow) this.transcript.scrollTop = this.transcript.scrollHeight;
+  }
+
+  /** Streams one answer into the transcript; a failed answer leaves nothing in the history. */
   async answer(question, settings) {
-    const request = chatRequest([...this.messages, { role: "user", content: question }], settings);
-    this.messages.push({ role: "user", content: question });
-    this.addBubble("user", question);
+    const history = this.conversation.messages.map(({ role, content }) => ({ role, content }));
+    const request = chatRequest([...history, { role: "user", content: question }], settings);
+    this.follow = true;
+    const asked = this.addBubble("user", question);
     const bubble = this.addBubble("assistant", "");
+    const body = bubble.querySelector(".body");
     this.setState("generating", "Answering…");
-    let text = "";
     try {
-      text = await streamAnswer(this.engine, request, settings.budget, (t) => {
-        bubble.textContent = t;
+      const { text, speed } = await streamAnswer(this.engine, request, settings.budget, (t) => {
+        renderMarkdown(body, t);
+        this.scrollToEnd();
       });
+      if (speed) this.addSpeed(bubble, speed);
+      this.conversation.messages.push({ role: "user", content: question }, { role: "assistant", content: text, speed });
       this.setState("ready", "");
+      await saveConversation(this.conversation);
+      await this.fillHistory();
     } catch (error) {
-      this.setState("error", `Generation failed: ${error.message ?? error}`);
+      const failure = describeAnswerFailure(error);
+      bubble.remove();
+      asked.classList.add("failed");
+      this.setState("ready", failure.summary);
+      this.status.classList.add("error");
+      this.status.title = failure.detail;
     }
-    this.messages.push({ role: "assistant", content: text });
+  }
+
+  /** The fixed benchmark on this pane's engine; not part of the conversation. */
+  async benchmark() {
+    this.setState("generating", "Running the speed benchmark…");
+    try {
+      const { speed } = await streamAnswer(this.engine, benchmarkRequest(), null, () => {});
+      this.setState("ready", "");
+      return speed;
+    } catch (error) {
+      this.setState("ready", describeAnswerFailure(error).summary);
+      return null;
+    }
   }
 
   stop() {
@@ -174,51 +347,78 @@ function applyDefaults(entries) {
   ui.topP.value = sampling.top_p;
 }
 
-async function showDownloadSize(panes) {
-  ui.downloadSize.textContent = "";
-  if (!panes.length) return;
-  let bytes = 0;
-  let cached = true;
+/** Bytes a first load of a record downloads (weight shards plus library), or null if unknown. */
+async function downloadSizeOf(record) {
   try {
-    for (const pane of panes) {
-      const record = pane.record;
-      cached &&= await hasModelInCache(record.model_id, { model_list: [record] });
-      const shards = await fetchJson(new URL("ndarray-cache.json", record.model).href);
-      const head = await fetch(record.model_lib, { method: "HEAD" });
-      bytes += downloadBytes(shards, Number(head.headers.get("Content-Length") ?? 0));
-    }
+    const shards = await fetchJson(new URL(WEIGHTS_MANIFEST, record.model).href);
+    const head = await fetch(record.model_lib, { method: "HEAD" });
+    return downloadBytes(shards, Number(head.headers.get("Content-Length") ?? 0));
   } catch {
-    return;
+    return null;
   }
-  ui.downloadSize.textContent = cached
-    ? "Already in this browser's cache: loads offline."
-    : `First load downloads ~${formatMB(bytes)} once; after that it works offline.`;
 }
 
-/** Rebuilds the panes for the current selection; resolves once the download size is shown. */
+async function isCached(record) {
+  const library = await (await caches.open("webllm/wasm")).match(record.model_lib);
+  return Boolean(library) && (await hasModelInCache(record.model_id, { model_list: [record] }));
+}
+
+/** The download hint for the panes still to download (a cached model needs no download). */
+function showDownloadSize(uncached) {
+  const bytes = uncached.reduce((sum, pane) => sum + (app.sizes.get(pane.record.model_id) ?? 0), 0);
+  ui.downloadSize.hidden = !uncached.length;
+  ui.downloadSize.textContent = uncached.length
+    ? `First load downloads ~${formatMB(bytes)} once; after that it works offline.`
+    : "";
+}
+
+/** Rebuilds the panes for the current selection; a cached model is loaded straight away. */
 async function renderPanes() {
   for (const pane of app.panes) pane.dispose();
   ui.panes.replaceChildren();
   const entries = selectedEntries();
   const titles = entries.length > 1 ? ["A: ", "B: "] : [""];
   app.panes = entries.map((entry, i) => new Pane(entry, titles[i] + describeRecord(entry.record)));
+  app.shown = { a: ui.modelA.value, b: ui.modelB.value, compare: ui.compare.checked };
   ui.panes.classList.toggle("compare", app.panes.length > 1);
   for (const pane of app.panes) {
     ui.panes.append(pane.el);
-    const refusal = pane.refusal();
+    const refusal = refusalOf(pane.record);
     pane.setState(refusal ? "refused" : "idle", refusal ?? "Press Load to start.");
   }
   applyDefaults(entries);
-  ui.load.disabled = !app.panes.some((p) => p.el.dataset.state === "idle");
-  setAsking(false);
-  await showDownloadSize(app.panes.filter((p) => p.el.dataset.state === "idle"));
+  await Promise.all(app.panes.map((p) => p.restore()));
+  const idle = app.panes.filter((p) => p.el.dataset.state === "idle");
+  const cached = await Promise.all(idle.map((p) => isCached(p.record).catch(() => false)));
+  showDownloadSize(idle.filter((_, i) => !cached[i]));
+  const fromCache = idle.filter((_, i) => cached[i]);
+  for (const pane of fromCache) pane.setState("idle", "In this browser's cache: loading it offline…");
+  await loadPanes(fromCache);
 }
 
-function setAsking(generating) {
+async function loadPanes(panes) {
+  if (!panes.length) return;
+  await Promise.all(panes.map((p) => p.load()));
+  updateControls();
+  showDownloadSize(app.panes.filter((p) => p.el.dataset.state === "idle"));
+  if (app.panes.some((p) => p.engine)) ui.question.focus();
+}
+
+/** Enables what can be used now: Load for idle panes, asking and examples for loaded ones. */
+function updateControls() {
   const ready = app.panes.some((p) => p.engine);
+  const busy = app.panes.some((p) => ["checking", "loading"].includes(p.el.dataset.state));
+  ui.load.disabled = busy || !app.panes.some((p) => p.el.dataset.state === "idle");
   ui.question.disabled = !ready;
-  ui.send.disabled = !ready || generating;
-  ui.stop.disabled = !generating;
+  ui.send.disabled = !ready || app.generating;
+  ui.stop.disabled = !app.generating;
+  ui.benchmark.disabled = !ready || app.generating;
+  for (const pane of app.panes) {
+    for (const button of pane.el.querySelectorAll(".example")) button.disabled = !pane.engine || app.generating;
+    pane.el.querySelector(".new-chat").disabled = app.generating;
+    pane.el.querySelector(".delete-chat").disabled = app.generating || !pane.conversation.messages.length;
+    pane.history.disabled = app.generating;
+  }
 }
 
 function settings() {
@@ -233,19 +433,76 @@ function settings() {
 
 async function ask(event) {
   event.preventDefault();
+  if (app.generating) return;
   const question = ui.question.value.trim();
   const ready = app.panes.filter((p) => p.engine);
   if (!question || !ready.length) return;
   ui.question.value = "";
-  setAsking(true);
+  app.generating = true;
+  updateControls();
+  ui.question.focus();
   const shared = settings();
   await Promise.all(ready.map((pane) => pane.answer(question, shared)));
-  setAsking(false);
+  app.generating = false;
+  updateControls();
+}
+
+async function benchmark() {
+  if (app.generating) return;
+  app.generating = true;
+  updateControls();
+  ui.benchmarkResult.hidden = false;
+  ui.benchmarkResult.textContent = "Running…";
+  const lines = [`webslm speed benchmark: ${BENCHMARK.maxTokens} tokens, web-llm ${BUILT_WEBLLM_VERSION}, ` +
+    `GPU ${app.gpu.description}`];
+  for (const pane of app.panes.filter((p) => p.engine)) {
+    const speed = await pane.benchmark();
+    lines.push(speed
+      ? `${pane.record.model_id}: ${formatSpeed(speed)} (prompt ${speed.promptTokens} tokens, ${speed.completionTokens} generated)`
+      : `${pane.record.model_id}: failed`);
+  }
+  ui.benchmarkResult.textContent = lines.join("\n");
+  ui.benchmarkCopy.hidden = false;
+  app.generating = false;
+  updateControls();
+}
+
+function optionLabel(entry) {
+  const size = app.sizes.get(entry.record.model_id);
+  const parts = [entry.record.model_id];
+  if (size != null) parts.push(formatMB(size));
+  if (refusalOf(entry.record)) parts.push("won't run in this browser");
+  return parts.join(" · ");
 }
 
 function fillSelect(select, entries, chosen) {
-  select.replaceChildren(...entries.map((e) => new Option(describeRecord(e.record), e.record.model_id)));
-  if (chosen && entries.some((e) => e.record.model_id === chosen)) select.value = chosen;
+  select.replaceChildren(...entries.map((e) => {
+    const option = new Option(optionLabel(e), e.record.model_id);
+    option.dataset.refused = refusalOf(e.record) ? "yes" : "no";
+    return option;
+  }));
+  const runnable = entries.filter((e) => !refusalOf(e.record));
+  const pick = entries.find((e) => e.record.model_id === chosen) ?? runnable[0] ?? entries[0];
+  if (pick) select.value = pick.record.model_id;
+}
+
+/** Changing model or compare mode: ask first when a loaded model or a conversation would go. */
+async function selectionChanged() {
+  const inUse = app.panes.filter((p) => p.engine || p.conversation.messages.length);
+  if (inUse.length) {
+    const names = inUse.map((p) => p.record.model_id).join(" and ");
+    const ok = await confirmed(`Switch models? ${names} will be unloaded and the conversation closed ` +
+      "(it stays saved in this browser).");
+    if (!ok) {
+      ui.modelA.value = app.shown.a;
+      ui.modelB.value = app.shown.b;
+      ui.compare.checked = app.shown.compare;
+      ui.modelBLabel.hidden = !ui.compare.checked;
+      return;
+    }
+  }
+  ui.modelBLabel.hidden = !ui.compare.checked;
+  await renderPanes();
 }
 
 async function boot() {
@@ -255,33 +512,32 @@ async function boot() {
   app.entries = catalog.entries;
   const notices = [...catalog.problems];
   if (!gpu.available) notices.unshift(NO_WEBGPU);
-  if (!app.entries.length) {
-    notices.push("No models found. Build one (invoke build) and serve it (invoke serve dist), " +
-      "or open this page with ?config=<URL of a webllm-app-config.json>.");
-  }
+  if (!app.entries.length) notices.push(`No models found. ${SERVE_HINT}`);
   showNotice(notices);
   document.body.dataset.webgpu = gpu.available ? "yes" : "no";
+  const sizes = await Promise.all(app.entries.map((e) => downloadSizeOf(e.record)));
+  app.entries.forEach((e, i) => app.sizes.set(e.record.model_id, sizes[i]));
   fillSelect(ui.modelA, app.entries, options.a);
-  fillSelect(ui.modelB, app.entries, options.b ?? app.entries[1]?.record.model_id);
+  const otherB = app.entries.find((e) => e.record.model_id !== ui.modelA.value && !refusalOf(e.record));
+  fillSelect(ui.modelB, app.entries, options.b ?? otherB?.record.model_id);
   ui.compare.checked = options.compare && app.entries.length > 0;
   ui.modelBLabel.hidden = !ui.compare.checked;
-  for (const control of [ui.modelA, ui.modelB]) control.addEventListener("change", renderPanes);
-  ui.compare.addEventListener("change", () => {
-    ui.modelBLabel.hidden = !ui.compare.checked;
-    renderPanes();
-  });
-  ui.load.addEventListener("click", async () => {
-    ui.load.disabled = true;
-    await Promise.all(app.panes.filter((p) => p.el.dataset.state === "idle").map((p) => p.load()));
-    setAsking(false);
-  });
+  for (const control of [ui.modelA, ui.modelB, ui.compare]) control.addEventListener("change", selectionChanged);
+  ui.load.addEventListener("click", () => loadPanes(app.panes.filter((p) => p.el.dataset.state === "idle")));
   ui.form.addEventListener("submit", ask);
   ui.stop.addEventListener("click", () => app.panes.forEach((p) => p.stop()));
+  ui.benchmark.addEventListener("click", benchmark);
+  ui.benchmarkCopy.addEventListener("click", async () => {
+    await navigator.clipboard.writeText(ui.benchmarkResult.textContent).catch(() => {});
+    ui.benchmarkCopy.textContent = "Copied";
+  });
   ui.question.addEventListener("keydown", (event) => {
-    if (event.key === "Enter" && !event.shiftKey) ask(event);
+    if (event.key !== "Enter" || event.shiftKey || event.isComposing || event.keyCode === 229) return;
+    event.preventDefault();
+    if (!app.generating) ask(event);
   });
   if (app.entries.length) await renderPanes();
-  else ui.load.disabled = true;
+  updateControls();
   document.body.dataset.ready = "yes";
 }
 

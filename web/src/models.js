@@ -2,7 +2,9 @@
 //
 // The app reads one or more `webllm-app-config.json` files: named by `?config=URL` (repeatable)
 // or listed in a models index (`?index=URL`, default /models/index.json, which `invoke serve`
-// writes). Each record is relocated to the folder its AppConfig was read from: a dist folder is
+// writes). A record pinned to a commit (`…/resolve/<40 hex>/`, what `invoke publish` writes) loads
+// from exactly that URL, so files changed on a branch later never load. An unpinned record (a
+// local dist) is relocated to the folder its AppConfig was read from: a dist folder is
 // self-contained, so it loads from where it is served even when it was built for another base URL
 // or port.
 
@@ -24,10 +26,17 @@ export function pageOptions(href) {
   };
 }
 
-/** The record moved to the folder its AppConfig was read from (pure). */
+const PINNED = /\/resolve\/[0-9a-f]{40}\/$/;
+
+/** Whether a model folder URL names a commit (`…/resolve/<40 hex>/`), not a branch. */
+export function isPinned(modelUrl) {
+  return typeof modelUrl === "string" && PINNED.test(modelUrl);
+}
+
+/** An unpinned record moved to the folder its AppConfig was read from; a pinned one kept (pure). */
 export function relocateRecord(record, configUrl) {
   const folder = new URL("./", configUrl).href;
-  if (typeof record.model !== "string" || record.model === folder) return record;
+  if (typeof record.model !== "string" || record.model === folder || isPinned(record.model)) return record;
   const lib = record.model_lib;
   const relocatedLib = typeof lib === "string" && lib.startsWith(record.model)
     ? folder + lib.slice(record.model.length)

@@ -1,7 +1,9 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { downloadBytes, formatMB, loadCatalog, pageOptions, relocateRecord, samplingOf, systemPromptOf } from "../src/models.js";
+import {
+  downloadBytes, formatMB, isPinned, loadCatalog, pageOptions, relocateRecord, samplingOf, systemPromptOf,
+} from "../src/models.js";
 
 const built = {
   model: "http://127.0.0.1:8000/models/tiny/resolve/main/",
@@ -25,6 +27,20 @@ test("a record moves to the folder its AppConfig was read from, library included
   assert.equal(moved.model, "http://127.0.0.1:8123/models/tiny/resolve/main/");
   assert.equal(moved.model_lib, "http://127.0.0.1:8123/models/tiny/resolve/main/libs/tiny-q4f32_1-webgpu.wasm");
   assert.equal(relocateRecord(built, built.model + "webllm-app-config.json"), built);
+});
+
+test("a record pinned to a commit keeps its URLs, even when its AppConfig is read from main", () => {
+  const commit = "0123456789abcdef0123456789abcdef01234567";
+  const pinned = {
+    model: `https://hub.example/org/tiny/resolve/${commit}/`,
+    model_id: "tiny-q4f32_1",
+    model_lib: `https://hub.example/org/tiny/resolve/${commit}/libs/tiny-q4f32_1-webgpu.wasm`,
+  };
+  assert.equal(relocateRecord(pinned, "https://mirror.example/org/tiny/resolve/main/webllm-app-config.json"), pinned);
+  assert.ok(isPinned(pinned.model));
+  for (const unpinned of [built.model, "https://hub.example/org/tiny/resolve/main/", "https://h/x/resolve/0123abc/", undefined]) {
+    assert.equal(isPinned(unpinned), false, String(unpinned));
+  }
 });
 
 test("the catalog joins several AppConfigs and reports broken ones without hiding the rest", async () => {

@@ -1,0 +1,112 @@
+"""The web client runs REAL MLC-LLM output in real headless Chromium (SwiftShader WebGPU).
+
+The dists are the shared fixture real-tiny (../shared/fixtures/real-tiny: what `webslm build` made
+with MLC-LLM v0.19.0), copied, served by the real `webslm serve` server. Unlike the stand-in browser
+tests (test_web_browser.py, test_web_chat.py), these load the real wasm and weights and generate.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from browser.harness import Browser, Page, open_app, running_server
+from conftest import REAL_TINY, require, writable_copy
+
+from webslm.files import canonical_json, sha256_file
+from webslm.provenance import sri
+from webslm.serve import APP_CONFIG, Site, ensure_web_bundle, find_models
+from webslm.webllm import weight_files
+
+pytestmark = pytest.mark.browser
+
+F32_ID = "qwen2-tiny-q4f32_1"
+F16_ID = "qwen2-tiny-f16-q4f16_1"
+LOAD_TIMEOUT_MS = 120000
+SETTLED = "['ready','error','refused'].includes(document.querySelector('.pane').dataset.state)"
+# Every different rendering of the streaming answer, recorded as it happens.
+RECORD_STREAM = """(() => { window.seen = [];
+    new MutationObserver(() => {
+        const body = document.querySelector('.bubble.assistant:last-of-type .body');
+        if (body && body.innerHTML !== window.seen.at(-1)) window.seen.push(body.innerHTML); })
+      .observe(document.getElementById('panes'),
+               {subtree: true, childList: true, characterData: true});
+    })()"""
+
+
+def with_weight_digests(dist: Path) -> Path:
+    """The fixture predates `webslm.weights` in the AppConfig (the app now checks every shard);
+    add the digests of the real shards exactly as the current build records them."""
+    path = dist / APP_CONFIG
+    config = json.loads(path.read_text())
+    weights = {name: sri(sha256_file(dist / name))
+               for name in weight_files(p.name for p in dist.iterdir())}
+    for record in config["model_list"]:
+        record["webslm"].setdefault("weights", weights)
+    path.write_text(canonical_json(config))
+    return dist
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, list[str]]]:
+    require(REAL_TINY.is_dir(), f"the real-tiny fixture is missing at {REAL_TINY}")
+    dist = tmp_path_factory.mktemp("real") / "dist"
+    for folder, served in (("dist-q4f32_1", "qwen2-tiny"), ("dist-q4f16_1", "qwen2-tiny-f16")):
+        with_weight_digests(writable_copy(REAL_TINY / folder, dist / served))
+    with running_server(Site(web=ensure_web_bundle(), models=find_models([dist]))) as served:
+        yield served
+
+
+def pane(page: Page) -> dict[str, str]:
+    return page.eval(js="""(() => { const p = document.querySelector('.pane');
+        return {state: p.dataset.state, status: p.querySelector('.status').innerText}; })()""")
+
+
+def answer_html(page: Page) -> str:
+    return page.eval(js="document.querySelector('.bubble.assistant:last-of-type .body').innerHTML")
+
+
+def test_the_real_model_streams_a_reply_and_stop_interrupts_it(browser: Browser, server) -> None:  # noqa: ANN001
+    base, access_log = server
+    page = open_app(browser, f"{base}?a={F32_ID}")
+    page.click(selector="#load")
+    page.wait_for(SETTLED, LOAD_TIMEOUT_MS)
+    state = pane(page)
+    assert state["state"] == "ready", state
+    assert state["status"].startswith("Ready. All 0.1 MB of weights match their recorded hashes")
+    library = "/models/qwen2-tiny/resolve/main/libs/qwen2-tiny-q4f32_1-webgpu.wasm"
+    assert f'"GET {library}' in "\n".join(access_log)
+    page.eval(js=RECORD_STREAM)
+    page.fill(selector="#question", text="Hello, who are you?")
+    page.click(selector="#send")
+    # Streamed: the answer is rendered again and again while the model generates.
+    page.wait_for("window.seen.length >= 6", 60000)
+    assert pane(page)["state"] == "generating"
+    assert page.eval(js="document.getElementById('stop').disabled") is False
+    page.click(selector="#stop")
+    page.wait_for("document.querySelector('.pane').dataset.state !== 'generating'", 30000)
+    assert pane(page)["state"] == "ready"
+    stopped = answer_html(page)
+    page.eval(js="new Promise(r => setTimeout(r, 1500))")
+    assert answer_html(page) == stopped  # interrupted: nothing more arrives
+    assert page.eval(js="document.getElementById('send').disabled") is False
+    assert page.log()["errors"] == []
+    page.shot("real-model-stopped")
+
+
+def test_the_real_f16_model_is_refused_before_its_library_is_fetched(
+        browser: Browser, server) -> None:  # noqa: ANN001
+    base, access_log = server
+    page = open_app(browser, f"{base}?a={F16_ID}")
+    state = pane(page)
+    assert state["state"] == "refused"
+    assert "needs the WebGPU feature shader-f16" in state["status"]
+    assert page.eval(js="document.getElementById('load').disabled") is True
+    # Never fetched: at most a HEAD for the download size the picker shows.
+    assert not [line for line in access_log
+                if "qwen2-tiny-f16-q4f16_1-webgpu.wasm" in line and '"HEAD ' not in line]
+    assert not [r for r in page.log()["requests"]
+                if r["url"].endswith(".wasm") and r["method"] != "HEAD"]
+    page.shot("real-f16-refused")
