@@ -374,8 +374,8 @@ def build_trainer(model: Any, tokenizer: Any, examples: Sequence[TokenizedExampl
 
     micro, accumulation = batch_split(recipe, world_size)
     speed_up(model, recipe, precision)
-    compiled = should_compile(recipe, precision != "fp32",
-                              planned_steps(recipe, len(examples), max_steps))
+    on_gpu = precision != "fp32"  # fp32 trains on the CPU (use_cpu below)
+    compiled = should_compile(recipe, on_gpu, planned_steps(recipe, len(examples), max_steps))
     config = SFTConfig(
         output_dir=str(output_dir),
         num_train_epochs=recipe.epochs,
