@@ -128,13 +128,15 @@ def tasks_namespace() -> Any:
     return Collection.from_module(module)
 
 
-def interrupt_when(ready: Callable[[], bool], within: float = 60) -> threading.Thread:
-    """A started watcher thread that presses Ctrl-C (SIGINT to this process) once `ready()`."""
+def interrupt_when(ready: Callable[[], bool], within: float = 60,
+                   signum: int = signal.SIGINT) -> threading.Thread:
+    """A started watcher thread that presses Ctrl-C (SIGINT to this process; or sends `signum`,
+    e.g. SIGTERM as CI cancellation does) once `ready()`."""
     def watch() -> None:
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             if ready():
-                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signum)
                 return
             time.sleep(0.1)
 
@@ -207,7 +209,13 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 @contextlib.contextmanager
 def http_server(root: Path) -> Iterator[str]:
     """A real HTTP server on 127.0.0.1 serving `root`; yields its base URL."""
-    handler = functools.partial(_QuietHandler, directory=str(root))
+    with serving(functools.partial(_QuietHandler, directory=str(root))) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serving(handler: Any) -> Iterator[str]:
+    """A real threading HTTP server on 127.0.0.1 answering with `handler`; yields its base URL."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -225,3 +233,14 @@ def browser() -> Iterator[Browser]:
     driver = Browser()
     yield driver
     driver.close()
+
+
+@pytest.fixture()
+def no_toolchain_needed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Bad input must stop before the toolchain is even looked up."""
+
+    def refuse():  # noqa: ANN202
+        raise AssertionError("the toolchain was consulted for a build that should have stopped")
+
+    monkeypatch.setattr("webslm.toolchain.current_toolchain", refuse)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))

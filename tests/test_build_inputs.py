@@ -4,8 +4,12 @@ without writing anything; a missing Docker engine is exit 3. No engine needed fo
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,17 +17,6 @@ import pytest
 from webslm.cli import main
 from webslm.pipeline import BuildOptions, build_many
 from webslm.spec import resolve_spec
-
-
-@pytest.fixture()
-def no_toolchain_needed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Bad input must stop before the toolchain is even looked up."""
-
-    def refuse():  # noqa: ANN202
-        raise AssertionError("the toolchain was consulted for a build that should have stopped")
-
-    monkeypatch.setattr("webslm.toolchain.current_toolchain", refuse)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
 
 
 def without_config(model: Path) -> None:
@@ -46,6 +39,35 @@ def pickle_weights(model: Path) -> None:
     (model / "model.safetensors").rename(model / "pytorch_model.bin")
 
 
+def rewrite_header(model: Path, change) -> None:  # noqa: ANN001
+    """Apply `change` to the first tensor's entry of model.safetensors' JSON header."""
+    weights = model / "model.safetensors"
+    data = weights.read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + length])
+    change(header[next(k for k in header if k != "__metadata__")])
+    encoded = json.dumps(header).encode()
+    weights.write_bytes(struct.pack("<Q", len(encoded)) + encoded + data[8 + length:])
+
+
+def offsets_not_integers(model: Path) -> None:
+    rewrite_header(model, lambda t: t.update(data_offsets=[0.0, "8"]))
+
+
+def dtype(name: str):  # noqa: ANN201
+    def spoil(model: Path) -> None:
+        rewrite_header(model, lambda t: t.update(dtype=name))
+    return spoil
+
+
+def index_not_an_object(model: Path) -> None:
+    (model / "model.safetensors.index.json").write_text("[1, 2]")
+
+
+def index_not_json(model: Path) -> None:
+    (model / "model.safetensors.index.json").write_text("{weight_map")
+
+
 def own_model_code(model: Path) -> None:
     config = json.loads((model / "config.json").read_text())
     config["auto_map"] = {"AutoModelForCausalLM": "modeling_custom.CustomModel"}
@@ -58,6 +80,12 @@ def own_model_code(model: Path) -> None:
     (corrupt_safetensors_header, "corrupt safetensors header"),
     (pickle_weights, "pickle weights"),
     (own_model_code, "auto_map"),
+    (offsets_not_integers, "data_offsets are not two integers"),
+    (dtype("F64"), "dtype 'F64', which MLC-LLM v0.19.0 cannot convert"),
+    (dtype("C64"), "dtype 'C64'"),
+    (dtype("Q3_K"), "dtype 'Q3_K'"),
+    (index_not_an_object, "is not a JSON object with a weight_map"),
+    (index_not_json, "model.safetensors.index.json is not valid JSON"),
 ])
 def test_bad_models_fail_in_one_line_and_write_nothing(
         no_toolchain_needed: None, tiny_qwen2: Path, tmp_path: Path, spoil, message: str,  # noqa: ANN001
@@ -113,3 +141,27 @@ def test_no_docker_engine_is_exit_3(tiny_qwen2: Path, tmp_path: Path,
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and error.startswith("webslm: error: ")
     assert not out.exists()
+
+
+def test_unreadable_weights_are_exit_3_naming_the_file(tiny_qwen2: Path, tmp_path: Path) -> None:
+    """Run as an unprivileged user (root reads anything), through the real CLI."""
+    shared = Path(tempfile.mkdtemp(prefix="webslm-unreadable-"))
+    try:
+        os.chmod(shared, 0o777)
+        model = Path(shutil.copytree(tiny_qwen2, shared / "model"))
+        os.chmod(model, 0o755)
+        for item in model.iterdir():
+            os.chmod(item, 0o644)
+        os.chmod(model / "model.safetensors", 0o000)
+        nobody = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"] \
+            if os.geteuid() == 0 else []
+        done = subprocess.run(
+            [*nobody, sys.executable, "-m", "webslm", "build", "--model", str(model),
+             "--out", str(shared / "dist")], capture_output=True, text=True, check=False,
+            cwd=shared, env={**os.environ, "XDG_CACHE_HOME": str(shared / "xdg")})
+        assert done.returncode == 3, done.stderr
+        assert done.stderr.strip().splitlines() == [
+            f"webslm: error: cannot read {model / 'model.safetensors'} (Permission denied); "
+            "check the file's permissions"]
+    finally:
+        shutil.rmtree(shared)

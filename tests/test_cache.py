@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
 import pytest
 
 from webslm.cache import StageCache, StageKey, default_cache_dir, tree_digest
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 BASE = StageKey(stage="convert_weight", toolchain_id="a" * 64,
                 inputs={"stage/config.json": "1" * 64, "stage/model.safetensors": "2" * 64},
@@ -53,11 +58,11 @@ def test_store_then_lookup_gives_the_files_read_only(tmp_path: Path) -> None:
     with cache.new_output() as output:
         (output / "sub").mkdir()
         (output / "sub" / "x.bin").write_bytes(b"payload")
-        entry = cache.store(BASE, output, {"sub/x.bin": "9" * 64})
+        entry = cache.store(BASE, output, {"sub/x.bin": sha(b"payload")})
     found = cache.lookup(BASE)
     assert found is not None and found.path == entry.path
     assert (found.path / "sub" / "x.bin").read_bytes() == b"payload"
-    assert found.files == {"sub/x.bin": "9" * 64}
+    assert found.files == {"sub/x.bin": sha(b"payload")}
     assert not os.stat(found.path / "sub" / "x.bin").st_mode & 0o222
     assert list((tmp_path / "cache" / "tmp").iterdir()) == []
 
@@ -67,7 +72,7 @@ def test_a_second_store_of_the_same_key_keeps_the_first(tmp_path: Path) -> None:
     for payload in (b"first", b"second"):
         with cache.new_output() as output:
             (output / "f").write_bytes(payload)
-            cache.store(BASE, output, {"f": payload.hex()})
+            cache.store(BASE, output, {"f": sha(payload)})
     entry = cache.lookup(BASE)
     assert entry is not None and (entry.path / "f").read_bytes() == b"first"
 
@@ -83,3 +88,17 @@ def test_default_cache_dir_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert default_cache_dir() == tmp_path / "webslm"
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert default_cache_dir() == Path.home() / ".cache" / "webslm"
+
+
+def test_a_changed_entry_is_discarded_with_a_warning(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    cache = StageCache(tmp_path)
+    with cache.new_output() as output:
+        (output / "f").write_bytes(b"payload")
+        entry = cache.store(BASE, output, {"f": sha(b"payload")})
+    os.chmod(entry.path / "f", 0o644)
+    (entry.path / "f").write_bytes(b"edited!")
+    assert cache.lookup(BASE) is None
+    assert "was changed after it was stored (f)" in capsys.readouterr().err
+    assert not (tmp_path / "stages" / BASE.digest).exists()
+    assert list((tmp_path / "tmp").iterdir()) == []

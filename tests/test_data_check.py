@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -116,3 +118,53 @@ def test_starter_sets_pass_with_token_counts(tiny_qwen2: Path,
     assert main(["data", "check", *map(str, files), "--tokenizer", str(tiny_qwen2)]) == 0
     out = capsys.readouterr().out
     assert "tokens (" in out and "in assistant turns, trained on" in out
+
+
+def test_jsonl_lines_end_at_newline_only(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """U+2028/U+2029/U+0085 are valid raw inside JSON strings; str.splitlines() splits on them."""
+    raw = json.dumps({"messages": [{"role": "user", "content": "a\u2028b\u2029c\x85d"},
+                                   {"role": "assistant", "content": "ok"}]}, ensure_ascii=False)
+    data = write(tmp_path / "ok.jsonl", [raw, chat(("user", "Hi"), ("assistant", "Hello"))])
+    assert main(["data", "check", str(data)]) == 0
+    assert "2 conversations" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("line, problem", [
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ('{"messages": [{"role": "user", "content": "\\ud800"}, '
+     '{"role": "assistant", "content": "x"}]}', "lone UTF-16 surrogate"),
+])
+def test_hostile_lines_are_problems_not_tracebacks(tmp_path: Path, line: str, problem: str,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    data = write(tmp_path / "bad.jsonl", [chat(("user", "Hi"), ("assistant", "Hello")), line])
+    assert main(["data", "check", str(data)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith(f"{data}:2: ") and problem in err[0]
+    assert err[-1].startswith("webslm: error: 1 problem in the chat data;")
+
+
+def test_printed_problems_are_capped(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data = write(tmp_path / "bad.jsonl", ["{not json"] * 120)
+    assert main(["data", "check", str(data)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 52 and err[50] == "... and 70 more"
+    assert err[-1].startswith("webslm: error: 120 problems in the chat data")
+
+
+@pytest.mark.parametrize("argv", [
+    ["data", "check", "{data}", "--tokenizer", "{model}"],
+    ["finetune", "--data", "{data}", "--base", "{model}", "--out", "{out}"],
+])
+def test_without_the_finetune_extra_it_says_what_to_install(tmp_path: Path, tiny_qwen2: Path,
+                                                            argv: list[str]) -> None:
+    """The real CLI in a Python where torch and transformers cannot be imported."""
+    data = write(tmp_path / "ok.jsonl", [chat(("user", "Hi"), ("assistant", "Hello"))])
+    filled = [a.format(data=data, model=tiny_qwen2, out=tmp_path / "out") for a in argv]
+    blocked = ("import sys; sys.modules['torch'] = sys.modules['transformers'] = None; "
+               "from webslm.cli import run; sys.argv[0] = 'webslm'; run()")
+    done = subprocess.run([sys.executable, "-c", blocked, *filled], capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert done.returncode == 3, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pip install 'webslm[finetune]'" in lines[0], done.stderr
+    assert not (tmp_path / "out").exists()

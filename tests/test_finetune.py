@@ -157,12 +157,25 @@ def test_failed_finetune_leaves_no_output(tiny_qwen2: Path, tmp_path: Path,
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("earlier result")
+    (out / "webslm.json").write_text("{}")  # an earlier webslm result: replaceable
     data = write_data(tmp_path / "chat.jsonl", repeat=1)
     code = main(["finetune", "--data", str(data), "--base", str(tiny_qwen2),
                  "--out", str(out), "--epochs", "1"])
     assert code == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["chat.jsonl", "out"]
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt", "webslm.json"]
+
+
+def test_finetune_never_replaces_a_folder_webslm_did_not_write(
+        tiny_qwen2: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "thesis.tex").write_text("mine")
+    data = write_data(tmp_path / "chat.jsonl", repeat=1)
+    assert main(["finetune", "--data", str(data), "--base", str(tiny_qwen2),
+                 "--out", str(out), "--epochs", "1"]) == 2
+    assert "is a folder webslm did not write" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["thesis.tex"]
 
 
 def test_finetune_checks_data_first(tiny_qwen2: Path, tmp_path: Path,

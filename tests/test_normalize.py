@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -149,3 +151,51 @@ def test_bad_configs_exit_2_with_one_line_and_stay_untouched(
 def test_missing_config_is_bad_input(tmp_path: Path, capsys) -> None:  # noqa: ANN001
     assert main(["normalize", str(tmp_path)]) == 2
     assert "config.json does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o664])
+def test_normalizing_in_place_keeps_the_files_mode(tiny_models, tmp_path: Path, mode: int) -> None:  # noqa: ANN001
+    target = shutil.copytree(tiny_models["qwen2"], tmp_path / "model")
+    os.chmod(target / "config.json", mode)
+    assert main(["normalize", str(target)]) == 0
+    assert "rope_theta" in saved_config(target)
+    assert stat.S_IMODE(os.stat(target / "config.json").st_mode) == mode
+
+
+def test_a_read_only_config_is_refused_unless_out_is_given(
+        tiny_models, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
+    target = shutil.copytree(tiny_models["qwen2"], tmp_path / "model")
+    config = target / "config.json"
+    os.chmod(config, 0o444)
+    original = config.read_bytes()
+    assert main(["normalize", str(target)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "is read-only" in error and "--out" in error
+    assert config.read_bytes() == original and stat.S_IMODE(os.stat(config).st_mode) == 0o444
+    assert main(["normalize", str(target), "--out", str(tmp_path / "out")]) == 0
+    assert "rope_theta" in saved_config(tmp_path / "out")
+    assert config.read_bytes() == original
+
+
+def test_a_symlinked_config_is_refused_and_stays_a_link(
+        tiny_models, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
+    shared = tmp_path / "shared-config.json"
+    shared.write_bytes((tiny_models["qwen2"] / "config.json").read_bytes())
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").symlink_to(shared)
+    original = shared.read_bytes()
+    assert main(["normalize", str(model)]) == 2
+    assert "is a symbolic link" in capsys.readouterr().err
+    assert (model / "config.json").is_symlink() and shared.read_bytes() == original
+
+
+def test_out_inside_a_file_is_bad_input(tiny_models, tmp_path: Path,  # noqa: ANN001
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "file").write_text("x")
+    source = tiny_models["qwen2"] / "config.json"
+    for out in (tmp_path / "file", tmp_path / "file" / "sub"):
+        assert main(["normalize", str(source), "--out", str(out)]) == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and "a file, not a folder" in error
+    assert (tmp_path / "file").read_text() == "x"

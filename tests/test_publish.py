@@ -11,8 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import random
 import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -291,3 +295,33 @@ def test_log_records_are_redacted_while_publishing(caplog: pytest.LogCaptureFixt
     assert FAKE_TOKEN not in caplog.text
     assert "Bearer ***" in caplog.text and "server said ***" in caplog.text
     assert caplog.records[-1].getMessage() == "after: unchanged"
+
+
+@pytest.mark.parametrize("field, value", [
+    ("predicate", []), ("subject", ["params_shard_0.bin"]), ("externalParameters", "spec"),
+    ("resolvedDependencies", [1]), ("internalParameters", [])])
+def test_a_provenance_of_the_wrong_shape_is_one_line(dist: Path, field: str, value: Any,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    statement = load(dist / PROVENANCE_FILE)
+    if field in statement:
+        statement[field] = value
+    else:
+        statement["predicate"]["buildDefinition"][field] = value
+    (dist / PROVENANCE_FILE).write_text(canonical_json(statement))
+    assert main(["publish", str(dist), "--repo", REPO, "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not a webslm provenance statement" in err
+
+
+def test_publishing_offline_is_missing_environment(built: Path) -> None:
+    """A real connection to a closed port: the network error, not a Hub answer."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "HF_TOKEN": FAKE_TOKEN, "HF_ENDPOINT": f"http://127.0.0.1:{port}"}
+    done = subprocess.run([sys.executable, "-m", "webslm", "publish", str(built), "--repo", REPO],
+                          capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert done.returncode == 3, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot reach the Hub while creating" in lines[0]
+    assert FAKE_TOKEN not in done.stderr

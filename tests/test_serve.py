@@ -20,6 +20,7 @@ from browser.fakedist import make_fake_dist
 from browser.harness import running_server
 from conftest import REPO_ROOT, require
 
+from webslm.cli import main
 from webslm.errors import BadInput, MissingEnvironment
 from webslm.serve import (
     LONG_CACHE,
@@ -252,3 +253,44 @@ def test_serving_a_folder_without_models_is_bad_input(tmp_path: Path) -> None:
     assert done.stderr.strip().splitlines() == [
         f"webslm: error: {tmp_path} holds no model (no webllm-app-config.json in it or its "
         "subfolders); build one with `invoke build --out <folder>` and serve that folder"]
+
+
+@pytest.mark.parametrize("header", ["bytes=\u00b2-3", "bytes=0-\u00b9\u00b2", "bytes=\u00e9-",
+                                    "bytes=1-" + "9" * 5000, "bytes=" + "9" * 5000 + "-"])
+def test_odd_range_headers_get_an_answer_not_a_dropped_connection(base: str, dist: Path,
+                                                                  header: str) -> None:
+    whole = (dist / "tiny" / "params_shard_0.bin").read_bytes()
+    status, headers, body = request(base, SHARD, headers={"Range": header})
+    if header.endswith("-") and header[6].isascii():  # a start past any file's end
+        assert status == 416 and headers["Content-Range"] == f"bytes */{len(whole)}"
+    elif header.startswith("bytes=1-9"):
+        assert status == 206 and body == whole[1:]
+    else:
+        assert (status, body) == (200, whole)
+
+
+def test_long_names_and_symlink_loops_get_404(base: str, dist: Path) -> None:
+    loop = dist / "tiny" / "loop"
+    os.symlink("loop", loop)
+    try:
+        for path in ("/models/tiny/resolve/main/loop", "/models/tiny/resolve/main/loop/x",
+                     "/models/tiny/resolve/main/" + "a" * 300, "/" + "b" * 300 + "/c"):
+            assert request(base, path)[0] == 404, path
+    finally:
+        loop.unlink()
+
+
+@pytest.mark.parametrize("flags, message, fix", [
+    (["--port", "99999"], "--port 99999 is not a TCP port", "pass a port from 1 to 65535"),
+    (["--port", "-1"], "--port -1 is not a TCP port", "pass a port from 1 to 65535"),
+    (["--host", "999.1.1.1", "--port", "0"], "cannot listen on 999.1.1.1:0", "pass a --host"),
+])
+def test_bad_listen_addresses_are_one_line(dist: Path, flags: list[str], message: str, fix: str,
+                                           monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr("webslm.serve.ensure_web_bundle", lambda: dist.parent / "web")
+    assert main(["serve", str(dist), *flags]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and message in error and fix in error
+    if "--host" in flags:
+        assert "--port" not in error

@@ -135,3 +135,29 @@ def test_invoke_task_gives_the_same_json_and_exit_codes() -> None:
     bad = subprocess.run([sys.executable, "-m", "invoke", "spec", "--quantization", "q9"],
                          cwd=REPO_ROOT, capture_output=True, text=True, check=False)
     assert bad.returncode == 2 and "unknown quantization 'q9'" in bad.stderr
+
+
+def test_spec_errors_that_used_to_pass_or_crash(tiny_qwen2: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    cases = [
+        (["--model", str(loop)], "cannot be resolved (a symbolic link loop?)"),
+        (["--model", str(tiny_qwen2), "--context-window-size", "0"], "must be positive"),
+        (["--model", str(tiny_qwen2), "--prefill-chunk-size", "0"], "must be positive"),
+        (["--model", str(tiny_qwen2), "--model-type", "llama"],
+         "--model-type llama does not match the model's config.json (qwen2)"),
+    ]
+    for flags, message in cases:
+        for command in ("spec", "build"):
+            assert main([command, *flags, "--out", str(tmp_path / "d")][
+                :None if command == "build" else -2]) == 2, (command, flags)
+            error = capsys.readouterr().err
+            assert error.count("\n") == 1 and message in error, error
+    assert not (tmp_path / "d").exists()
+
+
+def test_an_empty_name_in_a_preset_list_is_named(capsys: pytest.CaptureFixture[str]) -> None:
+    for presets in ("qwen2.5-0.5b,", ",qwen2.5-0.5b", "qwen2.5-0.5b,,smollm2-135m"):
+        assert main(["build", "--preset", presets]) == 2
+        assert "has an empty name in its list" in capsys.readouterr().err

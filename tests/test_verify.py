@@ -3,17 +3,22 @@ and the one-line errors for bad input (exit 2) and missing environment (exit 3).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.server
 import json
 import os
 import shutil
 import socket
 import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import http_server, require, write_hub_repo
+from conftest import http_server, require, serving, write_hub_repo
 
 from webslm import verify
 from webslm.cli import main
@@ -65,6 +70,17 @@ def test_a_build_statement_parses_into_what_verify_needs() -> None:
     ({**a_statement(), "subject": []}, "no subjects"),
     ({**a_statement(), "subject": [{"name": "x", "digest": {"sha256": "zz"}}]}, "bad sha256"),
     ({**a_statement(), "predicate": {}}, "no 'buildDefinition'"),
+    ({**a_statement(), "predicate": []}, "wrong type"),
+    ({**a_statement(), "subject": ["lib.wasm"]}, "wrong type"),
+    ({**a_statement(), "predicate": {"buildDefinition": {
+        **a_statement()["predicate"]["buildDefinition"], "externalParameters": "x"}}},
+     "wrong type"),
+    ({**a_statement(), "predicate": {"buildDefinition": {
+        **a_statement()["predicate"]["buildDefinition"], "resolvedDependencies": [1]}}},
+     "wrong type"),
+    ({**a_statement(), "predicate": {"buildDefinition": {
+        **a_statement()["predicate"]["buildDefinition"], "internalParameters": []}}},
+     "wrong type"),
 ])
 def test_what_is_not_a_provenance_is_refused_with_the_reason(document: object, why: str) -> None:
     with pytest.raises(BadInput) as caught:
@@ -199,7 +215,7 @@ def test_reports_in_json_and_markdown_carry_the_table_and_the_explanation(tmp_pa
     data = json.loads((tmp_path / "r" / "report.json").read_text())
     assert data["ok"] is False and data["first_differing_stage"]["stage"] == "compile"
     assert data["files"][1] == {"name": "lib.wasm", "expected": A, "shipped": A, "rebuilt": C,
-                                "same": False}
+                                "same": False, "intact": True}
     assert data["differences"] == {"lib.wasm": "first difference at offset 9"}
     markdown = (tmp_path / "r" / "report.md").read_text()
     assert markdown.startswith("# webslm verify: ❌ not reproducible")
@@ -356,8 +372,10 @@ def test_verify_refuses_model_files_other_than_the_recorded_ones(
     resolved = resolve_model(spec)
     dist = tmp_path / "dist" / "m"
     dist.mkdir(parents=True)
+    (dist / "lib.wasm").write_bytes(b"\0asm")
     (dist / "provenance.json").write_text(canonical_json(a_statement(
-        spec=spec.to_json(), inputs=hash_files(resolved.path, resolved.files))))
+        spec=spec.to_json(), inputs=hash_files(resolved.path, resolved.files),
+        outputs=hash_files(dist, ["lib.wasm"]))))
     (model / "tokenizer_config.json").write_text("{}")
     monkeypatch.setattr("webslm.toolchain.current_toolchain",
                         lambda: a_toolchain(A, lock_digest(STANDIN_LOCK)))
@@ -365,3 +383,88 @@ def test_verify_refuses_model_files_other_than_the_recorded_ones(
     err = capsys.readouterr().err
     assert f"the model files at {model} are not the ones the provenance names " \
            "(differing: tokenizer_config.json)" in err
+
+
+@pytest.mark.parametrize("command", ["verify", "audit"])
+def test_a_provenance_of_the_wrong_shape_is_exit_2_in_one_line(
+        tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    dist = tmp_path / "m"
+    (dist / "libs").mkdir(parents=True)
+    (dist / "libs" / "m-webgpu.wasm").write_bytes(b"\0asm")
+    statement = a_statement()
+    statement["predicate"]["buildDefinition"]["internalParameters"] = []
+    (dist / "provenance.json").write_text(canonical_json(statement))
+    argv = ["verify", str(dist)] if command == "verify" else \
+        ["audit", "--artifact", str(dist / "libs" / "m-webgpu.wasm")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not a webslm provenance statement" in err
+
+
+class _ScriptedHandler(http.server.BaseHTTPRequestHandler):
+    """Answers every GET with `announced` as Content-Length, then `chunks` (a pause before
+    each), then closes: a server that lies about the length or drips the body."""
+
+    announced = 0
+    chunks: tuple[bytes, ...] = ()
+    pause_s = 0.0
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.send_response(200)
+        self.send_header("Content-Length", str(self.announced))
+        self.end_headers()
+        self.close_connection = True
+        with contextlib.suppress(ConnectionError):  # the client gave up first: that is the test
+            for chunk in self.chunks:
+                time.sleep(self.pause_s)
+                self.wfile.write(chunk)
+                self.wfile.flush()
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        """Quiet."""
+
+
+@contextlib.contextmanager
+def scripted_server(**script: Any) -> Iterator[str]:
+    with serving(type("Scripted", (_ScriptedHandler,), script)) as url:
+        yield url
+
+
+@pytest.mark.parametrize("script, flags, code, message", [
+    ({"announced": 100, "chunks": (b"x" * 10,)}, [], 3, "ended after 10 of 100 bytes"),
+    ({"announced": 3 << 20, "chunks": (b"x" * (3 << 20),)}, ["--max-download-mib", "1"], 2,
+     "is larger than the download limit (1 MiB)"),
+    ({"announced": 2 << 20, "chunks": (b"x" * (1 << 20),) * 2}, ["--max-download-mib", "1"], 2,
+     "is larger than the download limit (1 MiB)"),
+    ({"announced": 6, "chunks": (b"ab", b"cd", b"ef"), "pause_s": 0.7},
+     ["--download-timeout", "1"], 3, "ran past the audit's deadline"),
+])
+def test_audit_downloads_are_checked_and_bounded(script: dict, flags: list[str], code: int,
+                                                 message: str,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    with scripted_server(**script) as base:
+        assert main(["audit", "--artifact", f"{base}/m/libs/m.wasm", *flags]) == code
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+
+
+def test_audit_of_an_unreachable_hub_is_one_line_without_retry_noise(tmp_path: Path) -> None:
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"),
+           "HF_ENDPOINT": f"http://127.0.0.1:{closed_port()}"}
+    done = subprocess.run([sys.executable, "-m", "webslm", "audit", "--artifact",
+                           "hf://alice/tiny@main/libs/tiny.wasm"], capture_output=True,
+                          text=True, env=env, timeout=300, check=False)
+    assert done.returncode == 3
+    assert done.stderr.strip().splitlines() == [
+        "webslm: error: cannot reach the Hugging Face Hub and alice/tiny@main is not in the local "
+        "cache; connect to the network, or download it first with network access"]
+
+
+@pytest.mark.parametrize("command", ["verify", "audit"])
+def test_a_report_folder_that_cannot_be_written_is_exit_3(
+        tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["verify", str(tmp_path)] if command == "verify" else \
+        ["audit", "--artifact", str(tmp_path / "x.wasm")]
+    assert main([*argv, "--report", "/sys/webslm-report"]) == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot write in /sys" in err

@@ -19,9 +19,11 @@ from conftest import copy_model, writable_copy, write_hub_cache
 from standin.image import standin_toolchain
 
 from webslm.cli import main
+from webslm.errors import StageFailed
 from webslm.files import canonical_json, sha256_file
 from webslm.pipeline import BuildOptions, build_model
 from webslm.spec import resolve_spec
+from webslm.verify import RebuildSettings, audit_command
 
 pytestmark = pytest.mark.docker
 LIB = "libs/tiny-q4f16_1-webgpu.wasm"
@@ -163,6 +165,50 @@ def test_a_hub_model_build_is_verified_at_its_recorded_commit(
     # main moves on; verify must still rebuild from the commit the build used
     (offline_hub / "models--Org--Tiny-Qwen" / "refs" / "main").write_text("9" * 40)
     assert main(["verify", str(dist)]) == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("tampered", [False, True])
+def test_step_one_runs_and_is_reported_even_without_the_toolchain_image(
+        standin, standin_dist: Path, tmp_path: Path, tampered: bool,  # noqa: ANN001
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    dist = writable_copy(standin_dist, tmp_path / "tiny")
+    if tampered:
+        with open(dist / "params_shard_0.bin", "r+b") as handle:
+            handle.write(b"\xff")
+    missing = replace(standin, image="webslm-standin:absent-for-this-test")
+    monkeypatch.setattr("webslm.toolchain.current_toolchain", lambda: missing)
+    code = main(["verify", str(dist), "--report", str(tmp_path / "r")])
+    out, err = capsys.readouterr()
+    assert out.startswith("step 1: 6 shipped files hashed against ")
+    assert "is not in the local Docker engine" in err and err.count("\n") == 1
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    files = {f["name"]: f for f in report["files"]}
+    assert len(files) == 6 and all(f["rebuilt"] is None for f in files.values())
+    assert files["params_shard_0.bin"]["shipped"] == sha256_file(dist / "params_shard_0.bin")
+    assert [n for n, f in files.items() if not f["intact"]] == (
+        ["params_shard_0.bin"] if tampered else [])
+    if tampered:
+        assert code == 1 and "1 file differs (params_shard_0.bin)" in out
+        assert "shipped files do not match the provenance (params_shard_0.bin)" in err
+    else:
+        assert code == 3 and out.rstrip().endswith("all match")
+
+
+def test_audit_reports_a_tampered_file_under_another_toolchain(
+        standin, standin_dist: Path, tmp_path: Path,  # noqa: ANN001
+        capsys: pytest.CaptureFixture[str]) -> None:
+    dist = writable_copy(standin_dist, tmp_path / "tiny")
+    with open(dist / LIB, "r+b") as handle:
+        handle.seek(8)
+        handle.write(b"\xff")
+    other = standin_toolchain(standin.image, WEBSLM_STANDIN_MARK="another toolchain")
+    with pytest.raises(StageFailed, match="shipped files do not match the provenance"):
+        audit_command(str(dist / LIB), None, tmp_path / "r",
+                      RebuildSettings(toolchain=other, show_progress=False))
+    assert f"1 file differs ({LIB})" in capsys.readouterr().out
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert [f["name"] for f in report["files"] if not f["intact"]] == [LIB]
+    assert "toolchain" in report["error"]
 
 
 def string_values(value) -> list[str]:  # noqa: ANN001

@@ -6,6 +6,13 @@ folder `<cache>/stages/<key>/` holding `out/` (the stage's output, files read-on
 `entry.json` (the key material and every output file's digest). Entries are made in a scratch
 folder and renamed into place, so a half-written entry is never visible; a folder under `stages/`
 is complete by construction.
+
+A hit is served only after every file of the entry hashes to the digest recorded when it was
+stored: a damaged entry (a file edited, added or removed since) is discarded with a warning and
+the stage runs again, so a cache hit never ships bytes other than the ones the stage produced.
+Dist folders get copies (reflinks where the file system can), never links into the cache.
+Scratch folders under `tmp/` carry their owner's process token; a new cache removes those whose
+process is gone.
 """
 
 from __future__ import annotations
@@ -14,13 +21,15 @@ import contextlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from webslm.files import canonical_json, sha256_bytes
+from webslm.files import canonical_json, owner_token, remove_dead_scratch, sha256_bytes
+from webslm.provenance import hash_files, list_files
 
 ENTRY_FILE = "entry.json"
 OUTPUT_DIR = "out"
@@ -74,8 +83,15 @@ class StageCache:
         self.root = root
         self.stages = root / "stages"
         self.scratch = root / "tmp"
+        remove_dead_scratch(self.scratch)
 
-    def lookup(self, key: StageKey) -> CacheEntry | None:
+    def scratch_folder(self, kind: str, root: Path | None = None) -> Path:
+        """A new folder `<kind>-<owner token>-XXXX` under the scratch area (or `root`)."""
+        where = root or self.scratch
+        where.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f"{kind}-{owner_token()}-", dir=where))
+
+    def _read(self, key: StageKey) -> CacheEntry | None:
         folder = self.stages / key.digest
         entry_file = folder / ENTRY_FILE
         if not entry_file.is_file():
@@ -83,11 +99,39 @@ class StageCache:
         entry = json.loads(entry_file.read_text(encoding="utf-8"))
         return CacheEntry(path=folder / OUTPUT_DIR, files=entry["files"])
 
+    def lookup(self, key: StageKey, *, verify: bool = True) -> CacheEntry | None:
+        """The entry for `key`, verified (a damaged one is discarded) unless the caller checks
+        it with `intact` when it reads the files."""
+        entry = self._read(key)
+        if entry is None or not verify or self.intact(key, entry):
+            return entry
+        return None
+
+    def intact(self, key: StageKey, entry: CacheEntry) -> bool:
+        """Whether every file of the entry still has the digest recorded when it was stored; a
+        damaged entry is discarded with a warning."""
+        found = hash_files(entry.path, list_files(entry.path))
+        if found == dict(entry.files):
+            return True
+        changed = sorted(n for n in set(found) | set(entry.files)
+                         if found.get(n) != entry.files.get(n))
+        print(f"webslm: warning: the cached {key.stage} output was changed after it was stored "
+              f"({', '.join(changed[:3])}); discarded, running {key.stage} again",
+              file=sys.stderr)
+        self.discard(key)
+        return False
+
+    def discard(self, key: StageKey) -> None:
+        """Remove an entry: renamed out of `stages/` first, so it vanishes in one step."""
+        doomed = self.scratch_folder("discarded")
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(self.stages / key.digest, doomed / key.digest)
+        shutil.rmtree(doomed, ignore_errors=True)
+
     @contextlib.contextmanager
     def new_output(self) -> Iterator[Path]:
         """A fresh, empty scratch folder (on the cache's file system) for a stage to fill."""
-        self.scratch.mkdir(parents=True, exist_ok=True)
-        folder = Path(tempfile.mkdtemp(prefix="stage-", dir=self.scratch))
+        folder = self.scratch_folder("stage")
         try:
             yield folder
         finally:
@@ -99,9 +143,8 @@ class StageCache:
         When another build stored the same key first, its entry wins (equal keys mean equal
         work) and ours is dropped.
         """
-        self.scratch.mkdir(parents=True, exist_ok=True)
         self.stages.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix="entry-", dir=self.scratch))
+        staging = self.scratch_folder("entry")
         try:
             os.replace(output, staging / OUTPUT_DIR)
             output.mkdir()  # the caller's context manager removes it again
@@ -112,17 +155,17 @@ class StageCache:
             try:
                 os.rename(staging, self.stages / key.digest)
             except OSError:
-                if self.lookup(key) is None:
+                if self._read(key) is None:
                     raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        stored = self.lookup(key)
+        stored = self._read(key)
         assert stored is not None
         return stored
 
 
 def make_read_only(folder: Path) -> None:
-    """Cached files are shared (hard-linked into dist folders): nobody may write through them."""
+    """Cached files are read-only: an edit needs a deliberate chmod (and is then caught)."""
     for path in folder.rglob("*"):
         if path.is_file():
             os.chmod(path, 0o444)

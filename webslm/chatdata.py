@@ -86,6 +86,9 @@ def check_conversation(value: Any) -> tuple[Conversation | None, list[str]]:
             problems.append(f"{where}: role {role!r} is not one of {', '.join(ROLES)}")
         if not isinstance(content, str):
             problems.append(f"{where}: content must be a string")
+        elif not is_unicode_text(content):
+            problems.append(f"{where}: content holds a lone UTF-16 surrogate (a broken \\uD8xx "
+                            "escape), which is not text")
         elif not content.strip():
             problems.append(f"{where}: content is empty")
         if role == "system" and number != 1:
@@ -98,13 +101,23 @@ def check_conversation(value: Any) -> tuple[Conversation | None, list[str]]:
     return tuple({"role": m["role"], "content": m["content"]} for m in messages), []
 
 
+def is_unicode_text(text: str) -> bool:
+    """False for a str holding lone surrogates (JSON allows the escapes; UTF-8 cannot hold them)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _read_file(path: Path) -> tuple[list[Conversation], list[Problem]]:
     if not path.is_file():
         raise BadInput(f"data file {path} does not exist", "pass an existing chat JSONL file")
     conversations: list[Conversation] = []
     problems: list[Problem] = []
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        # JSONL lines end at "\n" only: U+2028 and friends are valid inside JSON strings
+        lines = path.read_text(encoding="utf-8").split("\n")
     except UnicodeDecodeError as error:
         return [], [Problem(path, 0, f"not UTF-8 text ({error.reason} at byte {error.start})")]
     for number, line in enumerate(lines, start=1):
@@ -115,6 +128,9 @@ def _read_file(path: Path) -> tuple[list[Conversation], list[Problem]]:
         except json.JSONDecodeError as error:
             problems.append(Problem(path, number, f"not valid JSON ({error.msg}, column "
                                                   f"{error.colno})"))
+            continue
+        except RecursionError:
+            problems.append(Problem(path, number, "JSON nested too deeply to be a conversation"))
             continue
         conversation, found = check_conversation(value)
         problems.extend(Problem(path, number, what) for what in found)

@@ -8,11 +8,17 @@ must not pay for importing torch or the Docker SDK.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import re
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from types import FrameType
 
-from webslm.errors import BadInput, MissingEnvironment, WebslmError
+from webslm.errors import BadInput, MissingEnvironment, Terminated, WebslmError
+from webslm.verify import DOWNLOAD_TIMEOUT_S, MAX_DOWNLOAD_MIB
 
 DEFAULT_DIST = "dist"
 
@@ -89,6 +95,9 @@ def _cmd_build(args: argparse.Namespace) -> int:
     from webslm import pipeline
 
     presets = [p.strip() for p in args.preset.split(",")] if args.preset else [None]
+    if "" in presets:
+        raise BadInput(f"--preset {args.preset!r} has an empty name in its list",
+                       "separate preset names with single commas, e.g. --preset a,b")
     specs = [_spec_from_args(args, preset=p) for p in presets]
     options = pipeline.BuildOptions(
         out=Path(args.out),
@@ -138,6 +147,8 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         artifact=args.artifact,
         provenance=args.provenance,
         report_dir=Path(args.report) if args.report else None,
+        max_download_mib=args.max_download_mib,
+        download_timeout_s=args.download_timeout,
     )
 
 
@@ -237,6 +248,13 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--artifact", required=True, help="path or URL of the artifact")
     audit.add_argument("--provenance", help="path or URL of provenance.json")
     audit.add_argument("--report", help="write report.json and report.md into this folder")
+    audit.add_argument("--max-download-mib", type=int, default=MAX_DOWNLOAD_MIB,
+                       help="largest file an http(s) download may be (default "
+                            f"{MAX_DOWNLOAD_MIB})")
+    audit.add_argument("--download-timeout", type=float,
+                       default=DOWNLOAD_TIMEOUT_S, metavar="SECONDS",
+                       help="deadline for all downloads together (default "
+                            f"{DOWNLOAD_TIMEOUT_S:.0f})")
 
     data = command("data", lambda a: 0, "chat data tools")
     data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
@@ -289,16 +307,63 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def optional_extra(module: str, preferred: str = "finetune") -> str | None:
+    """The extra (`pip install 'webslm[EXTRA]'`) that installs a module, from the package's own
+    metadata (pyproject.toml is the one list): `preferred` when it has the module (torch is in
+    both finetune and check; the commands that reach this handler are finetune's), else any other
+    non-test extra; None when no extra has it."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    try:
+        requirements = requires("webslm") or []
+    except PackageNotFoundError:
+        return None
+    extras = set()
+    for requirement in requirements:
+        name, _, marker = requirement.partition(";")
+        package = re.split(r"[<>=!~\[ ]", name.strip(), maxsplit=1)[0].lower().replace("-", "_")
+        extra = re.search(r'extra == "([^"]+)"', marker)
+        if extra and extra.group(1) != "test" and package == module.lower():
+            extras.add(extra.group(1))
+    return preferred if preferred in extras else min(extras, default=None)
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """While a command runs, SIGTERM raises Terminated (cleanups run, exit 143) instead of
+    killing the process where it stands."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit code. Errors become one line on stderr."""
+    args = argparse.Namespace(command="")
     try:
-        args = build_parser().parse_args(argv)
-        return int(args.handler(args))
+        with sigterm_unwinds():
+            args = build_parser().parse_args(argv)
+            return int(args.handler(args))
     except WebslmError as error:
         print(f"webslm: error: {error.line()}", file=sys.stderr)
         return error.exit_code
     except ImportError as error:
-        if not (error.name or "").startswith("webslm"):
+        missing = (error.name or "").split(".")[0]
+        extra = optional_extra(missing)
+        if extra is not None:
+            print(f"webslm: error: `webslm {args.command}` needs {missing}, which is not "
+                  f"installed; pip install 'webslm[{extra}]'", file=sys.stderr)
+            return 3
+        if not missing.startswith("webslm"):
             raise
         print(f"webslm: error: `webslm {args.command}` is not built yet ({error})",
               file=sys.stderr)
@@ -306,6 +371,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("webslm: interrupted; outputs already in place are unchanged", file=sys.stderr)
         return 130
+    except Terminated:
+        print("webslm: terminated (SIGTERM); outputs already in place are unchanged",
+              file=sys.stderr)
+        return Terminated.exit_code
 
 
 def run() -> None:

@@ -38,3 +38,10 @@ class MissingEnvironment(WebslmError):
     """Something the machine must provide is absent: Docker engine, image, network."""
 
     exit_code = 3
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (CI cancelled, `timeout`): unwinds like KeyboardInterrupt, so every
+    cleanup on the way out runs (containers removed, temporary folders deleted)."""
+
+    exit_code = 143  # 128 + SIGTERM, as a shell reports it

@@ -1,21 +1,33 @@
-"""File primitives shared by every stage: hashing, canonical JSON and atomic writes.
+"""File primitives shared by every stage: hashing, canonical JSON, atomic writes, copies.
 
-Outputs appear whole or not at all: everything is written to a temporary sibling and renamed.
+Outputs appear whole or not at all: everything is written to a temporary sibling and renamed
+(a folder is swapped in with one atomic exchange where Linux offers it). Temporary names carry
+their owner's process token (`owner_token`), so the next run can tell a dead build's leftovers
+from a running one's and clean (or restore) them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from webslm.errors import BadInput, MissingEnvironment
+
 HASH_CHUNK = 1 << 20
+AT_FDCWD = -100
+RENAME_EXCHANGE = 2  # linux/fs.h
+FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
 
 
 def sha256_file(path: Path) -> str:
@@ -36,14 +48,14 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write text to path through a temporary sibling and a rename."""
+def atomic_write_text(path: Path, text: str, mode: int = 0o644) -> None:
+    """Write text to path through a temporary sibling and a rename; the file gets `mode`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -51,24 +63,155 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def clone_or_copy(source: Path, target: Path) -> None:
+    """A private copy of a file: a reflink (shared blocks, copy-on-write) where the file system
+    can, else a plain copy. Never a hard link: editing the copy must not change the source."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(source, "rb") as reader, open(target, "wb") as writer:
+        try:
+            fcntl.ioctl(writer.fileno(), FICLONE, reader.fileno())
+            return
+        except OSError:
+            pass
+    shutil.copyfile(source, target)
+
+
+# ---------------------------------------------------------------------------- leftovers
+
+
+def _start_ticks(pid: int) -> str | None:
+    """A process's start time (clock ticks since boot, /proc/PID/stat field 22); None if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def owner_token(pid: int | None = None) -> str:
+    """`PID-STARTTIME` of this process: names its temporary files so that the next run can
+    tell whether their owner is still alive (a reused PID has another start time)."""
+    pid = os.getpid() if pid is None else pid
+    return f"{pid}-{_start_ticks(pid) or 0}"
+
+
+def owner_alive(token: str) -> bool:
+    """Whether the process a token names still runs; an unreadable token counts as alive."""
+    pid, _, ticks = token.partition("-")
+    if not pid.isdigit() or not ticks.isdigit():
+        return True
+    started = _start_ticks(int(pid))
+    return started is not None and (ticks == "0" or started == ticks)
+
+
+def remove_dead_scratch(folder: Path) -> None:
+    """Remove `folder/<kind>-<owner token>-*` entries whose owning process is gone."""
+    if not folder.is_dir():
+        return
+    for entry in folder.iterdir():
+        parts = entry.name.split("-")
+        if len(parts) > 3 and not owner_alive(f"{parts[1]}-{parts[2]}"):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- folders
+
+
+def exchange(first: Path, second: Path) -> bool:
+    """Swap two existing paths in one step (Linux renameat2 RENAME_EXCHANGE).
+
+    False where the OS or file system cannot; the caller then falls back to two renames."""
+    if sys.platform != "linux":
+        return False
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    if renameat2(AT_FDCWD, os.fsencode(first), AT_FDCWD, os.fsencode(second),
+                 RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(first))
+
+
+def check_replaceable(final: Path, marker: str) -> None:
+    """BadInput unless `final` is absent, an empty folder, or a folder webslm wrote (it holds
+    `marker`): an output never replaces a user's file or folder."""
+    if final.is_symlink() or (final.exists() and not final.is_dir()):
+        raise BadInput(f"{final} exists and is not a folder webslm wrote",
+                       "move it away or choose another output folder")
+    if final.is_dir() and not (final / marker).is_file() and any(final.iterdir()):
+        raise BadInput(f"{final} is a folder webslm did not write (it has no {marker}); "
+                       "webslm never replaces it", "move it away or choose another output folder")
+
+
+def check_writable(folder: Path) -> None:
+    """BadInput when `folder` is or lies inside a file; MissingEnvironment (exit 3) when files
+    cannot be created where it is (or would be made). Creates nothing."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is" if existing == folder else "would be inside"
+        raise BadInput(f"{folder} {where} a file, not a folder", "choose another output folder")
+    try:
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as error:
+        raise MissingEnvironment(f"cannot write in {existing} ({error.strerror})",
+                                 "choose a folder you can write to, or fix its permissions") \
+            from error
+
+
+def recover_directory(final: Path) -> None:
+    """Undo what a killed swap left beside `final`: its old copy comes back when `final` is
+    missing, dead builds' temporary folders go."""
+    parent, prefix = final.parent, f".{final.name}."
+    if not parent.is_dir():
+        return
+    for entry in sorted(parent.iterdir()):
+        rest = entry.name.removeprefix(prefix)
+        if rest == entry.name:
+            continue
+        retired = rest.startswith("old-")
+        token = rest.removeprefix("old-") if retired else rest.split(".")[0]
+        if owner_alive(token) or not (retired or rest.endswith(".tmp")):
+            continue
+        if retired and not final.exists() and not final.is_symlink():
+            os.rename(entry, final)
+        else:
+            shutil.rmtree(entry, ignore_errors=True)
+
+
 @contextlib.contextmanager
-def atomic_directory(final: Path) -> Iterator[Path]:
+def atomic_directory(final: Path, marker: str) -> Iterator[Path]:
     """Yield a temporary folder beside `final`; on success it replaces `final` whole.
 
-    On any exception the temporary folder is removed and `final` is left as it was.
+    `final` may only be absent, empty, or a folder webslm wrote (holding `marker`). The swap is
+    one atomic exchange where the OS has it; elsewhere a kill between the two renames is undone
+    by the next run (recover_directory). On any exception the temporary folder is removed and
+    `final` is left as it was.
     """
+    check_replaceable(final, marker)
+    check_writable(final.parent)
     final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    recover_directory(final)
+    token = owner_token()
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.{token}.", suffix=".tmp",
+                                    dir=final.parent))
     try:
         yield staging
         os.chmod(staging, 0o755)
-        if final.exists():
-            retired = final.with_name(f".{final.name}.old-{os.getpid()}")
-            os.replace(final, retired)
-            os.replace(staging, final)
-            shutil.rmtree(retired, ignore_errors=True)
+        check_replaceable(final, marker)
+        if not final.exists():
+            os.rename(staging, final)
+        elif exchange(staging, final):
+            shutil.rmtree(staging, ignore_errors=True)  # now the old copy; the swap is done
         else:
-            os.replace(staging, final)
+            retired = final.with_name(f".{final.name}.old-{token}")
+            os.rename(final, retired)
+            os.rename(staging, final)
+            shutil.rmtree(retired, ignore_errors=True)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

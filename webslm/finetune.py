@@ -43,6 +43,7 @@ TRAIN_SCRIPT = Path(__file__).resolve().parent.parent / "finetune" / "train.py"
 ADAPTER_DIR = "adapter"
 METADATA_FILE = "webslm.json"
 PRECISIONS = ("bf16", "fp16", "fp32")
+PROBLEMS_SHOWN = 50  # data problems printed; the rest are counted
 COMPILE_CHOICES = ("auto", "on", "off")
 # Compiling the decoder layers costs ~60 s once per process and saves ~0.2 s per step of 16
 # conversations on an H200: "auto" compiles only for runs of at least this many optimizer steps
@@ -159,10 +160,15 @@ def checked_data(files: Sequence[Path]) -> ChatData:
     for warning in data.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if data.problems:
-        for problem in data.problems:
+        for problem in data.problems[:PROBLEMS_SHOWN]:
             print(problem, file=sys.stderr)
-        raise BadInput(f"{len(data.problems)} problems in the chat data",
-                       "fix the lines listed above and run again")
+        hidden = len(data.problems) - PROBLEMS_SHOWN
+        if hidden > 0:
+            print(f"... and {hidden} more", file=sys.stderr)
+        count = len(data.problems)
+        raise BadInput(f"{count} problem{'' if count == 1 else 's'} in the chat data",
+                       f"fix the {'first ' if hidden > 0 else ''}lines listed above and run "
+                       "again")
     return data
 
 
@@ -507,7 +513,7 @@ def merge_command(base: str, adapter: Path, out: Path) -> int:
     record = json.loads(record_path.read_text(encoding="utf-8")) if record_path.is_file() else {}
     recipe = record.get("recipe") or {k: adapter_config.get(k) for k in (
         "r", "lora_alpha", "lora_dropout", "target_modules")}
-    with atomic_directory(out) as staging:
+    with atomic_directory(out, METADATA_FILE) as staging:
         merge_into(resolved.path, adapter, staging)
         atomic_write_text(staging / METADATA_FILE, canonical_json(metadata(
             base_model=resolved.repo_id or str(resolved.path), base_revision=resolved.revision,
@@ -584,7 +590,7 @@ def finetune(files: Sequence[Path], base: str, out: Path, recipe: Recipe, gpus: 
     if not examples:
         raise BadInput(f"no conversation has an assistant token within {recipe.max_seq_len} "
                        "tokens", "raise --max-seq-len or shorten the conversations")
-    with atomic_directory(out) as staging:
+    with atomic_directory(out, METADATA_FILE) as staging:
         adapter_out = staging / ADAPTER_DIR
         _train(gpus, resolved.path, files, examples, recipe, adapter_out)
         record = metadata(base_model=resolved.repo_id or str(resolved.path),

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from webslm.errors import BadInput, MissingEnvironment
 from webslm.normalize import load_config
@@ -29,6 +30,8 @@ SAFETENSORS_PATTERNS = ("*.safetensors", "model.safetensors.index.json")
 PICKLE_PATTERNS = ("pytorch_model*.bin", "pytorch_model.bin.index.json")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
+# safetensors dtypes MLC-LLM v0.19.0's loader converts (numpy-backed; no F64/complex/FP8).
+CONVERTIBLE_DTYPES = frozenset({"F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL"})
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,7 @@ def check_safetensors_header(path: Path) -> dict[str, Any]:
     """A safetensors file's header; refuse one that is unreadable or points past the file's end."""
     size = path.stat().st_size
     fix = "re-download or re-save the model"
-    with open(path, "rb") as handle:
+    with readable(path) as handle:
         prefix = handle.read(8)
         if len(prefix) < 8:
             raise BadInput(f"corrupt safetensors file {path.name}: shorter than its header", fix)
@@ -72,10 +75,44 @@ def check_safetensors_header(path: Path) -> dict[str, Any]:
             continue
         offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
         if (not isinstance(offsets, list) or len(offsets) != 2
+                or not all(type(o) is int for o in offsets)
                 or not 0 <= offsets[0] <= offsets[1] <= data_size):
             raise BadInput(f"corrupt safetensors header in {path.name}: tensor {name!r} lies "
-                           "outside the file", fix)
+                           "outside the file or its data_offsets are not two integers", fix)
+        dtype = entry.get("dtype")
+        if dtype not in CONVERTIBLE_DTYPES:
+            raise BadInput(f"tensor {name!r} in {path.name} has dtype {dtype!r}, which MLC-LLM "
+                           "v0.19.0 cannot convert", "save the model in float32, float16 or "
+                           "bfloat16 (e.g. model.to(torch.float16).save_pretrained(...))")
     return header
+
+
+@contextlib.contextmanager
+def readable(path: Path) -> Iterator[BinaryIO]:
+    """A model file opened for reading; one line naming the file when it cannot be (exit 3)."""
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 (closed below)
+    except OSError as error:
+        raise MissingEnvironment(f"cannot read {path} ({error.strerror})",
+                                 "check the file's permissions") from error
+    with handle:
+        yield handle
+
+
+def read_weight_map(index: Path) -> dict[str, str]:
+    """The weight_map of a model.safetensors.index.json (tensor name -> shard file)."""
+    fix = "re-download the model or fix the index file"
+    with readable(index) as handle:
+        try:
+            document = json.loads(handle.read())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise BadInput(f"{index.name} is not valid JSON", fix) from error
+    weight_map = document.get("weight_map", {}) if isinstance(document, dict) else None
+    if not isinstance(weight_map, dict) or not all(
+            isinstance(v, str) for v in weight_map.values()):
+        raise BadInput(f"{index.name} is not a JSON object with a weight_map of shard names",
+                       fix)
+    return weight_map
 
 
 def _weight_files(folder: Path, names: list[str], allow_pickle: bool) -> list[str]:
@@ -86,7 +123,7 @@ def _weight_files(folder: Path, names: list[str], allow_pickle: bool) -> list[st
             check_safetensors_header(folder / name)
         index = folder / "model.safetensors.index.json"
         if index.is_file():
-            shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
+            shards = set(read_weight_map(index).values())
             missing = sorted(shards - set(names))
             if missing:
                 raise BadInput(f"{folder} lacks safetensors shards {', '.join(missing)}",
@@ -119,6 +156,9 @@ def check_model_folder(folder: Path, *, allow_pickle: bool = False) -> tuple[str
         raise BadInput(f"{folder} has no tokenizer (tokenizer.json or tokenizer.model)",
                        "add the model's tokenizer files")
     weights = _weight_files(folder, names, allow_pickle)
+    for name in weights:
+        with readable(folder / name):
+            pass
     kept = [n for n in names if n in CONFIG_FILES or n in TOKENIZER_FILES]
     return model_type, tuple(sorted(set(kept + weights)))
 
@@ -135,6 +175,9 @@ def hub_errors(repo_id: str, revision: str | None) -> Iterator[None]:
     )
 
     where = f"{repo_id}@{revision}" if revision else repo_id
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)  # its "Retrying in 1s" lines: the error below says it
     try:
         yield
     except GatedRepoError as error:
@@ -153,6 +196,8 @@ def hub_errors(repo_id: str, revision: str | None) -> Iterator[None]:
     except HfHubHTTPError as error:
         raise MissingEnvironment(f"the Hugging Face Hub answered an error for {where} "
                                  f"({error.__class__.__name__})", "try again later") from error
+    finally:
+        hub_logger.setLevel(level)
 
 
 def _download(repo_id: str, revision: str | None, allow_pickle: bool) -> Path:

@@ -10,12 +10,13 @@ lacks what the architecture needs instead of letting the compiler guess.
 from __future__ import annotations
 
 import json
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from webslm.errors import BadInput
-from webslm.files import atomic_write_text
+from webslm.files import atomic_write_text, check_writable
 
 # Model types whose MLC-LLM v0.19.0 config needs a RoPE base; it silently defaults when absent.
 NEEDS_ROPE_BASE = frozenset({"qwen2", "llama", "mistral", "phi3", "gemma", "gemma2"})
@@ -129,12 +130,38 @@ def load_config(path: Path) -> dict[str, Any]:
     return config
 
 
+def in_place_target(source: Path) -> Path:
+    """The config.json to rewrite in place, with what would be lost refused: a symbolic link
+    would become a regular file (and its target stay old), a read-only file is the user saying
+    "do not change this"."""
+    if source.is_symlink():
+        raise BadInput(f"{source} is a symbolic link to {source.resolve()}; normalizing in place "
+                       "would replace the link with a file",
+                       f"pass --out DIR, or normalize {source.resolve()} itself")
+    if not source.stat().st_mode & 0o222:
+        raise BadInput(f"{source} is read-only; normalize leaves read-only files alone",
+                       "pass --out DIR to write the normalized config elsewhere, or make it "
+                       "writable first")
+    return source
+
+
 def normalize_path(path: Path, out: Path | None = None) -> NormalizeResult:
-    """Normalize a model folder's config.json in place (atomically) or into `out`/config.json."""
+    """Normalize a model folder's config.json in place (atomically, keeping its mode) or into
+    `out`/config.json."""
     source = config_path_of(Path(path))
     normalized = normalize_config(load_config(source))
-    target = Path(out) / "config.json" if out is not None else source
-    if out is not None or normalized.changes:
-        text = json.dumps(normalized.config, indent=2, ensure_ascii=False) + "\n"
-        atomic_write_text(target, text)
+    mode = stat.S_IMODE(source.stat().st_mode)
+    if out is not None:
+        check_writable(Path(out))
+        target = Path(out) / "config.json"
+        if target.resolve() == source.resolve():
+            in_place_target(source)
+        mode |= stat.S_IWUSR  # a copy the user can normalize again
+    else:
+        target = source
+        if not normalized.changes:
+            return NormalizeResult(config_path=target, changes=())
+        in_place_target(source)
+    text = json.dumps(normalized.config, indent=2, ensure_ascii=False) + "\n"
+    atomic_write_text(target, text, mode=mode)
     return NormalizeResult(config_path=target, changes=normalized.changes)

@@ -9,8 +9,14 @@ Stages, each taking input files to a fresh output folder:
   convert_weight  mlc_llm convert_weight (container) -> params_shard_N.bin, ndarray-cache.json
   gen_config      mlc_llm gen_config (container)     -> mlc-chat-config.json, tokenizer files
   compile         mlc_llm compile --device webgpu    -> <name>-<quant>-webgpu.wasm
-  package         dist/<name>/: the outputs, the rewritten chat config (webslm.webllm), the
-                  AppConfig and provenance.json (webslm.provenance), renamed into place whole
+  package         dist/<name>/: copies of the outputs, the rewritten chat config (webslm.webllm),
+                  the AppConfig and provenance.json (webslm.provenance), swapped into place whole
+
+The output folder is checked before any container starts: never the model folder, inside it or
+around it, and never a file or a folder webslm did not write (one without provenance.json).
+Stage containers are labelled with their build's process token and host; a build that was
+killed leaves them behind, and the next build removes them. SIGTERM stops a build like Ctrl-C
+(webslm.cli): the running containers are removed and nothing half-written stays.
 
 They form a graph, not a line: compile reads only gen_config's chat config, never the weights,
 and only package reads convert_weight's output. So the two branches run at once, each stage in
@@ -34,6 +40,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -43,9 +50,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from webslm import safetensors_index
-from webslm.cache import StageCache, StageKey, default_cache_dir, tree_digest
+from webslm.cache import CacheEntry, StageCache, StageKey, default_cache_dir, tree_digest
 from webslm.errors import BadInput, MissingEnvironment, StageFailed, WebslmError
-from webslm.files import atomic_directory, atomic_write_text, canonical_json
+from webslm.files import (
+    atomic_directory,
+    atomic_write_text,
+    canonical_json,
+    check_replaceable,
+    check_writable,
+    clone_or_copy,
+    owner_alive,
+    owner_token,
+)
 from webslm.hub import PICKLE_SUFFIXES
 from webslm.provenance import APP_CONFIG_FILE, PROVENANCE_FILE, hash_files, list_files
 
@@ -71,6 +87,8 @@ WEIGHT_INDEXES = (safetensors_index.INDEX_FILE, "pytorch_model.bin.index.json")
 # The code the `stage` step runs on the model's files: a change to it is a change of stage key.
 STAGE_SOURCES = tuple(Path(__file__).with_name(name)
                       for name in ("normalize.py", "safetensors_index.py"))
+OWNER_LABEL = "webslm.owner"  # the building process's owner_token
+HOST_LABEL = "webslm.host"  # ... on this host (tokens mean nothing elsewhere)
 
 
 @dataclass(frozen=True)
@@ -209,18 +227,34 @@ def log_tail(text: str, lines: int = LOG_TAIL_LINES) -> str:
 # ---------------------------------------------------------------------------- file helpers
 
 
-def link_or_copy(source: Path, target: Path) -> None:
-    """Hard-link (cached files are read-only, so sharing is safe), copying across file systems."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
-
-
 def link_files(source: Path, names: Sequence[str], target: Path) -> None:
+    """Hard links (copies across file systems) for a container's read-only input view only:
+    nothing can write through a read-only mount. Dist files are copies (copy_files)."""
     for name in names:
-        link_or_copy(source / name, target / name)
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(source / name, target / name)
+        except OSError:
+            shutil.copyfile(source / name, target / name)
+
+
+def copy_files(source: Path, names: Sequence[str], target: Path) -> None:
+    for name in names:
+        clone_or_copy(source / name, target / name)
+
+
+def check_output_folder(final: Path, model: Path) -> None:
+    """The dist folder may not be the model folder, inside it or around it (the swap would
+    delete the model), nor a file or a folder webslm did not write; its parent must be
+    writable. All before any container starts."""
+    out, source = final.resolve(), model.resolve()
+    relation = ("is" if out == source else "is inside" if source in out.parents
+                else "contains" if out in source.parents else None)
+    if relation is not None:
+        raise BadInput(f"the output folder {final} {relation} the model folder {model}",
+                       "pass an --out (or --name) outside the model folder")
+    check_replaceable(final, PROVENANCE_FILE)
+    check_writable(final.parent)
 
 
 def readable_by_anyone(folder: Path) -> None:
@@ -270,6 +304,17 @@ class Engine:
         self.lock = threading.Lock()
         self.running: list[Any] = []  # containers started and not yet removed
         self.stopping = False
+        self.owner = owner_token()
+        self.remove_orphans()
+
+    def remove_orphans(self) -> None:
+        """Remove stage containers left by builds on this host whose process is gone."""
+        host = socket.gethostname()
+        for container in self.client.containers.list(
+                all=True, filters={"label": [OWNER_LABEL, f"{HOST_LABEL}={host}"]}):
+            if not owner_alive(container.labels.get(OWNER_LABEL, "")):
+                with contextlib.suppress(Exception):
+                    container.remove(force=True)
 
     def stop(self) -> None:
         """Kill every running stage container and start no more (another branch failed)."""
@@ -305,7 +350,8 @@ class Engine:
             nano_cpus=int(self.options.cpus * 1e9) if self.options.cpus else None,
             mem_limit=self.options.memory,
             security_opt=[f"seccomp={self.seccomp}"] if self.seccomp else None,
-            labels={"webslm.stage": job.stage, "webslm.model_id": job.model_id},
+            labels={"webslm.stage": job.stage, "webslm.model_id": job.model_id,
+                    OWNER_LABEL: self.owner, HOST_LABEL: socket.gethostname()},
         )
         try:
             with self.lock:
@@ -432,18 +478,29 @@ class Build:
         self.scratch = scratch
         self.engine: Engine | None = None
         self.results: dict[str, StageResult] = {}
+        self.keys: dict[str, StageKey] = {}
+        self.reruns: dict[str, Callable[[], StageResult]] = {}
+        self.checked: set[str] = set()  # cached results re-verified since their lookup
+        self.check_lock = threading.Lock()  # both branches may read the staged copy
         self.logs = cache.root / "logs" / spec.model_id
 
     # -- generic stage runner
 
     def cached_stage(self, name: str, inputs: Mapping[str, str], arguments: Sequence[str],
-                     produce: Any) -> StageResult:
-        """Look the stage up in the cache; on a miss run `produce(output_folder)` and store it."""
+                     produce: Any, *, verify_hit: bool = True) -> StageResult:
+        """Look the stage up in the cache; on a miss run `produce(output_folder)` and store it.
+
+        A hit is verified (every file re-hashed) before it is used; with verify_hit=False that
+        waits until a later stage reads the files (`intact`), so a build that hits every stage
+        never re-hashes an output nothing reads."""
         assert self.toolchain is not None
         key = StageKey(stage=name, toolchain_id=self.toolchain.id, inputs=dict(inputs),
                        arguments=tuple(arguments))
+        self.keys[name] = key
+        self.reruns[name] = lambda: self.cached_stage(name, inputs, arguments, produce)
         with self.display.stage(self.spec.model_id, name) as state:
-            entry = self.cache.lookup(key) if self.options.use_cache else None
+            entry = (self.cache.lookup(key, verify=verify_hit) if self.options.use_cache
+                     else None)
             if entry is not None:
                 state["cached"] = True
                 result = StageResult(name, entry.path, entry.files, key.digest, cached=True)
@@ -458,6 +515,22 @@ class Build:
         self.results[name] = result
         return result
 
+    def intact(self, result: StageResult) -> StageResult:
+        """A cached result checked now that its files are read (once per build); a damaged
+        entry was discarded (with a warning) and its stage runs again."""
+        with self.check_lock:
+            current = self.results[result.name]
+            if not current.cached or result.name in self.checked:
+                return current
+            if not self.cache.intact(self.keys[result.name],
+                                     CacheEntry(current.path, current.files)):
+                current = self.reruns[result.name]()
+                if dict(current.files) != dict(result.files):
+                    raise StageFailed(f"{result.name} gave other outputs when run again after "
+                                      "its cache entry was damaged", "run the build again")
+            self.checked.add(result.name)
+            return current
+
     def container_stage(self, name: str, source: StageResult, names: Sequence[str], mount: str,
                         argv: Sequence[str]) -> StageResult:
         """A tool stage: `names` from `source` mounted read-only at `mount`, argv run on them."""
@@ -468,7 +541,7 @@ class Build:
             try:
                 order = list(reversed(names)) if self.options.variation.reverse_input_order \
                     else list(names)
-                link_files(source.path, order, view)
+                link_files(self.intact(source).path, order, view)
                 readable_by_anyone(view)  # whichever uid the container runs as
                 assert self.engine is not None
                 self.engine.run(ContainerRun(
@@ -514,10 +587,13 @@ class Build:
                     encoding="utf-8")
 
         inputs = {f"model/{n}": digests[n] for n in names}
-        return self.cached_stage("stage", inputs, ["normalize", model_type, stage_code], produce)
+        # only container stages that miss read these files: they check them then (intact)
+        return self.cached_stage("stage", inputs, ["normalize", model_type, stage_code], produce,
+                                 verify_hit=False)
 
     def run(self) -> BuildResult:
         model, digests = self.resolve()
+        check_output_folder(self.options.out / self.spec.name, model.path)
         from webslm.toolchain import chosen_or_current
 
         self.toolchain = chosen_or_current(self.options.toolchain)
@@ -572,12 +648,17 @@ class Build:
             system_prompt=system_prompt, tokenizer=read_json(chat.path / "tokenizer.json"))
         lib_name = webllm.library_name(self.spec.model_id)
         final = self.options.out / self.spec.name
-        with atomic_directory(final) as folder:
-            link_files(weights.path, sorted(weights.files), folder)
-            link_files(chat.path, sorted(n for n in chat.files if n != CHAT_CONFIG), folder)
+        with atomic_directory(final, PROVENANCE_FILE) as folder:
+            copy_files(weights.path, sorted(weights.files), folder)
+            copy_files(chat.path, sorted(n for n in chat.files if n != CHAT_CONFIG), folder)
             (folder / CHAT_CONFIG).write_text(canonical_json(chat_config), encoding="utf-8")
-            link_or_copy(library.path / lib_name, folder / "libs" / lib_name)
-            outputs = hash_files(folder, list_files(folder))
+            clone_or_copy(library.path / lib_name, folder / "libs" / lib_name)
+            # copies of verified stage outputs: their digests are known; only the rewritten
+            # chat config is new
+            outputs = {**weights.files,
+                       **{n: d for n, d in chat.files.items() if n != CHAT_CONFIG},
+                       f"libs/{lib_name}": library.files[lib_name],
+                       **hash_files(folder, [CHAT_CONFIG])}
             statement = provenance.statement(
                 outputs=outputs, spec=self.spec.to_json(),
                 model={"id": model.repo_id or self.spec.model, "revision": model.revision,
@@ -645,9 +726,7 @@ def read_json(path: Path) -> dict[str, Any] | None:
 def scratch_area(options: BuildOptions, cache: StageCache) -> Iterator[Path]:
     """The build area: under the variation's folder, else beside the cache (same file system,
     so finished outputs are renamed into the cache rather than copied)."""
-    root = options.variation.work_root or cache.scratch
-    root.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix="build-", dir=root))
+    folder = cache.scratch_folder("build", options.variation.work_root)
     try:
         yield folder
     finally:
@@ -688,6 +767,9 @@ def build_many(specs: Sequence[BuildSpec], options: BuildOptions,
         raise BadInput(f"several models would be packaged as {', '.join(duplicates)}",
                        "give each a different --name")
     _check_options(options)
+    for spec in specs:  # every local model's output folder, before the first model starts
+        if spec.is_local:
+            check_output_folder(options.out / spec.name, options.model_folder or Path(spec.model))
     display = Display(options.show_progress)
     switch = StopSwitch()
     lock = threading.Lock()

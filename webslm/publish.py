@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from webslm.errors import BadInput, MissingEnvironment, StageFailed, WebslmError
 from webslm.provenance import APP_CONFIG_FILE, PROVENANCE_FILE, hash_files, list_files
+from webslm.verify import parse_provenance
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
@@ -147,6 +148,7 @@ def read_package(dist: Path) -> DistPackage:
         raise BadInput(f"{dist} is not a folder", "pass a folder written by `invoke build`, "
                        "e.g. dist/qwen2.5-0.5b")
     provenance = _load_json(dist / PROVENANCE_FILE)
+    parse_provenance(provenance, str(dist / PROVENANCE_FILE))  # the shape, before any .get
     app_config = _load_json(dist / APP_CONFIG_FILE)
     record = check_app_config(app_config)
     expected = _subject_digests(provenance)
@@ -456,6 +458,15 @@ def _root_cause(error: BaseException) -> BaseException:
     return seen
 
 
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """An error and everything behind it (explicit causes and implicit contexts): the network
+    error under huggingface_hub's and httpx's wrappers may be either."""
+    seen: BaseException | None = error
+    while seen is not None:
+        yield seen
+        seen = seen.__cause__ or seen.__context__
+
+
 def hub_failure(error: BaseException, redactor: Redactor, doing: str) -> WebslmError:
     """A one-line, redacted error for a failed Hub call, with the exit code its cause deserves:
     a refused token or an unreachable/failing Hub is the environment (3), a rejected request is
@@ -479,7 +490,7 @@ def hub_failure(error: BaseException, redactor: Redactor, doing: str) -> WebslmE
     if isinstance(cause, OfflineModeIsEnabled):
         return MissingEnvironment(f"HF_HUB_OFFLINE is set, so {doing} is impossible",
                                   "unset HF_HUB_OFFLINE")
-    if isinstance(cause, (httpx2.TransportError, OSError)):
+    if any(isinstance(e, (httpx2.TransportError, OSError)) for e in _chain(error)):
         return MissingEnvironment(f"cannot reach the Hub while {doing}: "
                                   f"{type(cause).__name__}: {detail}",
                                   "check the network connection and HF_ENDPOINT")

@@ -16,6 +16,7 @@ a strict path check so no URL reaches outside the served folders.
 from __future__ import annotations
 
 import email.utils
+import errno
 import shutil
 import subprocess
 import sys
@@ -38,6 +39,8 @@ BUILD_COMMAND = "npm ci --prefix web && npm run build --prefix web"
 LONG_CACHE = "public, max-age=31536000, immutable"
 NO_CACHE = "no-cache"
 COPY_CHUNK = 1 << 20
+MAX_PORT = 65535
+MAX_POSITION = 1 << 62  # beyond any file: a Range number past it means "past the end"
 MIME_TYPES = {
     ".wasm": "application/wasm",
     ".json": "application/json",
@@ -123,8 +126,11 @@ def safe_file(root: Path, relative: str) -> Path | None:
     if any(s in ("", ".", "..") or s.startswith(".") or "\\" in s or "\0" in s
            for s in segments):
         return None
-    candidate = root.joinpath(*segments).resolve()
-    if not candidate.is_relative_to(root.resolve()) or not candidate.is_file():
+    try:
+        candidate = root.joinpath(*segments).resolve()
+        if not candidate.is_relative_to(root.resolve()) or not candidate.is_file():
+            return None
+    except (OSError, RuntimeError):  # a name too long, a symbolic link loop (RuntimeError)
         return None
     return candidate
 
@@ -184,20 +190,28 @@ def requested_range(header: str | None, size: int) -> ByteRange | None:
     if not header or not header.startswith("bytes=") or "," in header:
         return None
     first, dash, last = header[len("bytes="):].strip().partition("-")
-    if not dash or not (first.isdigit() or last.isdigit()):
+    start, end = byte_position(first), byte_position(last)
+    if not dash or (start is None and end is None):
         return None
-    if first and last and (not first.isdigit() or not last.isdigit() or int(last) < int(first)):
+    if (first and start is None) or (last and end is None) or \
+            (start is not None and end is not None and end < start):
         return None
-    if not first:
-        suffix = int(last)
-        if suffix == 0 or size == 0:
+    if start is None:
+        assert end is not None
+        if end == 0 or size == 0:
             raise RangeNotSatisfiable
-        return ByteRange(max(size - suffix, 0), size - 1)
-    start = int(first)
+        return ByteRange(max(size - end, 0), size - 1)
     if start >= size:
         raise RangeNotSatisfiable
-    end = min(int(last), size - 1) if last else size - 1
-    return ByteRange(start, end)
+    return ByteRange(start, min(end, size - 1) if end is not None else size - 1)
+
+
+def byte_position(text: str) -> int | None:
+    """An ASCII decimal number from a Range header, None if it is not one; numbers past
+    MAX_POSITION (any file's size) count as MAX_POSITION instead of costing a huge int()."""
+    if not text or not text.isascii() or not text.isdigit():
+        return None
+    return MAX_POSITION if len(text) > len(str(MAX_POSITION)) else min(int(text), MAX_POSITION)
 
 
 # ---------------------------------------------------------------------------- the server
@@ -295,14 +309,24 @@ class SiteServer(ThreadingHTTPServer):
         return f"http://{self.server_address[0]!s}:{self.server_port}/"
 
 
+def check_port(port: int) -> None:
+    if not 0 <= port <= MAX_PORT:
+        raise BadInput(f"--port {port} is not a TCP port", f"pass a port from 1 to {MAX_PORT} "
+                       "(0 picks a free one)")
+
+
 def make_server(site: Site, host: str = "127.0.0.1", port: int = 8000,
                 log: Callable[[str], None] | None = None) -> SiteServer:
     """A bound, not yet running server (port 0 picks a free port)."""
+    check_port(port)
     try:
         return SiteServer(site, (host, port), log or (lambda line: print(line, file=sys.stderr)))
     except OSError as error:
-        raise BadInput(f"cannot listen on {host}:{port}: {error.strerror}",
-                       "pass another --port, or stop the program using it") from error
+        why = error.strerror or str(error)
+        fix = ("pass another --port, or stop the program using it"
+               if error.errno in (errno.EADDRINUSE, errno.EACCES) else
+               "pass a --host this machine has, e.g. 127.0.0.1")
+        raise BadInput(f"cannot listen on {host}:{port}: {why}", fix) from error
 
 
 # ---------------------------------------------------------------------------- the web bundle
@@ -347,6 +371,7 @@ def ensure_web_bundle(web: Path = WEB_SOURCE) -> Path:
 
 def serve_command(dists: list[Path], host: str = "127.0.0.1", port: int = 8000) -> int:
     """Serve until Ctrl-C; the URL to open is printed first."""
+    check_port(port)
     models = find_models(dists)
     site = Site(web=ensure_web_bundle(), models=models)
     server = make_server(site, host, port)

@@ -236,7 +236,11 @@ def resolve_spec(
                 raise BadInput(f"empty revision in {model!r}",
                                "use ORG/NAME@REVISION or drop the @")
         if is_local_model(source):
-            folder = Path(source).expanduser().resolve()
+            try:
+                folder = Path(source).expanduser().resolve()
+            except (RuntimeError, OSError) as error:  # RuntimeError: a symlink loop (3.11)
+                raise BadInput(f"model folder {source} cannot be resolved (a symbolic link "
+                               "loop?)", "pass the real folder") from error
             if not folder.is_dir():
                 raise BadInput(f"model folder {folder} does not exist",
                                "pass a local model folder or a Hugging Face id like ORG/NAME")
@@ -245,8 +249,12 @@ def resolve_spec(
     chosen_type = model_type or base_type
     if chosen_type != AUTO:
         _check_choice("model type", chosen_type, MODEL_TYPES + (AUTO,))
-    elif is_local_model(source):
-        chosen_type = mlc_model_type(read_hf_model_type(Path(source)))
+    if model is not None and is_local_model(source):
+        detected = mlc_model_type(read_hf_model_type(Path(source)))
+        if chosen_type not in (AUTO, detected):
+            raise BadInput(f"--model-type {chosen_type} does not match the model's config.json "
+                           f"({detected})", f"drop --model-type or pass {detected}")
+        chosen_type = detected
     chosen_template = conv_template or base_template
     if chosen_template != AUTO:
         _check_choice("conversation template", chosen_template, CONV_TEMPLATES)
@@ -259,8 +267,9 @@ def resolve_spec(
     if not _NAME.match(chosen_name):
         raise BadInput(f"invalid name {chosen_name!r}",
                        "use letters, digits, '.', '_' and '-' (at most 96, starting alphanumeric)")
-    window = context_window_size or DEFAULT_CONTEXT_WINDOW
-    chunk = prefill_chunk_size or min(DEFAULT_PREFILL_CHUNK, window)
+    window = DEFAULT_CONTEXT_WINDOW if context_window_size is None else context_window_size
+    chunk = (min(DEFAULT_PREFILL_CHUNK, window) if prefill_chunk_size is None
+             else prefill_chunk_size)
     if window <= 0 or chunk <= 0:
         raise BadInput("context window and prefill chunk sizes must be positive", "pass e.g. 4096")
     if chunk > window:

@@ -10,6 +10,11 @@ audit ARTIFACT  fetches one shipped file (a path, an http(s) URL or a Hugging Fa
                 provenance and the provenance's toolchain ID against the lock, then rebuilds and
                 compares through the same code as verify.
 
+Step 1 always runs first and is printed first: every shipped file is hashed against the
+provenance and the AppConfig's integrity. Whatever stops the rebuild after it (toolchain image
+absent: exit 3, another toolchain: exit 2), the report lists those files, and tampering found
+in step 1 makes the exit code 1.
+
 Both print a table (file, expected, shipped, rebuilt, same), explain a mismatch (the first stage
 whose output differs; diffoscope when installed, otherwise sizes, the first differing offset and,
 for JSON, the differing keys) and can write the result as report.json and report.md for CI.
@@ -18,6 +23,7 @@ Exit codes: 0 all match, 1 mismatch, 2 bad input, 3 missing environment (webslm.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import posixpath
@@ -25,6 +31,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -34,7 +41,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from webslm.errors import BadInput, MissingEnvironment, StageFailed, WebslmError
-from webslm.files import atomic_write_text, canonical_json, sha256_bytes, sha256_file
+from webslm.files import (
+    atomic_write_text,
+    canonical_json,
+    check_writable,
+    sha256_bytes,
+    sha256_file,
+)
 from webslm.provenance import (
     APP_CONFIG_FILE,
     NOT_SUBJECTS,
@@ -59,7 +72,10 @@ PACKAGE_STAGE = "package"
 SHORT = 12  # hex digits of a digest shown in the table
 DIFF_LINES = 40  # lines of a diffoscope report kept per file
 JSON_KEYS_SHOWN = 20
-HTTP_TIMEOUT_S = 60
+HTTP_TIMEOUT_S = 60  # per read
+COPY_CHUNK = 1 << 20
+DOWNLOAD_TIMEOUT_S = 3600.0  # per audit, all downloads together (audit --download-timeout)
+MAX_DOWNLOAD_MIB = 16 * 1024  # per file: larger than any model file (audit --max-download-mib)
 DIFFOSCOPE_TIMEOUT_S = 300
 # The conditions a verifying rebuild changes (webslm.pipeline.Variation honours them all).
 VERIFY_UID = 4321
@@ -106,18 +122,20 @@ def parse_provenance(statement: Any, where: str) -> Provenance:
         stages = definition.get("internalParameters", {}).get("stages", {})
         toolchain_id = str(dependencies["toolchain"]["digest"]["sha256"])
         lock_digest = str(dependencies[LOCK_PATH]["digest"]["sha256"])
-    except (KeyError, TypeError) as error:
+        image = dependencies.get("toolchain-image", {}).get("digest", {}).get("sha256")
+        inputs = {name.removeprefix("model/"): str(d["digest"]["sha256"])
+                  for name, d in dependencies.items() if name.startswith("model/")}
+        stage_records = {str(k): dict(v) for k, v in dict(stages).items()}
+    except KeyError as error:
         raise bad(f"no {error}") from error
-    image = dependencies.get("toolchain-image", {}).get("digest", {}).get("sha256")
-    inputs = {name.removeprefix("model/"): str(d["digest"]["sha256"])
-              for name, d in dependencies.items() if name.startswith("model/")}
+    except (TypeError, ValueError, AttributeError) as error:  # a list where an object belongs
+        raise bad("a field has the wrong type") from error
     bad_digests = [n for n, d in {**subjects, **inputs}.items() if not HEX64.match(d)]
     if not subjects or bad_digests:
         raise bad("no subjects" if not subjects else f"bad sha256 for {bad_digests[0]}")
     return Provenance(subjects=subjects, spec=spec, model=model, inputs=inputs,
                       toolchain_id=toolchain_id, lock_digest=lock_digest,
-                      image_digest=str(image) if image else None,
-                      stages={str(k): dict(v) for k, v in dict(stages).items()})
+                      image_digest=str(image) if image else None, stages=stage_records)
 
 
 def load_provenance(path: Path) -> Provenance:
@@ -362,7 +380,7 @@ class Report:
     @property
     def verdict(self) -> str:
         if self.error is not None:
-            return "error"
+            return "error" + ("" if self.intact else "; shipped files do not match the provenance")
         problems = ([] if self.reproducible else ["not reproducible"]) + \
                    ([] if self.intact else ["shipped files do not match the provenance"])
         return "; ".join(problems) or "reproducible"
@@ -388,8 +406,37 @@ def _short(digest: str | None, checked: bool = True) -> str:
 
 
 def table_rows(report: Report) -> list[list[str]]:
+    """Cells per file; without a rebuild (it stopped early) only the shipped check counts."""
+    rebuilt = report.error is None
     return [[row.name, _short(row.expected), _short(row.shipped, row.shipped_checked),
-             _short(row.rebuilt), "yes" if row.same else "NO"] for row in report.rows]
+             _short(row.rebuilt, rebuilt),
+             ("yes" if row.same else "NO") if rebuilt else ("intact" if row.intact else "NO")]
+            for row in report.rows]
+
+
+def step_one_problems(report: Report) -> list[str]:
+    """The shipped files and AppConfig checks that do not match the provenance."""
+    return [r.name for r in report.rows if not r.intact] + \
+        [c.name for c in report.checks if not c.ok]
+
+
+def render_step_one(report: Report) -> str:
+    """Step 1's outcome in one line: shipped files against the provenance and AppConfig."""
+    checked = [r for r in report.rows if r.shipped_checked]
+    bad = [r.name for r in checked if not r.intact]
+    failed = [c.name for c in report.checks if not c.ok]
+    line = f"step 1: {plural(len(checked), 'shipped file')} hashed against {report.provenance}: "
+    if not bad and not failed:
+        return line + "all match\n"
+    parts = [f"{plural(len(bad), 'file')} differ{'s' if len(bad) == 1 else ''}"
+             f"{' (' + ', '.join(bad) + ')' if bad else ''}"]
+    if failed:
+        parts.append(f"failed checks: {', '.join(failed)}")
+    return line + "; ".join(parts) + "\n"
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 TABLE_HEADER = ["file", "expected", "shipped", "rebuilt", "same"]
@@ -430,7 +477,8 @@ def report_json(report: Report) -> dict[str, Any]:
         "conditions": dict(report.conditions),
         "files": [{"name": r.name, "expected": r.expected,
                    "shipped": r.shipped if r.shipped_checked else "not checked",
-                   "rebuilt": r.rebuilt, "same": r.same} for r in report.rows],
+                   "rebuilt": r.rebuilt, "same": r.same, "intact": r.intact}
+                  for r in report.rows],
         "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in report.checks],
         "first_differing_stage": None if stage is None else {
             "stage": stage.stage, "expected": stage.expected, "rebuilt": stage.rebuilt,
@@ -549,34 +597,87 @@ def fetch_hub(file: HubFile, *, searching: bool = False) -> Fetched:
     return Fetched(path, replace(file, revision=commit).location, file.path)
 
 
-def fetch_http(url: str, into: Path) -> Fetched:
-    """Download a URL into a fresh file under `into` (written whole)."""
+@dataclass(frozen=True)
+class DownloadLimits:
+    """How much an audit may download: bytes per file, and a deadline for all of it."""
+
+    max_bytes: int = MAX_DOWNLOAD_MIB << 20
+    deadline: float | None = None  # time.monotonic() value; None: no overall deadline
+
+    @classmethod
+    def starting_now(cls, max_mib: int, timeout_s: float) -> DownloadLimits:
+        if max_mib <= 0 or timeout_s <= 0:
+            raise BadInput("--max-download-mib and --download-timeout must be positive",
+                           f"e.g. --max-download-mib {MAX_DOWNLOAD_MIB} --download-timeout "
+                           f"{DOWNLOAD_TIMEOUT_S:.0f}")
+        return cls(max_bytes=max_mib << 20, deadline=time.monotonic() + timeout_s)
+
+    def seconds_left(self, url: str) -> float:
+        """The time the next read may take; MissingEnvironment once the deadline has passed."""
+        if self.deadline is None:
+            return HTTP_TIMEOUT_S
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise MissingEnvironment(f"downloading {url} ran past the audit's deadline",
+                                     "pass a larger --download-timeout, or download the file "
+                                     "and pass its path")
+        return min(left, HTTP_TIMEOUT_S)
+
+
+def _copy_limited(response: Any, handle: Any, url: str, limits: DownloadLimits) -> None:
+    """Copy a response body whole: at most limits.max_bytes, within the deadline, and exactly
+    the Content-Length the server announced (a shorter body is a failed download)."""
+    announced = response.headers.get("Content-Length")
+    expected = int(announced) if announced and announced.isdigit() else None
+    too_big = BadInput(f"{url} is larger than the download limit ({limits.max_bytes >> 20} MiB)",
+                       "pass a larger --max-download-mib if the file really is that big")
+    if expected is not None and expected > limits.max_bytes:
+        raise too_big
+    received = 0
+    while True:
+        chunk = response.read(COPY_CHUNK)  # each read waits at most HTTP_TIMEOUT_S
+        limits.seconds_left(url)
+        if not chunk:
+            break
+        received += len(chunk)
+        if received > limits.max_bytes:
+            raise too_big
+        handle.write(chunk)
+    if expected is not None and received != expected:
+        raise MissingEnvironment(f"the download of {url} ended after {received} of {expected} "
+                                 "bytes", "try again; check the network or the server")
+
+
+def fetch_http(url: str, into: Path, limits: DownloadLimits | None = None) -> Fetched:
+    """Download a URL into a fresh file under `into` (written whole, within the limits)."""
+    limits = limits or DownloadLimits()
     target_dir = Path(tempfile.mkdtemp(prefix="fetch-", dir=into))
     name = Path(urllib.parse.urlparse(url).path).name or "download"
     target = target_dir / name
     try:
-        with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S) as response:
+        with urllib.request.urlopen(url, timeout=limits.seconds_left(url)) as response:
             with open(target.with_suffix(target.suffix + ".part"), "wb") as handle:
-                shutil.copyfileobj(response, handle)
+                _copy_limited(response, handle, url, limits)
     except urllib.error.HTTPError as error:
         if error.code in (403, 404, 410):
             raise NotThere(url) from error
         raise MissingEnvironment(f"{url} answered HTTP {error.code}", "try again later") from error
-    except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+    except (urllib.error.URLError, TimeoutError, ConnectionError,
+            http.client.HTTPException) as error:
         raise MissingEnvironment(f"cannot download {url} ({getattr(error, 'reason', error)})",
                                  "check the network, or download it and pass the path") from error
     os.replace(target.with_suffix(target.suffix + ".part"), target)
     return Fetched(target, url, urllib.parse.urlparse(url).path.lstrip("/"))
 
 
-def fetch(location: str, into: Path) -> Fetched:
+def fetch(location: str, into: Path, limits: DownloadLimits | None = None) -> Fetched:
     """A local path, an http(s) URL or a Hugging Face file, as a local file."""
     hub = parse_hub_location(location)
     try:
         if hub is not None:
             return fetch_hub(hub)
         if is_url(location):
-            return fetch_http(location, into)
+            return fetch_http(location, into, limits)
     except NotThere as error:
         raise BadInput(f"{location} does not exist", "check the URL and the revision") from error
     path = Path(location)
@@ -600,10 +701,11 @@ def provenance_candidates(artifact: str) -> Iterator[str]:
         yield from (str(p / PROVENANCE_FILE) for p in Path(artifact).resolve().parents)
 
 
-def find_provenance(artifact: Fetched, given: str | None, into: Path) -> Fetched:
+def find_provenance(artifact: Fetched, given: str | None, into: Path,
+                    limits: DownloadLimits | None = None) -> Fetched:
     """The provenance named on the command line, else the nearest one above the artifact."""
     if given is not None:
-        return fetch(given, into)
+        return fetch(given, into, limits)
     pinned = artifact.location if is_url(artifact.location) else str(artifact.path)
     offline = False
     for candidate in provenance_candidates(pinned):
@@ -612,7 +714,7 @@ def find_provenance(artifact: Fetched, given: str | None, into: Path) -> Fetched
             if hub is not None:
                 return fetch_hub(hub, searching=True)
             if is_url(candidate):
-                return fetch_http(candidate, into)
+                return fetch_http(candidate, into, limits)
         except NotCached:
             offline = True
             continue
@@ -809,16 +911,27 @@ def rebuild(provenance: Provenance, settings: RebuildSettings, toolchain: Toolch
     return build_model(spec, options), variation
 
 
-def compare_with_rebuild(command: str, target: str, provenance: Provenance, where: str,
-                         shipped: Mapping[str, Path | None], checks: Sequence[Check],
-                         settings: RebuildSettings) -> Report:
-    """The part verify and audit share: toolchain check, rebuild, compare, explain."""
+def shipped_report(command: str, target: str, provenance: Provenance, where: str,
+                   shipped: Mapping[str, Path | None], checks: Sequence[Check]) -> Report:
+    """Step 1, which needs no toolchain: each shipped file's digest against the provenance."""
+    digests = {n: sha256_file(p) if p is not None else None for n, p in shipped.items()}
+    return Report(command=command, target=target, provenance=where,
+                  model_id=str(provenance.spec.get("model_id", "")),
+                  toolchain_id=provenance.toolchain_id, conditions={},
+                  rows=tuple(compare_files(provenance.subjects, digests, {})),
+                  checks=tuple(checks))
+
+
+def compare_with_rebuild(first: Report, provenance: Provenance,
+                         shipped: Mapping[str, Path | None], settings: RebuildSettings) -> Report:
+    """The part verify and audit share after step 1: toolchain check, rebuild, compare,
+    explain."""
     from webslm.pipeline import STAGES
     from webslm.toolchain import chosen_or_current
 
     toolchain = chosen_or_current(settings.toolchain)
-    checks = [*checks, check_toolchain(provenance, toolchain, settings.repo)]
-    shipped_digests = {n: sha256_file(p) if p is not None else None for n, p in shipped.items()}
+    checks = [*first.checks, check_toolchain(provenance, toolchain, settings.repo)]
+    shipped_digests = {r.name: r.shipped for r in first.rows if r.shipped_checked}
     with tempfile.TemporaryDirectory(prefix="webslm-verify-") as work:
         result, variation = rebuild(provenance, settings, toolchain, Path(work))
         rebuilt = parse_provenance(dict(result.provenance), "the rebuild's provenance")
@@ -835,17 +948,38 @@ def compare_with_rebuild(command: str, target: str, provenance: Provenance, wher
         conditions = {**variation_conditions(variation),
                       "toolchain image": f"{toolchain.image} (sha256:{rebuilt.image_digest})",
                       "image the build used": f"sha256:{provenance.image_digest}"}
-        return Report(command=command, target=target, provenance=where,
-                      model_id=result.spec.model_id, toolchain_id=provenance.toolchain_id,
-                      conditions=conditions, rows=tuple(rows),
-                      checks=tuple(checks), first_stage=stage, differences=differences)
+        return replace(first, model_id=result.spec.model_id, conditions=conditions,
+                       rows=tuple(rows), checks=tuple(checks), first_stage=stage,
+                       differences=differences)
+
+
+def check_then_rebuild(first: Report, provenance: Provenance,
+                       shipped: Mapping[str, Path | None], settings: RebuildSettings,
+                       report_dir: Path | None) -> int:
+    """Print step 1, then rebuild and compare. When the rebuild cannot run, the report still
+    lists step 1's files; tampering found there is exit 1 whatever stopped the rebuild."""
+    print(render_step_one(first), end="", flush=True)
+    try:
+        report = compare_with_rebuild(first, provenance, shipped, settings)
+    except WebslmError as error:
+        stopped = replace(first, error=error.line())
+        if report_dir is not None:
+            write_report(stopped, report_dir)
+        if first.intact:
+            raise
+        print(render_text(stopped), end="")
+        bad = step_one_problems(first)
+        raise StageFailed(f"shipped files do not match the provenance ({', '.join(bad[:3])}"
+                          f"{', ...' if len(bad) > 3 else ''}); the rebuild did not run: "
+                          f"{error.what}", error.fix) from error
+    return finish(report, report_dir)
 
 
 # ---------------------------------------------------------------------------- the commands
 
 
-def verify_dist(dist: Path, settings: RebuildSettings) -> Report:
-    """Check a dist folder's files and rebuild it; the Report says what matched."""
+def verify_dist(dist: Path) -> tuple[Report, Provenance, dict[str, Path | None]]:
+    """Step 1 for a dist folder: its files and AppConfig against its provenance."""
     provenance_path = dist / PROVENANCE_FILE
     if not dist.is_dir():
         raise BadInput(f"{dist} is not a folder", "pass a dist folder, e.g. dist/qwen2.5-0.5b")
@@ -864,24 +998,23 @@ def verify_dist(dist: Path, settings: RebuildSettings) -> Report:
                                        provenance.subjects, provenance.toolchain_id)
         except ValueError:
             checks = [Check(APP_CONFIG_FILE, False, "not valid JSON")]
-    build_folder = dist.resolve().parent.parent  # `--out DIR` wrote DIR/<name>
-    return compare_with_rebuild("verify", str(dist), provenance, str(provenance_path),
-                                shipped, checks, replace(settings, build_folder=build_folder))
+    first = shipped_report("verify", str(dist), provenance, str(provenance_path), shipped, checks)
+    return first, provenance, shipped
 
 
-def audit_artifact(artifact: str, provenance: str | None, settings: RebuildSettings,
-                   scratch: Path) -> Report:
-    """Fetch a shipped file and its provenance, check its digest, rebuild and compare."""
-    fetched = fetch(artifact, scratch)
-    found = find_provenance(fetched, provenance, scratch)
+def audit_artifact(artifact: str, provenance: str | None, scratch: Path,
+                   limits: DownloadLimits) -> tuple[Report, Provenance, dict[str, Path | None]]:
+    """Step 1 for one shipped file: fetch it and its provenance, check its digest."""
+    fetched = fetch(artifact, scratch, limits)
+    found = find_provenance(fetched, provenance, scratch, limits)
     statement = load_provenance(found.path)
     digest = sha256_file(fetched.path)
     subject = artifact_subject(statement.subjects, fetched, digest, found)
-    shipped = {subject: fetched.path}
+    shipped: dict[str, Path | None] = {subject: fetched.path}
     check = Check(f"digest of {subject} matches the provenance",
                   digest == statement.subjects[subject], f"{fetched.location}: {digest}")
-    return compare_with_rebuild("audit", fetched.location, statement, found.location, shipped,
-                                [check], settings)
+    first = shipped_report("audit", fetched.location, statement, found.location, shipped, [check])
+    return first, statement, shipped
 
 
 def finish(report: Report, report_dir: Path | None) -> int:
@@ -903,24 +1036,35 @@ def failed_report(command: str, target: str, error: WebslmError) -> Report:
 def verify_command(dist: Path, report_dir: Path | None,
                    settings: RebuildSettings | None = None) -> int:
     """`webslm verify DIST [--report DIR]`."""
+    if report_dir is not None:
+        check_writable(report_dir)
     try:
-        report = verify_dist(dist, settings or RebuildSettings())
+        first, provenance, shipped = verify_dist(dist)
     except WebslmError as error:
         if report_dir is not None:
             write_report(failed_report("verify", str(dist), error), report_dir)
         raise
-    return finish(report, report_dir)
+    build_folder = dist.resolve().parent.parent  # `--out DIR` wrote DIR/<name>
+    return check_then_rebuild(first, provenance, shipped,
+                              replace(settings or RebuildSettings(), build_folder=build_folder),
+                              report_dir)
 
 
 def audit_command(artifact: str, provenance: str | None, report_dir: Path | None,
-                  settings: RebuildSettings | None = None) -> int:
-    """`webslm audit --artifact X [--provenance Y] [--report DIR]`."""
-    try:
-        with tempfile.TemporaryDirectory(prefix="webslm-audit-") as scratch:
-            report = audit_artifact(artifact, provenance, settings or RebuildSettings(),
-                                    Path(scratch))
-    except WebslmError as error:
-        if report_dir is not None:
-            write_report(failed_report("audit", artifact, error), report_dir)
-        raise
-    return finish(report, report_dir)
+                  settings: RebuildSettings | None = None,
+                  max_download_mib: int = MAX_DOWNLOAD_MIB,
+                  download_timeout_s: float = DOWNLOAD_TIMEOUT_S) -> int:
+    """`webslm audit --artifact X [--provenance Y] [--report DIR] [download limits]`."""
+    limits = DownloadLimits.starting_now(max_download_mib, download_timeout_s)
+    if report_dir is not None:
+        check_writable(report_dir)
+    with tempfile.TemporaryDirectory(prefix="webslm-audit-") as scratch:
+        try:
+            first, statement, shipped = audit_artifact(artifact, provenance, Path(scratch),
+                                                       limits)
+        except WebslmError as error:
+            if report_dir is not None:
+                write_report(failed_report("audit", artifact, error), report_dir)
+            raise
+        return check_then_rebuild(first, statement, shipped, settings or RebuildSettings(),
+                                  report_dir)
