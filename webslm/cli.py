@@ -363,11 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"webslm: error: `webslm {args.command}` needs {missing}, which is not "
                   f"installed; pip install 'webslm[{extra}]'", file=sys.stderr)
             return 3
-        if not missing.startswith("webslm"):
-            raise
-        print(f"webslm: error: `webslm {args.command}` is not built yet ({error})",
-              file=sys.stderr)
-        return 1
+        raise
     except KeyboardInterrupt:
         print("webslm: interrupted; outputs already in place are unchanged", file=sys.stderr)
         return 130

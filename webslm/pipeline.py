@@ -125,6 +125,7 @@ class BuildOptions:
     variation: Variation = field(default_factory=Variation)
     show_progress: bool = True
     model_folder: Path | None = None  # a local model's folder, when not at spec.model from here
+    model_digests: Mapping[str, str] | None = None  # its files' digests, when already hashed
     overlap: bool = True  # run convert_weight beside gen_config -> compile (False: one by one)
 
 
@@ -560,7 +561,7 @@ class Build:
         model = resolve_model(self.spec, allow_pickle=self.options.allow_pickle,
                               local_folder=self.options.model_folder)
         self.spec = self.spec.with_model_type(model.model_type)
-        digests = hash_files(model.path, model.files)
+        digests = dict(self.options.model_digests or hash_files(model.path, model.files))
         self.results["resolve"] = StageResult("resolve", model.path, digests, "", cached=False)
         return model, digests
 
@@ -662,7 +663,8 @@ class Build:
             statement = provenance.statement(
                 outputs=outputs, spec=self.spec.to_json(),
                 model={"id": model.repo_id or self.spec.model, "revision": model.revision,
-                       "source": "hub" if model.repo_id else "local"},
+                       "source": "hub" if model.repo_id else "local",
+                       "allow_pickle": self.options.allow_pickle},
                 inputs=digests, toolchain_id=self.toolchain.id, image=self.toolchain.image,
                 image_digest=self.engine.image_digest,
                 lock_digest=self.toolchain.lock_digest,
