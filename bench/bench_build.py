@@ -47,13 +47,13 @@ REAL_TINY_MODEL = REPO.parent / "shared" / "fixtures" / "real-tiny" / "model"
 REAL_STAGE_SECONDS = {"convert_weight": 37.0, "gen_config": 0.5, "compile": 39.0}
 
 
-def live_base_image(client) -> str:  # noqa: ANN001
+def live_base_image(client) -> str:
     """The lock's mmdebstrap base made from the live mirror (the snapshot is unreachable here)."""
     return ensure_base_image(client, load_lock().base.with_archives(*LIVE_MIRROR),
                              default_cache_dir())
 
 
-def timed(action):  # noqa: ANN001, ANN201
+def timed(action):
     started = time.perf_counter()
     result = action()
     return time.perf_counter() - started, result

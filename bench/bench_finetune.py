@@ -9,8 +9,11 @@ input-gradient 2N per token for the frozen linear layers (4N, not the 6N of full
 weights get no weight gradient), the LM head only on the tokens that carry loss (TRL's fused head
 skips the rest), 3x the causal attention forward, and nothing for padding or recomputation.
 
-Run: `python bench/bench_finetune.py` (one GPU) or, for data-parallel scaling,
-`accelerate launch --num_processes 2 bench/bench_finetune.py --variants ours`.
+Run: `python bench/bench_finetune.py` (one GPU); data-parallel scaling: `python -m
+torch.distributed.run --standalone --nproc_per_node 2 bench/bench_finetune.py --variants eager,ours`
+(strong: same global batch) and the same with `--global-batch 32` (weak: 16 per GPU); end to end:
+`python bench/bench_finetune.py --e2e finetune/data/medical.jsonl` (wall time of `webslm finetune`
+from process start to merged checkpoint, on a random Qwen2.5-0.5B-shaped base it writes first).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import json
 import math
 import os
 import random
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,6 +40,7 @@ from webslm.finetune import (  # noqa: E402
     Recipe,
     attention_for,
     build_trainer,
+    load_base_model,
     pick_precision,
 )
 
@@ -45,18 +51,25 @@ QWEN25_05B = dict(  # Qwen/Qwen2.5-0.5B-Instruct config.json
     eos_token_id=151645,
 )
 PLAIN = Recipe(micro_batch=2, padding_free=False, assistant_only_loss=False,
-               gradient_checkpointing=False, precision="fp16")
+               gradient_checkpointing=False, precision="fp16", compile_layers="off")
 OURS = Recipe()
+LONG_RUN = dataclasses.replace(OURS, compile_layers="on")  # what Recipe() does on >= 60 steps
 VARIANTS = {  # Liger patches transformers' RoPE module-wide: the variants with it run last
     "plain": PLAIN,
-    "ours": OURS,
-    "ours-no-ckpt": dataclasses.replace(OURS, gradient_checkpointing=False),
-    "ours-no-dropout": dataclasses.replace(OURS, lora_dropout=0.0),
-    "ours-micro8": dataclasses.replace(OURS, micro_batch=8),
-    "ours-liger": dataclasses.replace(OURS, fused_kernels=True),
-    "ours-liger-no-ckpt": dataclasses.replace(OURS, fused_kernels=True,
-                                              gradient_checkpointing=False),
+    "eager": dataclasses.replace(OURS, compile_layers="off"),  # the recipe before issue 16
+    "ours": LONG_RUN,
+    "ours-keep2": dataclasses.replace(LONG_RUN, keep_every=2),
+    "ours-no-ckpt": dataclasses.replace(LONG_RUN, gradient_checkpointing=False),
+    "eager-no-ckpt": dataclasses.replace(OURS, compile_layers="off",
+                                         gradient_checkpointing=False),
+    "ours-keep3": dataclasses.replace(LONG_RUN, keep_every=3),
+    "ours-keep4": dataclasses.replace(LONG_RUN, keep_every=4),
+    "ours-no-dropout": dataclasses.replace(LONG_RUN, lora_dropout=0.0),
+    "qlora": dataclasses.replace(OURS, bits=4, compile_layers="off"),  # --bits 4, short run
+    "qlora-compiled": dataclasses.replace(LONG_RUN, bits=4),
+    "ours-liger": dataclasses.replace(OURS, compile_layers="off", fused_kernels=True),
 }
+DEFAULT_VARIANTS = "plain,eager,ours,ours-keep2,ours-keep3,ours-no-ckpt"
 H100_BF16_PEAK = 989e12  # dense bf16, H100 SXM datasheet
 
 
@@ -121,6 +134,7 @@ class StepTimer(TrainerCallback):
         self.profile = profile
         self.profiler = None
         self.trainer = None
+        self.began: float | None = None
         self.start: tuple[float, int] | None = None
         self.end: tuple[float, int] | None = None
 
@@ -128,6 +142,9 @@ class StepTimer(TrainerCallback):
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         return time.perf_counter(), int(self.trainer._total_train_tokens)
+
+    def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
+        self.began = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
         if state.global_step == self.warmup_steps:
@@ -138,8 +155,11 @@ class StepTimer(TrainerCallback):
                 self.profiler.__enter__()
         elif state.global_step == self.warmup_steps + 1 and self.profiler is not None:
             self.profiler.__exit__(None, None, None)
-            print(self.profiler.key_averages().table(sort_by="self_cuda_time_total",
-                                                     row_limit=12, max_name_column_width=40))
+            averages = self.profiler.key_averages()
+            print(averages.table(sort_by="self_cuda_time_total", row_limit=15,
+                                 max_name_column_width=50))
+            print(averages.table(sort_by="cpu_time_total", row_limit=40,
+                                 max_name_column_width=50))
             self.profiler = None
         elif state.global_step == state.max_steps:
             self.end = self._mark()
@@ -160,26 +180,38 @@ def run_variant(name: str, recipe: Recipe, examples: list[TokenizedExample], ste
         torch.cuda.set_device(device)
         torch.cuda.reset_peak_memory_stats()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype,
-                                                 attn_implementation=attention_for(recipe))
+    if recipe.bits == 4:  # quantized on load: through a saved copy, as `webslm finetune` loads
+        saved = out / "base-4bit-source"
+        if not saved.is_dir():
+            AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).save_pretrained(saved)
+        torch.cuda.reset_peak_memory_stats()
+        model = load_base_model(saved, precision, recipe)
+    else:
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype,
+                                                     attn_implementation=attention_for(recipe))
     timer = StepTimer(warmup, profile)
     trainer = build_trainer(model, pad_tokenizer(), examples, recipe, out / name,
                             precision=precision, world_size=world_size,
                             max_steps=warmup + steps, callbacks=[timer])
     timer.trainer = trainer
     trainer.train()
-    assert timer.start and timer.end, "timer did not fire"
+    assert timer.began and timer.start and timer.end, "timer did not fire"
     seconds = timer.end[0] - timer.start[0]
     tokens = timer.end[1] - timer.start[1]
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     result = {
         "variant": name, "precision": precision, "world_size": world_size,
-        "micro_batch": recipe.micro_batch, "padding_free": recipe.padding_free,
-        "gradient_checkpointing": recipe.gradient_checkpointing, "steps": steps,
+        "global_batch": recipe.global_batch, "micro_batch": recipe.micro_batch,
+        "padding_free": recipe.padding_free, "compile_layers": recipe.compile_layers,
+        "gradient_checkpointing": recipe.gradient_checkpointing,
+        "keep_every": recipe.keep_every, "steps": steps,
         "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
+        "warmup_seconds": timer.start[0] - timer.began,
         "peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0,
         "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if cuda else 0.0,
-        "final_loss": trainer.state.log_history[-2].get("loss"),
+        "losses": losses,
+        "mean_timed_loss": sum(losses[warmup:]) / max(1, len(losses[warmup:])),
     }
     del trainer, model
     if cuda:
@@ -187,16 +219,100 @@ def run_variant(name: str, recipe: Recipe, examples: list[TokenizedExample], ste
     return result
 
 
+def write_base_model(folder: Path, model_config: dict) -> Path:
+    """A Qwen2.5-0.5B-shaped random model folder, bf16 safetensors, with the test tokenizer.
+
+    The Hub is out of reach on the benchmark machine: the tokenizer is the tiny byte-level BPE of
+    tests/tinymodels.py (stand-in for Qwen's), so token counts differ from the real model's.
+    """
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from tinymodels import make_tiny_model
+
+    tiny = make_tiny_model(folder.parent / "tiny-tokenizer", "qwen2", seed=0)
+    torch.manual_seed(0)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = AutoModelForCausalLM.from_config(Qwen2Config(**model_config),
+                                                 dtype=torch.bfloat16)
+    model.save_pretrained(str(folder), safe_serialization=True)
+    for name in os.listdir(tiny):  # tokenizer, chat template, generation config
+        if name != "config.json" and not name.startswith("model"):
+            shutil.copyfile(tiny / name, folder / name)
+    return folder
+
+
+E2E_RUNS = {  # name: (recipe, webslm finetune flags for the same thing, or None)
+    "plain": (PLAIN, None),
+    "ours": (OURS, []),
+    "ours --compile on": (LONG_RUN, ["--compile", "on"]),
+    "ours --bits 4": (dataclasses.replace(OURS, bits=4), ["--bits", "4"]),
+}
+
+
+def e2e_child(name: str, data: Path, base: Path, out: Path, gpus: int) -> int:
+    """One end-to-end run in this (fresh) process: the product's finetune() with a recipe."""
+    from webslm.finetune import finetune
+
+    recipe, _ = E2E_RUNS[name]
+    finetune([data], str(base), out, dataclasses.replace(recipe, epochs=3.0), gpus=gpus)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
+    print(json.dumps({"peak_allocated_gib_main_process": peak}))
+    return 0
+
+
+def end_to_end(data: Path, names: list[str], gpus: int, work: Path, model_config: dict) -> list:
+    """Wall time from process start to merged checkpoint, model load and merge counted.
+
+    Runs that the CLI can express go through `python -m webslm finetune` itself; the plain
+    recipe has no flag, so it runs the same finetune() in a fresh process.
+    """
+    base = write_base_model(work / "base", model_config)
+    results = []
+    for name in names:
+        recipe, flags = E2E_RUNS[name]
+        out = work / ("out-" + name.replace(" ", "_").replace("-", ""))
+        shutil.rmtree(out, ignore_errors=True)
+        if flags is None:
+            command = [sys.executable, __file__, "--e2e-child", name, "--e2e", str(data),
+                       "--e2e-base", str(base), "--e2e-out", str(out), "--gpus", str(gpus)]
+        else:
+            command = [sys.executable, "-m", "webslm", "finetune", "--data", str(data),
+                       "--base", str(base), "--out", str(out), "--epochs", "3",
+                       "--gpus", str(gpus), *flags]
+        start = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, check=False,
+                              cwd=Path(__file__).resolve().parent.parent)
+        wall = time.perf_counter() - start
+        trained = [line for line in done.stdout.splitlines() if line.startswith("trained ")]
+        print(f"e2e {name}: exit {done.returncode}, {wall:.1f} s; {' '.join(trained)}")
+        if done.returncode:
+            print(done.stdout[-2000:], done.stderr[-4000:])
+        results.append({"run": name, "gpus": gpus, "exit": done.returncode, "wall_s": wall,
+                        "trained": trained, "command": command[1:]})
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--variants", default=DEFAULT_VARIANTS)
     parser.add_argument("--steps", type=int, default=10, help="timed optimizer steps")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed optimizer steps first")
+    parser.add_argument("--warmup", type=int, default=4,
+                        help="untimed optimizer steps first (compiles happen here)")
+    parser.add_argument("--global-batch", type=int, default=OURS.global_batch,
+                        help="conversations per optimizer step (weak scaling: 16 x GPUs)")
     parser.add_argument("--json", help="write the results to this file")
     parser.add_argument("--profile", action="store_true",
                         help="print the top GPU kernels of the first timed step of each variant")
     parser.add_argument("--smoke", action="store_true",
                         help="a 2-layer, narrow model: checks the plumbing on a CPU, no figures")
+    parser.add_argument("--e2e", type=Path, metavar="JSONL",
+                        help="instead: end-to-end finetune wall times on this chat data")
+    parser.add_argument("--e2e-runs", default="plain,ours,ours --compile on")
+    parser.add_argument("--gpus", type=int, default=1, help="--gpus of the end-to-end runs")
+    parser.add_argument("--e2e-child", help=argparse.SUPPRESS)
+    parser.add_argument("--e2e-base", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--e2e-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     model_config = dict(QWEN25_05B)
     if args.smoke:
@@ -205,20 +321,33 @@ def main() -> int:
     elif not torch.cuda.is_available():
         print("bench_finetune needs a CUDA GPU (or --smoke)")
         return 1
+    if args.e2e_child:
+        return e2e_child(args.e2e_child, args.e2e, args.e2e_base, args.e2e_out, args.gpus)
+    work = Path(os.environ.get("TMPDIR", "/tmp")) / "bench_finetune"
+    if args.e2e:
+        results = end_to_end(args.e2e, args.e2e_runs.split(","), args.gpus, work, model_config)
+        print(f"\n{'end to end (3 epochs)':24} {'gpus':>4} {'exit':>4} {'wall s':>8}")
+        for r in results:
+            print(f"{r['run']:24} {r['gpus']:4} {r['exit']:4} {r['wall_s']:8.1f}")
+        if args.json:
+            Path(args.json).write_text(json.dumps({"e2e": results}, indent=2))
+        return 0
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    examples = synthetic_examples(16 * (args.steps + args.warmup) * 2)
+    examples = synthetic_examples(args.global_batch * (args.steps + args.warmup) * 2)
     lengths = [len(e.input_ids) for e in examples]
     mean_len = sum(lengths) / len(lengths)
     mean_sq = sum(n * n for n in lengths) / len(lengths)
     assistant_share = sum(sum(e.assistant_mask) for e in examples) / sum(lengths)
     peak = measured_matmul_peak() if rank == 0 and torch.cuda.is_available() else math.nan
-    out = Path(os.environ.get("TMPDIR", "/tmp")) / "bench_finetune"
     results = []
     for name in args.variants.split(","):
+        recipe = dataclasses.replace(VARIANTS[name], global_batch=args.global_batch,
+                                     micro_batch=min(VARIANTS[name].micro_batch,
+                                                     args.global_batch // world_size))
         try:
-            results.append(run_variant(name, VARIANTS[name], examples, args.steps, args.warmup,
-                                       world_size, out, model_config, args.profile))
+            results.append(run_variant(name, recipe, examples, args.steps, args.warmup,
+                                       world_size, work, model_config, args.profile))
         except Exception as error:  # noqa: BLE001 - one broken variant must not hide the others
             print(f"variant {name} failed: {type(error).__name__}: {error}")
             if torch.cuda.is_available():
@@ -234,19 +363,19 @@ def main() -> int:
         r["mfu_vs_measured_matmul"] = achieved / (peak * gpus)
     baseline = next((r for r in results if r["variant"] == "plain"), None)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU (smoke)"
-    print(f"\nGPU: {device} x{gpus}; bf16 matmul 8192^3 measured "
-          f"{peak / 1e12:.0f} TFLOP/s; mean example {mean_len:.0f} tokens, "
+    print(f"\nGPU: {device} x{gpus}; global batch {args.global_batch}; bf16 matmul 8192^3 "
+          f"measured {peak / 1e12:.0f} TFLOP/s; mean example {mean_len:.0f} tokens, "
           f"{assistant_share:.0%} of them assistant tokens")
-    print(f"{'variant':16} {'prec':5} {'tok/s':>9} {'x plain':>7} {'peak GiB':>9} "
-          f"{'GFLOP/tok':>9} {'MFU(989)':>8} {'MFU(meas)':>9} {'loss':>7}")
+    print(f"{'variant':14} {'tok/s':>8} {'x plain':>7} {'peak GiB':>8} {'GFLOP/tok':>9} "
+          f"{'MFU(989)':>8} {'MFU(meas)':>9} {'loss':>6} {'warmup s':>8}")
     for r in results:
         ratio = r["tokens_per_s"] / baseline["tokens_per_s"] if baseline else float("nan")
-        print(f"{r['variant']:16} {r['precision']:5} {r['tokens_per_s']:9.0f} {ratio:7.2f} "
-              f"{r['peak_allocated_gib']:9.2f} {r['flops_per_token'] / 1e9:9.2f} "
-              f"{r['mfu_vs_datasheet']:8.1%} "
-              f"{r['mfu_vs_measured_matmul']:9.1%} {r['final_loss'] or float('nan'):7.3f}")
+        print(f"{r['variant']:14} {r['tokens_per_s']:8.0f} {ratio:7.2f} "
+              f"{r['peak_allocated_gib']:8.2f} {r['flops_per_token'] / 1e9:9.2f} "
+              f"{r['mfu_vs_datasheet']:8.1%} {r['mfu_vs_measured_matmul']:9.1%} "
+              f"{r['mean_timed_loss']:6.3f} {r['warmup_seconds']:8.1f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"gpu": device,
+        Path(args.json).write_text(json.dumps({"gpu": device, "global_batch": args.global_batch,
                                                "matmul_peak": peak, "results": results},
                                               indent=2))
     return 0

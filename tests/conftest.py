@@ -24,9 +24,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from browser.harness import Browser, browser_missing  # noqa: E402
-from standin.image import ensure_standin_image, standin_toolchain  # noqa: E402
-from tinymodels import make_tiny_model  # noqa: E402
+from browser.harness import Browser, browser_missing
+from standin.image import ensure_standin_image, standin_toolchain
+from tinymodels import make_tiny_model
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REAL_TINY = REPO_ROOT.parent / "shared" / "fixtures" / "real-tiny"  # real MLC-LLM output
@@ -43,7 +43,7 @@ def require(condition: bool, reason: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def docker_engine():  # noqa: ANN201
+def docker_engine():
     """A connected Docker SDK client to the real engine."""
     from webslm.errors import MissingEnvironment
     from webslm.toolchain import docker_client
@@ -66,7 +66,7 @@ def live_base() -> Any:
 
 
 @pytest.fixture(scope="session")
-def debian_base_image(docker_engine, live_base) -> str:  # noqa: ANN001
+def debian_base_image(docker_engine, live_base) -> str:
     """Tag of the base image made by mmdebstrap from the live mirror (made once, cached by tag)."""
     from webslm.baseimage import ensure_base_image
     from webslm.cache import default_cache_dir
@@ -90,13 +90,13 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def standin_image(docker_engine, debian_base_image: str) -> str:  # noqa: ANN001
+def standin_image(docker_engine, debian_base_image: str) -> str:
     """The TEST STAND-IN toolchain image (tests/standin), built once and cached by tag."""
     return ensure_standin_image(docker_engine, debian_base_image)
 
 
 @pytest.fixture()
-def standin(standin_image: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):  # noqa: ANN201
+def standin(standin_image: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     """The CLI's toolchain is the stand-in; the cache lives in this test's folder."""
     toolchain = standin_toolchain(standin_image)
     monkeypatch.setattr("webslm.toolchain.current_toolchain", lambda: toolchain)
@@ -239,7 +239,7 @@ def browser() -> Iterator[Browser]:
 def no_toolchain_needed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Bad input must stop before the toolchain is even looked up."""
 
-    def refuse():  # noqa: ANN202
+    def refuse():
         raise AssertionError("the toolchain was consulted for a build that should have stopped")
 
     monkeypatch.setattr("webslm.toolchain.current_toolchain", refuse)

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.docker
 COMMIT = "2" * 40
 
 
-def test_audit_of_a_shipped_wasm_on_disk_matches(standin, standin_dist: Path, tmp_path: Path,  # noqa: ANN001
+def test_audit_of_a_shipped_wasm_on_disk_matches(standin, standin_dist: Path, tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["audit", "--artifact", str(standin_dist / LIB), "--report", str(tmp_path / "r")])
     out = capsys.readouterr()
@@ -37,7 +37,7 @@ def test_audit_of_a_shipped_wasm_on_disk_matches(standin, standin_dist: Path, tm
 
 
 def test_audit_of_a_mismatching_wasm_fails_and_shows_the_difference(
-        standin, standin_dist: Path, tmp_path: Path,  # noqa: ANN001
+        standin, standin_dist: Path, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     artifact = tmp_path / "downloads" / "tiny-q4f16_1-webgpu.wasm"
     artifact.parent.mkdir()
@@ -56,7 +56,7 @@ def test_audit_of_a_mismatching_wasm_fails_and_shows_the_difference(
     assert f"first difference at offset {len(data) - 3}" in report["differences"][LIB]
 
 
-def test_audit_over_http_finds_the_provenance_and_matches(standin, standin_dist: Path,  # noqa: ANN001
+def test_audit_over_http_finds_the_provenance_and_matches(standin, standin_dist: Path,
                                                           tmp_path: Path) -> None:
     shutil.copytree(standin_dist, tmp_path / "site" / "models" / "tiny" / "resolve" / "main")
     with http_server(tmp_path / "site") as base:  # laid out as `invoke serve` serves it
@@ -67,7 +67,7 @@ def test_audit_over_http_finds_the_provenance_and_matches(standin, standin_dist:
     assert report["provenance"] == f"{base}/models/tiny/resolve/main/provenance.json"
 
 
-def test_audit_of_a_hub_repo_uses_the_pinned_commit(standin, standin_dist: Path, tmp_path: Path,  # noqa: ANN001
+def test_audit_of_a_hub_repo_uses_the_pinned_commit(standin, standin_dist: Path, tmp_path: Path,
                                                     offline_hub: Path) -> None:
     files = {p.relative_to(standin_dist).as_posix(): p.read_bytes()
              for p in sorted(standin_dist.rglob("*")) if p.is_file()}
@@ -81,7 +81,7 @@ def test_audit_of_a_hub_repo_uses_the_pinned_commit(standin, standin_dist: Path,
 
 
 def test_audit_refuses_a_provenance_from_another_toolchain(
-        standin, standin_dist: Path, tmp_path: Path,  # noqa: ANN001
+        standin, standin_dist: Path, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     dist = writable_copy(standin_dist, tmp_path / "tiny")
     statement = json.loads((dist / "provenance.json").read_text())

@@ -45,7 +45,7 @@ def test_mmdebstrap_command_strips_host_specific_files(tmp_path: Path) -> None:
 
 
 @pytest.mark.docker
-def test_a_container_runs_from_the_local_base_image(docker_engine, debian_base_image) -> None:  # noqa: ANN001
+def test_a_container_runs_from_the_local_base_image(docker_engine, debian_base_image) -> None:
     output = docker_engine.containers.run(
         debian_base_image, ["sh", "-c", "cat /etc/debian_version; id -u"],
         remove=True, network_disabled=True, user="1234:1234",
@@ -57,7 +57,7 @@ def test_a_container_runs_from_the_local_base_image(docker_engine, debian_base_i
 
 
 @pytest.mark.docker
-def test_the_base_image_is_tagged_by_its_recipe_and_kept_as_one_archive(  # noqa: ANN001
+def test_the_base_image_is_tagged_by_its_recipe_and_kept_as_one_archive(
         docker_engine, debian_base_image, live_base) -> None:
     """The live-mirror base used here and the product's snapshot base share one code path and
     differ in tag; the loaded image is the kept docker-archive (the file Nix starts from)."""

@@ -33,14 +33,14 @@ def digests(folder: Path) -> dict[str, str]:
     return hash_files(folder, list_files(folder))
 
 
-def options(tmp_path: Path, toolchain, **changes) -> BuildOptions:  # noqa: ANN001
+def options(tmp_path: Path, toolchain, **changes) -> BuildOptions:
     base = BuildOptions(out=tmp_path / "dist", toolchain=toolchain,
                         cache_dir=tmp_path / "cache", show_progress=False)
     return replace(base, **changes)
 
 
 @pytest.mark.docker
-def test_a_full_build_makes_a_folder_webllm_loads(standin, tiny_qwen2: Path, tmp_path: Path,  # noqa: ANN001
+def test_a_full_build_makes_a_folder_webllm_loads(standin, tiny_qwen2: Path, tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "dist"
     code = main(["build", "--model", str(tiny_qwen2), "--name", "tiny", "--out", str(out),
@@ -92,7 +92,7 @@ def test_a_full_build_makes_a_folder_webllm_loads(standin, tiny_qwen2: Path, tmp
 
 
 @pytest.mark.docker
-def test_a_rebuild_hits_the_cache_and_gives_the_same_bytes(standin, tiny_qwen2: Path,  # noqa: ANN001
+def test_a_rebuild_hits_the_cache_and_gives_the_same_bytes(standin, tiny_qwen2: Path,
                                                            tmp_path: Path) -> None:
     spec = resolve_spec(model=str(tiny_qwen2), name="tiny")
     first = build_model(spec, options(tmp_path, standin))
@@ -105,13 +105,13 @@ def test_a_rebuild_hits_the_cache_and_gives_the_same_bytes(standin, tiny_qwen2: 
 
 
 @pytest.mark.docker
-def test_each_change_misses_exactly_the_stages_that_read_it(standin, tiny_qwen2: Path,  # noqa: ANN001
+def test_each_change_misses_exactly_the_stages_that_read_it(standin, tiny_qwen2: Path,
                                                             tmp_path: Path) -> None:
     model = copy_model(tiny_qwen2, tmp_path / "model")
     spec = resolve_spec(model=str(model), name="tiny")
     build_model(spec, options(tmp_path, standin))
 
-    def missed(result) -> list[str]:  # noqa: ANN001
+    def missed(result) -> list[str]:
         return [s for s in TOOL_STAGES if not result.cache_hits[s]]
 
     weights = model / "model.safetensors"
@@ -129,7 +129,7 @@ def test_each_change_misses_exactly_the_stages_that_read_it(standin, tiny_qwen2:
 
 
 @pytest.mark.docker
-def test_no_cache_rebuilds_every_stage(standin, tiny_qwen2: Path, tmp_path: Path) -> None:  # noqa: ANN001
+def test_no_cache_rebuilds_every_stage(standin, tiny_qwen2: Path, tmp_path: Path) -> None:
     spec = resolve_spec(model=str(tiny_qwen2), name="tiny")
     cached = build_model(spec, options(tmp_path, standin))
     fresh = build_model(spec, options(tmp_path, standin, use_cache=False))
@@ -138,7 +138,7 @@ def test_no_cache_rebuilds_every_stage(standin, tiny_qwen2: Path, tmp_path: Path
 
 
 @pytest.mark.docker
-def test_outputs_do_not_depend_on_the_build_conditions(standin, tiny_qwen2: Path,  # noqa: ANN001
+def test_outputs_do_not_depend_on_the_build_conditions(standin, tiny_qwen2: Path,
                                                        tmp_path: Path) -> None:
     """What verify relies on: another folder, uid, TZ, locale, umask, hostname, file order."""
     spec = resolve_spec(model=str(tiny_qwen2), name="tiny")
@@ -185,7 +185,7 @@ def built_then_switched(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 @pytest.mark.docker
 def test_a_failing_stage_keeps_the_previous_dist_and_names_its_log(
-        standin, standin_image: str, tiny_qwen2: Path, tmp_path: Path,  # noqa: ANN001
+        standin, standin_image: str, tiny_qwen2: Path, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     argv, out, before = built_then_switched(tiny_qwen2, tmp_path, monkeypatch, standin_image,
                                             WEBSLM_STANDIN_FAIL="compile")
@@ -206,8 +206,8 @@ def test_a_failing_stage_keeps_the_previous_dist_and_names_its_log(
     ("convert_weight:120,compile:120", {"convert_weight", "compile"}),  # both branches at once
 ])
 def test_an_interrupted_build_keeps_the_previous_dist(
-        standin, standin_image: str, tiny_qwen2: Path, tmp_path: Path,  # noqa: ANN001
-        monkeypatch: pytest.MonkeyPatch, docker_engine, sleep: str,  # noqa: ANN001
+        standin, standin_image: str, tiny_qwen2: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, docker_engine, sleep: str,
         interrupted: set[str]) -> None:
     name = f"tiny-{secrets.token_hex(4)}"  # other builds on this shared engine are not ours
     argv, out, before = built_then_switched(tiny_qwen2, tmp_path, monkeypatch, standin_image,
@@ -226,7 +226,7 @@ def test_an_interrupted_build_keeps_the_previous_dist(
 
 @pytest.mark.docker
 def test_the_no_aslr_seccomp_profile_lets_stages_run_under_setarch(
-        standin, tiny_qwen2: Path, tmp_path: Path) -> None:  # noqa: ANN001
+        standin, tiny_qwen2: Path, tmp_path: Path) -> None:
     profile = Path(__file__).resolve().parent.parent / "docker" / "seccomp-no-aslr.json"
     spec = resolve_spec(model=str(tiny_qwen2), name="tiny")
     plain = build_model(spec, options(tmp_path, standin, use_cache=False))
@@ -239,7 +239,7 @@ def test_the_no_aslr_seccomp_profile_lets_stages_run_under_setarch(
 
 
 @pytest.mark.docker
-def test_several_models_build_at_once(standin, tiny_qwen2: Path, tmp_path: Path) -> None:  # noqa: ANN001
+def test_several_models_build_at_once(standin, tiny_qwen2: Path, tmp_path: Path) -> None:
     specs = [resolve_spec(model=str(tiny_qwen2), name="tiny-a"),
              resolve_spec(model=str(tiny_qwen2), name="tiny-b", quantization="q4f32_1")]
     results = build_many(specs, options(tmp_path, standin), jobs=2)
@@ -252,7 +252,7 @@ def test_several_models_build_at_once(standin, tiny_qwen2: Path, tmp_path: Path)
 
 @pytest.mark.docker
 def test_a_missing_toolchain_image_says_how_to_build_it(
-        standin, tiny_qwen2: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
+        standin, tiny_qwen2: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     absent = replace(standin, image="webslm-toolchain:absent-" + hashlib.sha256(b"x").hexdigest())
     monkeypatch.setattr("webslm.toolchain.current_toolchain", lambda: absent)
@@ -264,7 +264,7 @@ def test_a_missing_toolchain_image_says_how_to_build_it(
 
 
 @pytest.mark.docker
-def test_a_finetunes_system_prompt_reaches_the_chat_config(standin, tiny_qwen2: Path,  # noqa: ANN001
+def test_a_finetunes_system_prompt_reaches_the_chat_config(standin, tiny_qwen2: Path,
                                                             tmp_path: Path) -> None:
     model = copy_model(tiny_qwen2, tmp_path / "finetuned")
     finetune = {"base_model": "Qwen/Qwen2.5-0.5B-Instruct", "base_revision": None,

@@ -33,23 +33,23 @@ def unique_name(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(4)}"
 
 
-def containers_of(engine, model_id: str) -> list:  # noqa: ANN001
+def containers_of(engine, model_id: str) -> list:
     return engine.containers.list(all=True, filters={"label": f"webslm.model_id={model_id}"})
 
 
-def running_stages(engine, model_id: str) -> set[str]:  # noqa: ANN001
+def running_stages(engine, model_id: str) -> set[str]:
     return {c.labels["webslm.stage"] for c in
             engine.containers.list(filters={"label": f"webslm.model_id={model_id}"})}
 
 
-def watch_stages(engine, model_id: str, seen: list[set[str]], stop: threading.Event) -> None:  # noqa: ANN001
+def watch_stages(engine, model_id: str, seen: list[set[str]], stop: threading.Event) -> None:
     while not stop.is_set():
         seen.append(running_stages(engine, model_id))
         time.sleep(0.05)
 
 
 def test_the_overlapped_build_gives_the_sequential_bytes_and_runs_both_branches_at_once(
-        standin_image: str, tiny_qwen2: Path, tmp_path: Path, docker_engine) -> None:  # noqa: ANN001
+        standin_image: str, tiny_qwen2: Path, tmp_path: Path, docker_engine) -> None:
     slow = standin_toolchain(standin_image,
                              WEBSLM_STANDIN_SLEEP="convert_weight:8,gen_config:1,compile:1")
     spec = resolve_spec(model=str(tiny_qwen2), name=unique_name("graph"))
@@ -83,7 +83,7 @@ def test_the_overlapped_build_gives_the_sequential_bytes_and_runs_both_branches_
 @pytest.mark.parametrize("failing, other", [("gen_config", "convert_weight"),
                                             ("convert_weight", "compile")])
 def test_a_failing_branch_stops_the_other_and_removes_its_container(
-        standin_image: str, tiny_qwen2: Path, tmp_path: Path, docker_engine,  # noqa: ANN001
+        standin_image: str, tiny_qwen2: Path, tmp_path: Path, docker_engine,
         failing: str, other: str) -> None:
     spec = resolve_spec(model=str(tiny_qwen2), name=unique_name("graph-fail"))
     base = BuildOptions(out=tmp_path / "dist", toolchain=standin_toolchain(standin_image),
@@ -111,7 +111,7 @@ def test_a_failing_branch_stops_the_other_and_removes_its_container(
 
 
 def test_ctrl_c_stops_every_model_built_at_once_and_keeps_their_dists(
-        standin_image: str, tiny_qwen2: Path, tmp_path: Path, docker_engine) -> None:  # noqa: ANN001
+        standin_image: str, tiny_qwen2: Path, tmp_path: Path, docker_engine) -> None:
     """With --jobs, builds run in worker threads; Ctrl-C reaches the main thread only."""
     specs = [resolve_spec(model=str(tiny_qwen2), name=unique_name(f"graph-jobs{i}"))
              for i in range(2)]

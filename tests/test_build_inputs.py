@@ -39,7 +39,7 @@ def pickle_weights(model: Path) -> None:
     (model / "model.safetensors").rename(model / "pytorch_model.bin")
 
 
-def rewrite_header(model: Path, change) -> None:  # noqa: ANN001
+def rewrite_header(model: Path, change) -> None:
     """Apply `change` to the first tensor's entry of model.safetensors' JSON header."""
     weights = model / "model.safetensors"
     data = weights.read_bytes()
@@ -54,7 +54,7 @@ def offsets_not_integers(model: Path) -> None:
     rewrite_header(model, lambda t: t.update(data_offsets=[0.0, "8"]))
 
 
-def dtype(name: str):  # noqa: ANN201
+def dtype(name: str):
     def spoil(model: Path) -> None:
         rewrite_header(model, lambda t: t.update(dtype=name))
     return spoil
@@ -88,7 +88,7 @@ def own_model_code(model: Path) -> None:
     (index_not_json, "model.safetensors.index.json is not valid JSON"),
 ])
 def test_bad_models_fail_in_one_line_and_write_nothing(
-        no_toolchain_needed: None, tiny_qwen2: Path, tmp_path: Path, spoil, message: str,  # noqa: ANN001
+        no_toolchain_needed: None, tiny_qwen2: Path, tmp_path: Path, spoil, message: str,
         capsys: pytest.CaptureFixture[str]) -> None:
     model = Path(shutil.copytree(tiny_qwen2, tmp_path / "model"))
     spoil(model)

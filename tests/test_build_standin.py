@@ -26,7 +26,7 @@ from webslm.spec import resolve_spec
 STANDIN = Path(__file__).parent / "standin" / "mlc_llm"
 
 
-def load_standin():  # noqa: ANN201
+def load_standin():
     loader = importlib.machinery.SourceFileLoader("standin_mlc_llm", str(STANDIN))
     spec = importlib.util.spec_from_loader("standin_mlc_llm", loader)
     assert spec is not None

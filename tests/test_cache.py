@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -52,10 +55,20 @@ def test_tree_digest_names_paths_and_contents() -> None:
     assert tree_digest(files) != tree_digest({"a.bin": "1" * 64, "libs/b.wasm": "3" * 64})
 
 
+@contextlib.contextmanager
+def stage_output(cache: StageCache) -> Iterator[Path]:
+    """A scratch folder for a stage to fill, removed afterwards (as a build's scratch area is)."""
+    folder = cache.scratch_folder("stage")
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def test_store_then_lookup_gives_the_files_read_only(tmp_path: Path) -> None:
     cache = StageCache(tmp_path / "cache")
     assert cache.lookup(BASE) is None
-    with cache.new_output() as output:
+    with stage_output(cache) as output:
         (output / "sub").mkdir()
         (output / "sub" / "x.bin").write_bytes(b"payload")
         entry = cache.store(BASE, output, {"sub/x.bin": sha(b"payload")})
@@ -70,7 +83,7 @@ def test_store_then_lookup_gives_the_files_read_only(tmp_path: Path) -> None:
 def test_a_second_store_of_the_same_key_keeps_the_first(tmp_path: Path) -> None:
     cache = StageCache(tmp_path)
     for payload in (b"first", b"second"):
-        with cache.new_output() as output:
+        with stage_output(cache) as output:
             (output / "f").write_bytes(payload)
             cache.store(BASE, output, {"f": sha(payload)})
     entry = cache.lookup(BASE)
@@ -93,7 +106,7 @@ def test_default_cache_dir_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path
 def test_a_changed_entry_is_discarded_with_a_warning(tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     cache = StageCache(tmp_path)
-    with cache.new_output() as output:
+    with stage_output(cache) as output:
         (output / "f").write_bytes(b"payload")
         entry = cache.store(BASE, output, {"f": sha(b"payload")})
     os.chmod(entry.path / "f", 0o644)

@@ -44,7 +44,7 @@ def chat_config(dist: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- no browser
 
 
-def test_prompts_are_formatted_as_the_dists_conv_template_does(fixture_dists) -> None:  # noqa: ANN001
+def test_prompts_are_formatted_as_the_dists_conv_template_does(fixture_dists) -> None:
     template = chat_config(fixture_dists["q4f32_1"])["conv_template"]
     assert tuple(check.prompt_pieces(template, "Hi there")) == QWEN2_PROMPT
     # A build's system prompt replaces MLC's default one.
@@ -54,7 +54,7 @@ def test_prompts_are_formatted_as_the_dists_conv_template_does(fixture_dists) ->
     assert check.js_replace("<{x}>", "{x}", "a$&b$$") == "<a{x}b$>"
 
 
-def test_the_dists_weights_dequantize_to_the_models_weights(fixture_dists) -> None:  # noqa: ANN001
+def test_the_dists_weights_dequantize_to_the_models_weights(fixture_dists) -> None:
     """Every dequantized weight is the bf16 model's within half a quantization step."""
     import torch
     from safetensors.torch import load_file
@@ -75,7 +75,7 @@ def test_the_dists_weights_dequantize_to_the_models_weights(fixture_dists) -> No
     assert QUANTIZATIONS["q4f32_1"].max_int == 7
 
 
-def test_prompts_come_from_a_file_one_per_line(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_prompts_come_from_a_file_one_per_line(tmp_path: Path, capsys) -> None:
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("First question?\n\n  Second | one  \n")
     assert check.read_prompts(prompts) == ("First question?", "Second | one")
@@ -112,7 +112,7 @@ def test_a_runtime_error_fails_even_when_the_quantization_error_hides_it() -> No
     assert check.out_of_tolerance(model, off, check.TOLERANCES["q4f16_1"]) == ()  # float16 room
 
 
-def test_a_dist_without_its_files_is_bad_input(fixture_dists, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_a_dist_without_its_files_is_bad_input(fixture_dists, tmp_path: Path, capsys) -> None:
     dist = writable_copy(fixture_dists["q4f32_1"], tmp_path / "dist")
     (dist / "tokenizer.json").unlink()
     assert main(["check", str(dist), "--model", str(REAL_TINY / "model")]) == 2
@@ -120,7 +120,7 @@ def test_a_dist_without_its_files_is_bad_input(fixture_dists, tmp_path: Path, ca
     assert main(["check", str(tmp_path / "nothing"), "--model", "x"]) == 2
 
 
-def test_without_chromium_the_install_command_is_named(fixture_dists, monkeypatch, capsys) -> None:  # noqa: ANN001
+def test_without_chromium_the_install_command_is_named(fixture_dists, monkeypatch, capsys) -> None:
     monkeypatch.setattr(check, "CHROMIUM", Path("/nonexistent/chromium"))
     assert main(["check", str(fixture_dists["q4f32_1"]), "--model", str(REAL_TINY / "model")]) == 3
     assert "apt-get install chromium" in capsys.readouterr().err
@@ -151,7 +151,7 @@ def fixture_check(fixture_dists, tmp_path_factory: pytest.TempPathFactory
 
 
 @pytest.mark.browser
-def test_the_fixture_dist_computes_what_its_model_computes(fixture_check) -> None:  # noqa: ANN001
+def test_the_fixture_dist_computes_what_its_model_computes(fixture_check) -> None:
     code, report_dir, runs = fixture_check
     assert code == 0
     report = json.loads((report_dir / "report.json").read_text())
@@ -176,7 +176,7 @@ def test_the_fixture_dist_computes_what_its_model_computes(fixture_check) -> Non
 
 @pytest.mark.browser
 def test_a_model_with_other_weights_fails_the_check(fixture_check, fixture_dists, tmp_path: Path,
-                                                    monkeypatch, capsys) -> None:  # noqa: ANN001
+                                                    monkeypatch, capsys) -> None:
     _, _, [run] = fixture_check
     other = make_tiny_model(tmp_path / "other", "qwen2", seed=1)
     monkeypatch.setattr(check, "run_in_browser", lambda *args: run)  # the same browser output
@@ -189,13 +189,13 @@ def test_a_model_with_other_weights_fails_the_check(fixture_check, fixture_dists
 
 @pytest.mark.browser
 def test_an_f16_dist_on_an_adapter_without_shader_f16_is_missing_environment(
-        fixture_dists, capsys) -> None:  # noqa: ANN001
+        fixture_dists, capsys) -> None:
     require(check.browser_missing() is None, f"browser tests need: {check.browser_missing()}")
     assert main(["check", str(fixture_dists["q4f16_1"]), "--model", str(REAL_TINY / "model")]) == 3
     assert "needs the WebGPU feature shader-f16" in capsys.readouterr().err
 
 
-def test_build_check_runs_the_check_on_each_built_model(fixture_dists, monkeypatch) -> None:  # noqa: ANN001
+def test_build_check_runs_the_check_on_each_built_model(fixture_dists, monkeypatch) -> None:
     from webslm import pipeline
     from webslm.spec import resolve_spec
 
@@ -213,7 +213,7 @@ def test_build_check_runs_the_check_on_each_built_model(fixture_dists, monkeypat
     assert len(checked) == 1
 
 
-def test_without_the_check_extra_it_names_the_install(monkeypatch, capsys) -> None:  # noqa: ANN001
+def test_without_the_check_extra_it_names_the_install(monkeypatch, capsys) -> None:
     import webslm
 
     monkeypatch.delitem(sys.modules, "webslm.check")

@@ -16,7 +16,7 @@ from webslm.cli import main
     [[], ["bogus"], ["build", "--jobs", "many"], ["toolchain", "explode"], ["publish", "dist"],
      ["build", "--preset", "qwen2.5-0.5b", "--model", "Org/X"]],
 )
-def test_usage_errors_are_one_line_and_exit_2(capsys, argv: list[str]) -> None:  # noqa: ANN001
+def test_usage_errors_are_one_line_and_exit_2(capsys, argv: list[str]) -> None:
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("webslm: error: ") and err.count("\n") == 1

@@ -219,6 +219,99 @@ def test_padding_free_attention_never_crosses_conversations(tiny_qwen2: Path) ->
     assert torch.allclose(packed, alone, atol=1e-5)
 
 
+def test_compiled_layers_train_exactly_like_eager(tiny_qwen2: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled path the GPU takes for long runs: same losses, same adapter, same names.
+
+    torch.compile runs for real (dynamo + AOTAutograd, checkpointing applied from outside);
+    only Inductor's code generation is swapped for aot_eager, which on a 2-core CPU is ~10x
+    faster to compile (the GPU run uses Inductor: bench/RESULTS.md).
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    from webslm import finetune
+    from webslm.chatdata import load_tokenizer, read_chat_data, tokenize_all
+
+    monkeypatch.setattr(finetune, "COMPILE_BACKEND", "aot_eager")
+    tokenizer = load_tokenizer(tiny_qwen2)
+    examples = tokenize_all(tokenizer, read_chat_data([write_data(tmp_path / "c.jsonl")]), 1024)
+    runs = {}
+    for mode in ("off", "on"):
+        # dropout 0: eager and compiled code draw dropout masks from different generators
+        recipe = finetune.Recipe(epochs=2, learning_rate=float(LR), lora_dropout=0.0,
+                                 compile_layers=mode, keep_every=2)
+        torch.manual_seed(0)
+        model = finetune.load_base_model(tiny_qwen2, "fp32", recipe)
+        trainer = finetune.build_trainer(model, tokenizer, examples, recipe, tmp_path / mode,
+                                         precision="fp32", world_size=1)
+        layers = finetune.decoder_layers(trainer.model)
+        forwards = [type(layer.__dict__.get("forward")).__name__ for layer in layers]
+        trainer.train()
+        trainer.model.save_pretrained(str(tmp_path / mode / "adapter"))
+        runs[mode] = ([e["loss"] for e in trainer.state.log_history if "loss" in e], forwards,
+                      load_file(tmp_path / mode / "adapter" / "adapter_model.safetensors"))
+    (eager_losses, eager_forwards, eager_adapter) = runs["off"]
+    (losses, forwards, adapter) = runs["on"]
+    assert eager_forwards == ["NoneType", "NoneType"]  # eager: the class's own forward
+    # keep_every=2: layer 0 is checkpointed around its compiled forward, layer 1 keeps its
+    # activations and runs the compiled forward directly
+    assert forwards[0] == "partial" and forwards[1] != "partial" and forwards[1] != "NoneType"
+    assert len(losses) == len(eager_losses) == 2
+    assert losses == pytest.approx(eager_losses, rel=1e-4)
+    assert adapter.keys() == eager_adapter.keys()
+    assert all(torch.allclose(adapter[k], eager_adapter[k], atol=1e-5) for k in adapter)
+    assert any((adapter[k] != 0).any() for k in adapter if "lora_B" in k)  # it trained
+
+
+def test_compile_only_when_it_pays() -> None:
+    from webslm.finetune import COMPILE_MIN_STEPS, Recipe, planned_steps, should_compile
+
+    recipe = Recipe(epochs=3)
+    assert planned_steps(recipe, 50) == 12  # the starter sets: 4 batches of 16, 3 epochs
+    assert planned_steps(recipe, 50, max_steps=7) == 7
+    assert planned_steps(Recipe(epochs=0.5), 50) == 2
+    assert not should_compile(recipe, cuda=True, steps=12)
+    assert should_compile(recipe, cuda=True, steps=COMPILE_MIN_STEPS)
+    assert not should_compile(recipe, cuda=False, steps=10 * COMPILE_MIN_STEPS)
+    assert should_compile(Recipe(compile_layers="on"), cuda=False, steps=1)
+    assert not should_compile(Recipe(compile_layers="off"), cuda=True, steps=10**6)
+
+
+def test_bad_compile_settings_are_refused(tiny_qwen2: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture) -> None:
+    from webslm.finetune import Recipe, check_recipe
+
+    with pytest.raises(BadInput, match="keep_every"):
+        check_recipe(Recipe(keep_every=-1))
+    with pytest.raises(BadInput, match="compile_layers"):
+        check_recipe(Recipe(compile_layers="yes"))
+    data = write_data(tmp_path / "chat.jsonl", repeat=1)
+    assert main(["finetune", "--data", str(data), "--base", str(tiny_qwen2),
+                 "--compile", "yes"]) == 2
+    assert "--compile" in capsys.readouterr().err
+
+
+def test_finetune_flags_reach_the_recipe(tiny_qwen2: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture) -> None:
+    from webslm.cli import build_parser
+    from webslm.finetune import Recipe, recipe_from_args
+
+    args = build_parser().parse_args(["finetune", "--data", "x.jsonl", "--compile", "on",
+                                      "--global-batch", "32"])
+    recipe = recipe_from_args(args)
+    assert (recipe.compile_layers, recipe.global_batch) == ("on", 32)
+    assert recipe_from_args(build_parser().parse_args(["finetune", "--data", "x"])) == Recipe()
+    data = write_data(tmp_path / "chat.jsonl", repeat=1)
+    for flags, message in ((["--global-batch", "0"], "--global-batch must be positive"),
+                           (["--gpus", "3"], "does not split evenly over 3")):
+        out = tmp_path / "out"
+        assert main(["finetune", "--data", str(data), "--base", str(tiny_qwen2),
+                     "--out", str(out), *flags]) == 2
+        assert message in capsys.readouterr().err
+        assert not out.exists()
+
+
 def test_batch_split_and_precision() -> None:
     from webslm.finetune import Recipe, batch_split, pick_precision
 

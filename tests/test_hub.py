@@ -46,7 +46,7 @@ def test_local_folder_resolves_to_its_files_and_type(tiny_qwen2: Path) -> None:
             "generation_config.json"} <= set(resolved.files)
 
 
-def test_hub_snapshot_resolves_offline_and_records_the_commit(tiny_qwen2, tmp_path) -> None:  # noqa: ANN001
+def test_hub_snapshot_resolves_offline_and_records_the_commit(tiny_qwen2, tmp_path) -> None:
     snapshot = write_hub_cache(tmp_path / "hub", "Org/Tiny-Qwen", tiny_qwen2, COMMIT)
     result = resolve_offline(tmp_path / "hub", "Org/Tiny-Qwen")
     assert result.returncode == 0, result.stderr
@@ -57,13 +57,13 @@ def test_hub_snapshot_resolves_offline_and_records_the_commit(tiny_qwen2, tmp_pa
     assert json.loads(pinned.stdout)["revision"] == COMMIT
 
 
-def test_hub_model_missing_from_the_offline_cache_is_missing_environment(tmp_path) -> None:  # noqa: ANN001
+def test_hub_model_missing_from_the_offline_cache_is_missing_environment(tmp_path) -> None:
     result = resolve_offline(tmp_path / "empty", "Org/Not-Cached")
     assert result.returncode == 3
     assert "not in the local cache" in result.stderr and result.stderr.count("\n") == 1
 
 
-def test_hub_model_with_its_own_code_is_refused(tiny_qwen2, tmp_path) -> None:  # noqa: ANN001
+def test_hub_model_with_its_own_code_is_refused(tiny_qwen2, tmp_path) -> None:
     model = copy_model(tiny_qwen2, tmp_path / "model")
     config = json.loads((model / "config.json").read_text())
     config["auto_map"] = {"AutoModelForCausalLM": "modeling_x.XForCausalLM"}
@@ -86,7 +86,7 @@ def make_pickle_only(tiny_qwen2: Path, target: Path) -> Path:
     return model
 
 
-def test_pickle_weights_are_refused_unless_allowed(tiny_qwen2, tmp_path) -> None:  # noqa: ANN001
+def test_pickle_weights_are_refused_unless_allowed(tiny_qwen2, tmp_path) -> None:
     model = make_pickle_only(tiny_qwen2, tmp_path / "model")
     with pytest.raises(BadInput, match="pickle.*--allow-pickle"):
         check_model_folder(model)
@@ -108,7 +108,7 @@ def test_pickle_weights_are_refused_unless_allowed(tiny_qwen2, tmp_path) -> None
     ],
 )
 def test_broken_models_are_refused_with_what_is_wrong(
-    tiny_qwen2, tmp_path, damage, fragment: str  # noqa: ANN001
+    tiny_qwen2, tmp_path, damage, fragment: str
 ) -> None:
     model = copy_model(tiny_qwen2, tmp_path / "model")
     damage(model)
@@ -116,7 +116,7 @@ def test_broken_models_are_refused_with_what_is_wrong(
         resolve_model(resolve_spec(model=str(model), model_type="qwen2"))
 
 
-def test_truncated_safetensors_tensor_is_caught(tiny_qwen2, tmp_path) -> None:  # noqa: ANN001
+def test_truncated_safetensors_tensor_is_caught(tiny_qwen2, tmp_path) -> None:
     model = copy_model(tiny_qwen2, tmp_path / "model")
     weights = model / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])

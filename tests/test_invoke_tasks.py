@@ -19,7 +19,7 @@ def cli_surface(actions: list[argparse.Action]) -> set[str]:
     return {max(a.option_strings, key=len) if a.option_strings else a.dest for a in actions}
 
 
-def invoke_surface(task) -> set[str]:  # noqa: ANN001
+def invoke_surface(task) -> set[str]:
     return {("--" + arg.names[0]) if not arg.positional else arg.name
             for arg in task.get_arguments()}
 

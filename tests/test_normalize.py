@@ -54,7 +54,7 @@ def normalized_copy(model: Path, tmp_path: Path) -> tuple[dict, dict]:
     return before, saved_config(target)
 
 
-def test_transformers5_writes_the_new_format_this_module_exists_for(tiny_models) -> None:  # noqa: ANN001
+def test_transformers5_writes_the_new_format_this_module_exists_for(tiny_models) -> None:
     config = saved_config(tiny_models["qwen2"])
     assert "rope_parameters" in config and "rope_theta" not in config
     assert "dtype" in config and "torch_dtype" not in config
@@ -62,7 +62,7 @@ def test_transformers5_writes_the_new_format_this_module_exists_for(tiny_models)
 
 @pytest.mark.parametrize("arch", ["qwen2", "llama", "gemma2", "phi3", "mistral"])
 def test_every_preset_architecture_gets_top_level_rope_theta_and_torch_dtype(
-    tiny_models, tmp_path: Path, arch: str  # noqa: ANN001
+    tiny_models, tmp_path: Path, arch: str
 ) -> None:
     before, after = normalized_copy(tiny_models[arch], tmp_path)
     assert after["rope_theta"] == before["rope_parameters"]["rope_theta"]
@@ -70,13 +70,13 @@ def test_every_preset_architecture_gets_top_level_rope_theta_and_torch_dtype(
     assert "dtype" not in after
 
 
-def test_qwen2_config_has_every_field_mlc_requires(tiny_models, tmp_path: Path) -> None:  # noqa: ANN001
+def test_qwen2_config_has_every_field_mlc_requires(tiny_models, tmp_path: Path) -> None:
     _, after = normalized_copy(tiny_models["qwen2"], tmp_path)
     assert [key for key in QWEN2_REQUIRED if key not in after] == []
     assert after["rope_theta"] == 1000000.0 and "rope_scaling" not in after
 
 
-def test_llama3_scaling_is_restored_with_rope_type(tiny_models, tmp_path: Path) -> None:  # noqa: ANN001
+def test_llama3_scaling_is_restored_with_rope_type(tiny_models, tmp_path: Path) -> None:
     _, after = normalized_copy(tiny_models["llama"], tmp_path)
     assert after["rope_theta"] == 500000.0
     assert after["rope_scaling"] == {
@@ -85,7 +85,7 @@ def test_llama3_scaling_is_restored_with_rope_type(tiny_models, tmp_path: Path) 
     }
 
 
-def test_phi3_longrope_factors_are_restored(tiny_models, tmp_path: Path) -> None:  # noqa: ANN001
+def test_phi3_longrope_factors_are_restored(tiny_models, tmp_path: Path) -> None:
     before, after = normalized_copy(tiny_models["phi3"], tmp_path)
     rope = before["rope_parameters"]
     assert after["rope_scaling"] == {"type": "longrope", "long_factor": rope["long_factor"],
@@ -93,7 +93,7 @@ def test_phi3_longrope_factors_are_restored(tiny_models, tmp_path: Path) -> None
     assert after["original_max_position_embeddings"] == 1024
 
 
-def test_normalizing_twice_changes_nothing_more(tiny_models, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_normalizing_twice_changes_nothing_more(tiny_models, tmp_path: Path, capsys) -> None:
     normalized_copy(tiny_models["llama"], tmp_path)
     first_out = capsys.readouterr().out
     assert "rope_scaling: restored llama3" in first_out and "rope_theta" in first_out
@@ -114,7 +114,7 @@ def test_old_format_configs_are_left_unchanged(tmp_path: Path, old: dict) -> Non
     assert path.read_text() == text
 
 
-def test_out_writes_elsewhere_and_leaves_the_source_alone(tiny_models, tmp_path: Path) -> None:  # noqa: ANN001
+def test_out_writes_elsewhere_and_leaves_the_source_alone(tiny_models, tmp_path: Path) -> None:
     source = tiny_models["qwen2"] / "config.json"
     original = source.read_bytes()
     assert main(["normalize", str(source), "--out", str(tmp_path / "out")]) == 0
@@ -137,7 +137,7 @@ def test_out_writes_elsewhere_and_leaves_the_source_alone(tiny_models, tmp_path:
     ],
 )
 def test_bad_configs_exit_2_with_one_line_and_stay_untouched(
-    tmp_path: Path, capsys, content: str, fragment: str  # noqa: ANN001
+    tmp_path: Path, capsys, content: str, fragment: str
 ) -> None:
     path = tmp_path / "config.json"
     path.write_text(content)
@@ -148,13 +148,13 @@ def test_bad_configs_exit_2_with_one_line_and_stay_untouched(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
 
 
-def test_missing_config_is_bad_input(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_missing_config_is_bad_input(tmp_path: Path, capsys) -> None:
     assert main(["normalize", str(tmp_path)]) == 2
     assert "config.json does not exist" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("mode", [0o600, 0o640, 0o664])
-def test_normalizing_in_place_keeps_the_files_mode(tiny_models, tmp_path: Path, mode: int) -> None:  # noqa: ANN001
+def test_normalizing_in_place_keeps_the_files_mode(tiny_models, tmp_path: Path, mode: int) -> None:
     target = shutil.copytree(tiny_models["qwen2"], tmp_path / "model")
     os.chmod(target / "config.json", mode)
     assert main(["normalize", str(target)]) == 0
@@ -163,7 +163,7 @@ def test_normalizing_in_place_keeps_the_files_mode(tiny_models, tmp_path: Path, 
 
 
 def test_a_read_only_config_is_refused_unless_out_is_given(
-        tiny_models, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
+        tiny_models, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     target = shutil.copytree(tiny_models["qwen2"], tmp_path / "model")
     config = target / "config.json"
     os.chmod(config, 0o444)
@@ -178,7 +178,7 @@ def test_a_read_only_config_is_refused_unless_out_is_given(
 
 
 def test_a_symlinked_config_is_refused_and_stays_a_link(
-        tiny_models, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
+        tiny_models, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     shared = tmp_path / "shared-config.json"
     shared.write_bytes((tiny_models["qwen2"] / "config.json").read_bytes())
     model = tmp_path / "model"
@@ -190,7 +190,7 @@ def test_a_symlinked_config_is_refused_and_stays_a_link(
     assert (model / "config.json").is_symlink() and shared.read_bytes() == original
 
 
-def test_out_inside_a_file_is_bad_input(tiny_models, tmp_path: Path,  # noqa: ANN001
+def test_out_inside_a_file_is_bad_input(tiny_models, tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "file").write_text("x")
     source = tiny_models["qwen2"] / "config.json"

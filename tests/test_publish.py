@@ -264,9 +264,22 @@ def test_dry_run_prints_files_sizes_and_urls_and_needs_no_token(
         size = (built / name).stat().st_size
         line = next(li for li in out.splitlines() if li.strip().startswith(name + " "))
         assert f"https://huggingface.co/{REPO}/resolve/<commit>/{name}" in line
-        assert (f"{size:,} B" in line) or ("KiB" in line)
+        assert f" {human_size(size)} " in line
     assert f"AppConfig model_lib: https://huggingface.co/{REPO}/resolve/<commit>/libs/" in out
     assert "nothing was uploaded" in out
+
+
+def human_size(count: int) -> str:
+    """The size as the plan prints it: bytes below 1 KiB, else KiB or MiB to one decimal."""
+    if count < 1024:
+        return f"{count:,} B"
+    return f"{count / 1024:,.1f} KiB" if count < 1024 * 1024 else f"{count / 1024**2:,.1f} MiB"
+
+
+def test_sizes_are_printed_exactly() -> None:
+    assert [publish._size(n) for n in (0, 1023, 1024, 1536, 1024**2 - 1, 5 * 1024**2,
+                                       3000 * 1024**2)] == \
+        ["0 B", "1,023 B", "1.0 KiB", "1.5 KiB", "1,024.0 KiB", "5.0 MiB", "3,000.0 MiB"]
 
 
 # ---------------------------------------------------------------------------- redaction

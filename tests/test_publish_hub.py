@@ -434,7 +434,7 @@ def test_the_stand_in_refuses_what_the_hub_refuses(hub: StandInHub) -> None:
 
 
 @pytest.mark.docker
-def test_publishing_a_real_stand_in_build(standin_image: str, tiny_qwen2: Path,  # noqa: F811
+def test_publishing_a_real_stand_in_build(standin_image: str, tiny_qwen2: Path,
                                           tmp_path: Path, hub: StandInHub,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     """The pipeline's own dist folder (stand-in toolchain, real Docker engine) is accepted as it

@@ -90,7 +90,7 @@ def test_an_index_for_shards_without_one_maps_each_tensor_to_its_file() -> None:
 
 @pytest.mark.docker
 def test_standin_convert_weight_fails_on_a_read_only_model_without_index(
-        standin, real_tiny: Path, tmp_path: Path) -> None:  # noqa: ANN001
+        standin, real_tiny: Path, tmp_path: Path) -> None:
     """As real v0.19.0 does: it tries to write the index next to the lone model.safetensors."""
     model = copy_model(real_tiny / "model", tmp_path / "model")
     spec = resolve_spec(model=str(model), quantization="q4f32_1", name="qwen2-tiny")
@@ -110,7 +110,7 @@ def test_standin_convert_weight_fails_on_a_read_only_model_without_index(
 
 @pytest.mark.docker
 def test_readme_command_builds_the_real_fixture_model_as_it_is(
-        standin, real_tiny: Path, tmp_path: Path,  # noqa: ANN001
+        standin, real_tiny: Path, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The README's `invoke build --model ./DIR` on the fixture's model (a lone
     model.safetensors, no index), through Invoke: it builds, and the model is left untouched."""
@@ -128,7 +128,7 @@ def test_readme_command_builds_the_real_fixture_model_as_it_is(
 
 @pytest.mark.docker
 @pytest.mark.parametrize("folder, quantization, name", REAL_DISTS)
-def test_standin_dist_has_the_real_layout(standin, real_tiny: Path, tmp_path: Path,  # noqa: ANN001
+def test_standin_dist_has_the_real_layout(standin, real_tiny: Path, tmp_path: Path,
                                           folder: str, quantization: str, name: str) -> None:
     real = real_tiny / folder
     model = copy_model(real_tiny / "model", tmp_path / "model")

@@ -54,7 +54,7 @@ def test_presets_table_is_exactly_the_documented_one() -> None:
     assert DEFAULT_PRESET == "qwen2.5-0.5b"
 
 
-def test_spec_command_prints_one_json_object_with_the_required_keys(capsys) -> None:  # noqa: ANN001
+def test_spec_command_prints_one_json_object_with_the_required_keys(capsys) -> None:
     code, out, err = run_cli(capsys, "spec", "--quantization", "q4f32_1", "--name", "mine")
     assert code == 0 and err == ""
     spec = json.loads(out)
@@ -74,7 +74,7 @@ def test_spec_command_prints_one_json_object_with_the_required_keys(capsys) -> N
     ],
 )
 def test_unknown_names_exit_2_with_one_line_naming_the_closest_valid_values(
-    capsys, flag: str, value: str, suggestion: str  # noqa: ANN001
+    capsys, flag: str, value: str, suggestion: str
 ) -> None:
     code, out, err = run_cli(capsys, "spec", flag, value)
     assert code == 2 and out == ""
@@ -82,7 +82,7 @@ def test_unknown_names_exit_2_with_one_line_naming_the_closest_valid_values(
     assert repr(value) in err and suggestion in err
 
 
-def test_local_model_type_auto_is_read_from_config(tiny_models) -> None:  # noqa: ANN001
+def test_local_model_type_auto_is_read_from_config(tiny_models) -> None:
     spec = resolve_spec(model=str(tiny_models["llama"]))
     assert (spec.model_type, spec.conv_template, spec.name) == ("llama", "llama-3", "llama")
     assert not Path(spec.model).is_absolute() and spec.model.startswith(("./", "../"))
@@ -116,7 +116,7 @@ def test_invalid_specs_are_bad_input(kwargs: dict, fragment: str) -> None:
         resolve_spec(**kwargs)
 
 
-def test_unsupported_local_architecture_is_refused(tmp_path) -> None:  # noqa: ANN001
+def test_unsupported_local_architecture_is_refused(tmp_path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "t5"}))
     with pytest.raises(BadInput, match="unsupported architecture"):
         resolve_spec(model=str(tmp_path))

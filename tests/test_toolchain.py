@@ -32,7 +32,7 @@ def docker_dir(tmp_path: Path) -> Path:
     return copy
 
 
-def _rewrite_lock(folder: Path, change) -> None:  # noqa: ANN001
+def _rewrite_lock(folder: Path, change) -> None:
     path = folder / toolchain.LOCK_NAME
     data = json.loads(path.read_text())
     change(data)
@@ -177,8 +177,12 @@ def test_build_args_come_from_the_lock() -> None:
     (lambda d: d["sources"]["mlc-llm"].update({"commit": "v0.19.0"}), "sources.mlc-llm.commit"),
     (lambda d: d.pop("source_date_epoch"), "source_date_epoch"),
     (lambda d: d["python"]["packages"]["numpy"].update({"sha256": []}), "numpy"),
+    # An entry that is not a mapping at all is the same bad input, not an AttributeError.
+    (lambda d: d["python"]["packages"].update({"numpy": "1.26.4"}), "numpy"),
+    (lambda d: d["sources"].update({"mlc-llm": "v0.19.0"}), "source mlc-llm"),
+    (lambda d: d["debian"].update({"packages": ["cmake"]}), "debian.packages"),
 ])
-def test_a_malformed_lock_is_bad_input_naming_the_entry(docker_dir: Path, change,  # noqa: ANN001
+def test_a_malformed_lock_is_bad_input_naming_the_entry(docker_dir: Path, change,
                                                         message: str) -> None:
     _rewrite_lock(docker_dir, change)
     with pytest.raises(BadInput, match=message):
@@ -206,7 +210,7 @@ def test_a_first_use_placeholder_elsewhere_is_refused(docker_dir: Path) -> None:
     lambda d: d["debian"].update({"base_variant": "essential"}),
     lambda d: d.update({"source_date_epoch": d["source_date_epoch"] + 1}),
 ])
-def test_what_defines_the_base_changes_its_tag_and_the_id(docker_dir: Path, change) -> None:  # noqa: ANN001
+def test_what_defines_the_base_changes_its_tag_and_the_id(docker_dir: Path, change) -> None:
     before_id = toolchain.toolchain_id(docker_dir)
     before_tag = toolchain.load_lock(docker_dir).base.tag
     _rewrite_lock(docker_dir, change)
@@ -294,10 +298,10 @@ checksum = "02fc4265df13d6fa1d00ecff087228cc0a2b5f3c0e87e258d8b94a156e984c70"
 """
 
 
-def standin_crates_resolver(calls: list[str]):  # noqa: ANN201
+def standin_crates_resolver(calls: list[str]):
     """STAND-IN for the `crates` stage (cargo against crates.io, unreachable here): the real
     resolver's interface, returning a fixed Cargo.lock and digest."""
-    def resolve(client, lock, docker_dir, log) -> build.VendoredCrates:  # noqa: ANN001
+    def resolve(client, lock, docker_dir, log) -> build.VendoredCrates:
         assert lock.first_use == ("cargo_vendor.tree_sha256",)
         calls.append(str(docker_dir))
         return build.VendoredCrates(cargo_lock=CARGO_LOCK, tree_sha256="ab" * 32)
@@ -325,7 +329,7 @@ def test_first_use_pins_the_crates_writes_the_lock_and_says_to_commit(docker_dir
 def test_a_failed_first_use_resolution_writes_nothing(docker_dir: Path) -> None:
     before = (docker_dir / toolchain.LOCK_NAME).read_bytes()
 
-    def unreachable(client, lock, docker_dir, log):  # noqa: ANN001, ANN202
+    def unreachable(client, lock, docker_dir, log):
         raise MissingEnvironment("cannot reach index.crates.io", "build on a networked machine")
 
     with pytest.raises(MissingEnvironment):
@@ -474,7 +478,7 @@ def test_a_wrong_inferred_pin_fails_at_fetch_and_refresh_lock_corrects_it(
     parent = _fake_repo(tmp_path / "repos" / "mlc", {"README": "x\n"}, {"3rdparty/dep": new})
     entry = "sources.mlc-llm/3rdparty/dep.commit"
 
-    def fake_sources(data: dict) -> None:  # noqa: ANN001
+    def fake_sources(data: dict) -> None:
         data["sources"] = {
             "mlc-llm": {"repo": (tmp_path / "repos" / "mlc").as_uri(), "commit": parent},
             "mlc-llm/3rdparty/dep": {"repo": child.as_uri(), "commit": old,

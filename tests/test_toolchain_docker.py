@@ -20,7 +20,7 @@ pytestmark = pytest.mark.docker
 
 
 @pytest.fixture(scope="session")
-def live_versions(docker_engine, live_base) -> dict[str, str]:  # noqa: ANN001
+def live_versions(docker_engine, live_base) -> dict[str, str]:
     """name -> version the live mirror serves now, for every apt package the lock pins."""
     names = sorted(toolchain.load_lock().apt_packages)
     versions = build.apt_candidates(docker_engine, live_base, names)
@@ -29,18 +29,18 @@ def live_versions(docker_engine, live_base) -> dict[str, str]:  # noqa: ANN001
 
 
 @pytest.fixture(scope="session")
-def base_stage(docker_engine, live_base, live_versions: dict[str, str]) -> str:  # noqa: ANN001
+def base_stage(docker_engine, live_base, live_versions: dict[str, str]) -> str:
     return build.ensure_stage(docker_engine, "base", base=live_base,
                                   apt_packages=live_versions)
 
 
-def _run(client, image: str, script: str, **options) -> str:  # noqa: ANN001, ANN003
+def _run(client, image: str, script: str, **options) -> str:
     output = client.containers.run(image, ["bash", "-o", "pipefail", "-c", script], remove=True,
                                    network_disabled=True, **options)
     return output.decode()
 
 
-def test_base_stage_has_static_llvm_with_polly(docker_engine, base_stage: str) -> None:  # noqa: ANN001
+def test_base_stage_has_static_llvm_with_polly(docker_engine, base_stage: str) -> None:
     major = toolchain.load_lock().llvm_major
     out = _run(docker_engine, base_stage,
                f"llvm-config-{major} --link-static --libs > /tmp/libs && "
@@ -52,7 +52,7 @@ def test_base_stage_has_static_llvm_with_polly(docker_engine, base_stage: str) -
     assert int(out.strip().splitlines()[-2]) > 50  # the static component libraries
 
 
-def test_base_stage_has_exactly_the_versions_it_was_built_with(  # noqa: ANN001
+def test_base_stage_has_exactly_the_versions_it_was_built_with(
         docker_engine, base_stage: str, live_versions: dict[str, str]) -> None:
     out = _run(docker_engine, base_stage,
                "dpkg-query -W -f='${Package}=${Version}\\n' " + " ".join(live_versions))
@@ -60,7 +60,7 @@ def test_base_stage_has_exactly_the_versions_it_was_built_with(  # noqa: ANN001
     assert installed == live_versions
 
 
-def test_the_stage_tag_covers_the_installed_versions(live_base) -> None:  # noqa: ANN001
+def test_the_stage_tag_covers_the_installed_versions(live_base) -> None:
     lock = toolchain.load_lock()
     identifier = toolchain.toolchain_id()
     names = sorted(lock.apt_packages)
@@ -72,7 +72,7 @@ def test_the_stage_tag_covers_the_installed_versions(live_base) -> None:  # noqa
         build.stage_tag(identifier, "base", moved)
 
 
-def test_base_stage_carries_the_determinism_settings(docker_engine, base_stage: str) -> None:  # noqa: ANN001
+def test_base_stage_carries_the_determinism_settings(docker_engine, base_stage: str) -> None:
     env = docker_engine.images.get(base_stage).attrs["Config"]["Env"]
     lock = toolchain.load_lock()
     for key, value in toolchain.determinism_env(lock).items():
@@ -81,7 +81,7 @@ def test_base_stage_carries_the_determinism_settings(docker_engine, base_stage: 
     assert any(e.startswith("EMCC_CFLAGS=-ffile-prefix-map=") for e in env)
 
 
-def test_seccomp_profile_lets_setarch_turn_aslr_off(docker_engine, debian_base_image: str) -> None:  # noqa: ANN001
+def test_seccomp_profile_lets_setarch_turn_aslr_off(docker_engine, debian_base_image: str) -> None:
     profile = toolchain.current_toolchain().seccomp_profile
     assert profile is not None
     script = "setarch -R cat /proc/self/personality"
@@ -94,7 +94,7 @@ def test_seccomp_profile_lets_setarch_turn_aslr_off(docker_engine, debian_base_i
         _run(docker_engine, debian_base_image, script, user="1000:1000")
 
 
-def test_seccomp_profile_still_refuses_dangerous_calls(docker_engine,  # noqa: ANN001
+def test_seccomp_profile_still_refuses_dangerous_calls(docker_engine,
                                                        debian_base_image: str) -> None:
     profile = toolchain.current_toolchain().seccomp_profile
     assert profile is not None
@@ -104,8 +104,8 @@ def test_seccomp_profile_still_refuses_dangerous_calls(docker_engine,  # noqa: A
     assert out.strip().endswith("refused")
 
 
-def test_stage_containers_cannot_write_the_image(docker_engine, debian_base_image: str,  # noqa: ANN001
-                                                 tmp_path) -> None:  # noqa: ANN001
+def test_stage_containers_cannot_write_the_image(docker_engine, debian_base_image: str,
+                                                 tmp_path) -> None:
     """The pipeline's container set-up (webslm.container.Engine) runs a stage with the image
     read-only, emscripten's frozen cache included: only /out and the work area are writable."""
     from webslm.container import OUT_MOUNT, WORK_DIR, ContainerRun, Engine

@@ -410,7 +410,7 @@ class _ScriptedHandler(http.server.BaseHTTPRequestHandler):
     chunks: tuple[bytes, ...] = ()
     pause_s = 0.0
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self.send_response(200)
         self.send_header("Content-Length", str(self.announced))
         self.end_headers()

@@ -18,6 +18,7 @@ import pytest
 from conftest import copy_model, writable_copy, write_hub_cache
 from standin.image import standin_toolchain
 
+from webslm import hub, pipeline, provenance
 from webslm.cli import main
 from webslm.errors import StageFailed
 from webslm.files import canonical_json, sha256_file
@@ -30,7 +31,7 @@ LIB = "libs/tiny-q4f16_1-webgpu.wasm"
 HUB_COMMIT = "3" * 40
 
 
-def build_dist(model: Path, out: Path, toolchain) -> Path:  # noqa: ANN001
+def build_dist(model: Path, out: Path, toolchain) -> Path:
     options = BuildOptions(out=out / "dist", toolchain=toolchain, cache_dir=out / "cache",
                            show_progress=False)
     return build_model(resolve_spec(model=str(model), name="tiny"), options).dist
@@ -46,7 +47,7 @@ def table(stdout: str) -> dict[str, list[str]]:
     return rows
 
 
-def test_a_faithful_rebuild_verifies(standin, standin_dist: Path, tmp_path: Path,  # noqa: ANN001
+def test_a_faithful_rebuild_verifies(standin, standin_dist: Path, tmp_path: Path,
                                      capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["verify", str(standin_dist), "--report", str(tmp_path / "report")])
     out = capsys.readouterr()
@@ -67,7 +68,7 @@ def test_a_faithful_rebuild_verifies(standin, standin_dist: Path, tmp_path: Path
     assert (tmp_path / "report" / "report.md").read_text().startswith("# webslm verify: ✅")
 
 
-def test_a_tampered_output_is_caught_and_named(standin, standin_dist: Path, tmp_path: Path,  # noqa: ANN001
+def test_a_tampered_output_is_caught_and_named(standin, standin_dist: Path, tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     dist = writable_copy(standin_dist, tmp_path / "tiny")
     shard = bytearray((dist / "params_shard_0.bin").read_bytes())
@@ -95,7 +96,7 @@ def test_a_tampered_output_is_caught_and_named(standin, standin_dist: Path, tmp_
     assert all(c["ok"] for c in report["checks"])
 
 
-def test_a_forged_provenance_is_caught(standin, standin_dist: Path, tmp_path: Path,  # noqa: ANN001
+def test_a_forged_provenance_is_caught(standin, standin_dist: Path, tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     """Swap the wasm AND rewrite its digest in provenance.json and the AppConfig: the shipped
     files agree with their papers, and only the rebuild shows they are not what was standin_dist."""
@@ -143,7 +144,7 @@ def test_a_compiler_that_leaks_run_state_is_not_reproducible(
     assert "first difference at offset" in report["differences"][LIB]
 
 
-def test_a_toolchain_image_that_is_absent_exits_3(standin, standin_dist: Path,  # noqa: ANN001
+def test_a_toolchain_image_that_is_absent_exits_3(standin, standin_dist: Path,
                                                   monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     missing = replace(standin, image="webslm-standin:absent-for-this-test")
@@ -153,7 +154,7 @@ def test_a_toolchain_image_that_is_absent_exits_3(standin, standin_dist: Path,  
 
 
 def test_a_hub_model_build_is_verified_at_its_recorded_commit(
-        standin, tiny_qwen2: Path, tmp_path: Path,  # noqa: ANN001
+        standin, tiny_qwen2: Path, tmp_path: Path,
         offline_hub: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write_hub_cache(offline_hub, "Org/Tiny-Qwen", tiny_qwen2, commit=HUB_COMMIT)
     dist = build_model(resolve_spec(model="Org/Tiny-Qwen", name="tiny"),
@@ -161,7 +162,8 @@ def test_a_hub_model_build_is_verified_at_its_recorded_commit(
                                     cache_dir=tmp_path / "cache", show_progress=False)).dist
     model = json.loads((dist / "provenance.json").read_text())[
         "predicate"]["buildDefinition"]["externalParameters"]["model"]
-    assert model == {"id": "Org/Tiny-Qwen", "revision": HUB_COMMIT, "source": "hub"}
+    assert model == {"id": "Org/Tiny-Qwen", "revision": HUB_COMMIT, "source": "hub",
+                     "allow_pickle": False}
     # main moves on; verify must still rebuild from the commit the build used
     (offline_hub / "models--Org--Tiny-Qwen" / "refs" / "main").write_text("9" * 40)
     assert main(["verify", str(dist)]) == 0, capsys.readouterr().err
@@ -169,7 +171,7 @@ def test_a_hub_model_build_is_verified_at_its_recorded_commit(
 
 @pytest.mark.parametrize("tampered", [False, True])
 def test_step_one_runs_and_is_reported_even_without_the_toolchain_image(
-        standin, standin_dist: Path, tmp_path: Path, tampered: bool,  # noqa: ANN001
+        standin, standin_dist: Path, tmp_path: Path, tampered: bool,
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     dist = writable_copy(standin_dist, tmp_path / "tiny")
     if tampered:
@@ -195,7 +197,7 @@ def test_step_one_runs_and_is_reported_even_without_the_toolchain_image(
 
 
 def test_audit_reports_a_tampered_file_under_another_toolchain(
-        standin, standin_dist: Path, tmp_path: Path,  # noqa: ANN001
+        standin, standin_dist: Path, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     dist = writable_copy(standin_dist, tmp_path / "tiny")
     with open(dist / LIB, "r+b") as handle:
@@ -211,7 +213,7 @@ def test_audit_reports_a_tampered_file_under_another_toolchain(
     assert "toolchain" in report["error"]
 
 
-def string_values(value) -> list[str]:  # noqa: ANN001
+def string_values(value) -> list[str]:
     """Every string inside a JSON value."""
     if isinstance(value, dict):
         return [s for v in value.values() for s in string_values(v)]
@@ -221,7 +223,7 @@ def string_values(value) -> list[str]:  # noqa: ANN001
 
 
 def test_provenance_names_a_local_model_as_given_and_verify_finds_it(
-        standin, tiny_qwen2: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
+        standin, tiny_qwen2: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     """The same build in two folders writes the same provenance, with no host path in it;
     verify finds the model by that path from where it runs, from the build's folder, or by
@@ -236,7 +238,8 @@ def test_provenance_names_a_local_model_as_given_and_verify_finds_it(
     assert statements[0] == statements[1]
     statement = json.loads(statements[0])
     external = statement["predicate"]["buildDefinition"]["externalParameters"]
-    assert external["model"] == {"id": "./tiny", "revision": None, "source": "local"}
+    assert external["model"] == {"id": "./tiny", "revision": None, "source": "local",
+                                 "allow_pickle": False}
     assert external["spec"]["model"] == "./tiny"
     assert not [s for s in string_values(statement) if s.startswith("/") or str(tmp_path) in s]
 
@@ -251,3 +254,38 @@ def test_provenance_names_a_local_model_as_given_and_verify_finds_it(
     assert "cannot find the model folder ./tiny" in err and "--model" in err
     assert main(["verify", str(dist), "--model", str(tmp_path / "moved")]) == 0
     assert main(["verify", str(dist), "--model", str(tmp_path / "first" / "dist")]) == 2
+
+
+def test_an_allow_pickle_build_is_verified_with_it_and_the_model_is_hashed_once(
+        standin, tiny_qwen2: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """--allow-pickle is in the provenance, so verify resolves the model with it (a pickle
+    model would be refused without it); verify hashes the model's files once, not again in the
+    rebuild."""
+    copy_model(tiny_qwen2, tmp_path / "tiny")
+    monkeypatch.chdir(tmp_path)
+    assert main(["build", "--model", "tiny", "--out", "dist", "--allow-pickle"]) == 0, \
+        capsys.readouterr().err
+    external = json.loads((tmp_path / "dist" / "tiny" / "provenance.json").read_text())[
+        "predicate"]["buildDefinition"]["externalParameters"]
+    assert external["model"]["allow_pickle"] is True
+
+    resolved, model_hashes = [], []
+    real_resolve, real_hash = hub.resolve_model, provenance.hash_files
+
+    def resolve_model(spec, **kwargs):
+        resolved.append(kwargs.get("allow_pickle"))
+        return real_resolve(spec, **kwargs)
+
+    def hash_files(root: Path, names):
+        names = list(names)
+        if "config.json" in names and root.resolve() == (tmp_path / "tiny").resolve():
+            model_hashes.append(root)
+        return real_hash(root, names)
+
+    monkeypatch.setattr(hub, "resolve_model", resolve_model)
+    monkeypatch.setattr(provenance, "hash_files", hash_files)
+    monkeypatch.setattr(pipeline, "hash_files", hash_files)
+    assert main(["verify", "dist/tiny"]) == 0, capsys.readouterr().err
+    assert resolved == [True, True]  # verify's input check and the rebuild
+    assert len(model_hashes) == 1

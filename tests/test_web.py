@@ -13,6 +13,7 @@ import pytest
 from browser.fakedist import add_weight_digests
 from conftest import REPO_ROOT, require, writable_copy
 
+from webslm import webllm
 from webslm.files import sha256_file
 from webslm.provenance import sri
 from webslm.toolchain import load_lock
@@ -47,6 +48,16 @@ def test_the_pure_client_logic_passes_its_node_tests() -> None:
                           timeout=120, check=False)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "# fail 0" in done.stdout
+
+
+def test_the_client_falls_back_to_the_builds_sampling_defaults() -> None:
+    """A record without overrides decodes as a webslm build would have recorded."""
+    node_ready()
+    done = subprocess.run(["node", "--input-type=module", "-e", "import { DEFAULT_SAMPLING } from "
+                           "'./src/models.js'; console.log(JSON.stringify(DEFAULT_SAMPLING));"],
+                          cwd=WEB, capture_output=True, text=True, timeout=60, check=True)
+    assert json.loads(done.stdout) == {"temperature": webllm.DEFAULT_TEMPERATURE,
+                                       "top_p": webllm.DEFAULT_TOP_P}
 
 
 def copy_web(target: Path, webllm_pin: str) -> Path:

@@ -68,7 +68,7 @@ def requested(page: Page) -> list[str]:
     return [r["url"] for r in page.log()["requests"] if r["method"] == "GET"]
 
 
-def test_the_page_loads_without_console_errors(browser: Browser, server) -> None:  # noqa: ANN001
+def test_the_page_loads_without_console_errors(browser: Browser, server) -> None:
     base, _ = server
     page = open_app(browser, base)
     log = page.log()
@@ -85,7 +85,7 @@ def test_the_page_loads_without_console_errors(browser: Browser, server) -> None
     page.shot("page-loaded")
 
 
-def test_without_webgpu_the_page_says_why_and_loads_nothing(browser: Browser, server) -> None:  # noqa: ANN001
+def test_without_webgpu_the_page_says_why_and_loads_nothing(browser: Browser, server) -> None:
     base, _ = server
     page = open_app(browser, base + "?a=tiny-q4f32_1", webgpu=False)
     assert "offers no WebGPU adapter" in page.text("#notice")
@@ -98,7 +98,7 @@ def test_without_webgpu_the_page_says_why_and_loads_nothing(browser: Browser, se
     page.shot("no-webgpu")
 
 
-def test_an_f16_model_is_refused_on_an_adapter_without_shader_f16(browser: Browser, server) -> None:  # noqa: ANN001
+def test_an_f16_model_is_refused_on_an_adapter_without_shader_f16(browser: Browser, server) -> None:
     base, _ = server
     page = open_app(browser, base + "?a=tiny16-q4f16_1")
     assert page.eval(js="document.body.dataset.webgpu") == "yes"  # SwiftShader adapter
@@ -111,7 +111,7 @@ def test_an_f16_model_is_refused_on_an_adapter_without_shader_f16(browser: Brows
 
 
 def test_the_engine_gets_the_appconfig_and_fetches_from_the_served_urls(
-        browser: Browser, server) -> None:  # noqa: ANN001
+        browser: Browser, server) -> None:
     base, access_log = server
     page = open_app(browser, base + "?a=tiny-q4f32_1")
     assert "First load downloads ~0.1 MB once" in page.text("#download-size")
@@ -144,7 +144,7 @@ def test_the_engine_gets_the_appconfig_and_fetches_from_the_served_urls(
     page.shot("engine-constructed")
 
 
-def test_a_tampered_library_is_refused_before_the_engine_starts(browser: Browser, server) -> None:  # noqa: ANN001
+def test_a_tampered_library_is_refused_before_the_engine_starts(browser: Browser, server) -> None:
     base, _ = server
     page = open_app(browser, base + "?a=tampered-q4f32_1")
     page.click(selector="#load")
@@ -157,7 +157,7 @@ def test_a_tampered_library_is_refused_before_the_engine_starts(browser: Browser
     page.shot("tampered-refused")
 
 
-def test_a_model_built_for_another_webllm_is_refused(browser: Browser, server) -> None:  # noqa: ANN001
+def test_a_model_built_for_another_webllm_is_refused(browser: Browser, server) -> None:
     base, _ = server
     page = open_app(browser, base + "?a=oldrt-q4f32_1")
     [pane] = pane_states(page)
@@ -169,7 +169,7 @@ def test_a_model_built_for_another_webllm_is_refused(browser: Browser, server) -
 
 
 def test_compare_mode_shows_two_panes_with_one_prompt_and_decoding(
-        browser: Browser, server) -> None:  # noqa: ANN001
+        browser: Browser, server) -> None:
     base, _ = server
     page = open_app(browser, base + "?compare=1&a=tiny-q4f32_1&b=tiny-ft-q4f32_1")
     panes = pane_states(page)
@@ -184,7 +184,7 @@ def test_compare_mode_shows_two_panes_with_one_prompt_and_decoding(
     page.shot("compare")
 
 
-def test_models_from_config_urls_instead_of_the_index(browser: Browser, server) -> None:  # noqa: ANN001
+def test_models_from_config_urls_instead_of_the_index(browser: Browser, server) -> None:
     base, _ = server
     config = "/models/tiny-ft/resolve/main/webllm-app-config.json"
     page = open_app(browser, base + f"?config={config}")
@@ -257,7 +257,7 @@ def load_published(browser: Browser, app: str, config: str) -> tuple[Page, dict[
 
 
 def test_a_published_model_loads_from_its_commit_not_from_main(
-        browser: Browser, scripted_server: str, hub) -> None:  # noqa: ANN001
+        browser: Browser, scripted_server: str, hub) -> None:
     base, configs = hub
     page, pane = load_published(browser, scripted_server, configs["pub"])
     assert pane["state"] == "ready", pane
@@ -276,7 +276,7 @@ def test_a_published_model_loads_from_its_commit_not_from_main(
 
 
 def test_a_tampered_weight_shard_is_refused_and_never_cached(
-        browser: Browser, scripted_server: str, hub) -> None:  # noqa: ANN001
+        browser: Browser, scripted_server: str, hub) -> None:
     base, configs = hub
     page, pane = load_published(browser, scripted_server, configs["evil"])
     shard = f"{base}org/evil/resolve/{COMMIT}/params_shard_1.bin"
@@ -290,7 +290,7 @@ def test_a_tampered_weight_shard_is_refused_and_never_cached(
 
 
 def test_the_weights_check_shows_in_the_progress_bar(
-        browser: Browser, scripted_server: str, hub) -> None:  # noqa: ANN001
+        browser: Browser, scripted_server: str, hub) -> None:
     _, configs = hub
     page = open_app(browser, scripted_server + f"?config={configs['pub']}")
     page.eval(js="""(() => {

@@ -90,7 +90,7 @@ def requests(page: Page) -> list[dict]:
             if m.get("worker") and m["text"].startswith(prefix)]
 
 
-def js(page: Page, expression: str):  # noqa: ANN201
+def js(page: Page, expression: str):
     return page.eval(js=expression)
 
 

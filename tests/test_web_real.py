@@ -68,7 +68,7 @@ def answer_html(page: Page) -> str:
     return page.eval(js="document.querySelector('.bubble.assistant:last-of-type .body').innerHTML")
 
 
-def test_the_real_model_streams_a_reply_and_stop_interrupts_it(browser: Browser, server) -> None:  # noqa: ANN001
+def test_the_real_model_streams_a_reply_and_stop_interrupts_it(browser: Browser, server) -> None:
     base, access_log = server
     page = open_app(browser, f"{base}?a={F32_ID}")
     page.click(selector="#load")
@@ -97,7 +97,7 @@ def test_the_real_model_streams_a_reply_and_stop_interrupts_it(browser: Browser,
 
 
 def test_the_real_f16_model_is_refused_before_its_library_is_fetched(
-        browser: Browser, server) -> None:  # noqa: ANN001
+        browser: Browser, server) -> None:
     base, access_log = server
     page = open_app(browser, f"{base}?a={F16_ID}")
     state = pane(page)

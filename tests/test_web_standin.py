@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.docker]
 
 
 @pytest.fixture(scope="module")
-def standin_dist(docker_engine, debian_base_image: str, tiny_qwen2: Path,  # noqa: ANN001
+def standin_dist(docker_engine, debian_base_image: str, tiny_qwen2: Path,
                  tmp_path_factory: pytest.TempPathFactory) -> Path:
     require(browser_missing() is None, f"browser tests need: {browser_missing()}")
     root = tmp_path_factory.mktemp("standin-web")

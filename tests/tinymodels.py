@@ -34,7 +34,7 @@ _CORPUS = [
 ]
 
 
-def _train_tokenizer():  # noqa: ANN202
+def _train_tokenizer():
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
@@ -54,7 +54,7 @@ def _train_tokenizer():  # noqa: ANN202
     return tokenizer
 
 
-def _config(arch: str, vocab_size: int, eos_id: int, pad_id: int):  # noqa: ANN202
+def _config(arch: str, vocab_size: int, eos_id: int, pad_id: int):
     import transformers
 
     common = dict(

@@ -10,14 +10,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+from webslm.checkout import checkout_path, require
 from webslm.errors import BadInput
 
-BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
+BENCH_DIR = checkout_path("bench")
 
 
 def available() -> dict[str, Path]:
     """Benchmark name → script, for every bench/bench_*.py."""
-    return {p.stem.removeprefix("bench_"): p for p in sorted(BENCH_DIR.glob("bench_*.py"))}
+    return {p.stem.removeprefix("bench_"): p for p in sorted(require(BENCH_DIR).glob("bench_*.py"))}
 
 
 def summary(script: Path) -> str:

@@ -23,7 +23,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,10 +70,6 @@ class CacheEntry:
 
     path: Path
     files: Mapping[str, str]
-
-    @property
-    def digest(self) -> str:
-        return tree_digest(self.files)
 
 
 class StageCache:
@@ -128,15 +124,6 @@ class StageCache:
             os.rename(self.stages / key.digest, doomed / key.digest)
         shutil.rmtree(doomed, ignore_errors=True)
 
-    @contextlib.contextmanager
-    def new_output(self) -> Iterator[Path]:
-        """A fresh, empty scratch folder (on the cache's file system) for a stage to fill."""
-        folder = self.scratch_folder("stage")
-        try:
-            yield folder
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-
     def store(self, key: StageKey, output: Path, files: Mapping[str, str]) -> CacheEntry:
         """Move a finished output folder into the cache under `key`; return the entry.
 
@@ -147,7 +134,7 @@ class StageCache:
         staging = self.scratch_folder("entry")
         try:
             os.replace(output, staging / OUTPUT_DIR)
-            output.mkdir()  # the caller's context manager removes it again
+            output.mkdir()  # the caller's folder stays, empty, for the caller to remove
             make_read_only(staging / OUTPUT_DIR)
             entry = {"key": key.material(), "files": dict(sorted(files.items()))}
             (staging / ENTRY_FILE).write_text(canonical_json(entry), encoding="utf-8")

@@ -33,6 +33,7 @@ from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM
 from transformers.utils import logging
 
+from webslm.checkout import checkout_path, require
 from webslm.errors import BadInput, MissingEnvironment, StageFailed
 from webslm.files import atomic_write_text, canonical_json
 from webslm.hub import check_model_folder, resolve_model
@@ -52,7 +53,7 @@ TOKENIZER = "tokenizer.json"
 DIST_FIX = "pass a dist folder made by `webslm build`"
 REPORT_JSON = "report.json"
 REPORT_MARKDOWN = "report.md"
-WEB = Path(__file__).resolve().parent.parent / "web"
+WEB = checkout_path("web")
 RUNNER = WEB / "check-run.mjs"
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 NEW_TOKENS = 16
@@ -188,7 +189,7 @@ def browser_missing() -> MissingEnvironment | None:
     if not CHROMIUM.exists():
         return MissingEnvironment(f"no Chromium at {CHROMIUM}",
                                   "apt-get install chromium (or set CHROMIUM=/path/to/chromium)")
-    if not (WEB / "node_modules" / "playwright-core").is_dir():
+    if not (require(WEB) / "node_modules" / "playwright-core").is_dir():
         return MissingEnvironment("web/node_modules is missing", "run: npm ci --prefix web")
     return None
 

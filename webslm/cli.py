@@ -262,6 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--bits", type=int, choices=[16, 4], default=16)
     finetune.add_argument("--seed", type=int, default=0)
     finetune.add_argument("--gpus", type=int, default=1)
+    finetune.add_argument("--global-batch", type=int, default=16,
+                          help="conversations per optimizer step, over all GPUs")
+    finetune.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                          help="torch.compile the decoder layers (auto: on a GPU, long runs)")
     finetune.add_argument("--push", metavar="REPO")
 
     merge = command("merge", _cmd_merge, "merge a LoRA adapter into its base model")
@@ -345,11 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"webslm: error: `webslm {args.command}` needs {missing}, which is not "
                   f"installed; pip install 'webslm[{extra}]'", file=sys.stderr)
             return 3
-        if not missing.startswith("webslm"):
-            raise
-        print(f"webslm: error: `webslm {args.command}` is not built yet ({error})",
-              file=sys.stderr)
-        return 1
+        raise
     except KeyboardInterrupt:
         print("webslm: interrupted; outputs already in place are unchanged", file=sys.stderr)
         return 130

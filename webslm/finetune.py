@@ -8,14 +8,17 @@ where it came from. The output folder appears whole or not at all.
 The training recipe is one frozen dataclass, `Recipe`; the benchmark in bench/ trains with the
 same code and the same defaults, so its figures describe what users run. Several GPUs: the
 same training script runs data-parallel under torchrun (or `accelerate launch`); the global
-batch stays 16 conversations, split across the GPUs, so results do not depend on the count.
+batch stays 16 conversations, split across the GPUs, so results do not depend on the count,
+unless the user raises it (`--global-batch`), which is what scales (bench/RESULTS.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -41,6 +44,12 @@ ADAPTER_DIR = "adapter"
 METADATA_FILE = "webslm.json"
 PRECISIONS = ("bf16", "fp16", "fp32")
 PROBLEMS_SHOWN = 50  # data problems printed; the rest are counted
+COMPILE_CHOICES = ("auto", "on", "off")
+# Compiling the decoder layers costs ~60 s once per process and saves ~0.2 s per step of 16
+# conversations on an H200: "auto" compiles only for runs of at least this many optimizer steps
+# (bench/RESULTS.md, issue 16).
+COMPILE_MIN_STEPS = 300
+COMPILE_BACKEND = "inductor"  # torch.compile's own; the CPU tests swap in "aot_eager" for time
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,11 @@ class Recipe:
     `micro_batch` conversations go through one forward pass per GPU, flattened into a single
     padding-free row (no pad tokens computed); gradients accumulate up to `global_batch`.
     `fused_kernels` trades speed for memory, not the maths: see `speed_up`.
+    `compile_layers` ("auto", "on", "off") compiles each decoder layer, LoRA included, with
+    `torch.compile`, checkpointed from outside except every `keep_every`-th layer (0: all
+    checkpointed), which keeps its activations: see `compile_decoder_layers`. "auto" compiles
+    on a GPU when the run is long enough to repay the compile time. Neither changes the batch,
+    the steps or the loss a user gets.
     """
 
     epochs: float = 3.0
@@ -68,6 +82,8 @@ class Recipe:
     gradient_checkpointing: bool = True
     precision: str = "auto"
     fused_kernels: bool = False
+    compile_layers: str = "auto"
+    keep_every: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -91,12 +107,16 @@ def check_recipe(recipe: Recipe) -> None:
     """Refuse settings that cannot train, before loading anything."""
     if recipe.bits not in (16, 4):
         raise BadInput(f"--bits {recipe.bits} is not supported", "pass 16 (LoRA) or 4 (QLoRA)")
-    for name in ("epochs", "learning_rate", "lora_r", "lora_alpha", "max_seq_len"):
+    for name in ("epochs", "learning_rate", "lora_r", "lora_alpha", "max_seq_len", "global_batch"):
         if getattr(recipe, name) <= 0:
             flag = "--" + name.replace("_", "-").replace("learning-rate", "lr")
             raise BadInput(f"{flag} must be positive", f"pass a value above 0 for {flag}")
     if recipe.precision not in ("auto", *PRECISIONS):
         raise BadInput(f"unknown precision {recipe.precision!r}", "use auto, bf16, fp16 or fp32")
+    if recipe.compile_layers not in COMPILE_CHOICES:
+        raise BadInput(f"unknown compile_layers {recipe.compile_layers!r}", "use auto, on or off")
+    if recipe.keep_every < 0:
+        raise BadInput("keep_every must not be negative", "pass 0 to checkpoint every layer")
 
 
 def pick_precision(requested: str, cuda: bool, bf16_supported: bool) -> str:
@@ -306,6 +326,52 @@ def speed_up(model: Any, recipe: Recipe, precision: str) -> tuple[str, ...]:
     return ("liger",)
 
 
+def planned_steps(recipe: Recipe, examples: int, max_steps: int = -1) -> int:
+    """Optimizer steps the run will take (the Trainer's own count: whole batches per epoch)."""
+    if max_steps > 0:
+        return max_steps
+    return max(1, math.ceil(math.ceil(examples / recipe.global_batch) * recipe.epochs))
+
+
+def should_compile(recipe: Recipe, cuda: bool, steps: int) -> bool:
+    """Compile when asked, or ("auto") on a GPU for runs long enough to repay the compile."""
+    if recipe.compile_layers != "auto":
+        return recipe.compile_layers == "on"
+    return cuda and steps >= COMPILE_MIN_STEPS
+
+
+def decoder_layers(model: Any) -> list[Any]:
+    """The transformer blocks of a (PEFT-wrapped) transformers model, in order."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+
+
+def compile_decoder_layers(model: Any, checkpointed: bool, keep_every: int = 0) -> int:
+    """Compile each decoder layer (LoRA inside it) and checkpoint it from outside; return the count.
+
+    Why: a 0.5B model's step is bound by kernel launches, thousands of small elementwise kernels
+    (norms, RoPE, SwiGLU, LoRA's dtype casts and dropout) around the matrix products. Inductor
+    fuses them, and all layers share one compiled graph. Transformers' own checkpointing wraps the
+    layer's forward, inside the compiled region, which dynamo cannot trace; here the compiled
+    forward is checkpointed (non-reentrant) from outside instead; with `keep_every` = k > 0,
+    every k-th layer keeps its activations (less recomputation for more memory). The module
+    tree, parameter names and saved adapter stay as they were.
+    """
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    layers = decoder_layers(model)
+    for index, layer in enumerate(layers):
+        compiled = torch.compile(layer.forward, backend=COMPILE_BACKEND)
+        keeps = keep_every > 0 and index % keep_every == keep_every - 1
+        if checkpointed and not keeps:
+            layer.forward = functools.partial(checkpoint, compiled, use_reentrant=False)
+        else:
+            layer.forward = compiled
+    return len(layers)
+
+
 def build_trainer(model: Any, tokenizer: Any, examples: Sequence[TokenizedExample],
                   recipe: Recipe, output_dir: Path, *, precision: str, world_size: int,
                   max_steps: int = -1, callbacks: Sequence[Any] = ()):
@@ -314,6 +380,8 @@ def build_trainer(model: Any, tokenizer: Any, examples: Sequence[TokenizedExampl
 
     micro, accumulation = batch_split(recipe, world_size)
     speed_up(model, recipe, precision)
+    on_gpu = precision != "fp32"  # fp32 trains on the CPU (use_cpu below)
+    compiled = should_compile(recipe, on_gpu, planned_steps(recipe, len(examples), max_steps))
     config = SFTConfig(
         output_dir=str(output_dir),
         num_train_epochs=recipe.epochs,
@@ -326,7 +394,7 @@ def build_trainer(model: Any, tokenizer: Any, examples: Sequence[TokenizedExampl
         max_length=None,
         padding_free=recipe.padding_free,
         packing=False,
-        activation_checkpointing=recipe.gradient_checkpointing,
+        activation_checkpointing=recipe.gradient_checkpointing and not compiled,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         use_cpu=precision == "fp32",
@@ -339,7 +407,7 @@ def build_trainer(model: Any, tokenizer: Any, examples: Sequence[TokenizedExampl
         dataloader_drop_last=False,
         ddp_find_unused_parameters=False,
     )
-    return SFTTrainer(
+    trainer = SFTTrainer(
         model=model,
         args=config,
         train_dataset=training_dataset(examples, recipe.assistant_only_loss),
@@ -347,6 +415,9 @@ def build_trainer(model: Any, tokenizer: Any, examples: Sequence[TokenizedExampl
         peft_config=lora_config(recipe),
         callbacks=list(callbacks),
     )
+    if compiled:
+        compile_decoder_layers(trainer.model, recipe.gradient_checkpointing, recipe.keep_every)
+    return trainer
 
 
 def train_adapter(base: Path, examples: Sequence[TokenizedExample], recipe: Recipe,
@@ -457,7 +528,7 @@ def merge_command(base: str, adapter: Path, out: Path) -> int:
 def recipe_from_args(args: argparse.Namespace) -> Recipe:
     return Recipe(epochs=args.epochs, learning_rate=args.lr, lora_r=args.lora_r,
                   lora_alpha=args.lora_alpha, max_seq_len=args.max_seq_len, bits=args.bits,
-                  seed=args.seed)
+                  seed=args.seed, compile_layers=args.compile, global_batch=args.global_batch)
 
 
 def _train(gpus: int, base: Path, files: Sequence[Path], examples: Sequence[TokenizedExample],
@@ -470,6 +541,12 @@ def _train(gpus: int, base: Path, files: Sequence[Path], examples: Sequence[Toke
         return
     import torch
 
+    if recipe.global_batch == Recipe.global_batch:
+        print(f"note: {gpus} GPUs split the {recipe.global_batch} conversations of each step; at "
+              "this batch a small model trains slower on several GPUs than on one (bench/"
+              f"RESULTS.md). --global-batch {recipe.global_batch * gpus} keeps "
+              f"{recipe.global_batch} per GPU, which scales, with {gpus}x fewer, larger steps.",
+              file=sys.stderr)
     if torch.cuda.device_count() < gpus:
         raise MissingEnvironment(f"--gpus {gpus} asks for more GPUs than this machine has "
                                  f"({torch.cuda.device_count()})", "pass a smaller --gpus")
@@ -492,31 +569,35 @@ def _push(out: Path, repo: str) -> None:
 
 
 def finetune_command(args: argparse.Namespace) -> int:
-    recipe = recipe_from_args(args)
+    finetune([Path(f) for f in args.data], args.base, Path(args.out), recipe_from_args(args),
+             gpus=args.gpus)
+    if args.push:
+        _push(Path(args.out), args.push)
+    return 0
+
+
+def finetune(files: Sequence[Path], base: str, out: Path, recipe: Recipe, gpus: int = 1) -> None:
+    """Check the data, train the adapter, merge: what `webslm finetune` does (the e2e bench too)."""
     check_recipe(recipe)
-    if args.gpus < 1:
+    if gpus < 1:
         raise BadInput("--gpus must be at least 1", "pass --gpus 1 or more")
-    files = [Path(f) for f in args.data]
+    batch_split(recipe, gpus)
     data = checked_data(files)
-    resolved = _resolve_base(args.base)
+    resolved = _resolve_base(base)
     examples = tokenize_all(load_tokenizer(resolved.path), data, recipe.max_seq_len)
     for line in summary_lines(data, examples, recipe.max_seq_len):
         print(line)
     if not examples:
         raise BadInput(f"no conversation has an assistant token within {recipe.max_seq_len} "
                        "tokens", "raise --max-seq-len or shorten the conversations")
-    out = Path(args.out)
     with atomic_directory(out, METADATA_FILE) as staging:
         adapter_out = staging / ADAPTER_DIR
-        _train(args.gpus, resolved.path, files, examples, recipe, adapter_out)
+        _train(gpus, resolved.path, files, examples, recipe, adapter_out)
         record = metadata(base_model=resolved.repo_id or str(resolved.path),
                           base_revision=resolved.revision, data_digest=data.digest,
                           system_prompt=data.system_prompt,
-                          recipe={**recipe.to_json(), "gpus": args.gpus})
+                          recipe={**recipe.to_json(), "gpus": gpus})
         atomic_write_text(adapter_out / METADATA_FILE, canonical_json(record))
         merge_into(resolved.path, adapter_out, staging)
         atomic_write_text(staging / METADATA_FILE, canonical_json(record))
     print(f"merged model written to {out} (adapter in {out / ADAPTER_DIR})")
-    if args.push:
-        _push(out, args.push)
-    return 0

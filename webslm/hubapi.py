@@ -59,7 +59,7 @@ class Redactor:
         """A log record whose message and traceback text are redacted (arguments merged in)."""
         try:
             message = record.getMessage()
-        except Exception:  # a malformed %-format: keep the template, drop the arguments
+        except Exception:  # noqa: BLE001 - a malformed %-format: keep the template only
             message = str(record.msg)
         record.msg, record.args = self.redact(message), ()
         if record.exc_info:
@@ -212,6 +212,6 @@ def hub_call(redactor: Redactor, doing: str, call: Any, *args: Any, **kwargs: An
     failure: WebslmError | None = None
     try:
         return call(*args, **kwargs)
-    except Exception as error:  # every kind: none may escape unredacted
+    except Exception as error:  # noqa: BLE001 - every kind: none may escape unredacted
         failure = hub_failure(error, redactor, doing)
     raise failure

@@ -120,8 +120,8 @@ def dequantize(q_weight: np.ndarray, q_scale: np.ndarray, quant: GroupQuantizati
     """W [out, in] from MLC's packed q_weight [out, in/8] and q_scale [out, in/group]."""
     shifts = np.arange(quant.per_storage, dtype=np.uint32) * quant.bits
     mask = np.uint32((1 << quant.bits) - 1)
-    values = (q_weight[..., None] >> shifts) & mask  # [out, in/8, 8]
-    values = values.reshape(*q_weight.shape[:-1], -1).astype(np.float32) - quant.max_int
+    packed = (q_weight[..., None] >> shifts) & mask  # [out, in/8, 8]
+    values = packed.reshape(*q_weight.shape[:-1], -1).astype(np.float32) - quant.max_int
     scale = np.repeat(q_scale.astype(np.float32), quant.group_size, axis=-1)
     return (values * scale[..., :values.shape[-1]]).astype(q_scale.dtype)
 

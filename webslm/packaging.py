@@ -58,7 +58,8 @@ def read_json(path: Path) -> dict[str, Any] | None:
 def write_package(final: Path, *, spec: BuildSpec, model: ResolvedModel,
                   inputs: Mapping[str, str], staged: StageFiles, weights: StageFiles,
                   chat: StageFiles, library: StageFiles, toolchain: Toolchain, image_digest: str,
-                  base_url: str | None, stages: Mapping[str, Mapping[str, str]],
+                  base_url: str | None, allow_pickle: bool,
+                  stages: Mapping[str, Mapping[str, str]],
                   ) -> tuple[dict[str, Any], dict[str, str]]:
     """Write dist/<name>/ whole; returns its provenance statement and the shipped files' digests."""
     finetune = read_json(staged.path / FINETUNE_FILE)
@@ -83,7 +84,7 @@ def write_package(final: Path, *, spec: BuildSpec, model: ResolvedModel,
         statement = provenance.statement(
             outputs=outputs, spec=spec.to_json(),
             model={"id": model.repo_id or spec.model, "revision": model.revision,
-                   "source": "hub" if model.repo_id else "local"},
+                   "source": "hub" if model.repo_id else "local", "allow_pickle": allow_pickle},
             inputs=inputs, toolchain_id=toolchain.id, image=toolchain.image,
             image_digest=image_digest,
             lock_digest=toolchain.lock_digest,

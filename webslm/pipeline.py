@@ -109,6 +109,7 @@ class BuildOptions:
     variation: Variation = field(default_factory=Variation)
     show_progress: bool = True
     model_folder: Path | None = None  # a local model's folder, when not at spec.model from here
+    model_digests: Mapping[str, str] | None = None  # its files' digests, when already hashed
     overlap: bool = True  # run convert_weight beside gen_config -> compile (False: one by one)
 
 
@@ -368,7 +369,7 @@ class Build:
         model = resolve_model(self.spec, allow_pickle=self.options.allow_pickle,
                               local_folder=self.options.model_folder)
         self.spec = self.spec.with_model_type(model.model_type)
-        digests = hash_files(model.path, model.files)
+        digests = dict(self.options.model_digests or hash_files(model.path, model.files))
         self.results["resolve"] = StageResult("resolve", model.path, digests, "", cached=False)
         return model, digests
 
@@ -450,7 +451,7 @@ class Build:
             weights=StageFiles(weights.path, weights.files),
             chat=StageFiles(chat.path, chat.files), library=StageFiles(library.path, library.files),
             toolchain=self.toolchain, image_digest=self.engine.image_digest,
-            base_url=self.options.base_url,
+            base_url=self.options.base_url, allow_pickle=self.options.allow_pickle,
             stages={r.name: {"cache_key": r.cache_key, "output": r.digest}
                     for r in self.results.values() if r.cache_key})
         self.results["package"] = StageResult("package", final, shipped, "", cached=False)

@@ -27,6 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from webslm.checkout import checkout_path, require
 from webslm.errors import BadInput, MissingEnvironment, StageFailed
 from webslm.files import canonical_json
 from webslm.layout import APP_CONFIG_FILE
@@ -34,7 +35,7 @@ from webslm.layout import APP_CONFIG_FILE
 MODELS_PREFIX = "/models/"
 MODEL_FOLDER = "resolve/main"
 INDEX_PATH = "/models/index.json"
-WEB_SOURCE = Path(__file__).resolve().parent.parent / "web"
+WEB_SOURCE = checkout_path("web")
 BUILD_COMMAND = "npm ci --prefix web && npm run build --prefix web"
 LONG_CACHE = "public, max-age=31536000, immutable"
 NO_CACHE = "no-cache"
@@ -223,10 +224,10 @@ class SiteHandler(BaseHTTPRequestHandler):
     server: SiteServer
     protocol_version = "HTTP/1.1"
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self.respond(send_body=True)
 
-    def do_HEAD(self) -> None:  # noqa: N802
+    def do_HEAD(self) -> None:
         self.respond(send_body=False)
 
     def respond(self, *, send_body: bool) -> None:
@@ -350,7 +351,7 @@ def bundle_is_stale(web: Path) -> bool:
 
 def ensure_web_bundle(web: Path = WEB_SOURCE) -> Path:
     """web/dist, rebuilt first when missing or older than its sources (about a second)."""
-    if not (web / "package.json").is_file():
+    if not (require(web) / "package.json").is_file():
         raise MissingEnvironment(f"the web client's sources are not at {web}",
                                  "run `webslm serve` from a checkout of the webslm repository")
     if not bundle_is_stale(web):

@@ -92,13 +92,15 @@ export function systemPromptOf(record) {
   return webslm.finetune?.system_prompt ?? webslm.system_prompt ?? null;
 }
 
+/** webslm's own decoding defaults (webslm.webllm.DEFAULT_TEMPERATURE and DEFAULT_TOP_P, which
+ * tests/test_web.py keeps equal to these), for a record that does not say. */
+export const DEFAULT_SAMPLING = Object.freeze({ temperature: 0.7, top_p: 0.8 });
+
 /** Decoding defaults the build recorded (the model's generation_config or webslm's). */
 export function samplingOf(record) {
   const overrides = record.overrides ?? {};
-  return {
-    temperature: typeof overrides.temperature === "number" ? overrides.temperature : 0.7,
-    top_p: typeof overrides.top_p === "number" ? overrides.top_p : 0.95,
-  };
+  const recorded = (name) => (typeof overrides[name] === "number" ? overrides[name] : DEFAULT_SAMPLING[name]);
+  return { temperature: recorded("temperature"), top_p: recorded("top_p") };
 }
 
 /** Bytes a first load downloads: the weight shards listed in ndarray-cache.json plus the library. */

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import {
-  downloadBytes, formatMB, isPinned, loadCatalog, pageOptions, relocateRecord, samplingOf, systemPromptOf,
+  DEFAULT_SAMPLING, downloadBytes, formatMB, isPinned, loadCatalog, pageOptions, relocateRecord, samplingOf, systemPromptOf,
 } from "../src/models.js";
 
 const built = {
@@ -69,6 +69,8 @@ test("the training system prompt comes from webslm.json, else the build's", () =
 
 test("sampling defaults come from the build's overrides", () => {
   assert.deepEqual(samplingOf({ overrides: { temperature: 0.3, top_p: 0.5 } }), { temperature: 0.3, top_p: 0.5 });
+  assert.deepEqual(samplingOf({ overrides: { temperature: 0.3 } }), { temperature: 0.3, top_p: DEFAULT_SAMPLING.top_p });
+  assert.deepEqual(samplingOf({}), DEFAULT_SAMPLING);
 });
 
 test("the first-load size is the weight shards plus the library", () => {

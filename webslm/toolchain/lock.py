@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from webslm.baseimage import BaseRecipe
+from webslm.checkout import checkout_path, require
 from webslm.errors import BadInput
 from webslm.files import canonical_json, read_json_object, sha256_bytes, sha256_file
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DOCKER_DIR = REPO_ROOT / "docker"
+DOCKER_DIR = checkout_path("docker")
 LOCK_NAME = "toolchain.lock.json"
 SECCOMP_NAME = "seccomp-no-aslr.json"
 PATCHES_DIR = "patches"
@@ -182,7 +182,8 @@ def parse_lock(data: Mapping[str, Any]) -> ToolchainLock:
     if "mlc-llm" not in {pin.path for pin in sources}:
         raise BadInput("toolchain lock: `sources.mlc-llm` is missing", "pin MLC-LLM's commit")
     for name, entry in _need(data, "python.packages", Mapping).items():
-        hashes = entry.get("sha256") if isinstance(entry, Mapping) else None
+        entry = entry if isinstance(entry, Mapping) else {}
+        hashes = entry.get("sha256")
         if not isinstance(entry.get("version"), str) or not isinstance(hashes, list) or not hashes:
             raise BadInput(f"toolchain lock: python package {name} needs a version and hashes",
                            "run: webslm toolchain refresh-lock")
@@ -229,7 +230,7 @@ def value_at(data: Mapping[str, Any], dotted: str) -> Any:
 
 
 def read_lock_json(docker_dir: Path = DOCKER_DIR) -> dict[str, Any]:
-    return read_json_object(docker_dir / LOCK_NAME, "restore docker/ from git")
+    return read_json_object(require(docker_dir) / LOCK_NAME, "restore docker/ from git")
 
 
 def load_lock(docker_dir: Path = DOCKER_DIR) -> ToolchainLock:
@@ -256,7 +257,7 @@ def patch_mismatches(lock: ToolchainLock, docker_dir: Path = DOCKER_DIR) -> tupl
 
 def context_files(docker_dir: Path = DOCKER_DIR) -> tuple[Path, ...]:
     """Every file of the build context, sorted by relative path (caches excluded)."""
-    files = [p for p in docker_dir.rglob("*")
+    files = [p for p in require(docker_dir).rglob("*")
              if p.is_file() and not CONTEXT_SKIP.intersection(p.relative_to(docker_dir).parts)]
     return tuple(sorted(files, key=lambda p: p.relative_to(docker_dir).as_posix()))
 

@@ -34,8 +34,9 @@ Resolver = Any  # Callable[[dict], str | list[str]]: raises on failure, keeps th
 
 def open_url(url: str, headers: Mapping[str, str] | None = None, method: str = "GET",
            timeout: float = 60) -> Any:
-    request = urllib.request.Request(url, headers=dict(headers or {}), method=method)
-    return urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 (URLs from the lock)
+    """GET or HEAD a URL the resolvers built from the lock's pins (never a user's input)."""
+    request = urllib.request.Request(url, headers=dict(headers or {}), method=method)  # noqa: S310
+    return urllib.request.urlopen(request, timeout=timeout)  # noqa: S310
 
 
 def _git(*argv: str, cwd: Path | None = None) -> str:
@@ -68,7 +69,7 @@ def resolve_download_sha256(url: str) -> str:
 def resolve_tag_commit(repo: str, tag: str) -> str:
     """The commit a tag names (peeled when annotated)."""
     lines = _git("ls-remote", repo, f"refs/tags/{tag}", f"refs/tags/{tag}^{{}}").splitlines()
-    refs = dict(reversed(line.split("\t")) for line in lines)
+    refs = {ref: commit for commit, ref in (line.split("\t") for line in lines)}
     return refs.get(f"refs/tags/{tag}^{{}}") or refs[f"refs/tags/{tag}"]
 
 
@@ -190,7 +191,7 @@ def refresh_lock(docker_dir: Path = DOCKER_DIR, *, only_placeholders: bool = Tru
                 continue
             try:
                 value = resolve()
-            except Exception as error:  # network, git, registry: keep the placeholder
+            except Exception as error:  # noqa: BLE001 (network, git, registry: keep the placeholder)
                 log.write(f"unresolved {dotted}: {type(error).__name__}: {error}\n")
                 continue
             old = value_at(data, dotted)

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from webslm import checkout
 from webslm.cache import default_cache_dir
 from webslm.container import Variation
 from webslm.errors import BadInput
@@ -110,7 +111,7 @@ class RebuildSettings:
     toolchain: Toolchain | None = None  # None: webslm.toolchain.current_toolchain()
     cache_dir: Path | None = None  # where logs go (None: <cache>/verify); no stage is reused
     show_progress: bool = True
-    repo: Path = Path(__file__).resolve().parents[2]  # where `git log` finds the lock
+    repo: Path = checkout.ROOT  # where `git log` finds the lock
     model: Path | None = None  # verify --model: a local model's folder, wherever it is now
     build_folder: Path | None = None  # where the build probably ran (a dist's grandparent)
 
@@ -129,6 +130,11 @@ def variation_conditions(variation: Variation) -> dict[str, str]:
             "hostname": str(variation.hostname),
             "input order": "reversed" if variation.reverse_input_order else "as built",
             "stage cache": "not used"}
+
+
+def allow_pickle(provenance: Provenance) -> bool:
+    """Whether the build accepted pickle weights (`--allow-pickle`), so the rebuild does too."""
+    return provenance.model.get("allow_pickle") is True
 
 
 def rebuild_spec(provenance: Provenance) -> BuildSpec:
@@ -153,9 +159,9 @@ def model_folders(spec: BuildSpec, settings: RebuildSettings) -> list[Path]:
 
 
 def check_inputs(spec: BuildSpec, provenance: Provenance,
-                 settings: RebuildSettings) -> Path | None:
+                 settings: RebuildSettings) -> tuple[Path | None, dict[str, str]]:
     """The model files the rebuild would read must be the ones the provenance names; returns
-    the local model's folder (None for a Hub model)."""
+    the local model's folder (None for a Hub model) and the files' digests (hashed once)."""
     folders: list[Path | None] = list(model_folders(spec, settings)) if spec.is_local else [None]
     if not any(f is None or f.is_dir() for f in folders):
         raise BadInput(f"cannot find the model folder {spec.model} the provenance names (looked "
@@ -164,7 +170,7 @@ def check_inputs(spec: BuildSpec, provenance: Provenance,
     differ: list[str] = []
     for folder in [f for f in folders if f is None or f.is_dir()]:
         try:
-            model = resolve_model(spec, local_folder=folder)
+            model = resolve_model(spec, local_folder=folder, allow_pickle=allow_pickle(provenance))
         except BadInput as error:
             raise BadInput(f"cannot get the model the provenance names ({error.what})",
                            "verify where the build's model folder exists, or from the same Hub "
@@ -173,7 +179,7 @@ def check_inputs(spec: BuildSpec, provenance: Provenance,
         differ = sorted(n for n in set(digests) | set(provenance.inputs)
                         if digests.get(n) != provenance.inputs.get(n))
         if not differ:
-            return folder
+            return folder, digests
     raise BadInput(f"the model files at {model.path} are not the ones the provenance names "
                    f"(differing: {', '.join(differ[:4])})",
                    "verify needs the exact inputs: restore the model the build used, or pass "
@@ -184,11 +190,12 @@ def rebuild(provenance: Provenance, settings: RebuildSettings, toolchain: Toolch
             work: Path) -> tuple[BuildResult, Variation]:
     """Build again from scratch, under the verify variation, into `work`."""
     spec = rebuild_spec(provenance)
-    folder = check_inputs(spec, provenance, settings)
+    folder, digests = check_inputs(spec, provenance, settings)
     variation = verify_variation(work / "build-area", os.getuid())
     options = BuildOptions(out=work / "dist", use_cache=False, toolchain=toolchain,
                            cache_dir=settings.cache_dir or default_cache_dir() / "verify",
-                           variation=variation, model_folder=folder,
+                           variation=variation, model_folder=folder, model_digests=digests,
+                           allow_pickle=allow_pickle(provenance),
                            show_progress=settings.show_progress)
     return build_model(spec, options), variation
 
