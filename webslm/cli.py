@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from importlib.metadata import PackageNotFoundError, requires
 from pathlib import Path
 from types import FrameType
 
@@ -298,8 +299,6 @@ def optional_extra(module: str, preferred: str = "finetune") -> str | None:
     metadata (pyproject.toml is the one list): `preferred` when it has the module (torch is in
     both finetune and check; the commands that reach this handler are finetune's), else any other
     non-test extra; None when no extra has it."""
-    from importlib.metadata import PackageNotFoundError, requires
-
     try:
         requirements = requires("webslm") or []
     except PackageNotFoundError:

@@ -66,23 +66,22 @@ from webslm.files import (
     check_replaceable,
     check_writable,
 )
-from webslm.hub import PICKLE_SUFFIXES, resolve_model
+from webslm.hub import PICKLE_SUFFIXES, ResolvedModel, check_safetensors_header, resolve_model
 from webslm.layout import (
     CHAT_CONFIG_FILE,
     PROVENANCE_FILE,
     library_name,
 )
+from webslm.normalize import load_config, normalize_config
 from webslm.packaging import FINETUNE_FILE, StageFiles, write_package
 from webslm.provenance import hash_files, list_files
-from webslm.toolchain import chosen_or_current
+from webslm.spec import BuildSpec
+from webslm.toolchain import Toolchain, chosen_or_current
 from webslm.webllm import check_base_url
 
 if TYPE_CHECKING:
     from rich.progress import Progress
 
-    from webslm.hub import ResolvedModel
-    from webslm.spec import BuildSpec
-    from webslm.toolchain import Toolchain
 
 STAGES = ("resolve", "stage", "convert_weight", "gen_config", "compile", "package")
 MODEL_MOUNT = "/in/model"
@@ -228,6 +227,7 @@ class Display:
         self.started = False
         self.lock = threading.Lock()
         if enabled:
+            # rich loads only when progress is shown
             from rich.console import Console
             from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -381,9 +381,6 @@ class Build:
         stage_code = hashlib.sha256(b"".join(p.read_bytes() for p in STAGE_SOURCES)).hexdigest()
 
         def produce(output: Path) -> None:
-            from webslm.hub import check_safetensors_header
-            from webslm.normalize import load_config, normalize_config
-
             for name in names:
                 shutil.copyfile(model.path / name, output / name)
             config = normalize_config(load_config(output / "config.json"), model_type).config
