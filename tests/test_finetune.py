@@ -294,8 +294,8 @@ def test_bad_compile_settings_are_refused(tiny_qwen2: Path, tmp_path: Path,
 
 def test_finetune_flags_reach_the_recipe(tiny_qwen2: Path, tmp_path: Path,
                                          capsys: pytest.CaptureFixture) -> None:
-    from webslm.cli import build_parser
-    from webslm.finetune import Recipe, recipe_from_args
+    from webslm.cli import build_parser, recipe_from_args
+    from webslm.finetune import Recipe
 
     args = build_parser().parse_args(["finetune", "--data", "x.jsonl", "--compile", "on",
                                       "--global-batch", "32"])

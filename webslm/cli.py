@@ -1,8 +1,8 @@
 """The `webslm` command line: parse arguments, call the module that owns the command, map errors.
 
-Every command here is also an Invoke task (tasks.py builds the same argv and calls `main`), so
-the two front ends cannot drift apart. Modules are imported inside the handlers: `webslm spec`
-must not pay for importing torch or the Docker SDK.
+Every command here is also an Invoke task (tasks.py makes them from this parser, through
+webslm/invoke_tasks.py), so the two front ends cannot drift apart. Modules are imported inside
+the handlers: `webslm spec` must not pay for importing torch or the Docker SDK.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from importlib.metadata import PackageNotFoundError, requires
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from webslm import bench, pipeline, publish, serve, verify
 from webslm.errors import BadInput, MissingEnvironment, Terminated, WebslmError
@@ -24,6 +25,9 @@ from webslm.files import canonical_json
 from webslm.normalize import normalize_path
 from webslm.spec import resolve_spec
 from webslm.verify import DOWNLOAD_TIMEOUT_S, MAX_DOWNLOAD_MIB
+
+if TYPE_CHECKING:
+    from webslm.finetune import Recipe
 
 DEFAULT_DIST = "dist"
 
@@ -151,10 +155,19 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     return finetune.data_check_command([Path(f) for f in args.files], tokenizer=args.tokenizer)
 
 
+def recipe_from_args(args: argparse.Namespace) -> Recipe:
+    from webslm.finetune import Recipe
+
+    return Recipe(epochs=args.epochs, learning_rate=args.lr, lora_r=args.lora_r,
+                  lora_alpha=args.lora_alpha, max_seq_len=args.max_seq_len, bits=args.bits,
+                  seed=args.seed, compile_layers=args.compile, global_batch=args.global_batch)
+
+
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from webslm import finetune  # imports torch and transformers
 
-    return finetune.finetune_command(args)
+    return finetune.finetune_command([Path(f) for f in args.data], args.base, Path(args.out),
+                                     recipe_from_args(args), gpus=args.gpus, push=args.push)
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:

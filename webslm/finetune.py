@@ -14,7 +14,6 @@ unless the user raises it (`--global-batch`), which is what scales (bench/RESULT
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import json
@@ -36,10 +35,11 @@ from webslm.chatdata import (
     summary_lines,
     tokenize_all,
 )
+from webslm.checkout import checkout_path, require
 from webslm.errors import BadInput, MissingEnvironment, StageFailed
 from webslm.files import atomic_directory, atomic_write_text, canonical_json
 
-TRAIN_SCRIPT = Path(__file__).resolve().parent.parent / "finetune" / "train.py"
+TRAIN_SCRIPT = checkout_path("finetune", "train.py")
 ADAPTER_DIR = "adapter"
 METADATA_FILE = "webslm.json"
 PRECISIONS = ("bf16", "fp16", "fp32")
@@ -148,7 +148,7 @@ def launch_command(gpus: int, base: Path, data: Sequence[Path], adapter_out: Pat
     """The torchrun command that trains on `gpus` processes (DDP) with finetune/train.py."""
     return [
         python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
-        str(TRAIN_SCRIPT), "--base", str(base), "--adapter-out", str(adapter_out),
+        str(require(TRAIN_SCRIPT)), "--base", str(base), "--adapter-out", str(adapter_out),
         "--recipe", json.dumps(recipe.to_json(), sort_keys=True),
         *[arg for path in data for arg in ("--data", str(path))],
     ]
@@ -249,7 +249,9 @@ def register_varlen_attention() -> str:
     return VARLEN_ATTENTION
 
 
-def _torch_dtype(precision: str):  # noqa: ANN202
+def master_weight_dtype(precision: str):  # noqa: ANN201
+    """The dtype the base weights are loaded in: bf16 under bf16; under fp16 mixed precision
+    (and fp32) the weights stay fp32 masters and autocast runs the matrix work in fp16."""
     import torch
 
     return {"bf16": torch.bfloat16, "fp16": torch.float32, "fp32": torch.float32}[precision]
@@ -265,7 +267,7 @@ def load_base_model(path: Path, precision: str, recipe: Recipe):  # noqa: ANN201
     from transformers import AutoModelForCausalLM
 
     bits = recipe.bits
-    kwargs: dict[str, Any] = {"dtype": _torch_dtype(precision),
+    kwargs: dict[str, Any] = {"dtype": master_weight_dtype(precision),
                               "attn_implementation": attention_for(recipe)}
     if bits == 4:
         try:
@@ -525,12 +527,6 @@ def merge_command(base: str, adapter: Path, out: Path) -> int:
 
 # --- the finetune command ---------------------------------------------------------------------
 
-def recipe_from_args(args: argparse.Namespace) -> Recipe:
-    return Recipe(epochs=args.epochs, learning_rate=args.lr, lora_r=args.lora_r,
-                  lora_alpha=args.lora_alpha, max_seq_len=args.max_seq_len, bits=args.bits,
-                  seed=args.seed, compile_layers=args.compile, global_batch=args.global_batch)
-
-
 def _train(gpus: int, base: Path, files: Sequence[Path], examples: Sequence[TokenizedExample],
            recipe: Recipe, adapter_out: Path) -> None:
     """Train in this process on one device, or under torchrun on several GPUs."""
@@ -568,11 +564,11 @@ def _push(out: Path, repo: str) -> None:
     print(f"pushed {out} to https://huggingface.co/{repo}")
 
 
-def finetune_command(args: argparse.Namespace) -> int:
-    finetune([Path(f) for f in args.data], args.base, Path(args.out), recipe_from_args(args),
-             gpus=args.gpus)
-    if args.push:
-        _push(Path(args.out), args.push)
+def finetune_command(data: Sequence[Path], base: str, out: Path, recipe: Recipe, *,
+                     gpus: int = 1, push: str | None = None) -> int:
+    finetune(data, base, out, recipe, gpus=gpus)
+    if push:
+        _push(out, push)
     return 0
 
 
