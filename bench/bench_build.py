@@ -35,7 +35,8 @@ from tinymodels import make_tiny_model  # noqa: E402
 
 from webslm.baseimage import LIVE_MIRROR, ensure_base_image  # noqa: E402
 from webslm.cache import default_cache_dir  # noqa: E402
-from webslm.pipeline import BuildOptions, build_model, copy_files  # noqa: E402
+from webslm.packaging import copy_files  # noqa: E402
+from webslm.pipeline import BuildOptions, build_model  # noqa: E402
 from webslm.provenance import hash_files, list_files  # noqa: E402
 from webslm.spec import resolve_spec  # noqa: E402
 from webslm.toolchain import docker_client, load_lock  # noqa: E402

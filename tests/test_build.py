@@ -20,8 +20,9 @@ from conftest import copy_model, interrupt_when
 from standin.image import standin_toolchain
 
 from webslm.cli import main
+from webslm.container import Variation
 from webslm.files import sha256_file
-from webslm.pipeline import BuildOptions, Variation, build_many, build_model
+from webslm.pipeline import BuildOptions, build_many, build_model
 from webslm.provenance import hash_files, list_files, sri
 from webslm.spec import resolve_spec
 

@@ -19,9 +19,10 @@ from standin.image import standin_toolchain
 
 from webslm.cache import StageCache
 from webslm.cli import main, sigterm_unwinds
+from webslm.container import HOST_LABEL, OWNER_LABEL
 from webslm.errors import BadInput, Terminated
 from webslm.files import atomic_directory, check_writable, owner_token, recover_directory
-from webslm.pipeline import HOST_LABEL, OWNER_LABEL, BuildOptions, build_many
+from webslm.pipeline import BuildOptions, build_many
 from webslm.provenance import PROVENANCE_FILE, hash_files, list_files
 from webslm.spec import resolve_spec
 

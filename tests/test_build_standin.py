@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from webslm.container import OUT_MOUNT, container_command
 from webslm.pipeline import (
     CONFIG_MOUNT,
     MODEL_MOUNT,
-    OUT_MOUNT,
     compile_command,
-    container_command,
     convert_command,
     gen_config_command,
 )

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from webslm import publish
+from webslm import hubapi, layout, publish
 from webslm.cli import main
 from webslm.errors import BadInput
 from webslm.files import canonical_json
@@ -67,7 +67,7 @@ def make_dist(root: Path, *, name: str = "tiny", quantization: str = "q4f32_1",
     (folder / "mlc-chat-config.json").write_text(canonical_json(chat_config))
     (folder / "tokenizer.json").write_text(canonical_json({"model": {"vocab": {"a": 0}}}))
     (folder / "tokenizer_config.json").write_text(canonical_json({"model_max_length": 4096}))
-    library = webllm.library_name(spec.model_id)
+    library = layout.library_name(spec.model_id)
     (folder / "libs" / library).write_bytes(b"\0asm\x01\0\0\0" + rng.randbytes(5000))
     outputs = hash_files(folder, list_files(folder))
     statement = provenance.statement(
@@ -82,7 +82,7 @@ def make_dist(root: Path, *, name: str = "tiny", quantization: str = "q4f32_1",
         chat_config=chat_config, chat_config_digest=outputs["mlc-chat-config.json"],
         library_digest=outputs[f"libs/{library}"],
         tokenizer_digests={n: outputs[n] for n in chat_config["tokenizer_files"]},
-        weight_digests={n: outputs[n] for n in webllm.weight_files(outputs)},
+        weight_digests={n: outputs[n] for n in layout.weight_files(outputs)},
         weight_bytes=sum(map(len, shards.values())), webllm_version="0.2.79",
         toolchain_id=TOOLCHAIN_ID, system_prompt=system_prompt, finetune=None)
     record = webllm.model_record(facts, webllm.DEFAULT_BASE_URL)
@@ -286,7 +286,7 @@ def test_sizes_are_printed_exactly() -> None:
 
 
 def test_redactor_removes_the_token_and_anything_shaped_like_one() -> None:
-    redactor = publish.Redactor(("s3cret-value",))
+    redactor = hubapi.Redactor(("s3cret-value",))
     text = (f"Authorization: Bearer {FAKE_TOKEN}; token={FAKE_TOKEN}; api_org_"
             + "x" * 30 + " and s3cret-value; bearer s3cret-value")
     clean = redactor.redact(text)
@@ -297,8 +297,8 @@ def test_redactor_removes_the_token_and_anything_shaped_like_one() -> None:
 
 def test_log_records_are_redacted_while_publishing(caplog: pytest.LogCaptureFixture) -> None:
     logger = logging.getLogger("huggingface_hub.test")
-    redactor = publish.Redactor((FAKE_TOKEN,))
-    with caplog.at_level(logging.DEBUG), publish.redacted_logs(redactor):
+    redactor = hubapi.Redactor((FAKE_TOKEN,))
+    with caplog.at_level(logging.DEBUG), hubapi.redacted_logs(redactor):
         logger.warning("sending %s", {"authorization": f"Bearer {FAKE_TOKEN}"})
         try:
             raise RuntimeError(f"server said {FAKE_TOKEN}")

@@ -19,17 +19,11 @@ import pytest
 from conftest import REAL_TINY, copy_model, tasks_namespace
 from invoke import Program
 
+from webslm.container import ContainerRun, Engine
 from webslm.errors import BadInput, StageFailed
 from webslm.files import sha256_bytes, sha256_file
 from webslm.hub import check_safetensors_header
-from webslm.pipeline import (
-    MODEL_MOUNT,
-    BuildOptions,
-    ContainerRun,
-    Engine,
-    build_model,
-    convert_command,
-)
+from webslm.pipeline import MODEL_MOUNT, BuildOptions, build_model, convert_command
 from webslm.provenance import hash_files, list_files
 from webslm.safetensors_index import INDEX_FILE, index_text, needs_index, weight_map
 from webslm.spec import resolve_spec
@@ -100,7 +94,7 @@ def test_standin_convert_weight_fails_on_a_read_only_model_without_index(
     """As real v0.19.0 does: it tries to write the index next to the lone model.safetensors."""
     model = copy_model(real_tiny / "model", tmp_path / "model")
     spec = resolve_spec(model=str(model), quantization="q4f32_1", name="qwen2-tiny")
-    engine = Engine(standin, BuildOptions(out=tmp_path / "dist"))
+    engine = Engine(standin)
     (tmp_path / "out").mkdir()
     job = ContainerRun(stage="convert_weight", model_id=spec.model_id,
                        argv=tuple(convert_command(spec.with_model_type("qwen2"),

@@ -514,7 +514,7 @@ def test_the_image_ships_a_frozen_prebuilt_emscripten_cache() -> None:
     """EM_CACHE lives in the image (not in the stage's /tmp work area), is filled at image build
     time by a link with compile's own flags, and is frozen after that, so stages never rebuild
     libc/libc++ and never write the cache."""
-    from webslm.pipeline import WORK_DIR
+    from webslm.container import WORK_DIR
 
     final = _final_stage((REPO / "docker" / "Dockerfile").read_text())
     cache = re.search(r"EM_CACHE=(\S+)", final)

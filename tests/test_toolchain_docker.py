@@ -106,16 +106,16 @@ def test_seccomp_profile_still_refuses_dangerous_calls(docker_engine,
 
 def test_stage_containers_cannot_write_the_image(docker_engine, debian_base_image: str,
                                                  tmp_path) -> None:
-    """The pipeline's container set-up (webslm.pipeline.Engine) runs a stage with the image
+    """The pipeline's container set-up (webslm.container.Engine) runs a stage with the image
     read-only, emscripten's frozen cache included: only /out and the work area are writable."""
+    from webslm.container import OUT_MOUNT, WORK_DIR, ContainerRun, Engine
     from webslm.errors import StageFailed
-    from webslm.pipeline import OUT_MOUNT, WORK_DIR, BuildOptions, ContainerRun, Engine
     from webslm.toolchain import Toolchain
 
     image = Toolchain(id="0" * 64, image=debian_base_image, lock_digest="0" * 64,
                       webllm_version="0.2.79", env={"EM_CACHE": "/opt/emscripten-cache"},
                       seccomp_profile=None)
-    engine = Engine(image, BuildOptions(out=tmp_path / "dist", toolchain=image))
+    engine = Engine(image)
 
     def stage(name: str, script: str) -> None:
         out = tmp_path / name

@@ -20,12 +20,13 @@ from typing import Any
 import pytest
 from conftest import http_server, require, serving, write_hub_repo
 
-from webslm import verify
 from webslm.cli import main
 from webslm.errors import BadInput, MissingEnvironment
 from webslm.files import canonical_json
-from webslm.provenance import sri, statement
+from webslm.provenance import parse_provenance, sri, statement
 from webslm.toolchain import Toolchain
+from webslm.verify import diff, fetching, rebuild
+from webslm.verify import report as reports
 
 A, B, C = "a" * 64, "b" * 64, "c" * 64
 STANDIN_LOCK = {"webllm": {"version": "0.2.79"}, "source_date_epoch": 1}
@@ -57,7 +58,7 @@ def a_toolchain(identifier: str, lock: str) -> Toolchain:
 
 
 def test_a_build_statement_parses_into_what_verify_needs() -> None:
-    parsed = verify.parse_provenance(a_statement(), "p.json")
+    parsed = parse_provenance(a_statement(), "p.json")
     assert parsed.subjects == {"libs/m-webgpu.wasm": A, "mlc-chat-config.json": B}
     assert parsed.inputs == {"config.json": C} and parsed.toolchain_id == A
     assert parsed.lock_digest == lock_digest(STANDIN_LOCK) and parsed.image_digest == B
@@ -84,7 +85,7 @@ def test_a_build_statement_parses_into_what_verify_needs() -> None:
 ])
 def test_what_is_not_a_provenance_is_refused_with_the_reason(document: object, why: str) -> None:
     with pytest.raises(BadInput) as caught:
-        verify.parse_provenance(document, "p.json")
+        parse_provenance(document, "p.json")
     assert why in caught.value.line() and "p.json is not a webslm provenance" in caught.value.line()
 
 
@@ -111,7 +112,7 @@ def test_verify_of_a_broken_provenance_exits_2(tmp_path: Path,
 
 
 def test_rows_tell_a_tampered_file_from_an_unreproducible_one() -> None:
-    rows = verify.compare_files(
+    rows = diff.compare_files(
         expected={"lib.wasm": A, "config.json": B, "shard.bin": C},
         shipped={"lib.wasm": A, "config.json": C, "shard.bin": None, "extra.txt": A},
         rebuilt={"lib.wasm": B, "config.json": B, "shard.bin": C})
@@ -125,7 +126,7 @@ def test_rows_tell_a_tampered_file_from_an_unreproducible_one() -> None:
 
 
 def test_a_file_not_shipped_here_is_judged_on_the_rebuild_alone() -> None:
-    rows = verify.compare_files({"lib.wasm": A, "x.json": B}, {"lib.wasm": A},
+    rows = diff.compare_files({"lib.wasm": A, "x.json": B}, {"lib.wasm": A},
                                 {"lib.wasm": A, "x.json": B})
     assert all(r.same for r in rows) and rows[1].shipped_checked is False
 
@@ -135,13 +136,13 @@ def test_the_first_differing_stage_follows_build_order() -> None:
     expected = {s: {"cache_key": A, "output": A} for s in order}
     rebuilt = {**expected, "gen_config": {"cache_key": A, "output": B},
                "compile": {"cache_key": B, "output": C}}
-    found = verify.first_differing_stage(order, expected, rebuilt)
+    found = diff.first_differing_stage(order, expected, rebuilt)
     assert found is not None and found.stage == "gen_config" and found.same_inputs
     assert "not reproducible" in found.explain()
     only_compile = {**expected, "compile": rebuilt["compile"]}
-    later = verify.first_differing_stage(order, expected, only_compile)
+    later = diff.first_differing_stage(order, expected, only_compile)
     assert later is not None and not later.same_inputs and "inputs" in later.explain()
-    assert verify.first_differing_stage(order, expected, expected) is None
+    assert diff.first_differing_stage(order, expected, expected) is None
 
 
 def test_app_config_integrity_is_checked_against_the_subjects() -> None:
@@ -151,9 +152,9 @@ def test_app_config_integrity_is_checked_against_the_subjects() -> None:
         "integrity": {"config": sri(A), "model_lib": sri(B),
                       "tokenizer": {"tokenizer.json": sri(C)}},
         "webslm": {"toolchain_id": A}}
-    assert all(c.ok for c in verify.app_config_checks({"model_list": [record]}, subjects, A))
+    assert all(c.ok for c in diff.app_config_checks({"model_list": [record]}, subjects, A))
     forged = {**record, "integrity": {**record["integrity"], "model_lib": sri(C)}}
-    failed = [c.name for c in verify.app_config_checks({"model_list": [forged]}, subjects, B)
+    failed = [c.name for c in diff.app_config_checks({"model_list": [forged]}, subjects, B)
               if not c.ok]
     assert failed == ["webllm-app-config.json m integrity.model_lib",
                       "webllm-app-config.json m toolchain_id"]
@@ -165,9 +166,9 @@ def test_app_config_integrity_is_checked_against_the_subjects() -> None:
 def test_json_differences_are_dotted_paths() -> None:
     expected = {"a": {"b": 1, "c": [1, 2]}, "gone": 1, "same": "x"}
     got = {"a": {"b": 2, "c": [1, 3]}, "new": 1, "same": "x"}
-    assert verify.json_differences(expected, got) == ["a.b", "a.c[1]", "gone (only expected)",
+    assert diff.json_differences(expected, got) == ["a.b", "a.c[1]", "gone (only expected)",
                                                       "new (only got)"]
-    assert verify.json_differences([1], [1, 2]) == ["(the whole document)"]
+    assert diff.json_differences([1], [1, 2]) == ["(the whole document)"]
 
 
 def test_a_binary_difference_names_sizes_and_the_first_differing_offset(tmp_path: Path) -> None:
@@ -175,14 +176,14 @@ def test_a_binary_difference_names_sizes_and_the_first_differing_offset(tmp_path
     data = bytes(range(256)) * 5000  # several read chunks
     expected.write_bytes(data)
     got.write_bytes(data[:1_100_000] + b"\xff" + data[1_100_001:] + b"tail")
-    assert verify.first_difference(expected, got) == 1_100_000
-    text = verify.plain_difference(expected, got)
+    assert diff.first_difference(expected, got) == 1_100_000
+    text = diff.plain_difference(expected, got)
     assert f"expected {len(data)} bytes, got {len(data) + 4} bytes" in text
     assert "offset 1100000 (0x10c8e0)" in text and "got:      ff" in text
     got.write_bytes(data)
-    assert verify.first_difference(expected, got) is None
+    assert diff.first_difference(expected, got) is None
     got.write_bytes(data[:10])
-    assert verify.first_difference(expected, got) == 10
+    assert diff.first_difference(expected, got) == 10
 
 
 def test_a_json_difference_names_the_keys(tmp_path: Path) -> None:
@@ -190,28 +191,28 @@ def test_a_json_difference_names_the_keys(tmp_path: Path) -> None:
     for path, value in ((expected, 0.7), (got, 0.9)):
         path.parent.mkdir()
         path.write_text(canonical_json({"temperature": value, "conv_template": {"x": 1}}))
-    assert "differing JSON keys: temperature" in verify.plain_difference(expected, got)
+    assert "differing JSON keys: temperature" in diff.plain_difference(expected, got)
 
 
 # ---------------------------------------------------------------------------- reports
 
 
-def a_report(**changes: object) -> verify.Report:
-    rows = verify.compare_files({"lib.wasm": A, "c.json": B}, {"lib.wasm": A, "c.json": B},
+def a_report(**changes: object) -> reports.Report:
+    rows = diff.compare_files({"lib.wasm": A, "c.json": B}, {"lib.wasm": A, "c.json": B},
                                 {"lib.wasm": C, "c.json": B})
     values = dict(command="verify", target="dist/m", provenance="dist/m/provenance.json",
                   model_id="m-q4f16_1", toolchain_id=A, conditions={"TZ": "Pacific/Kiritimati"},
-                  rows=tuple(rows), first_stage=verify.StageDifference("compile", A, C, True),
+                  rows=tuple(rows), first_stage=diff.StageDifference("compile", A, C, True),
                   differences={"lib.wasm": "first difference at offset 9"})
     values.update(changes)
-    return verify.Report(**values)  # type: ignore[arg-type]
+    return reports.Report(**values)  # type: ignore[arg-type]
 
 
 def test_reports_in_json_and_markdown_carry_the_table_and_the_explanation(tmp_path: Path) -> None:
     report = a_report()
     assert not report.ok and report.verdict == "not reproducible"
     assert report.summary().startswith("not reproducible: 1 of 2 files differ (lib.wasm)")
-    verify.write_report(report, tmp_path / "r")
+    reports.write_report(report, tmp_path / "r")
     data = json.loads((tmp_path / "r" / "report.json").read_text())
     assert data["ok"] is False and data["first_differing_stage"]["stage"] == "compile"
     assert data["files"][1] == {"name": "lib.wasm", "expected": A, "shipped": A, "rebuilt": C,
@@ -221,17 +222,17 @@ def test_reports_in_json_and_markdown_carry_the_table_and_the_explanation(tmp_pa
     assert markdown.startswith("# webslm verify: ❌ not reproducible")
     assert f"| `lib.wasm` | `{A[:12]}` | `{A[:12]}` | `{C[:12]}` | NO |" in markdown
     assert "- TZ: `Pacific/Kiritimati`" in markdown
-    text = verify.render_text(report)
+    text = reports.render_text(report)
     assert text.splitlines()[2].split() == ["file", "expected", "shipped", "rebuilt", "same"]
     assert "first differing stage: stage compile is not reproducible" in text
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["report.json", "report.md"]
 
 
 def test_a_matching_report_is_ok() -> None:
-    rows = verify.compare_files({"x": A}, {"x": A}, {"x": A})
+    rows = diff.compare_files({"x": A}, {"x": A}, {"x": A})
     report = a_report(rows=tuple(rows), first_stage=None, differences={})
     assert report.ok and report.verdict == "reproducible"
-    assert "✅ reproducible" in verify.report_markdown(report)
+    assert "✅ reproducible" in reports.report_markdown(report)
 
 
 # ---------------------------------------------------------------------------- toolchain
@@ -255,15 +256,15 @@ def test_another_toolchain_is_refused_naming_the_commit_with_its_lock(tmp_path: 
         git(repo, "add", "docker")
         git(repo, "commit", "-qm", "lock")
     old_commit = git(repo, "rev-list", "HEAD~1", "-1")
-    provenance = verify.parse_provenance(a_statement(lock_digest=lock_digest(old_lock)), "p")
-    assert verify.check_toolchain(provenance, a_toolchain(A, lock_digest(old_lock)), repo).ok
+    provenance = parse_provenance(a_statement(lock_digest=lock_digest(old_lock)), "p")
+    assert rebuild.check_toolchain(provenance, a_toolchain(A, lock_digest(old_lock)), repo).ok
     with pytest.raises(BadInput) as caught:
-        verify.check_toolchain(provenance, a_toolchain(B, lock_digest(new_lock)), repo)
+        rebuild.check_toolchain(provenance, a_toolchain(B, lock_digest(new_lock)), repo)
     line = caught.value.line()
     assert f"names toolchain {A[:16]} but this checkout's lock gives toolchain {B[:16]};" in line
     assert f"git checkout {old_commit[:12]}" in line and "invoke toolchain" in line
     with pytest.raises(BadInput, match="Dockerfile or its context differ"):
-        verify.check_toolchain(provenance, a_toolchain(B, lock_digest(old_lock)), repo)
+        rebuild.check_toolchain(provenance, a_toolchain(B, lock_digest(old_lock)), repo)
 
 
 # ---------------------------------------------------------------------------- fetching
@@ -276,13 +277,13 @@ def test_another_toolchain_is_refused_naming_the_commit_with_its_lock(tmp_path: 
     ("https://huggingface.co/Org/m/blob/main/a%20b.json", ("Org/m", "main", "a b.json")),
 ])
 def test_hub_locations_parse(location: str, expected: tuple[str, str, str]) -> None:
-    found = verify.parse_hub_location(location)
+    found = fetching.parse_hub_location(location)
     assert found is not None and (found.repo_id, found.revision, found.path) == expected
 
 
 def test_other_locations_are_not_hub_files() -> None:
-    assert verify.parse_hub_location("https://example.org/Org/m/resolve/main/x") is None
-    assert verify.parse_hub_location("dist/m/libs/m.wasm") is None
+    assert fetching.parse_hub_location("https://example.org/Org/m/resolve/main/x") is None
+    assert fetching.parse_hub_location("dist/m/libs/m.wasm") is None
 
 
 def closed_port() -> int:
@@ -297,14 +298,14 @@ def test_fetching_over_http_finds_the_provenance_above_the_artifact(tmp_path: Pa
     (site / "libs" / "m.wasm").write_bytes(b"\0asm")
     (site / "provenance.json").write_text("{}")
     with http_server(tmp_path / "site") as base:
-        artifact = verify.fetch(f"{base}/models/m/libs/m.wasm", tmp_path)
+        artifact = fetching.fetch(f"{base}/models/m/libs/m.wasm", tmp_path)
         assert artifact.path.read_bytes() == b"\0asm"
         assert artifact.relative == "models/m/libs/m.wasm"
-        found = verify.find_provenance(artifact, None, tmp_path)
+        found = fetching.find_provenance(artifact, None, tmp_path)
         assert found.location == f"{base}/models/m/provenance.json"
-        assert verify.relative_name(artifact, found) == "libs/m.wasm"
+        assert fetching.relative_name(artifact, found) == "libs/m.wasm"
         with pytest.raises(BadInput, match="does not exist"):
-            verify.fetch(f"{base}/models/m/libs/other.wasm", tmp_path)
+            fetching.fetch(f"{base}/models/m/libs/other.wasm", tmp_path)
 
 
 def test_audit_of_an_unreachable_url_exits_3(capsys: pytest.CaptureFixture[str]) -> None:
@@ -317,14 +318,14 @@ def test_hub_files_are_fetched_at_a_pinned_commit(offline_hub: Path, tmp_path: P
     commit = "1" * 40
     write_hub_repo(offline_hub, "Org/m-webllm", {"libs/m.wasm": b"\0asm",
                                                  "provenance.json": b"{}"}, commit)
-    artifact = verify.fetch("https://huggingface.co/Org/m-webllm/resolve/main/libs/m.wasm",
+    artifact = fetching.fetch("https://huggingface.co/Org/m-webllm/resolve/main/libs/m.wasm",
                             tmp_path)
     assert artifact.location == f"hf://Org/m-webllm@{commit}/libs/m.wasm"
     assert artifact.path.read_bytes() == b"\0asm"
-    found = verify.find_provenance(artifact, None, tmp_path)
+    found = fetching.find_provenance(artifact, None, tmp_path)
     assert found.location == f"hf://Org/m-webllm@{commit}/provenance.json"
     with pytest.raises(MissingEnvironment, match="not in the local cache"):
-        verify.fetch("hf://Org/other@main/libs/m.wasm", tmp_path)
+        fetching.fetch("hf://Org/other@main/libs/m.wasm", tmp_path)
 
 
 def test_an_artifact_that_is_no_subject_is_refused(tmp_path: Path,
@@ -345,7 +346,7 @@ def test_without_diffoscope_the_explanation_is_sizes_and_offset(tmp_path: Path,
     expected.write_bytes(b"\0asm\1\0\0\0abc")
     got.write_bytes(b"\0asm\1\0\0\0abd")
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    assert verify.explain_difference(expected, got).startswith(
+    assert diff.explain_difference(expected, got).startswith(
         "sizes: expected 11 bytes, got 11 bytes\nfirst difference at offset 10 (0xa):")
 
 
@@ -354,7 +355,7 @@ def test_diffoscope_explains_when_installed(tmp_path: Path) -> None:
     expected, got = tmp_path / "e.wasm", tmp_path / "g.wasm"
     expected.write_bytes(b"\0asm\1\0\0\0" + b"a" * 64)
     got.write_bytes(b"\0asm\1\0\0\0" + b"a" * 30 + b"X" + b"a" * 33)
-    text = verify.explain_difference(expected, got)
+    text = diff.explain_difference(expected, got)
     assert "first difference at offset 38" in text
     assert f"--- {expected}\n+++ {got}" in text and "X" in text
 

@@ -24,7 +24,7 @@ from webslm.errors import StageFailed
 from webslm.files import canonical_json, sha256_file
 from webslm.pipeline import BuildOptions, build_model
 from webslm.spec import resolve_spec
-from webslm.verify import RebuildSettings, audit_command
+from webslm.verify import RebuildSettings, audit_command, rebuild
 
 pytestmark = pytest.mark.docker
 LIB = "libs/tiny-q4f16_1-webgpu.wasm"
@@ -283,9 +283,9 @@ def test_an_allow_pickle_build_is_verified_with_it_and_the_model_is_hashed_once(
             model_hashes.append(root)
         return real_hash(root, names)
 
-    monkeypatch.setattr(hub, "resolve_model", resolve_model)
-    monkeypatch.setattr(provenance, "hash_files", hash_files)
-    monkeypatch.setattr(pipeline, "hash_files", hash_files)
+    for user in (rebuild, pipeline):  # where each is imported and called
+        monkeypatch.setattr(user, "resolve_model", resolve_model)
+        monkeypatch.setattr(user, "hash_files", hash_files)
     assert main(["verify", "dist/tiny"]) == 0, capsys.readouterr().err
     assert resolved == [True, True]  # verify's input check and the rebuild
     assert len(model_hashes) == 1

@@ -4,8 +4,9 @@ accessibility and dark mode.
 
 The page, its checks and web-llm's worker protocol are real; the engine inside the worker is the
 TEST STAND-IN tests/browser/scripted_worker.js, so each answer is known and instant (the real
-model generating on SwiftShader is tests/test_web_real.py); the models are TEST STAND-IN dist folders (tests/browser/fakedist.py) served by the real
-`webslm serve` server. Screenshots at 1200 px and 390 px go to test-artifacts/web/.
+model generating on SwiftShader is tests/test_web_real.py); the models are TEST STAND-IN dist
+folders (tests/browser/fakedist.py) served by the real `webslm serve` server. Screenshots at
+1200 px and 390 px go to test-artifacts/web/.
 """
 
 from __future__ import annotations

@@ -16,9 +16,9 @@ from browser.harness import Browser, Page, open_app, running_server
 from conftest import REAL_TINY, require, writable_copy
 
 from webslm.files import canonical_json, sha256_file
+from webslm.layout import APP_CONFIG_FILE, weight_files
 from webslm.provenance import sri
-from webslm.serve import APP_CONFIG, Site, ensure_web_bundle, find_models
-from webslm.webllm import weight_files
+from webslm.serve import Site, ensure_web_bundle, find_models
 
 pytestmark = pytest.mark.browser
 
@@ -39,7 +39,7 @@ RECORD_STREAM = """(() => { window.seen = [];
 def with_weight_digests(dist: Path) -> Path:
     """The fixture predates `webslm.weights` in the AppConfig (the app now checks every shard);
     add the digests of the real shards exactly as the current build records them."""
-    path = dist / APP_CONFIG
+    path = dist / APP_CONFIG_FILE
     config = json.loads(path.read_text())
     weights = {name: sri(sha256_file(dist / name))
                for name in weight_files(p.name for p in dist.iterdir())}

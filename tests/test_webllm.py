@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from webslm.errors import BadInput
+from webslm.layout import weight_files
 from webslm.webllm import (
     DEFAULT_BASE_URL,
     PackageFacts,
@@ -17,7 +18,6 @@ from webslm.webllm import (
     sampling_defaults,
     stop_token_ids,
     vram_required_mb,
-    weight_files,
 )
 
 QWEN2_TEMPLATE = {"name": "qwen2", "system_message": "You are a helpful assistant.",

@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from webslm.container import image_exists
 from webslm.errors import MissingEnvironment, StageFailed
 from webslm.files import sha256_bytes, sha256_file
 
@@ -173,13 +174,3 @@ def _make_archive(recipe: BaseRecipe, archive: Path) -> None:
         partial = Path(scratch) / "image.tar"
         write_docker_archive(rootfs, partial, recipe.tag, recipe.source_date_epoch)
         partial.replace(archive)
-
-
-def image_exists(client: Any, ref: str) -> bool:
-    try:
-        client.images.get(ref)
-    except Exception as error:  # docker.errors.ImageNotFound, without importing docker here
-        if type(error).__name__ != "ImageNotFound":
-            raise
-        return False
-    return True

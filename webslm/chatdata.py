@@ -211,7 +211,7 @@ def tokenize_conversation(tokenizer: Any, conversation: Conversation,
 
 def load_tokenizer(name: str | Path) -> Any:
     """A fast tokenizer (offsets are needed for masking) from a folder or Hub id; no remote code."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # heavy, and only this check needs it
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(name), trust_remote_code=False)

@@ -37,9 +37,9 @@ from webslm.checkout import checkout_path, require
 from webslm.errors import BadInput, MissingEnvironment, StageFailed
 from webslm.files import atomic_write_text, canonical_json
 from webslm.hub import check_model_folder, resolve_model
+from webslm.layout import APP_CONFIG_FILE, CHAT_CONFIG_FILE, WEIGHTS_MANIFEST
 from webslm.mlcweights import dequantized_params, to_transformers_names
 from webslm.serve import (
-    APP_CONFIG,
     ServedModel,
     Site,
     ensure_web_bundle,
@@ -47,9 +47,10 @@ from webslm.serve import (
     model_url_path,
 )
 from webslm.spec import resolve_spec
+from webslm.webllm import read_app_config, read_chat_config
 
-CHAT_CONFIG = "mlc-chat-config.json"
 TOKENIZER = "tokenizer.json"
+DIST_FIX = "pass a dist folder made by `webslm build`"
 REPORT_JSON = "report.json"
 REPORT_MARKDOWN = "report.md"
 WEB = checkout_path("web")
@@ -97,15 +98,6 @@ TOLERANCES = {
 
 
 # ---------------------------------------------------------------------------- the dist's prompt
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except OSError as error:
-        raise BadInput(f"{path} is missing", "pass a dist folder made by `webslm build`") from error
-    except ValueError as error:
-        raise BadInput(f"{path} is not valid JSON ({error})", "rebuild the dist") from error
 
 
 def js_replace(template: str, placeholder: str, value: str) -> str:
@@ -211,7 +203,7 @@ def serving(dist: Path) -> Iterator[tuple[str, str]]:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield server.url + "check.html", model_url_path(model.name, APP_CONFIG)
+        yield server.url + "check.html", model_url_path(model.name, APP_CONFIG_FILE)
     finally:
         server.shutdown()
         server.server_close()
@@ -404,9 +396,9 @@ def checked_dist(dist: Path) -> tuple[dict[str, Any], str]:
     """The dist's chat config and quantization, after checking every file the check reads."""
     if not dist.is_dir():
         raise BadInput(f"{dist} is not a folder", "pass a dist folder made by `webslm build`")
-    chat_config = read_json(dist / CHAT_CONFIG)
-    app_config = read_json(dist / APP_CONFIG)
-    missing = [name for name in (TOKENIZER, "ndarray-cache.json") if not (dist / name).is_file()]
+    chat_config = read_chat_config(dist / CHAT_CONFIG_FILE, DIST_FIX)
+    app_config = read_app_config(dist / APP_CONFIG_FILE, DIST_FIX)
+    missing = [name for name in (TOKENIZER, WEIGHTS_MANIFEST) if not (dist / name).is_file()]
     for record in app_config.get("model_list", []):
         lib = str(record.get("model_lib", ""))
         if "/resolve/main/" in lib and not (dist / lib.split("/resolve/main/", 1)[1]).is_file():

@@ -14,11 +14,16 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from importlib.metadata import PackageNotFoundError, requires
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from webslm import bench, pipeline, publish, serve, verify
 from webslm.errors import BadInput, MissingEnvironment, Terminated, WebslmError
+from webslm.files import canonical_json
+from webslm.normalize import normalize_path
+from webslm.spec import resolve_spec
 from webslm.verify import DOWNLOAD_TIMEOUT_S, MAX_DOWNLOAD_MIB
 
 if TYPE_CHECKING:
@@ -51,8 +56,6 @@ def _spec_options(parser: argparse.ArgumentParser, *, several_presets: bool = Fa
 
 
 def _spec_from_args(args: argparse.Namespace, preset: str | None = None):  # noqa: ANN202
-    from webslm.spec import resolve_spec
-
     return resolve_spec(
         preset=preset if preset is not None else args.preset,
         model=args.model,
@@ -67,15 +70,11 @@ def _spec_from_args(args: argparse.Namespace, preset: str | None = None):  # noq
 
 
 def _cmd_spec(args: argparse.Namespace) -> int:
-    from webslm.files import canonical_json
-
     sys.stdout.write(canonical_json(_spec_from_args(args).to_json()))
     return 0
 
 
 def _cmd_normalize(args: argparse.Namespace) -> int:
-    from webslm.normalize import normalize_path
-
     result = normalize_path(Path(args.path), out=Path(args.out) if args.out else None)
     for change in result.changes:
         print(change)
@@ -85,7 +84,7 @@ def _cmd_normalize(args: argparse.Namespace) -> int:
 
 
 def _cmd_toolchain(args: argparse.Namespace) -> int:
-    from webslm.toolchain.build import toolchain_command
+    from webslm.toolchain.build import toolchain_command  # imports the Docker SDK
 
     return toolchain_command(
         action=args.action,
@@ -96,8 +95,6 @@ def _cmd_toolchain(args: argparse.Namespace) -> int:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from webslm import pipeline
-
     presets = [p.strip() for p in args.preset.split(",")] if args.preset else [None]
     if "" in presets:
         raise BadInput(f"--preset {args.preset!r} has an empty name in its list",
@@ -114,7 +111,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     results = pipeline.build_many(specs, options, jobs=args.jobs)
     if not args.check:
         return 0
-    from webslm import check
+    from webslm import check  # imports torch and transformers
 
     codes = [check.check_command(r.dist, r.spec.model + (f"@{r.spec.revision}"
                                                         if r.spec.revision else ""))
@@ -123,8 +120,6 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from webslm import verify
-
     report_dir = Path(args.report) if args.report else None
     settings = verify.RebuildSettings(model=Path(args.model) if args.model else None)
     return verify.verify_command(Path(args.dist), report_dir=report_dir, settings=settings)
@@ -132,7 +127,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     try:
-        from webslm import check
+        from webslm import check  # imports torch and transformers
     except ImportError as error:  # numpy, torch, transformers: the `check` extra
         raise MissingEnvironment(f"webslm check needs {error.name}, which is not installed",
                                  "pip install 'webslm[check]' (or -e '.[check]' in a checkout)"
@@ -145,8 +140,6 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
-    from webslm import verify
-
     return verify.audit_command(
         artifact=args.artifact,
         provenance=args.provenance,
@@ -157,7 +150,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_check(args: argparse.Namespace) -> int:
-    from webslm import finetune
+    from webslm import finetune  # imports torch and transformers
 
     return finetune.data_check_command([Path(f) for f in args.files], tokenizer=args.tokenizer)
 
@@ -171,36 +164,30 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from webslm import finetune
+    from webslm import finetune  # imports torch and transformers
 
     return finetune.finetune_command([Path(f) for f in args.data], args.base, Path(args.out),
                                      recipe_from_args(args), gpus=args.gpus, push=args.push)
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
-    from webslm import finetune
+    from webslm import finetune  # imports torch and transformers
 
     return finetune.merge_command(base=args.base, adapter=Path(args.adapter), out=Path(args.out))
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from webslm import serve
-
     dists = [*args.dists, *args.dist] or [DEFAULT_DIST]
     return serve.serve_command([Path(d) for d in dists], host=args.host, port=args.port)
 
 
 def _cmd_publish(args: argparse.Namespace) -> int:
-    from webslm import publish
-
     return publish.publish_command(
         Path(args.dist), repo=args.repo, private=args.private, dry_run=args.dry_run
     )
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from webslm import bench
-
     return bench.bench_command(args.name)
 
 
@@ -325,8 +312,6 @@ def optional_extra(module: str, preferred: str = "finetune") -> str | None:
     metadata (pyproject.toml is the one list): `preferred` when it has the module (torch is in
     both finetune and check; the commands that reach this handler are finetune's), else any other
     non-test extra; None when no extra has it."""
-    from importlib.metadata import PackageNotFoundError, requires
-
     try:
         requirements = requires("webslm") or []
     except PackageNotFoundError:

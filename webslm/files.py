@@ -48,6 +48,35 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
 
 
+def read_json(path: Path, fix: str) -> Any:
+    """The JSON value in a file; BadInput (with `fix` as the hint) when it is missing or not JSON.
+
+    The one reader of the JSON files webslm and its users write: every format module reads
+    through it (or read_json_object), so a bad file reads the same wherever it is met."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as error:
+        raise BadInput(f"{path} is missing", fix) from error
+    except IsADirectoryError as error:
+        raise BadInput(f"{path} is a folder, not a JSON file", fix) from error
+    except OSError as error:
+        raise BadInput(f"cannot read {path} ({error.strerror})", fix) from error
+    except UnicodeDecodeError as error:
+        raise BadInput(f"cannot read {path}: it is not valid JSON (not UTF-8)", fix) from error
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise BadInput(f"cannot read {path}: it is not valid JSON ({error})", fix) from error
+
+
+def read_json_object(path: Path, fix: str) -> dict[str, Any]:
+    """A JSON object from a file (see read_json); BadInput when it holds anything else."""
+    value = read_json(path, fix)
+    if not isinstance(value, dict):
+        raise BadInput(f"{path} is not a JSON object", fix)
+    return value
+
+
 def atomic_write_text(path: Path, text: str, mode: int = 0o644) -> None:
     """Write text to path through a temporary sibling and a rename; the file gets `mode`."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from webslm.errors import BadInput, MissingEnvironment
+from webslm.hubapi import download_snapshot
 from webslm.normalize import load_config
 from webslm.spec import AUTO, BuildSpec, mlc_model_type
 
@@ -163,56 +163,6 @@ def check_model_folder(folder: Path, *, allow_pickle: bool = False) -> tuple[str
     return model_type, tuple(sorted(set(kept + weights)))
 
 
-@contextlib.contextmanager
-def hub_errors(repo_id: str, revision: str | None) -> Iterator[None]:
-    """Turn Hub failures into one-line webslm errors: what the user named is exit 2, reach is 3."""
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    where = f"{repo_id}@{revision}" if revision else repo_id
-    hub_logger = logging.getLogger("huggingface_hub")
-    level = hub_logger.level
-    hub_logger.setLevel(logging.ERROR)  # its "Retrying in 1s" lines: the error below says it
-    try:
-        yield
-    except GatedRepoError as error:
-        raise BadInput(f"{repo_id} is gated", "accept its license on the Hub, then log in with "
-                       "`hf auth login` or set HF_TOKEN") from error
-    except RepositoryNotFoundError as error:
-        raise BadInput(f"no model {repo_id} on the Hugging Face Hub (or it is private)",
-                       "check the id, or log in for a private repo") from error
-    except RevisionNotFoundError as error:
-        raise BadInput(f"{repo_id} has no revision {revision!r}",
-                       "pass an existing branch, tag or commit after @") from error
-    except LocalEntryNotFoundError as error:
-        raise MissingEnvironment(f"cannot reach the Hugging Face Hub and {where} is not in the "
-                                 "local cache", "connect to the network, or download it first "
-                                 "with network access") from error
-    except HfHubHTTPError as error:
-        raise MissingEnvironment(f"the Hugging Face Hub answered an error for {where} "
-                                 f"({error.__class__.__name__})", "try again later") from error
-    finally:
-        hub_logger.setLevel(level)
-
-
-def _download(repo_id: str, revision: str | None, allow_pickle: bool) -> Path:
-    """snapshot_download with the allow-list; Hub errors become one-line webslm errors."""
-    from huggingface_hub import snapshot_download
-
-    try:
-        with hub_errors(repo_id, revision):
-            return Path(snapshot_download(repo_id, revision=revision,
-                                          allow_patterns=allow_patterns(allow_pickle)))
-    except OSError as error:
-        raise MissingEnvironment(f"cannot download {repo_id}: {error.__class__.__name__}",
-                                 "check the network and disk space") from error
-
-
 def resolve_model(spec: BuildSpec, *, allow_pickle: bool = False,
                   local_folder: Path | None = None) -> ResolvedModel:
     """A checked local folder for the spec's model, downloading a Hub model when needed.
@@ -222,7 +172,7 @@ def resolve_model(spec: BuildSpec, *, allow_pickle: bool = False,
     if spec.is_local:
         folder, repo_id, revision = (local_folder or Path(spec.model)).resolve(), None, None
     else:
-        folder = _download(spec.model, spec.revision, allow_pickle)
+        folder = download_snapshot(spec.model, spec.revision, allow_patterns(allow_pickle))
         repo_id, revision = spec.model, folder.name
     model_type, files = check_model_folder(folder, allow_pickle=allow_pickle)
     if spec.model_type not in (AUTO, model_type):

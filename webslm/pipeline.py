@@ -31,16 +31,17 @@ those files (mounted read-only at fixed paths), no network, the host's uid:gid, 
 folder and the lock's determinism settings. A `Variation` changes the conditions a container
 stage runs under without changing what it is asked to do: `webslm verify` rebuilds with one and
 compares the per-stage output digests in BuildResult to find the first stage that differs.
+
+This module is the build graph and its orchestration; how a container stage runs (Docker, the
+toolchain image, Variation) is webslm.container, and writing dist/<name> is webslm.packaging.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import shutil
-import socket
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -51,63 +52,45 @@ from typing import TYPE_CHECKING, Any
 
 from webslm import safetensors_index
 from webslm.cache import CacheEntry, StageCache, StageKey, default_cache_dir, tree_digest
-from webslm.errors import BadInput, MissingEnvironment, StageFailed, WebslmError
+from webslm.container import (
+    OUT_MOUNT,
+    ContainerRun,
+    Engine,
+    StageStopped,
+    StopSwitch,
+    Variation,
+)
+from webslm.errors import BadInput, StageFailed, WebslmError
 from webslm.files import (
-    atomic_directory,
-    atomic_write_text,
     canonical_json,
     check_replaceable,
     check_writable,
-    clone_or_copy,
-    owner_alive,
-    owner_token,
 )
-from webslm.hub import PICKLE_SUFFIXES
-from webslm.provenance import APP_CONFIG_FILE, PROVENANCE_FILE, hash_files, list_files
+from webslm.hub import PICKLE_SUFFIXES, ResolvedModel, check_safetensors_header, resolve_model
+from webslm.layout import (
+    CHAT_CONFIG_FILE,
+    PROVENANCE_FILE,
+    library_name,
+)
+from webslm.normalize import load_config, normalize_config
+from webslm.packaging import FINETUNE_FILE, StageFiles, write_package
+from webslm.provenance import hash_files, list_files
+from webslm.spec import BuildSpec
+from webslm.toolchain import Toolchain, chosen_or_current
+from webslm.webllm import check_base_url
 
 if TYPE_CHECKING:
     from rich.progress import Progress
 
-    from webslm.hub import ResolvedModel
-    from webslm.spec import BuildSpec
-    from webslm.toolchain import Toolchain
 
 STAGES = ("resolve", "stage", "convert_weight", "gen_config", "compile", "package")
 MODEL_MOUNT = "/in/model"
 CONFIG_MOUNT = "/in/config"
-OUT_MOUNT = "/out"
-WORK_DIR = "/tmp"
-DEFAULT_HOSTNAME = "webslm-build"
-LOG_TAIL_LINES = 3
-CHAT_CONFIG = "mlc-chat-config.json"
-GENERATION_CONFIG = "generation_config.json"
-FINETUNE_FILE = "webslm.json"
 WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
 WEIGHT_INDEXES = (safetensors_index.INDEX_FILE, "pytorch_model.bin.index.json")
 # The code the `stage` step runs on the model's files: a change to it is a change of stage key.
 STAGE_SOURCES = tuple(Path(__file__).with_name(name)
                       for name in ("normalize.py", "safetensors_index.py"))
-OWNER_LABEL = "webslm.owner"  # the building process's owner_token
-HOST_LABEL = "webslm.host"  # ... on this host (tokens mean nothing elsewhere)
-
-
-@dataclass(frozen=True)
-class Variation:
-    """Conditions a rebuild may change that must not change any output (used by verify).
-
-    Every field left at None keeps the normal setting. The container stages honour all of them:
-    another host folder for the build area, another container uid/gid, TZ, locale, umask and
-    hostname, and the model's files staged and listed in reverse order.
-    """
-
-    work_root: Path | None = None
-    uid: int | None = None
-    gid: int | None = None
-    tz: str | None = None
-    locale: str | None = None
-    umask: int | None = None
-    hostname: str | None = None
-    reverse_input_order: bool = False
 
 
 @dataclass(frozen=True)
@@ -194,35 +177,9 @@ def gen_config_command(spec: BuildSpec) -> list[str]:
 
 
 def compile_command(spec: BuildSpec) -> list[str]:
-    from webslm.webllm import library_name
-
-    return ["mlc_llm", "compile", f"{CONFIG_MOUNT}/{CHAT_CONFIG}",
+    return ["mlc_llm", "compile", f"{CONFIG_MOUNT}/{CHAT_CONFIG_FILE}",
             "--quantization", spec.quantization, "--model-type", spec.model_type,
             "--device", "webgpu", "-o", f"{OUT_MOUNT}/{library_name(spec.model_id)}"]
-
-
-def container_command(argv: Sequence[str], *, no_aslr: bool, umask: int | None) -> list[str]:
-    """The tool's argv, under `setarch -R` (ASLR off) and with a umask when asked."""
-    command = (["setarch", "-R"] if no_aslr else []) + list(argv)
-    if umask is not None:
-        return ["sh", "-c", f'umask {umask:03o} && exec "$@"', "sh", *command]
-    return command
-
-
-def container_environment(toolchain_env: Mapping[str, str],
-                          variation: Variation) -> dict[str, str]:
-    """The lock's determinism settings, a writable HOME, and what the variation overrides."""
-    env = {**dict(toolchain_env), "HOME": WORK_DIR}
-    if variation.tz is not None:
-        env["TZ"] = variation.tz
-    if variation.locale is not None:
-        env["LC_ALL"] = env["LANG"] = variation.locale
-    return env
-
-
-def log_tail(text: str, lines: int = LOG_TAIL_LINES) -> str:
-    kept = [line.strip() for line in text.splitlines() if line.strip()]
-    return " | ".join(kept[-lines:]) or "(no output)"
 
 
 # ---------------------------------------------------------------------------- file helpers
@@ -237,11 +194,6 @@ def link_files(source: Path, names: Sequence[str], target: Path) -> None:
             os.link(source / name, target / name)
         except OSError:
             shutil.copyfile(source / name, target / name)
-
-
-def copy_files(source: Path, names: Sequence[str], target: Path) -> None:
-    for name in names:
-        clone_or_copy(source / name, target / name)
 
 
 def check_output_folder(final: Path, model: Path) -> None:
@@ -264,149 +216,6 @@ def readable_by_anyone(folder: Path) -> None:
         os.chmod(path, 0o755 if path.is_dir() else 0o444)
 
 
-# ---------------------------------------------------------------------------- containers
-
-
-class StageStopped(Exception):
-    """A stage ended because another branch of the build failed or was interrupted."""
-
-
-@dataclass(frozen=True)
-class ContainerRun:
-    """Everything one container stage run needs, apart from the engine."""
-
-    stage: str
-    model_id: str
-    argv: tuple[str, ...]
-    inputs: Mapping[str, Path]  # in-container path -> host folder (mounted read-only)
-    output: Path
-    log: Path
-
-
-class Engine:
-    """The Docker engine and the toolchain image the container stages run in."""
-
-    def __init__(self, toolchain: Toolchain, options: BuildOptions) -> None:
-        from webslm.toolchain import docker_client
-
-        self.toolchain = toolchain
-        self.options = options
-        self.client = docker_client()
-        try:
-            self.image_digest = str(self.client.images.get(toolchain.image).id)
-        except Exception as error:  # docker.errors.ImageNotFound; docker imported lazily
-            if type(error).__name__ != "ImageNotFound":
-                raise MissingEnvironment(f"the Docker engine failed to inspect {toolchain.image}: "
-                                         f"{error}", "check `docker info`") from error
-            raise MissingEnvironment(f"toolchain image {toolchain.image} is not in the local "
-                                     "Docker engine", "run: invoke toolchain") from error
-        self.seccomp = (toolchain.seccomp_profile.read_text(encoding="utf-8")
-                        if toolchain.seccomp_profile is not None else None)
-        self.lock = threading.Lock()
-        self.running: list[Any] = []  # containers started and not yet removed
-        self.stopping = False
-        self.owner = owner_token()
-        self.remove_orphans()
-
-    def remove_orphans(self) -> None:
-        """Remove stage containers left by builds on this host whose process is gone."""
-        host = socket.gethostname()
-        for container in self.client.containers.list(
-                all=True, filters={"label": [OWNER_LABEL, f"{HOST_LABEL}={host}"]}):
-            if not owner_alive(container.labels.get(OWNER_LABEL, "")):
-                with contextlib.suppress(Exception):
-                    container.remove(force=True)
-
-    def stop(self) -> None:
-        """Kill every running stage container and start no more (another branch failed)."""
-        with self.lock:
-            self.stopping = True
-            running = list(self.running)
-        for container in running:
-            with contextlib.suppress(Exception):
-                container.kill()
-
-    def run(self, job: ContainerRun) -> None:
-        """Run one stage; StageFailed (with the log's last lines and its path) on failure,
-        StageStopped when stop() ended it."""
-        from docker.types import Mount
-
-        variation = self.options.variation
-        uid = variation.uid if variation.uid is not None else os.getuid()
-        gid = variation.gid if variation.gid is not None else os.getgid()
-        mounts = [Mount(target, str(source), type="bind", read_only=True)
-                  for target, source in sorted(job.inputs.items())]
-        mounts.append(Mount(OUT_MOUNT, str(job.output), type="bind", read_only=False))
-        os.chmod(job.output, 0o777)  # writable by whichever uid the container runs as
-        command = container_command(job.argv, no_aslr=self.seccomp is not None,
-                                    umask=variation.umask)
-        container = self.client.containers.create(
-            self.toolchain.image, command,
-            user=f"{uid}:{gid}", working_dir=WORK_DIR,
-            environment=container_environment(self.toolchain.env, variation),
-            network_disabled=True, network_mode="none",
-            mounts=mounts, tmpfs={WORK_DIR: "rw,exec,mode=1777"},
-            read_only=True,  # the image (emscripten's frozen cache included) is never written
-            hostname=variation.hostname or DEFAULT_HOSTNAME,
-            nano_cpus=int(self.options.cpus * 1e9) if self.options.cpus else None,
-            mem_limit=self.options.memory,
-            security_opt=[f"seccomp={self.seccomp}"] if self.seccomp else None,
-            labels={"webslm.stage": job.stage, "webslm.model_id": job.model_id,
-                    OWNER_LABEL: self.owner, HOST_LABEL: socket.gethostname()},
-        )
-        try:
-            with self.lock:
-                if self.stopping:
-                    raise StageStopped(job.stage)
-                self.running.append(container)
-            container.start()
-            status = container.wait()
-            logs = container.logs(stdout=True, stderr=True).decode("utf-8", "replace")
-        except BaseException:
-            with contextlib.suppress(Exception):
-                container.kill()
-            raise
-        finally:
-            with contextlib.suppress(Exception):
-                container.remove(force=True)
-            with self.lock:
-                if container in self.running:
-                    self.running.remove(container)
-            os.chmod(job.output, 0o755)
-        if self.stopping:
-            raise StageStopped(job.stage)
-        job.log.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(job.log, "$ " + " ".join(command) + "\n" + logs)
-        code = int(status.get("StatusCode", 1))
-        if code != 0:
-            raise StageFailed(f"{job.stage} failed for {job.model_id} (exit {code}): "
-                              f"{log_tail(logs)}", f"full log: {job.log}")
-
-
-class StopSwitch:
-    """Stops the container stages of every build that shares it: Ctrl-C while `--jobs` builds
-    run in worker threads reaches only the main thread, which presses it."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.engines: list[Engine] = []
-        self.pressed = False
-
-    def attach(self, engine: Engine) -> None:
-        with self.lock:
-            self.engines.append(engine)
-            pressed = self.pressed
-        if pressed:
-            engine.stop()
-
-    def press(self) -> None:
-        with self.lock:
-            self.pressed = True
-            engines = list(self.engines)
-        for engine in engines:
-            engine.stop()
-
-
 # ---------------------------------------------------------------------------- progress
 
 
@@ -418,6 +227,7 @@ class Display:
         self.started = False
         self.lock = threading.Lock()
         if enabled:
+            # rich loads only when progress is shown
             from rich.console import Console
             from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -556,8 +366,6 @@ class Build:
     # -- the stages
 
     def resolve(self) -> tuple[ResolvedModel, dict[str, str]]:
-        from webslm.hub import resolve_model
-
         model = resolve_model(self.spec, allow_pickle=self.options.allow_pickle,
                               local_folder=self.options.model_folder)
         self.spec = self.spec.with_model_type(model.model_type)
@@ -573,9 +381,6 @@ class Build:
         stage_code = hashlib.sha256(b"".join(p.read_bytes() for p in STAGE_SOURCES)).hexdigest()
 
         def produce(output: Path) -> None:
-            from webslm.hub import check_safetensors_header
-            from webslm.normalize import load_config, normalize_config
-
             for name in names:
                 shutil.copyfile(model.path / name, output / name)
             config = normalize_config(load_config(output / "config.json"), model_type).config
@@ -595,10 +400,9 @@ class Build:
     def run(self) -> BuildResult:
         model, digests = self.resolve()
         check_output_folder(self.options.out / self.spec.name, model.path)
-        from webslm.toolchain import chosen_or_current
-
         self.toolchain = chosen_or_current(self.options.toolchain)
-        self.engine = Engine(self.toolchain, self.options)
+        self.engine = Engine(self.toolchain, self.options.variation,
+                             cpus=self.options.cpus, memory=self.options.memory)
         if self.switch is not None:
             self.switch.attach(self.engine)
         with self.display.stage(self.spec.model_id, "resolve"):
@@ -613,7 +417,7 @@ class Build:
         def library_branch() -> tuple[StageResult, StageResult]:
             chat = self.container_stage("gen_config", staged, gen_config_inputs(names),
                                         MODEL_MOUNT, gen_config_command(self.spec))
-            return chat, self.container_stage("compile", chat, [CHAT_CONFIG], CONFIG_MOUNT,
+            return chat, self.container_stage("compile", chat, [CHAT_CONFIG_FILE], CONFIG_MOUNT,
                                               compile_command(self.spec))
 
         if self.options.overlap:
@@ -635,61 +439,18 @@ class Build:
     def package(self, model: ResolvedModel, digests: Mapping[str, str], staged: StageResult,
                 weights: StageResult, chat: StageResult,
                 library: StageResult) -> tuple[Path, dict[str, Any]]:
-        """Write dist/<name>/ whole: outputs, rewritten chat config, AppConfig, provenance."""
-        from webslm import provenance, webllm
-        from webslm.spec import is_f16
-
+        """Write dist/<name>/ whole (webslm.packaging) and record it as the package stage."""
         assert self.toolchain is not None and self.engine is not None
-
-        finetune = read_json(staged.path / FINETUNE_FILE)
-        system_prompt = webllm.choose_system_prompt(self.spec.system_prompt, finetune)
-        raw_chat = read_json(chat.path / CHAT_CONFIG) or {}
-        chat_config = webllm.rewrite_chat_config(
-            raw_chat, sampling=webllm.sampling_defaults(read_json(staged.path / GENERATION_CONFIG)),
-            system_prompt=system_prompt, tokenizer=read_json(chat.path / "tokenizer.json"))
-        lib_name = webllm.library_name(self.spec.model_id)
         final = self.options.out / self.spec.name
-        with atomic_directory(final, PROVENANCE_FILE) as folder:
-            copy_files(weights.path, sorted(weights.files), folder)
-            copy_files(chat.path, sorted(n for n in chat.files if n != CHAT_CONFIG), folder)
-            (folder / CHAT_CONFIG).write_text(canonical_json(chat_config), encoding="utf-8")
-            clone_or_copy(library.path / lib_name, folder / "libs" / lib_name)
-            # copies of verified stage outputs: their digests are known; only the rewritten
-            # chat config is new
-            outputs = {**weights.files,
-                       **{n: d for n, d in chat.files.items() if n != CHAT_CONFIG},
-                       f"libs/{lib_name}": library.files[lib_name],
-                       **hash_files(folder, [CHAT_CONFIG])}
-            statement = provenance.statement(
-                outputs=outputs, spec=self.spec.to_json(),
-                model={"id": model.repo_id or self.spec.model, "revision": model.revision,
-                       "source": "hub" if model.repo_id else "local",
-                       "allow_pickle": self.options.allow_pickle},
-                inputs=digests, toolchain_id=self.toolchain.id, image=self.toolchain.image,
-                image_digest=self.engine.image_digest,
-                lock_digest=self.toolchain.lock_digest,
-                webllm_version=self.toolchain.webllm_version,
-                stages={r.name: {"cache_key": r.cache_key, "output": r.digest}
-                        for r in self.results.values() if r.cache_key},
-            )
-            facts = webllm.PackageFacts(
-                name=self.spec.name, model_id=self.spec.model_id,
-                quantization=self.spec.quantization, f16=is_f16(self.spec.quantization),
-                chat_config=chat_config, chat_config_digest=outputs[CHAT_CONFIG],
-                library_digest=outputs[f"libs/{lib_name}"],
-                tokenizer_digests={n: outputs[n] for n in chat_config.get("tokenizer_files", [])
-                                   if n in outputs},
-                weight_digests={n: outputs[n] for n in webllm.weight_files(outputs)},
-                weight_bytes=sum((folder / n).stat().st_size
-                                 for n in outputs if n.startswith("params_shard_")),
-                webllm_version=self.toolchain.webllm_version, toolchain_id=self.toolchain.id,
-                system_prompt=system_prompt, finetune=finetune,
-            )
-            record = webllm.model_record(facts, self.options.base_url or webllm.DEFAULT_BASE_URL)
-            (folder / APP_CONFIG_FILE).write_text(canonical_json(webllm.app_config([record])),
-                                                  encoding="utf-8")
-            (folder / PROVENANCE_FILE).write_text(provenance.render(statement), encoding="utf-8")
-        shipped = {n: d for n, d in outputs.items() if n not in provenance.NOT_SUBJECTS}
+        statement, shipped = write_package(
+            final, spec=self.spec, model=model, inputs=digests,
+            staged=StageFiles(staged.path, staged.files),
+            weights=StageFiles(weights.path, weights.files),
+            chat=StageFiles(chat.path, chat.files), library=StageFiles(library.path, library.files),
+            toolchain=self.toolchain, image_digest=self.engine.image_digest,
+            base_url=self.options.base_url, allow_pickle=self.options.allow_pickle,
+            stages={r.name: {"cache_key": r.cache_key, "output": r.digest}
+                    for r in self.results.values() if r.cache_key})
         self.results["package"] = StageResult("package", final, shipped, "", cached=False)
         return final, statement
 
@@ -716,14 +477,6 @@ def run_branches(first: Callable[[], Any], second: Callable[[], Any], *,
         return futures[0].result(), futures[1].result()
 
 
-def read_json(path: Path) -> dict[str, Any] | None:
-    """A JSON object from a file, or None when the file is absent."""
-    if not path.is_file():
-        return None
-    value = json.loads(path.read_text(encoding="utf-8"))
-    return value if isinstance(value, dict) else None
-
-
 @contextlib.contextmanager
 def scratch_area(options: BuildOptions, cache: StageCache) -> Iterator[Path]:
     """The build area: under the variation's folder, else beside the cache (same file system,
@@ -736,8 +489,6 @@ def scratch_area(options: BuildOptions, cache: StageCache) -> Iterator[Path]:
 
 
 def _check_options(options: BuildOptions) -> None:
-    from webslm.webllm import check_base_url
-
     if options.base_url is not None:
         check_base_url(options.base_url)
     if options.cpus is not None and options.cpus <= 0:

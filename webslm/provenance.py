@@ -16,19 +16,27 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from webslm.files import canonical_json, sha256_file
+from webslm.errors import BadInput
+from webslm.files import canonical_json, read_json, sha256_file
+from webslm.layout import APP_CONFIG_FILE, PROVENANCE_FILE
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
 BUILD_TYPE = "https://github.com/webslm/webslm/build/mlc-webgpu/v1"
 BUILDER_ID = "https://github.com/webslm/webslm/invoke-build"
-PROVENANCE_FILE = "provenance.json"
-APP_CONFIG_FILE = "webllm-app-config.json"
+TOOLCHAIN_DEPENDENCY = "toolchain"
+IMAGE_DEPENDENCY = "toolchain-image"
+LOCK_DEPENDENCY = "docker/toolchain.lock.json"
+MODEL_DEPENDENCY_PREFIX = "model/"
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
+NOT_A_STATEMENT_FIX = "point at the provenance.json a webslm build wrote"
 NOT_SUBJECTS = frozenset({PROVENANCE_FILE, APP_CONFIG_FILE})
 
 
@@ -75,13 +83,13 @@ def statement(
     stages: Mapping[str, Mapping[str, str]],
 ) -> dict[str, Any]:
     """The provenance statement for one build (pure)."""
-    dependencies = [{"name": f"model/{name}", "digest": {"sha256": digest}}
+    dependencies = [{"name": f"{MODEL_DEPENDENCY_PREFIX}{name}", "digest": {"sha256": digest}}
                     for name, digest in sorted(inputs.items())]
     dependencies += [
-        {"name": "toolchain", "digest": {"sha256": bare_hex(toolchain_id)}},
-        {"name": "toolchain-image", "uri": f"docker-image:{image}",
+        {"name": TOOLCHAIN_DEPENDENCY, "digest": {"sha256": bare_hex(toolchain_id)}},
+        {"name": IMAGE_DEPENDENCY, "uri": f"docker-image:{image}",
          "digest": {"sha256": bare_hex(image_digest)}},
-        {"name": "docker/toolchain.lock.json", "digest": {"sha256": bare_hex(lock_digest)}},
+        {"name": LOCK_DEPENDENCY, "digest": {"sha256": bare_hex(lock_digest)}},
     ]
     return {
         "_type": STATEMENT_TYPE,
@@ -103,3 +111,65 @@ def statement(
 def render(statement_value: Mapping[str, Any]) -> str:
     """Deterministic text of a statement: sorted keys, fixed separators, trailing newline."""
     return canonical_json(statement_value)
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """A provenance statement as verify, audit and publish read it, checked on the way in."""
+
+    subjects: Mapping[str, str]  # file name -> sha256 hex
+    spec: Mapping[str, Any]
+    model: Mapping[str, Any]  # {"id", "revision", "source": "hub" | "local"}
+    inputs: Mapping[str, str]  # model file name -> sha256 hex
+    toolchain_id: str
+    lock_digest: str
+    image_digest: str | None
+    stages: Mapping[str, Mapping[str, str]]  # stage -> {"cache_key", "output"}
+    webllm_version: str
+
+
+def parse_provenance(statement: Any, where: str, fix: str = NOT_A_STATEMENT_FIX) -> Provenance:
+    """A Provenance from a decoded provenance.json; BadInput saying what is missing."""
+
+    def bad(why: str) -> BadInput:
+        return BadInput(f"{where} is not a webslm provenance statement ({why})", fix)
+
+    if not isinstance(statement, dict):
+        raise bad("not a JSON object")
+    if statement.get("_type") != STATEMENT_TYPE or statement.get("predicateType") != PREDICATE_TYPE:
+        raise bad(f"want _type {STATEMENT_TYPE} and predicateType {PREDICATE_TYPE}")
+    try:
+        subjects = {str(s["name"]): str(s["digest"]["sha256"]) for s in statement["subject"]}
+        definition = statement["predicate"]["buildDefinition"]
+        external = definition["externalParameters"]
+        spec, model = dict(external["spec"]), dict(external["model"])
+        dependencies = {str(d["name"]): d for d in definition["resolvedDependencies"]}
+        internal = definition.get("internalParameters", {})
+        stages = internal.get("stages", {})
+        webllm_version = str(internal.get("webllm_version", ""))
+        toolchain_id = str(dependencies[TOOLCHAIN_DEPENDENCY]["digest"]["sha256"])
+        lock_digest = str(dependencies[LOCK_DEPENDENCY]["digest"]["sha256"])
+        image = dependencies.get(IMAGE_DEPENDENCY, {}).get("digest", {}).get("sha256")
+        inputs = {name.removeprefix(MODEL_DEPENDENCY_PREFIX): str(d["digest"]["sha256"])
+                  for name, d in dependencies.items()
+                  if name.startswith(MODEL_DEPENDENCY_PREFIX)}
+        stage_records = {str(k): dict(v) for k, v in dict(stages).items()}
+    except KeyError as error:
+        raise bad(f"no {error}") from error
+    except (TypeError, ValueError, AttributeError) as error:  # a list where an object belongs
+        raise bad("a field has the wrong type") from error
+    bad_digests = [n for n, d in {**subjects, **inputs}.items() if not HEX64.match(d)]
+    if not subjects or bad_digests:
+        raise bad("no subjects" if not subjects else f"bad sha256 for {bad_digests[0]}")
+    return Provenance(subjects=subjects, spec=spec, model=model, inputs=inputs,
+                      toolchain_id=toolchain_id, lock_digest=lock_digest,
+                      image_digest=str(image) if image else None, stages=stage_records,
+                      webllm_version=webllm_version)
+
+
+def load_provenance(path: Path, fix: str = NOT_A_STATEMENT_FIX) -> Provenance:
+    """The Provenance in a provenance.json file; BadInput (with `fix`) when it is not one."""
+    return parse_provenance(read_json(path, fix), str(path), fix)

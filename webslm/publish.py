@@ -20,34 +20,34 @@ like a Hugging Face token, from every log record and error message.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
-import logging
 import re
-import traceback
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from webslm.errors import BadInput, MissingEnvironment, StageFailed, WebslmError
-from webslm.provenance import APP_CONFIG_FILE, PROVENANCE_FILE, hash_files, list_files
-from webslm.verify import parse_provenance
+from huggingface_hub import CommitOperationAdd, HfApi, constants
 
-if TYPE_CHECKING:
-    from huggingface_hub import HfApi
+from webslm.errors import BadInput
+from webslm.files import canonical_json
+from webslm.hubapi import Redactor, hub_call, hub_token, redacted_logs
+from webslm.layout import (
+    APP_CONFIG_FILE,
+    CHAT_CONFIG_FILE,
+    PROVENANCE_FILE,
+    SHARD_PREFIX,
+    WEIGHTS_MANIFEST,
+)
+from webslm.provenance import Provenance, hash_files, list_files, load_provenance
+from webslm.webllm import SHADER_F16, read_app_config
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 MODEL_CARD_FILE = "README.md"
-CHAT_CONFIG_FILE = "mlc-chat-config.json"
-WEIGHTS_MANIFEST = "ndarray-cache.json"
 DRY_RUN_COMMIT = "<commit>"
-LOGIN_HINT = "run `hf auth login` with a write token, or set HF_TOKEN"
 REPO_PART = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
-TOKEN_SHAPES = re.compile(r"\b(?:hf_|api_org_)[A-Za-z0-9]{20,}|(?i:bearer)\s+[^\s'\"]+")
-REDACTED = "***"
-DETAIL_CHARS = 300
+REBUILD = "rebuild with `invoke build`"
 
 
 # ---------------------------------------------------------------------------- the dist folder
@@ -69,7 +69,7 @@ class DistPackage:
     folder: Path
     files: tuple[PackageFile, ...]
     app_config: Mapping[str, Any]
-    provenance: Mapping[str, Any]
+    provenance: Provenance
 
     @property
     def record(self) -> Mapping[str, Any]:
@@ -78,20 +78,6 @@ class DistPackage:
     @property
     def total_bytes(self) -> int:
         return sum(f.size for f in self.files)
-
-
-def _load_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise BadInput(f"{path} is missing",
-                       "pass a folder written by `invoke build` (dist/<name>)")
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise BadInput(f"{path} is not valid JSON ({error})",
-                       "rebuild with `invoke build`") from None
-    if not isinstance(value, dict):
-        raise BadInput(f"{path} does not hold a JSON object", "rebuild with `invoke build`")
-    return value
 
 
 def library_path(record: Mapping[str, Any]) -> str:
@@ -118,21 +104,6 @@ def check_app_config(app_config: Mapping[str, Any]) -> Mapping[str, Any]:
     return record
 
 
-def _subject_digests(provenance: Mapping[str, Any]) -> dict[str, str]:
-    subjects = provenance.get("subject")
-    if not isinstance(subjects, list) or not subjects:
-        raise BadInput(f"{PROVENANCE_FILE} lists no subjects", "rebuild with `invoke build`")
-    digests = {}
-    for subject in subjects:
-        name = subject.get("name") if isinstance(subject, dict) else None
-        digest = (subject.get("digest") or {}).get("sha256") if isinstance(subject, dict) else None
-        if not isinstance(name, str) or not isinstance(digest, str):
-            raise BadInput(f"{PROVENANCE_FILE} has a malformed subject: {subject!r}",
-                           "rebuild with `invoke build`")
-        digests[name] = digest
-    return digests
-
-
 def _listing(names: Sequence[str]) -> str:
     shown = ", ".join(names[:3])
     return shown + (f" and {len(names) - 3} more" if len(names) > 3 else "")
@@ -147,11 +118,10 @@ def read_package(dist: Path) -> DistPackage:
     if not dist.is_dir():
         raise BadInput(f"{dist} is not a folder", "pass a folder written by `invoke build`, "
                        "e.g. dist/qwen2.5-0.5b")
-    provenance = _load_json(dist / PROVENANCE_FILE)
-    parse_provenance(provenance, str(dist / PROVENANCE_FILE))  # the shape, before any .get
-    app_config = _load_json(dist / APP_CONFIG_FILE)
+    provenance = load_provenance(dist / PROVENANCE_FILE, REBUILD)
+    app_config = read_app_config(dist / APP_CONFIG_FILE)
     record = check_app_config(app_config)
-    expected = _subject_digests(provenance)
+    expected = dict(provenance.subjects)
     present = set(list_files(dist)) - {PROVENANCE_FILE, APP_CONFIG_FILE}
     missing = sorted(set(expected) - present)
     if missing:
@@ -163,7 +133,7 @@ def read_package(dist: Path) -> DistPackage:
                        "remove them, or rebuild with `invoke build`")
     needed = [CHAT_CONFIG_FILE, WEIGHTS_MANIFEST, library_path(record)]
     absent = [n for n in needed if n not in expected]
-    if not any(n.startswith("params_shard_") for n in expected):
+    if not any(n.startswith(SHARD_PREFIX) for n in expected):
         absent.append("params_shard_*.bin")
     if absent:
         raise BadInput(f"{dist} lacks {_listing(absent)}, which WebLLM loads",
@@ -218,6 +188,7 @@ class CardFacts:
     source_revision: str | None
     source_kind: str
     quantization: str
+    shader_f16: bool  # the record's required_features names shader-f16
     toolchain_id: str
     lock_digest: str
     webllm_version: str
@@ -226,38 +197,28 @@ class CardFacts:
     finetune_base: str | None
 
 
-def _dependency_digest(provenance: Mapping[str, Any], name: str) -> str:
-    build = provenance.get("predicate", {}).get("buildDefinition", {})
-    for dependency in build.get("resolvedDependencies", []):
-        if dependency.get("name") == name:
-            return str(dependency.get("digest", {}).get("sha256", ""))
-    raise BadInput(f"{PROVENANCE_FILE} names no {name!r} dependency", "rebuild with `invoke build`")
-
-
 def card_facts(package: DistPackage) -> CardFacts:
     """The card's facts; the AppConfig and provenance must agree on toolchain and web-llm pin."""
     record, provenance = package.record, package.provenance
     webslm = record.get("webslm") or {}
-    build = provenance.get("predicate", {}).get("buildDefinition", {})
-    external = build.get("externalParameters", {})
-    toolchain_id = _dependency_digest(provenance, "toolchain")
-    webllm_version = str(build.get("internalParameters", {}).get("webllm_version", ""))
+    toolchain_id, webllm_version = provenance.toolchain_id, provenance.webllm_version
     for key, ours in (("toolchain_id", toolchain_id), ("webllm_version", webllm_version)):
         if webslm.get(key) != ours:
             raise BadInput(f"{APP_CONFIG_FILE} says {key} {webslm.get(key)!r} but "
                            f"{PROVENANCE_FILE} says {ours!r}", "rebuild with `invoke build`")
-    model = external.get("model", {})
+    model = provenance.model
     finetune = webslm.get("finetune") or {}
     return CardFacts(
         model_id=str(record["model_id"]),
         source_model=str(model.get("id", "")),
         source_revision=model.get("revision"),
         source_kind=str(model.get("source", "")),
-        quantization=str(external.get("spec", {}).get("quantization", "")),
+        quantization=str(provenance.spec.get("quantization", "")),
+        shader_f16=SHADER_F16 in (record.get("required_features") or ()),
         toolchain_id=toolchain_id,
-        lock_digest=_dependency_digest(provenance, "docker/toolchain.lock.json"),
+        lock_digest=provenance.lock_digest,
         webllm_version=webllm_version,
-        subjects=len(provenance.get("subject", [])),
+        subjects=len(provenance.subjects),
         system_prompt=webslm.get("system_prompt"),
         finetune_base=finetune.get("base_model") if isinstance(finetune, dict) else None,
     )
@@ -311,7 +272,7 @@ def model_card(facts: CardFacts, repo: str, endpoint: str, commit: str,
         "console.log(reply.choices[0].message.content);",
         "```", "",
         "It needs a browser with WebGPU"
-        + (" and the `shader-f16` feature." if "f16" in facts.quantization else "."), "",
+        + (f" and the `{SHADER_F16}` feature." if facts.shader_f16 else "."), "",
         "## Audit it", "",
         "Rebuild the library from its provenance with webslm and compare it byte for byte:", "",
         "```sh",
@@ -342,8 +303,6 @@ class PublishPlan:
 
     def second_commit(self) -> dict[str, bytes]:
         """The second commit's files: the rewritten AppConfig and the model card."""
-        from webslm.files import canonical_json
-
         return {APP_CONFIG_FILE: canonical_json(self.app_config).encode("utf-8"),
                 MODEL_CARD_FILE: self.model_card.encode("utf-8")}
 
@@ -387,126 +346,7 @@ def render_plan(plan: PublishPlan, dist: Path, private: bool) -> str:
     return "\n".join(line for line in lines if line)
 
 
-# ---------------------------------------------------------------------------- the token
-
-
-@dataclass(frozen=True)
-class Redactor:
-    """Replaces the token, and anything shaped like a Hugging Face token, with ***."""
-
-    secrets: tuple[str, ...] = ()
-
-    def redact(self, text: str) -> str:
-        for secret in self.secrets:
-            if secret:
-                text = text.replace(secret, REDACTED)
-        return TOKEN_SHAPES.sub(
-            lambda m: REDACTED if not m.group().lower().startswith("bearer")
-            else m.group().split()[0] + " " + REDACTED, text)
-
-    def scrub(self, record: logging.LogRecord) -> logging.LogRecord:
-        """A log record whose message and traceback text are redacted (arguments merged in)."""
-        try:
-            message = record.getMessage()
-        except Exception:  # a malformed %-format: keep the template, drop the arguments
-            message = str(record.msg)
-        record.msg, record.args = self.redact(message), ()
-        if record.exc_info:
-            record.exc_text = self.redact("".join(traceback.format_exception(*record.exc_info)))
-            record.exc_info = None
-        if record.stack_info:
-            record.stack_info = self.redact(record.stack_info)
-        return record
-
-
-@contextlib.contextmanager
-def redacted_logs(redactor: Redactor) -> Iterator[None]:
-    """While inside, every log record made by any logger is redacted as it is created."""
-    previous = logging.getLogRecordFactory()
-
-    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
-        return redactor.scrub(previous(*args, **kwargs))
-
-    logging.setLogRecordFactory(factory)
-    try:
-        yield
-    finally:
-        logging.setLogRecordFactory(previous)
-
-
-def hub_token() -> str:
-    """huggingface_hub's token (HF_TOKEN, then the stored login), or MissingEnvironment."""
-    from huggingface_hub import get_token
-
-    token = get_token()
-    if not token:
-        raise MissingEnvironment("no Hugging Face token found (HF_TOKEN is unset and no login "
-                                 "is stored)", LOGIN_HINT)
-    return token
-
-
 # ---------------------------------------------------------------------------- the Hub (edge)
-
-
-def _root_cause(error: BaseException) -> BaseException:
-    """The Hub or network error behind wrappers such as huggingface_hub's upload RuntimeError."""
-    from huggingface_hub.errors import HfHubHTTPError
-
-    seen = error
-    while seen.__cause__ is not None and not isinstance(seen, HfHubHTTPError):
-        seen = seen.__cause__
-    return seen
-
-
-def _chain(error: BaseException) -> Iterator[BaseException]:
-    """An error and everything behind it (explicit causes and implicit contexts): the network
-    error under huggingface_hub's and httpx's wrappers may be either."""
-    seen: BaseException | None = error
-    while seen is not None:
-        yield seen
-        seen = seen.__cause__ or seen.__context__
-
-
-def hub_failure(error: BaseException, redactor: Redactor, doing: str) -> WebslmError:
-    """A one-line, redacted error for a failed Hub call, with the exit code its cause deserves:
-    a refused token or an unreachable/failing Hub is the environment (3), a rejected request is
-    bad input (2)."""
-    import httpx2
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
-
-    cause = _root_cause(error)
-    detail = redactor.redact(" ".join(str(cause).split()))[:DETAIL_CHARS]
-    response = getattr(cause, "response", None)
-    status = getattr(response, "status_code", None)
-    if isinstance(cause, HfHubHTTPError) and status is not None:
-        if status in (401, 403):
-            return MissingEnvironment(f"the Hub refused the token while {doing} (HTTP {status}): "
-                                      f"{detail}", LOGIN_HINT + " (it needs write access)")
-        if status >= 500 or status == 429:
-            return MissingEnvironment(f"the Hub failed while {doing} (HTTP {status}): {detail}",
-                                      "try again later")
-        return BadInput(f"the Hub rejected the request while {doing} (HTTP {status}): {detail}",
-                        "check --repo and the dist folder")
-    if isinstance(cause, OfflineModeIsEnabled):
-        return MissingEnvironment(f"HF_HUB_OFFLINE is set, so {doing} is impossible",
-                                  "unset HF_HUB_OFFLINE")
-    if any(isinstance(e, (httpx2.TransportError, OSError)) for e in _chain(error)):
-        return MissingEnvironment(f"cannot reach the Hub while {doing}: "
-                                  f"{type(cause).__name__}: {detail}",
-                                  "check the network connection and HF_ENDPOINT")
-    return StageFailed(f"the Hub client failed while {doing}: {type(cause).__name__}: {detail}",
-                       "run again; if it persists, report it with this line")
-
-
-def _hub_call(redactor: Redactor, doing: str, call: Any, *args: Any, **kwargs: Any) -> Any:
-    """Run one HfApi call; any failure becomes a redacted WebslmError raised outside the
-    `except` block, so no unredacted exception (or traceback) stays chained to it."""
-    failure: WebslmError | None = None
-    try:
-        return call(*args, **kwargs)
-    except Exception as error:  # every kind: none may escape unredacted
-        failure = hub_failure(error, redactor, doing)
-    raise failure
 
 
 @dataclass(frozen=True)
@@ -519,15 +359,13 @@ def publish(package: DistPackage, repo: str, *, private: bool, api: HfApi,
             redactor: Redactor) -> Published:
     """Create the repo if absent, commit the package, then the AppConfig naming that commit and
     the model card. Prints progress; every line and error is redacted."""
-    from huggingface_hub import CommitOperationAdd
-
     endpoint = api.endpoint
-    _hub_call(redactor, f"creating {repo}", api.create_repo, repo, repo_type="model",
+    hub_call(redactor, f"creating {repo}", api.create_repo, repo, repo_type="model",
               private=private, exist_ok=True)
     operations = [CommitOperationAdd(f.path, package.folder / f.path) for f in package.files]
     print(f"uploading {len(package.files)} files ({_size(package.total_bytes)}) to "
           f"{endpoint}/{repo}", flush=True)
-    first = _hub_call(redactor, "uploading the package", api.create_commit, repo, operations,
+    first = hub_call(redactor, "uploading the package", api.create_commit, repo, operations,
                       repo_type="model",
                       commit_message=f"webslm: {package.record['model_id']} package",
                       commit_description=f"Files and provenance from {PROVENANCE_FILE}.")
@@ -535,7 +373,7 @@ def publish(package: DistPackage, repo: str, *, private: bool, api: HfApi,
     second_files = [CommitOperationAdd(name, data) for name, data in plan.second_commit().items()]
     doing = (f"committing the AppConfig and model card (the package is at commit {first.oid}; "
              "run the same command again to finish)")
-    second = _hub_call(redactor, doing, api.create_commit, repo, second_files, repo_type="model",
+    second = hub_call(redactor, doing, api.create_commit, repo, second_files, repo_type="model",
                        commit_message=f"webslm: AppConfig for {package.record['model_id']} at "
                                       f"{first.oid[:12]}, model card",
                        parent_commit=first.oid)
@@ -547,14 +385,10 @@ def publish_command(dist: Path, repo: str, private: bool, dry_run: bool) -> int:
     check_repo_id(repo)
     package = read_package(dist)
     if dry_run:
-        from huggingface_hub import constants
-
         plan = plan_publish(package, repo, DRY_RUN_COMMIT, constants.ENDPOINT)
         print(render_plan(plan, dist, private))
         print("dry run: nothing was uploaded")
         return 0
-    from huggingface_hub import HfApi
-
     token = hub_token()
     redactor = Redactor((token,))
     with redacted_logs(redactor):

@@ -30,8 +30,8 @@ from urllib.parse import unquote, urlsplit
 from webslm.checkout import checkout_path, require
 from webslm.errors import BadInput, MissingEnvironment, StageFailed
 from webslm.files import canonical_json
+from webslm.layout import APP_CONFIG_FILE
 
-APP_CONFIG = "webllm-app-config.json"
 MODELS_PREFIX = "/models/"
 MODEL_FOLDER = "resolve/main"
 INDEX_PATH = "/models/index.json"
@@ -82,13 +82,13 @@ def find_models(dists: Sequence[Path]) -> tuple[ServedModel, ...]:
         if not dist.is_dir():
             raise BadInput(f"{dist} is not a folder",
                            "pass a dist folder made by `invoke build` (default: dist)")
-        if (dist / APP_CONFIG).is_file():
+        if (dist / APP_CONFIG_FILE).is_file():
             found = [dist]
         else:
             found = sorted(p for p in dist.iterdir()
-                           if not p.name.startswith(".") and (p / APP_CONFIG).is_file())
+                           if not p.name.startswith(".") and (p / APP_CONFIG_FILE).is_file())
         if not found:
-            raise BadInput(f"{dist} holds no model (no {APP_CONFIG} in it or its subfolders)",
+            raise BadInput(f"{dist} holds no model (no {APP_CONFIG_FILE} in it or its subfolders)",
                            "build one with `invoke build --out <folder>` and serve that folder")
         for folder in found:
             name = folder.resolve().name
@@ -105,7 +105,7 @@ def model_url_path(name: str, file: str = "") -> str:
 
 def models_index(models: Sequence[ServedModel]) -> dict[str, list[str]]:
     """The index the web client reads when no ?config= is given."""
-    return {"models": [model_url_path(m.name, APP_CONFIG) for m in models]}
+    return {"models": [model_url_path(m.name, APP_CONFIG_FILE) for m in models]}
 
 
 def content_type(name: str) -> str:

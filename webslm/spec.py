@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from webslm.errors import BadInput
+from webslm.normalize import load_config
 
 MODEL_TYPES: tuple[str, ...] = (
     "llama", "mistral", "gemma", "gemma2", "gpt2", "mixtral", "gpt_neox", "gpt_bigcode", "phi",
@@ -170,8 +171,6 @@ def default_conv_template(model_type: str) -> str:
 
 def read_hf_model_type(folder: Path) -> str:
     """The `model_type` in a local model folder's config.json."""
-    from webslm.normalize import load_config
-
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise BadInput(f"{folder} has no config.json",

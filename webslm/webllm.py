@@ -19,19 +19,24 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from webslm.errors import BadInput
+from webslm.files import canonical_json, read_json_object
+from webslm.layout import library_path
+from webslm.provenance import sri
+from webslm.spec import is_f16
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/models"
 DEFAULT_TEMPERATURE = 0.7
 DEFAULT_TOP_P = 0.8
 FALLBACK_STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
 LOW_RESOURCE_MB = 2048.0
-WEIGHTS_MANIFEST = "ndarray-cache.json"
-SHARD_PREFIX = "params_shard_"
+SHADER_F16 = "shader-f16"  # the WebGPU feature an f16 library needs (record.required_features)
 MIB = 1024 * 1024
+REBUILD = "rebuild with `invoke build`"
 
 
 @dataclass(frozen=True)
@@ -115,15 +120,6 @@ def model_url(base_url: str, name: str) -> str:
     return f"{check_base_url(base_url)}/{name}/resolve/main/"
 
 
-def weight_files(names: Iterable[str]) -> list[str]:
-    """The files web-llm reads the weights from: ndarray-cache.json and the shards it lists."""
-    return sorted(n for n in names if n == WEIGHTS_MANIFEST or n.startswith(SHARD_PREFIX))
-
-
-def library_name(model_id: str) -> str:
-    return f"{model_id}-webgpu.wasm"
-
-
 def vram_required_mb(chat_config: Mapping[str, Any], weight_bytes: int) -> float:
     """Estimate: weights + a full KV cache + the prefill workspace (logits and MLP activations)."""
     model = chat_config.get("model_config") or {}
@@ -136,7 +132,7 @@ def vram_required_mb(chat_config: Mapping[str, Any], weight_bytes: int) -> float
     chunk = int(chat_config.get("prefill_chunk_size") or 0)
     vocab = int(chat_config.get("vocab_size") or 0)
     intermediate = int(model.get("intermediate_size") or 4 * hidden)
-    act_bytes = 4 if "f32" in str(chat_config.get("quantization", "")) else 2
+    act_bytes = 2 if is_f16(str(chat_config.get("quantization", ""))) else 4
     kv_cache = 2 * layers * kv_heads * head_dim * window * act_bytes
     workspace = chunk * (vocab * 4 + (hidden + 2 * intermediate) * act_bytes)
     return round((weight_bytes + kv_cache + workspace) / MIB, 2)
@@ -164,14 +160,12 @@ class PackageFacts:
 
 def model_record(facts: PackageFacts, base_url: str) -> dict[str, Any]:
     """One AppConfig.model_list entry for the package served under base_url (pure)."""
-    from webslm.provenance import sri
-
     url = model_url(base_url, facts.name)
     vram = vram_required_mb(facts.chat_config, facts.weight_bytes)
     record: dict[str, Any] = {
         "model": url,
         "model_id": facts.model_id,
-        "model_lib": f"{url}libs/{library_name(facts.model_id)}",
+        "model_lib": url + library_path(facts.model_id),
         "vram_required_MB": vram,
         "low_resource_required": vram <= LOW_RESOURCE_MB,
         "overrides": {
@@ -193,9 +187,29 @@ def model_record(facts: PackageFacts, base_url: str) -> dict[str, Any]:
         },
     }
     if facts.f16:
-        record["required_features"] = ["shader-f16"]
+        record["required_features"] = [SHADER_F16]
     return record
 
 
 def app_config(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     return {"model_list": [dict(r) for r in records]}
+
+
+def render_app_config(records: Iterable[Mapping[str, Any]]) -> str:
+    """The text of webllm-app-config.json for these records (canonical JSON)."""
+    return canonical_json(app_config(records))
+
+
+def read_app_config(path: Path, fix: str = REBUILD) -> dict[str, Any]:
+    """A webllm-app-config.json: a JSON object, or BadInput (with `fix` as the hint)."""
+    return read_json_object(path, fix)
+
+
+def render_chat_config(chat_config: Mapping[str, Any]) -> str:
+    """The text of a rewritten mlc-chat-config.json (canonical JSON)."""
+    return canonical_json(chat_config)
+
+
+def read_chat_config(path: Path, fix: str = REBUILD) -> dict[str, Any]:
+    """An mlc-chat-config.json: a JSON object, or BadInput (with `fix` as the hint)."""
+    return read_json_object(path, fix)

@@ -15,15 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from webslm.files import canonical_json, sha256_file
-from webslm.provenance import APP_CONFIG_FILE, PROVENANCE_FILE, sri
+from webslm.layout import APP_CONFIG_FILE, PROVENANCE_FILE, library_name, weight_files
+from webslm.provenance import sri
 from webslm.toolchain import load_lock
 from webslm.webllm import (
     DEFAULT_BASE_URL,
     PackageFacts,
     app_config,
-    library_name,
     model_record,
-    weight_files,
 )
 
 EMPTY_WASM_MODULE = b"\0asm\x01\0\0\0"

@@ -1,7 +1,8 @@
 """The pinned toolchain image: the contract the pipeline and verify use.
 
 `Toolchain` is the image the container stages run in and what provenance records of it;
-`current_toolchain()` is the one this checkout's lock names; `docker_client()` is the engine. The
+`current_toolchain()` is the one this checkout's lock names; `docker_client()` and `image_exists()`
+(from webslm.container, where all Docker code lives) are the engine. The
 parts behind it: `lock` (the lock, the ID, the build arguments: pure), `build` (building, pulling
 and pushing the image, `webslm toolchain`), `refresh` (`refresh-lock` on a networked machine).
 """
@@ -11,9 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from webslm.errors import MissingEnvironment
+from webslm.container import docker_client, image_exists
 from webslm.toolchain.lock import (
     DOCKER_DIR,
     LOCK_NAME,
@@ -28,7 +28,7 @@ from webslm.toolchain.lock import (
 
 __all__ = ["DOCKER_DIR", "LOCK_NAME", "Toolchain", "ToolchainLock", "build_args",
            "chosen_or_current", "current_toolchain", "determinism_env", "docker_client",
-           "image_tag", "load_lock", "toolchain_id"]
+           "image_exists", "image_tag", "load_lock", "toolchain_id"]
 
 
 @dataclass(frozen=True)
@@ -61,19 +61,3 @@ def current_toolchain(docker_dir: Path = DOCKER_DIR) -> Toolchain:
 def chosen_or_current(chosen: Toolchain | None) -> Toolchain:
     """The toolchain a caller chose (tests, verify), else the one this checkout's lock names."""
     return chosen if chosen is not None else current_toolchain()
-
-
-def docker_client() -> Any:
-    """A Docker SDK client that answered a ping; MissingEnvironment when no engine answers."""
-    try:
-        import docker
-    except ImportError as error:
-        raise MissingEnvironment("the Python Docker SDK is not installed",
-                                 "run: pip install docker (or bash .ci/setup)") from error
-    try:
-        client = docker.from_env(timeout=600)
-        client.ping()
-    except Exception as error:  # DockerException, requests errors, socket errors
-        raise MissingEnvironment(f"no Docker engine answers ({type(error).__name__})",
-                                 "start it (e.g. `dockerd &` or `bash .ci/setup`)") from error
-    return client

@@ -19,11 +19,11 @@ from urllib.parse import urlsplit
 
 import docker.errors
 
-from webslm.baseimage import BaseRecipe, base_archive_path, ensure_base_image, image_exists
+from webslm.baseimage import BaseRecipe, base_archive_path, ensure_base_image
 from webslm.cache import default_cache_dir
 from webslm.errors import BadInput, MissingEnvironment, StageFailed
 from webslm.files import atomic_write_text, canonical_json, sha256_bytes
-from webslm.toolchain import Toolchain, current_toolchain, docker_client
+from webslm.toolchain import Toolchain, current_toolchain, docker_client, image_exists
 from webslm.toolchain.lock import (
     CARGO_LOCKFILE,
     DOCKER_DIR,

@@ -30,7 +30,7 @@ from typing import Any
 from webslm.baseimage import BaseRecipe
 from webslm.checkout import checkout_path, require
 from webslm.errors import BadInput
-from webslm.files import canonical_json, sha256_bytes, sha256_file
+from webslm.files import canonical_json, read_json_object, sha256_bytes, sha256_file
 
 DOCKER_DIR = checkout_path("docker")
 LOCK_NAME = "toolchain.lock.json"
@@ -230,14 +230,7 @@ def value_at(data: Mapping[str, Any], dotted: str) -> Any:
 
 
 def read_lock_json(docker_dir: Path = DOCKER_DIR) -> dict[str, Any]:
-    path = require(docker_dir) / LOCK_NAME
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as error:
-        raise BadInput(f"no toolchain lock at {path}", "restore docker/ from git") from error
-    except json.JSONDecodeError as error:
-        raise BadInput(f"toolchain lock {path} is not valid JSON: {error}",
-                       "fix the syntax or restore it from git") from error
+    return read_json_object(require(docker_dir) / LOCK_NAME, "restore docker/ from git")
 
 
 def load_lock(docker_dir: Path = DOCKER_DIR) -> ToolchainLock:
