@@ -36,6 +36,8 @@ from huggingface_hub.utils._http import (
 from test_publish import FAKE_TOKEN, REPO, make_dist
 
 from webslm.cli import main
+from webslm.errors import MissingEnvironment
+from webslm.hubapi import push_folder
 from webslm.provenance import APP_CONFIG_FILE, list_files
 
 HUB = "https://huggingface.co"
@@ -457,3 +459,26 @@ def test_publishing_a_real_stand_in_build(standin_image: str, tiny_qwen2: Path,
     for name in [*chat["tokenizer_files"], *(r["dataPath"] for r in cache["records"])]:
         assert hub.fetch(record["model"] + name) == (dist / name).read_bytes(), name
     assert FAKE_TOKEN not in "".join(capsys.readouterr())
+
+
+# ---------------------------------------------------------------------------- finetune --push
+
+
+def test_finetune_push_goes_through_the_one_hub_adapter(
+        tmp_path: Path, hub: StandInHub, capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    folder = tmp_path / "finetuned"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "qwen2"}')
+    (folder / "model.safetensors").write_bytes(bytes(range(256)) * 8)
+    assert push_folder(folder, REPO) == f"https://huggingface.co/{REPO}"
+    uploaded = {f for commit in hub.repos[REPO]["commits"] for f in commit["files"]}
+    assert {"config.json", "model.safetensors"} <= uploaded
+
+    hub.fail["POST /api/repos/create"] = 401
+    with caplog.at_level(logging.DEBUG), pytest.raises(MissingEnvironment) as refused:
+        push_folder(folder, REPO)
+    assert "the Hub refused the token while creating alice/tiny-chat (HTTP 401)" in str(
+        refused.value.line())
+    assert FAKE_TOKEN not in refused.value.line()
+    assert_token_nowhere(hub, capsys, caplog)

@@ -38,6 +38,7 @@ from webslm.chatdata import (
 from webslm.checkout import checkout_path, require
 from webslm.errors import BadInput, MissingEnvironment, StageFailed
 from webslm.files import atomic_directory, atomic_write_text, canonical_json
+from webslm.hubapi import push_folder
 
 TRAIN_SCRIPT = checkout_path("finetune", "train.py")
 ADAPTER_DIR = "adapter"
@@ -552,16 +553,7 @@ def _train(gpus: int, base: Path, files: Sequence[Path], examples: Sequence[Toke
 
 
 def _push(out: Path, repo: str) -> None:
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
-
-    try:
-        HfApi().create_repo(repo, exist_ok=True)
-        HfApi().upload_folder(repo_id=repo, folder_path=str(out))
-    except HfHubHTTPError as error:
-        raise MissingEnvironment(f"pushing to {repo} failed ({error.__class__.__name__})",
-                                 "log in with `hf auth login` or set HF_TOKEN") from error
-    print(f"pushed {out} to https://huggingface.co/{repo}")
+    print(f"pushed {out} to {push_folder(out, repo)}")
 
 
 def finetune_command(data: Sequence[Path], base: str, out: Path, recipe: Recipe, *,

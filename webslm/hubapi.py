@@ -1,10 +1,11 @@
 """The one adapter to the Hugging Face Hub: every call webslm makes into huggingface_hub.
 
 resolve downloads a model snapshot (download_snapshot), audit one file at a pinned revision
-(download_file), publish makes commits through HfApi with hub_call. Here, and only here, Hub
+(download_file), publish makes commits through HfApi with hub_call, and finetune --push uploads
+its folder (push_folder). Here, and only here, Hub
 failures become one-line webslm errors with the exit code their cause deserves (what the user
 named: 2; the network, the Hub or the token: 3), and the token never reaches a message or a log
-(Redactor, redacted_logs). Still outside: finetune's push (webslm/finetune.py), to move here next.
+(Redactor, redacted_logs).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
-from huggingface_hub import get_token, hf_hub_download, snapshot_download
+from huggingface_hub import HfApi, get_token, hf_hub_download, snapshot_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
     GatedRepoError,
@@ -215,3 +216,16 @@ def hub_call(redactor: Redactor, doing: str, call: Any, *args: Any, **kwargs: An
     except Exception as error:  # noqa: BLE001 - every kind: none may escape unredacted
         failure = hub_failure(error, redactor, doing)
     raise failure
+
+
+def push_folder(folder: Path, repo: str) -> str:
+    """Upload FOLDER to the model repo REPO (created when missing); the repo's URL."""
+    token = hub_token()
+    redactor = Redactor((token,))
+    api = HfApi(token=token)
+    with redacted_logs(redactor):
+        hub_call(redactor, f"creating {repo}", api.create_repo, repo, repo_type="model",
+                 exist_ok=True)
+        hub_call(redactor, f"uploading {folder.name} to {repo}", api.upload_folder,
+                 repo_id=repo, folder_path=str(folder), repo_type="model")
+    return f"https://huggingface.co/{repo}"
