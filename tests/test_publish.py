@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from webslm import hubapi, layout, publish
+from webslm import hubapi, layout, publish, webllm
 from webslm.cli import main
 from webslm.errors import BadInput
 from webslm.files import canonical_json
@@ -39,7 +39,7 @@ SOURCE_REVISION = "c" * 40
 def make_dist(root: Path, *, name: str = "tiny", quantization: str = "q4f32_1",
               system_prompt: str | None = "You answer briefly.") -> Path:
     """A dist/<name>/ folder as `invoke build` writes it (contract in the developers' brief)."""
-    from webslm import provenance, webllm
+    from webslm import provenance
     from webslm.spec import is_f16, resolve_spec
 
     spec = resolve_spec(preset="qwen2.5-0.5b", quantization=quantization, name=name)
@@ -86,7 +86,7 @@ def make_dist(root: Path, *, name: str = "tiny", quantization: str = "q4f32_1",
         weight_bytes=sum(map(len, shards.values())), webllm_version="0.2.79",
         toolchain_id=TOOLCHAIN_ID, system_prompt=system_prompt, finetune=None)
     record = webllm.model_record(facts, webllm.DEFAULT_BASE_URL)
-    (folder / APP_CONFIG_FILE).write_text(canonical_json(webllm.app_config([record])))
+    (folder / APP_CONFIG_FILE).write_text(webllm.render_app_config(webllm.app_config([record])))
     (folder / PROVENANCE_FILE).write_text(provenance.render(statement))
     return folder
 
@@ -142,8 +142,9 @@ def test_rewrite_follows_the_endpoint_for_mirrors() -> None:
     app_config = {"model_list": [{"model": "http://x/m/resolve/main/",
                                   "model_lib": "http://x/m/resolve/main/libs/a.wasm"}]}
     rewritten = publish.rewrite_app_config(
-        app_config, publish.resolve_url("https://hub.example/", "o/n", COMMIT))
-    assert rewritten["model_list"][0]["model_lib"] == (
+        webllm.AppConfig.from_json(app_config),
+        publish.resolve_url("https://hub.example/", "o/n", COMMIT))
+    assert rewritten.records[0].model_lib == (
         f"https://hub.example/o/n/resolve/{COMMIT}/libs/a.wasm")
 
 
@@ -151,7 +152,8 @@ def test_a_library_outside_the_model_folder_is_refused() -> None:
     app_config = {"model_list": [{"model": "http://x/m/resolve/main/",
                                   "model_lib": "http://elsewhere/a.wasm"}]}
     with pytest.raises(BadInput, match="does not lie inside the model folder"):
-        publish.rewrite_app_config(app_config, "https://huggingface.co/o/n/resolve/x/")
+        publish.rewrite_app_config(webllm.AppConfig.from_json(app_config),
+                                   "https://huggingface.co/o/n/resolve/x/")
 
 
 def test_model_card_summarizes_provenance_and_shows_how_to_load_and_audit(built: Path) -> None:

@@ -27,6 +27,7 @@ from webslm.provenance import parse_provenance, sri, statement
 from webslm.toolchain import Toolchain
 from webslm.verify import diff, fetching, rebuild
 from webslm.verify import report as reports
+from webslm.webllm import AppConfig
 
 A, B, C = "a" * 64, "b" * 64, "c" * 64
 STANDIN_LOCK = {"webllm": {"version": "0.2.79"}, "source_date_epoch": 1}
@@ -152,10 +153,11 @@ def test_app_config_integrity_is_checked_against_the_subjects() -> None:
         "integrity": {"config": sri(A), "model_lib": sri(B),
                       "tokenizer": {"tokenizer.json": sri(C)}},
         "webslm": {"toolchain_id": A}}
-    assert all(c.ok for c in diff.app_config_checks({"model_list": [record]}, subjects, A))
-    forged = {**record, "integrity": {**record["integrity"], "model_lib": sri(C)}}
-    failed = [c.name for c in diff.app_config_checks({"model_list": [forged]}, subjects, B)
-              if not c.ok]
+    genuine = AppConfig.from_json({"model_list": [record]})
+    assert all(c.ok for c in diff.app_config_checks(genuine, subjects, A))
+    forged = AppConfig.from_json({"model_list": [
+        {**record, "integrity": {**record["integrity"], "model_lib": sri(C)}}]})
+    failed = [c.name for c in diff.app_config_checks(forged, subjects, B) if not c.ok]
     assert failed == ["webllm-app-config.json m integrity.model_lib",
                       "webllm-app-config.json m toolchain_id"]
 

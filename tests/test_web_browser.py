@@ -22,10 +22,10 @@ from browser.fakedist import FINETUNE, make_fake_dist
 from browser.harness import Browser, Page, browser_missing, open_app, running_server, scripted_web
 from conftest import http_server, require
 
-from webslm.files import canonical_json
 from webslm.publish import resolve_url, rewrite_app_config
 from webslm.serve import Site, ensure_web_bundle, find_models
 from webslm.toolchain import load_lock
+from webslm.webllm import AppConfig, render_app_config
 
 pytestmark = pytest.mark.browser
 
@@ -231,7 +231,8 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[st
             config = root / path
             app_config = json.loads(config.read_text())
             pinned_url = resolve_url(endpoint, f"org/{name}", COMMIT)
-            config.write_text(canonical_json(rewrite_app_config(app_config, pinned_url)))
+            config.write_text(render_app_config(
+                rewrite_app_config(AppConfig.from_json(app_config), pinned_url)))
         yield base, {name: base + path for name, path in configs.items()}
 
 

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from webslm.errors import BadInput
 from webslm.layout import weight_files
 from webslm.webllm import (
     DEFAULT_BASE_URL,
+    AppConfig,
     PackageFacts,
     Sampling,
     app_config,
     choose_system_prompt,
     model_record,
     model_url,
+    render_app_config,
     rewrite_chat_config,
     sampling_defaults,
     stop_token_ids,
@@ -109,22 +113,27 @@ def facts(quantization: str) -> PackageFacts:
 def test_model_record_for_an_f16_library() -> None:
     record = model_record(facts("q4f16_1"), "https://cdn.example/models")
     base = "https://cdn.example/models/tiny/resolve/main/"
-    assert record["model"] == base
-    assert record["model_id"] == "tiny-q4f16_1"
-    assert record["model_lib"] == base + "libs/tiny-q4f16_1-webgpu.wasm"
-    assert record["required_features"] == ["shader-f16"]
-    assert record["overrides"] == {"context_window_size": 4096, "temperature": 0.6, "top_p": 0.9}
-    assert record["integrity"]["config"] == "sha256-" + "AA" * 21 + "A="
-    assert set(record["integrity"]["tokenizer"]) == {"tokenizer.json"}
-    assert record["webslm"]["webllm_version"] == "0.2.79"
-    assert record["webslm"]["finetune"] == {"base_model": "Qwen/Qwen2.5-0.5B-Instruct"}
-    assert record["webslm"]["weights"] == {"ndarray-cache.json": "sha256-" + "RE" * 21 + "Q=",
-                                           "params_shard_0.bin": "sha256-" + "VV" * 21 + "U="}
-    assert app_config([record]) == {"model_list": [record]}
+    assert record.model == base
+    assert record.model_id == "tiny-q4f16_1"
+    assert record.model_lib == base + "libs/tiny-q4f16_1-webgpu.wasm"
+    assert record.required_features == ("shader-f16",)
+    assert record.raw["required_features"] == ["shader-f16"]
+    assert record.raw["overrides"] == {
+        "context_window_size": 4096, "temperature": 0.6, "top_p": 0.9}
+    assert record.integrity.config == "sha256-" + "AA" * 21 + "A="
+    assert set(record.integrity.tokenizer) == {"tokenizer.json"}
+    assert record.webslm.webllm_version == "0.2.79"
+    assert record.webslm.finetune == {"base_model": "Qwen/Qwen2.5-0.5B-Instruct"}
+    assert record.webslm.weights == {"ndarray-cache.json": "sha256-" + "RE" * 21 + "Q=",
+                                     "params_shard_0.bin": "sha256-" + "VV" * 21 + "U="}
+    assert app_config([record]).to_json() == {"model_list": [record.raw]}
+    assert AppConfig.from_json(json.loads(render_app_config(app_config([record])))) == (
+        app_config([record]))
 
 
 def test_model_record_for_an_f32_library_needs_no_shader_f16() -> None:
-    assert "required_features" not in model_record(facts("q4f32_1"), DEFAULT_BASE_URL)
+    record = model_record(facts("q4f32_1"), DEFAULT_BASE_URL)
+    assert record.required_features == () and "required_features" not in record.raw
 
 
 def test_weight_files_are_the_manifest_and_its_shards() -> None:

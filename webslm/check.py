@@ -21,7 +21,7 @@ import os
 import shutil
 import subprocess
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,7 +47,7 @@ from webslm.serve import (
     model_url_path,
 )
 from webslm.spec import resolve_spec
-from webslm.webllm import read_app_config, read_chat_config
+from webslm.webllm import ChatConfig, read_app_config, read_chat_config
 
 TOKENIZER = "tokenizer.json"
 DIST_FIX = "pass a dist folder made by `webslm build`"
@@ -116,7 +116,7 @@ def js_replace(template: str, placeholder: str, value: str) -> str:
     return template[:at] + "".join(out) + template[at + len(placeholder):]
 
 
-def prompt_pieces(conv_template: dict[str, Any], user_message: str) -> list[str]:
+def prompt_pieces(conv_template: Mapping[str, Any], user_message: str) -> list[str]:
     """The strings web-llm 0.2.79 encodes (each on its own) for a one-message conversation.
 
     Mirrors Conversation.getPromptArray: the system template with the default system message,
@@ -392,20 +392,20 @@ def read_prompts(path: Path | None) -> tuple[str, ...]:
     return prompts
 
 
-def checked_dist(dist: Path) -> tuple[dict[str, Any], str]:
+def checked_dist(dist: Path) -> tuple[ChatConfig, str]:
     """The dist's chat config and quantization, after checking every file the check reads."""
     if not dist.is_dir():
         raise BadInput(f"{dist} is not a folder", "pass a dist folder made by `webslm build`")
     chat_config = read_chat_config(dist / CHAT_CONFIG_FILE, DIST_FIX)
     app_config = read_app_config(dist / APP_CONFIG_FILE, DIST_FIX)
     missing = [name for name in (TOKENIZER, WEIGHTS_MANIFEST) if not (dist / name).is_file()]
-    for record in app_config.get("model_list", []):
-        lib = str(record.get("model_lib", ""))
+    for record in app_config.records:
+        lib = record.model_lib
         if "/resolve/main/" in lib and not (dist / lib.split("/resolve/main/", 1)[1]).is_file():
             missing.append(lib.split("/resolve/main/", 1)[1])
     if missing:
         raise BadInput(f"{dist} lacks {', '.join(missing)}", "rebuild it with `webslm build`")
-    quantization = str(chat_config.get("quantization", ""))
+    quantization = chat_config.quantization
     if quantization not in TOLERANCES:
         raise BadInput(f"no measured tolerance for {quantization or 'this'} quantization",
                        f"webslm check supports {', '.join(TOLERANCES)}")
@@ -420,7 +420,7 @@ def run_check(dist: Path, model: str, prompts: Sequence[str],
     if missing:
         raise missing
     folder = resolve_model_folder(model)
-    prompt_ids = [prompt_token_ids(dist / TOKENIZER, prompt_pieces(chat_config["conv_template"], p))
+    prompt_ids = [prompt_token_ids(dist / TOKENIZER, prompt_pieces(chat_config.conv_template, p))
                   for p in prompts]
     reference = load_reference(folder)
     run = run_in_browser(dist, prompts, new_tokens)

@@ -65,9 +65,9 @@ def write_package(final: Path, *, spec: BuildSpec, model: ResolvedModel,
     finetune = read_json(staged.path / FINETUNE_FILE)
     system_prompt = webllm.choose_system_prompt(spec.system_prompt, finetune)
     raw_chat = read_json(chat.path / CHAT_CONFIG_FILE) or {}
-    chat_config = webllm.rewrite_chat_config(
+    chat_config = webllm.ChatConfig.from_json(webllm.rewrite_chat_config(
         raw_chat, sampling=webllm.sampling_defaults(read_json(staged.path / GENERATION_CONFIG)),
-        system_prompt=system_prompt, tokenizer=read_json(chat.path / "tokenizer.json"))
+        system_prompt=system_prompt, tokenizer=read_json(chat.path / "tokenizer.json")))
     lib_name, lib_path = library_name(spec.model_id), library_path(spec.model_id)
     with atomic_directory(final, PROVENANCE_FILE) as folder:
         copy_files(weights.path, sorted(weights.files), folder)
@@ -94,9 +94,9 @@ def write_package(final: Path, *, spec: BuildSpec, model: ResolvedModel,
         facts = webllm.PackageFacts(
             name=spec.name, model_id=spec.model_id,
             quantization=spec.quantization, f16=is_f16(spec.quantization),
-            chat_config=chat_config, chat_config_digest=outputs[CHAT_CONFIG_FILE],
+            chat_config=chat_config.raw, chat_config_digest=outputs[CHAT_CONFIG_FILE],
             library_digest=outputs[lib_path],
-            tokenizer_digests={n: outputs[n] for n in chat_config.get("tokenizer_files", [])
+            tokenizer_digests={n: outputs[n] for n in chat_config.tokenizer_files
                                if n in outputs},
             weight_digests={n: outputs[n] for n in weight_files(outputs)},
             weight_bytes=sum((folder / n).stat().st_size
@@ -105,8 +105,8 @@ def write_package(final: Path, *, spec: BuildSpec, model: ResolvedModel,
             system_prompt=system_prompt, finetune=finetune,
         )
         record = webllm.model_record(facts, base_url or webllm.DEFAULT_BASE_URL)
-        (folder / APP_CONFIG_FILE).write_text(webllm.render_app_config([record]),
-                                              encoding="utf-8")
+        (folder / APP_CONFIG_FILE).write_text(
+            webllm.render_app_config(webllm.app_config([record])), encoding="utf-8")
         (folder / PROVENANCE_FILE).write_text(provenance.render(statement), encoding="utf-8")
     shipped = {n: d for n, d in outputs.items() if n not in provenance.NOT_SUBJECTS}
     return statement, shipped

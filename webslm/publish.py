@@ -20,18 +20,15 @@ like a Hugging Face token, from every log record and error message.
 
 from __future__ import annotations
 
-import copy
 import json
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from huggingface_hub import CommitOperationAdd, HfApi, constants
 
 from webslm.errors import BadInput
-from webslm.files import canonical_json
 from webslm.hubapi import Redactor, hub_call, hub_token, redacted_logs
 from webslm.layout import (
     APP_CONFIG_FILE,
@@ -41,7 +38,7 @@ from webslm.layout import (
     WEIGHTS_MANIFEST,
 )
 from webslm.provenance import Provenance, hash_files, list_files, load_provenance
-from webslm.webllm import SHADER_F16, read_app_config
+from webslm.webllm import SHADER_F16, AppConfig, ModelRecord, read_app_config, render_app_config
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 MODEL_CARD_FILE = "README.md"
@@ -68,35 +65,35 @@ class DistPackage:
 
     folder: Path
     files: tuple[PackageFile, ...]
-    app_config: Mapping[str, Any]
+    app_config: AppConfig
     provenance: Provenance
 
     @property
-    def record(self) -> Mapping[str, Any]:
-        return self.app_config["model_list"][0]
+    def record(self) -> ModelRecord:
+        return self.app_config.records[0]
 
     @property
     def total_bytes(self) -> int:
         return sum(f.size for f in self.files)
 
 
-def library_path(record: Mapping[str, Any]) -> str:
+def library_path(record: ModelRecord) -> str:
     """The library's path inside the model folder (model_lib relative to model)."""
-    model, lib = str(record.get("model", "")), str(record.get("model_lib", ""))
+    model, lib = record.model, record.model_lib
     if not model.endswith("/") or not lib.startswith(model) or len(lib) == len(model):
         raise BadInput(f"model_lib {lib!r} does not lie inside the model folder {model!r}",
                        "rebuild with `invoke build` (it writes libs/<model_id>-webgpu.wasm)")
     return lib[len(model):]
 
 
-def check_app_config(app_config: Mapping[str, Any]) -> Mapping[str, Any]:
+def check_app_config(app_config: AppConfig) -> ModelRecord:
     """The AppConfig's one model record, checked for what publishing rewrites and reports."""
-    records = app_config.get("model_list")
-    if not isinstance(records, list) or len(records) != 1 or not isinstance(records[0], dict):
+    records = app_config.records
+    if len(records) != 1:
         raise BadInput(f"{APP_CONFIG_FILE} must hold exactly one model record",
                        "publish one dist/<name> folder at a time, as `invoke build` writes it")
     record = records[0]
-    missing = [k for k in ("model", "model_id", "model_lib", "webslm") if k not in record]
+    missing = [k for k in ("model", "model_id", "model_lib", "webslm") if k not in record.raw]
     if missing:
         raise BadInput(f"{APP_CONFIG_FILE} lacks {', '.join(missing)}",
                        "rebuild with `invoke build`")
@@ -169,14 +166,11 @@ def resolve_url(endpoint: str, repo: str, commit: str) -> str:
     return f"{endpoint.rstrip('/')}/{repo}/resolve/{commit}/"
 
 
-def rewrite_app_config(app_config: Mapping[str, Any], model_url: str) -> dict[str, Any]:
+def rewrite_app_config(app_config: AppConfig, model_url: str) -> AppConfig:
     """The AppConfig with each record's model and model_lib moved under model_url; all else kept."""
-    result = copy.deepcopy(dict(app_config))
-    for record in result["model_list"]:
-        lib = library_path(record)
-        record["model"] = model_url
-        record["model_lib"] = model_url + lib
-    return result
+    return replace(app_config, records=tuple(
+        record.with_urls(model_url, model_url + library_path(record))
+        for record in app_config.records))
 
 
 @dataclass(frozen=True)
@@ -200,27 +194,27 @@ class CardFacts:
 def card_facts(package: DistPackage) -> CardFacts:
     """The card's facts; the AppConfig and provenance must agree on toolchain and web-llm pin."""
     record, provenance = package.record, package.provenance
-    webslm = record.get("webslm") or {}
+    webslm = record.webslm
     toolchain_id, webllm_version = provenance.toolchain_id, provenance.webllm_version
-    for key, ours in (("toolchain_id", toolchain_id), ("webllm_version", webllm_version)):
-        if webslm.get(key) != ours:
-            raise BadInput(f"{APP_CONFIG_FILE} says {key} {webslm.get(key)!r} but "
+    for key, ours, theirs in (("toolchain_id", toolchain_id, webslm.toolchain_id),
+                              ("webllm_version", webllm_version, webslm.webllm_version)):
+        if theirs != ours:
+            raise BadInput(f"{APP_CONFIG_FILE} says {key} {theirs!r} but "
                            f"{PROVENANCE_FILE} says {ours!r}", "rebuild with `invoke build`")
     model = provenance.model
-    finetune = webslm.get("finetune") or {}
     return CardFacts(
-        model_id=str(record["model_id"]),
+        model_id=str(record.model_id),
         source_model=str(model.get("id", "")),
         source_revision=model.get("revision"),
         source_kind=str(model.get("source", "")),
         quantization=str(provenance.spec.get("quantization", "")),
-        shader_f16=SHADER_F16 in (record.get("required_features") or ()),
+        shader_f16=SHADER_F16 in record.required_features,
         toolchain_id=toolchain_id,
         lock_digest=provenance.lock_digest,
         webllm_version=webllm_version,
         subjects=len(provenance.subjects),
-        system_prompt=webslm.get("system_prompt"),
-        finetune_base=finetune.get("base_model") if isinstance(finetune, dict) else None,
+        system_prompt=webslm.system_prompt,
+        finetune_base=(webslm.finetune or {}).get("base_model"),
     )
 
 
@@ -290,7 +284,7 @@ class PublishPlan:
     endpoint: str
     commit: str  # the package commit the AppConfig names (DRY_RUN_COMMIT before it exists)
     package: tuple[PackageFile, ...]
-    app_config: Mapping[str, Any]
+    app_config: AppConfig
     model_card: str
 
     @property
@@ -303,7 +297,7 @@ class PublishPlan:
 
     def second_commit(self) -> dict[str, bytes]:
         """The second commit's files: the rewritten AppConfig and the model card."""
-        return {APP_CONFIG_FILE: canonical_json(self.app_config).encode("utf-8"),
+        return {APP_CONFIG_FILE: render_app_config(self.app_config).encode("utf-8"),
                 MODEL_CARD_FILE: self.model_card.encode("utf-8")}
 
 
@@ -327,7 +321,7 @@ def _size(count: int) -> str:
 
 def render_plan(plan: PublishPlan, dist: Path, private: bool) -> str:
     """The plan as `--dry-run` prints it: files, sizes and the URLs they will have."""
-    record = plan.app_config["model_list"][0]
+    record = plan.app_config.records[0]
     width = max(len(f.path) for f in plan.package)
     lines = [f"publish {dist} -> {plan.repo_url} ({'private' if private else 'public'} model "
              "repo, created if absent)",
@@ -339,8 +333,8 @@ def render_plan(plan: PublishPlan, dist: Path, private: bool) -> str:
     for name, data in plan.second_commit().items():
         lines.append(f"  {name:<{width}}  {_size(len(data)):>12}  "
                      f"{resolve_url(plan.endpoint, plan.repo, 'main')}{name}")
-    lines += [f"AppConfig model:     {record['model']}",
-              f"AppConfig model_lib: {record['model_lib']}",
+    lines += [f"AppConfig model:     {record.model}",
+              f"AppConfig model_lib: {record.model_lib}",
               f"({plan.commit} is the id of commit 1, known once it exists)"
               if plan.commit == DRY_RUN_COMMIT else ""]
     return "\n".join(line for line in lines if line)
@@ -367,14 +361,14 @@ def publish(package: DistPackage, repo: str, *, private: bool, api: HfApi,
           f"{endpoint}/{repo}", flush=True)
     first = hub_call(redactor, "uploading the package", api.create_commit, repo, operations,
                       repo_type="model",
-                      commit_message=f"webslm: {package.record['model_id']} package",
+                      commit_message=f"webslm: {package.record.model_id} package",
                       commit_description=f"Files and provenance from {PROVENANCE_FILE}.")
     plan = plan_publish(package, repo, first.oid, endpoint)
     second_files = [CommitOperationAdd(name, data) for name, data in plan.second_commit().items()]
     doing = (f"committing the AppConfig and model card (the package is at commit {first.oid}; "
              "run the same command again to finish)")
     second = hub_call(redactor, doing, api.create_commit, repo, second_files, repo_type="model",
-                       commit_message=f"webslm: AppConfig for {package.record['model_id']} at "
+                       commit_message=f"webslm: AppConfig for {package.record.model_id} at "
                                       f"{first.oid[:12]}, model card",
                        parent_commit=first.oid)
     return Published(package_commit=first.oid, final_commit=second.oid)

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from webslm.errors import BadInput
 from webslm.files import canonical_json, read_json_object
-from webslm.layout import library_path
+from webslm.layout import APP_CONFIG_FILE, library_path
 from webslm.provenance import sri
 from webslm.spec import is_f16
 
@@ -158,7 +158,7 @@ class PackageFacts:
     finetune: Mapping[str, Any] | None
 
 
-def model_record(facts: PackageFacts, base_url: str) -> dict[str, Any]:
+def model_record(facts: PackageFacts, base_url: str) -> ModelRecord:
     """One AppConfig.model_list entry for the package served under base_url (pure)."""
     url = model_url(base_url, facts.name)
     vram = vram_required_mb(facts.chat_config, facts.weight_bytes)
@@ -188,28 +188,143 @@ def model_record(facts: PackageFacts, base_url: str) -> dict[str, Any]:
     }
     if facts.f16:
         record["required_features"] = [SHADER_F16]
-    return record
+    return ModelRecord.from_json(record)
 
 
-def app_config(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    return {"model_list": [dict(r) for r in records]}
+# ---------------------------------------------------------------------------- the files (typed)
 
 
-def render_app_config(records: Iterable[Mapping[str, Any]]) -> str:
-    """The text of webllm-app-config.json for these records (canonical JSON)."""
-    return canonical_json(app_config(records))
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
-def read_app_config(path: Path, fix: str = REBUILD) -> dict[str, Any]:
-    """A webllm-app-config.json: a JSON object, or BadInput (with `fix` as the hint)."""
-    return read_json_object(path, fix)
+def _object(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
-def render_chat_config(chat_config: Mapping[str, Any]) -> str:
+def _texts(value: Any) -> dict[str, str]:
+    return {k: v for k, v in _object(value).items() if isinstance(v, str)}
+
+
+@dataclass(frozen=True)
+class Integrity:
+    """The record's SRI strings: web-llm checks config and model_lib, our client the tokenizer."""
+
+    config: str | None
+    model_lib: str | None
+    tokenizer: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class WebslmBlock:
+    """The record's `webslm` block: web-llm ignores it; our client, publish and verify read it.
+    A record without one reads as all None (and no weights)."""
+
+    webllm_version: str | None
+    toolchain_id: str | None
+    system_prompt: str | None
+    finetune: Mapping[str, Any] | None
+    weights: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """One AppConfig.model_list entry: the fields webslm reads, and `raw`, the whole JSON object
+    (written back as it is, so rewriting one field keeps every other byte)."""
+
+    model: str
+    model_id: str | None
+    model_lib: str
+    required_features: tuple[str, ...]
+    integrity: Integrity
+    webslm: WebslmBlock
+    raw: Mapping[str, Any]
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> ModelRecord:
+        raw = copy.deepcopy(dict(value))
+        integrity, block = _object(raw.get("integrity")), _object(raw.get("webslm"))
+        features = raw.get("required_features")
+        return cls(
+            model=str(raw.get("model", "")),
+            model_id=_text(raw.get("model_id")),
+            model_lib=str(raw.get("model_lib", "")),
+            required_features=tuple(features) if isinstance(features, list) else (),
+            integrity=Integrity(config=_text(integrity.get("config")),
+                                model_lib=_text(integrity.get("model_lib")),
+                                tokenizer=_texts(integrity.get("tokenizer"))),
+            webslm=WebslmBlock(
+                webllm_version=_text(block.get("webllm_version")),
+                toolchain_id=_text(block.get("toolchain_id")),
+                system_prompt=_text(block.get("system_prompt")),
+                finetune=block["finetune"] if isinstance(block.get("finetune"), dict) else None,
+                weights=_texts(block.get("weights")),
+            ),
+            raw=raw,
+        )
+
+    def with_urls(self, model: str, model_lib: str) -> ModelRecord:
+        """The same record served from elsewhere: only `model` and `model_lib` change."""
+        return ModelRecord.from_json({**self.raw, "model": model, "model_lib": model_lib})
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """A webllm-app-config.json: its model records, and any other top-level keys as they were."""
+
+    records: tuple[ModelRecord, ...]
+    rest: Mapping[str, Any]
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any], fix: str = REBUILD) -> AppConfig:
+        records = value.get("model_list", [])
+        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+            raise BadInput(f"{APP_CONFIG_FILE}'s model_list is not a list of model records", fix)
+        rest = {k: copy.deepcopy(v) for k, v in value.items() if k != "model_list"}
+        return cls(tuple(ModelRecord.from_json(r) for r in records), rest)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.rest, "model_list": [dict(r.raw) for r in self.records]}
+
+
+def app_config(records: Iterable[ModelRecord]) -> AppConfig:
+    return AppConfig(records=tuple(records), rest={})
+
+
+def render_app_config(config: AppConfig) -> str:
+    """The text of webllm-app-config.json (canonical JSON)."""
+    return canonical_json(config.to_json())
+
+
+def read_app_config(path: Path, fix: str = REBUILD) -> AppConfig:
+    """A webllm-app-config.json, or BadInput (with `fix` as the hint)."""
+    return AppConfig.from_json(read_json_object(path, fix), fix)
+
+
+@dataclass(frozen=True)
+class ChatConfig:
+    """An mlc-chat-config.json: the fields webslm reads, and `raw`, the whole JSON object."""
+
+    quantization: str
+    conv_template: Mapping[str, Any]
+    tokenizer_files: tuple[str, ...]
+    raw: Mapping[str, Any]
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> ChatConfig:
+        raw = copy.deepcopy(dict(value))
+        files = raw.get("tokenizer_files")
+        return cls(quantization=str(raw.get("quantization", "")),
+                   conv_template=_object(raw.get("conv_template")),
+                   tokenizer_files=tuple(files) if isinstance(files, list) else (),
+                   raw=raw)
+
+
+def render_chat_config(chat_config: ChatConfig) -> str:
     """The text of a rewritten mlc-chat-config.json (canonical JSON)."""
-    return canonical_json(chat_config)
+    return canonical_json(chat_config.raw)
 
 
-def read_chat_config(path: Path, fix: str = REBUILD) -> dict[str, Any]:
-    """An mlc-chat-config.json: a JSON object, or BadInput (with `fix` as the hint)."""
-    return read_json_object(path, fix)
+def read_chat_config(path: Path, fix: str = REBUILD) -> ChatConfig:
+    """An mlc-chat-config.json, or BadInput (with `fix` as the hint)."""
+    return ChatConfig.from_json(read_json_object(path, fix))

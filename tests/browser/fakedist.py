@@ -23,6 +23,7 @@ from webslm.webllm import (
     PackageFacts,
     app_config,
     model_record,
+    render_app_config,
 )
 
 EMPTY_WASM_MODULE = b"\0asm\x01\0\0\0"
@@ -81,7 +82,7 @@ def make_fake_dist(out: Path, name: str, quantization: str = "q4f32_1", *,
         webllm_version=webllm_version or load_lock().webllm_version,
         toolchain_id=TOOLCHAIN_ID, system_prompt=system_prompt, finetune=finetune)
     write(folder / "webllm-app-config.json",
-          canonical_json(app_config([model_record(facts, base_url)])))
+          render_app_config(app_config([model_record(facts, base_url)])))
     return folder
 
 

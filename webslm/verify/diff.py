@@ -16,6 +16,7 @@ from webslm.layout import APP_CONFIG_FILE, CHAT_CONFIG_FILE, LIBS_DIR
 from webslm.provenance import (
     sri,
 )
+from webslm.webllm import AppConfig
 
 PACKAGE_STAGE = "package"
 DIFF_LINES = 40  # lines of a diffoscope report kept per file
@@ -98,26 +99,26 @@ class Check:
     detail: str
 
 
-def app_config_checks(app_config: Mapping[str, Any], subjects: Mapping[str, str],
+def app_config_checks(app_config: AppConfig, subjects: Mapping[str, str],
                       toolchain_id: str) -> list[Check]:
     """The AppConfig is not a subject (it depends on the base URL), but its integrity hashes
     must be those of the subjects, or a browser would load something else."""
     checks = []
-    for record in app_config.get("model_list", []):
-        model_id = record.get("model_id", "?")
-        integrity = record.get("integrity", {})
-        library = f"{LIBS_DIR}/" + str(record.get("model_lib", "")).rsplit(f"/{LIBS_DIR}/", 1)[-1]
-        wanted = {"config": (CHAT_CONFIG_FILE, integrity.get("config")),
-                  "model_lib": (library, integrity.get("model_lib"))}
+    for record in app_config.records:
+        model_id = record.model_id or "?"
+        integrity = record.integrity
+        library = f"{LIBS_DIR}/" + record.model_lib.rsplit(f"/{LIBS_DIR}/", 1)[-1]
+        wanted = {"config": (CHAT_CONFIG_FILE, integrity.config),
+                  "model_lib": (library, integrity.model_lib)}
         wanted.update({f"tokenizer {name}": (name, value)
-                       for name, value in integrity.get("tokenizer", {}).items()})
+                       for name, value in integrity.tokenizer.items()})
         for what, (name, value) in wanted.items():
             digest = subjects.get(name)
             ok = digest is not None and value == sri(digest)
             checks.append(Check(f"{APP_CONFIG_FILE} {model_id} integrity.{what}", ok,
                                 f"{name}: {value}" if ok else
                                 f"{value} is not the provenance's digest of {name}"))
-        recorded = record.get("webslm", {}).get("toolchain_id")
+        recorded = record.webslm.toolchain_id
         checks.append(Check(f"{APP_CONFIG_FILE} {model_id} toolchain_id",
                             recorded == toolchain_id, f"{recorded}"))
     return checks
