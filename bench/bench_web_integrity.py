@@ -63,10 +63,10 @@ def only_model(dist: Path) -> tuple[ServedModel, str, list[str]]:
 
 def measure(dist: Path, runs: int) -> dict[str, list[float]]:
     """Each figure's seconds, one per run, from the browser runner."""
+    model, model_id, shards = only_model(dist)
     missing = browser_missing()
     if missing:
         raise missing
-    model, model_id, shards = only_model(dist)
     with serving_in_thread(Site(web=ensure_web_bundle(), models=(model,))) as server:
         base = server.url
         request = {"base": base, "modelId": model_id, "runs": runs,
