@@ -8,7 +8,7 @@ against the real `webslm serve` server on 127.0.0.1, for the model of a built di
   hashing      crypto.subtle.digest alone over the same bytes (the floor of the check's cost).
 Only the check is timed; after it the app goes on loading the model (a real library compiles,
 which takes a while on SwiftShader).
-Run: python bench/bench_web_integrity.py --dist DIST/NAME [--runs 3]
+Run: python bench/bench_web_integrity.py [--dist DIST/NAME] [--runs 3]
 With no built model of some size at hand, time a TEST STAND-IN dist (random shards in the real
 layout; its empty library stops the engine right after the check):
      python -m tests.browser.bench_web_integrity [--shards 8] [--shard-mib 36] [--runs 3]
@@ -22,9 +22,11 @@ import os
 import statistics
 import subprocess
 from collections.abc import Sequence
+from math import nan
 from pathlib import Path
 
 from webslm.chromium import CHROMIUM, browser_missing
+from webslm.cli import DEFAULT_DIST
 from webslm.errors import BadInput, StageFailed, exit_on_error
 from webslm.layout import APP_CONFIG_FILE, SHARD_PREFIX
 from webslm.provenance import list_files
@@ -88,7 +90,7 @@ def report(dist: Path, runs: int, described: str) -> None:
     model, _, shards = only_model(dist)
     total_mb = sum((model.folder / s).stat().st_size for s in shards) / 1e6
     median = {k: statistics.median(figures[k]) for k in FIGURES}
-    print(f"model: {described}, {len(shards)} shards, {total_mb:.0f} MB; median of {runs} runs, "
+    print(f"model: {described}, {len(shards)} shards, {total_mb:.1f} MB; median of {runs} runs, "
           "headless Chromium, 127.0.0.1")
     print(f"{'':34}{'seconds':>9}{'MB/s':>9}")
     rows = [
@@ -100,9 +102,10 @@ def report(dist: Path, runs: int, described: str) -> None:
         ("crypto.subtle SHA-256 alone", median["hash_only"]),
     ]
     for label, seconds in rows:
-        print(f"{label:34}{seconds:9.2f}{total_mb / seconds:9.0f}")
-    first = median["check_first"] / median["webllm_first"]
-    cached = median["check_cached"] / median["read_cached"]
+        rate = f"{total_mb / seconds:9.0f}" if seconds > 0 else f"{'-':>9}"
+        print(f"{label:34}{seconds:9.2f}{rate}")
+    first = median["check_first"] / median["webllm_first"] if median["webllm_first"] else nan
+    cached = median["check_cached"] / median["read_cached"] if median["read_cached"] else nan
     print(f"first load:  check / web-llm alone = {first:.2f}x")
     print(f"cached load: check / plain read    = {cached:.2f}x")
 
@@ -116,8 +119,9 @@ def runs_parser(description: str) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = runs_parser(__doc__.splitlines()[0])
-    parser.add_argument("--dist", type=Path, required=True,
-                        help="a built model's dist folder (DIST/NAME, from `webslm build`)")
+    parser.add_argument("--dist", type=Path, default=Path(DEFAULT_DIST),
+                        help="a built model's folder, or a dist folder of one model (default: "
+                             f"{DEFAULT_DIST}, where `webslm build` writes)")
     args = parser.parse_args(argv)
     exit_on_error("bench_web_integrity", lambda: report(args.dist, args.runs, args.dist.name))
 
