@@ -79,7 +79,8 @@ def make_dist(root: Path, *, name: str = "tiny", quantization: str = "q4f32_1",
         stages={"compile": {"cache_key": "f" * 64, "output": "a" * 64}})
     facts = webllm.PackageFacts(
         name=name, model_id=spec.model_id, quantization=quantization, f16=is_f16(quantization),
-        chat_config=chat_config, chat_config_digest=outputs["mlc-chat-config.json"],
+        chat_config=webllm.ChatConfig.from_json(chat_config),
+        chat_config_digest=outputs["mlc-chat-config.json"],
         library_digest=outputs[f"libs/{library}"],
         tokenizer_digests={n: outputs[n] for n in chat_config["tokenizer_files"]},
         weight_digests={n: outputs[n] for n in layout.weight_files(outputs)},

@@ -308,9 +308,9 @@ def test_the_weights_check_shows_in_the_progress_bar(
     page.wait_for(SETTLED, 30000)
     seen = page.eval(js="""(() => {
         const bar = document.querySelector('.progress');
-        const seen = (name) => [...window.progressSeen[name], bar.getAttribute(name)];
-        return {role: bar.getAttribute('role'),
-                texts: seen("aria-valuetext"), values: seen("aria-valuenow")};
+        const history = name => [...window.progressSeen[name], bar.getAttribute(name)];
+        return {role: bar.getAttribute('role'), texts: history("aria-valuetext"),
+                values: history("aria-valuenow")};
     })()""")
     texts = [text for text in seen["texts"] if text]
     assert any(t.startswith("Weights: 3 of 3 shards checked") for t in texts), texts[-5:]

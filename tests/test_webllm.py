@@ -11,6 +11,7 @@ from webslm.layout import weight_files
 from webslm.webllm import (
     DEFAULT_BASE_URL,
     AppConfig,
+    ChatConfig,
     PackageFacts,
     Sampling,
     app_config,
@@ -99,9 +100,9 @@ def test_model_url_already_holds_resolve_main() -> None:
 def facts(quantization: str) -> PackageFacts:
     return PackageFacts(
         name="tiny", model_id=f"tiny-{quantization}", quantization=quantization,
-        f16="f16" in quantization, chat_config=rewrite_chat_config(
+        f16="f16" in quantization, chat_config=ChatConfig.from_json(rewrite_chat_config(
             chat_config(151936, quantization), sampling=Sampling(0.6, 0.9), system_prompt=None,
-            tokenizer=None),
+            tokenizer=None)),
         chat_config_digest="00" * 32, library_digest="11" * 32,
         tokenizer_digests={"tokenizer.json": "22" * 32},
         weight_digests={"ndarray-cache.json": "44" * 32, "params_shard_0.bin": "55" * 32},
@@ -144,8 +145,15 @@ def test_weight_files_are_the_manifest_and_its_shards() -> None:
 
 def test_vram_estimate_grows_with_weights_context_and_f32() -> None:
     config = chat_config(151936)
-    base = vram_required_mb(config, 300 * 1024 * 1024)
+    base = vram_required_mb(ChatConfig.from_json(config), 300 * 1024 * 1024)
     assert 300 < base < 2048  # a 0.5B q4 model fits a low-resource device
-    assert vram_required_mb(config, 600 * 1024 * 1024) == pytest.approx(base + 300, abs=0.01)
-    assert vram_required_mb({**config, "context_window_size": 8192}, 300 * 1024 * 1024) > base
-    assert vram_required_mb(chat_config(151936, "q4f32_1"), 300 * 1024 * 1024) > base
+    assert vram_required_mb(ChatConfig.from_json(config), 600 * 1024 * 1024) == pytest.approx(
+        base + 300, abs=0.01)
+    longer = ChatConfig.from_json({**config, "context_window_size": 8192})
+    assert vram_required_mb(longer, 300 * 1024 * 1024) > base
+    f32 = ChatConfig.from_json(chat_config(151936, "q4f32_1"))
+    assert vram_required_mb(f32, 300 * 1024 * 1024) > base
+    # the sizes MLC-LLM writes for Qwen2.5-0.5B (head_dim 64 = 896 / 14): the KV cache is
+    # 2 x 24 layers x 2 heads x 64 x 4096 tokens x 2 bytes = 48 MiB
+    shorter = ChatConfig.from_json({**config, "context_window_size": 0})
+    assert base - vram_required_mb(shorter, 300 * 1024 * 1024) == pytest.approx(48, abs=0.01)

@@ -94,7 +94,7 @@ def write_package(final: Path, *, spec: BuildSpec, model: ResolvedModel,
         facts = webllm.PackageFacts(
             name=spec.name, model_id=spec.model_id,
             quantization=spec.quantization, f16=is_f16(spec.quantization),
-            chat_config=chat_config.raw, chat_config_digest=outputs[CHAT_CONFIG_FILE],
+            chat_config=chat_config, chat_config_digest=outputs[CHAT_CONFIG_FILE],
             library_digest=outputs[lib_path],
             tokenizer_digests={n: outputs[n] for n in chat_config.tokenizer_files
                                if n in outputs},

@@ -120,21 +120,14 @@ def model_url(base_url: str, name: str) -> str:
     return f"{check_base_url(base_url)}/{name}/resolve/main/"
 
 
-def vram_required_mb(chat_config: Mapping[str, Any], weight_bytes: int) -> float:
+def vram_required_mb(chat_config: ChatConfig, weight_bytes: int) -> float:
     """Estimate: weights + a full KV cache + the prefill workspace (logits and MLP activations)."""
-    model = chat_config.get("model_config") or {}
-    hidden = int(model.get("hidden_size") or 0)
-    heads = int(model.get("num_attention_heads") or 1)
-    head_dim = int(model.get("head_dim") or (hidden // max(heads, 1)))
-    layers = int(model.get("num_hidden_layers") or 0)
-    kv_heads = int(model.get("num_key_value_heads") or heads)
-    window = int(chat_config.get("context_window_size") or 0)
-    chunk = int(chat_config.get("prefill_chunk_size") or 0)
-    vocab = int(chat_config.get("vocab_size") or 0)
-    intermediate = int(model.get("intermediate_size") or 4 * hidden)
-    act_bytes = 2 if is_f16(str(chat_config.get("quantization", ""))) else 4
-    kv_cache = 2 * layers * kv_heads * head_dim * window * act_bytes
-    workspace = chunk * (vocab * 4 + (hidden + 2 * intermediate) * act_bytes)
+    shape = chat_config.shape
+    act_bytes = 2 if is_f16(chat_config.quantization) else 4
+    kv_cache = (2 * shape.layers * shape.kv_heads * shape.head_dim
+                * (chat_config.context_window_size or 0) * act_bytes)
+    workspace = chat_config.prefill_chunk_size * (
+        chat_config.vocab_size * 4 + (shape.hidden + 2 * shape.intermediate) * act_bytes)
     return round((weight_bytes + kv_cache + workspace) / MIB, 2)
 
 
@@ -146,7 +139,7 @@ class PackageFacts:
     model_id: str
     quantization: str
     f16: bool
-    chat_config: Mapping[str, Any]
+    chat_config: ChatConfig
     chat_config_digest: str
     library_digest: str
     tokenizer_digests: Mapping[str, str]
@@ -169,9 +162,9 @@ def model_record(facts: PackageFacts, base_url: str) -> ModelRecord:
         "vram_required_MB": vram,
         "low_resource_required": vram <= LOW_RESOURCE_MB,
         "overrides": {
-            "context_window_size": facts.chat_config.get("context_window_size"),
-            "temperature": facts.chat_config.get("temperature"),
-            "top_p": facts.chat_config.get("top_p"),
+            "context_window_size": facts.chat_config.context_window_size,
+            "temperature": facts.chat_config.temperature,
+            "top_p": facts.chat_config.top_p,
         },
         "integrity": {
             "config": sri(facts.chat_config_digest),
@@ -301,6 +294,35 @@ def read_app_config(path: Path, fix: str = REBUILD) -> AppConfig:
     return AppConfig.from_json(read_json_object(path, fix), fix)
 
 
+def _int(value: Any, default: int = 0) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The chat config's `model_config` sizes the VRAM estimate needs (0 where absent)."""
+
+    hidden: int
+    heads: int
+    head_dim: int
+    layers: int
+    kv_heads: int
+    intermediate: int
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> ModelShape:
+        hidden, heads = _int(value.get("hidden_size")), _int(value.get("num_attention_heads"), 1)
+        return cls(hidden=hidden, heads=heads,
+                   head_dim=_int(value.get("head_dim"), hidden // max(heads, 1)),
+                   layers=_int(value.get("num_hidden_layers")),
+                   kv_heads=_int(value.get("num_key_value_heads"), heads),
+                   intermediate=_int(value.get("intermediate_size"), 4 * hidden))
+
+
 @dataclass(frozen=True)
 class ChatConfig:
     """An mlc-chat-config.json: the fields webslm reads, and `raw`, the whole JSON object."""
@@ -308,15 +330,28 @@ class ChatConfig:
     quantization: str
     conv_template: Mapping[str, Any]
     tokenizer_files: tuple[str, ...]
+    context_window_size: int | None
+    prefill_chunk_size: int
+    vocab_size: int
+    temperature: float | None
+    top_p: float | None
+    shape: ModelShape
     raw: Mapping[str, Any]
 
     @classmethod
     def from_json(cls, value: Mapping[str, Any]) -> ChatConfig:
         raw = copy.deepcopy(dict(value))
         files = raw.get("tokenizer_files")
+        window = raw.get("context_window_size")
         return cls(quantization=str(raw.get("quantization", "")),
                    conv_template=_object(raw.get("conv_template")),
                    tokenizer_files=tuple(files) if isinstance(files, list) else (),
+                   context_window_size=_int(window) if window is not None else None,
+                   prefill_chunk_size=_int(raw.get("prefill_chunk_size")),
+                   vocab_size=_int(raw.get("vocab_size")),
+                   temperature=_number(raw.get("temperature")),
+                   top_p=_number(raw.get("top_p")),
+                   shape=ModelShape.from_json(_object(raw.get("model_config"))),
                    raw=raw)
 
 

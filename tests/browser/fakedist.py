@@ -20,6 +20,7 @@ from webslm.provenance import sri
 from webslm.toolchain import load_lock
 from webslm.webllm import (
     DEFAULT_BASE_URL,
+    ChatConfig,
     PackageFacts,
     app_config,
     model_record,
@@ -71,7 +72,7 @@ def make_fake_dist(out: Path, name: str, quantization: str = "q4f32_1", *,
     write(folder / "libs" / library_name(model_id), EMPTY_WASM_MODULE)
     facts = PackageFacts(
         name=name, model_id=model_id, quantization=quantization, f16="f16" in quantization,
-        chat_config=chat_config,
+        chat_config=ChatConfig.from_json(chat_config),
         chat_config_digest=sha256_file(folder / "mlc-chat-config.json"),
         library_digest=sha256_file(folder / "libs" / library_name(model_id)),
         tokenizer_digests={n: sha256_file(folder / n)
