@@ -1,5 +1,7 @@
-"""Build pipeline: cold build sequential against overlapped; cache-hit rebuild against a cold
-build; provenance hashing against sha256sum.
+"""Build pipeline: sequential against overlapped cold builds, cache hits, hashing vs sha256sum.
+
+Side by side: a cold build one stage after another against the build graph; a cache-hit rebuild
+against a cold build; provenance hashing against sha256sum.
 
 Goals: the overlapped cold build (convert_weight beside gen_config -> compile) bounded by its
 longer branch, i.e. <= ~0.55x the sequential one at the real stage proportions; a cache-hit
@@ -214,7 +216,8 @@ def options_parser(description: str) -> argparse.ArgumentParser:
                         help="local model folder to build (default: the real-tiny fixture)")
     parser.add_argument("--hash-gib", type=float, default=1.0)
     parser.add_argument("--weights-mib", type=int, default=256,
-                        help="weights added to a copy of the model for the rebuild figures")
+                        help="MiB of random weights added to a copy of the model, as one more "
+                             "safetensors file, for the rebuild figures (0: the model as it is)")
     return parser
 
 
