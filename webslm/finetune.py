@@ -186,17 +186,8 @@ def data_check_command(files: list[Path], tokenizer: str | None) -> int:
 # --- training ---------------------------------------------------------------------------------
 
 VARLEN_ATTENTION = "webslm_varlen"
-# torch 2.10/2.11 spell causal varlen attention `is_causal=True`; later releases a left window.
-_VARLEN_CAUSAL: dict[str, Any] = {}
-
-
-def _varlen_causal_kwargs() -> dict[str, Any]:
-    import inspect
-
-    from torch.nn.attention.varlen import varlen_attn
-
-    parameters = inspect.signature(varlen_attn).parameters
-    return {"is_causal": True} if "is_causal" in parameters else {"window_size": (-1, 0)}
+# Causal varlen attention: a window reaching every earlier token and none after (torch >= 2.11).
+CAUSAL_WINDOW = (-1, 0)
 
 
 def varlen_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
@@ -226,7 +217,7 @@ def varlen_attention(module: Any, query: Any, key: Any, value: Any, attention_ma
         if k.shape[1] != q.shape[1]:  # grouped-query attention: one K/V head per query group
             k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))
         out = varlen_attn(q.contiguous(), k.contiguous(), v.contiguous(), bounds, bounds,
-                          longest, longest, scale=scaling, **_VARLEN_CAUSAL)
+                          longest, longest, scale=scaling, window_size=CAUSAL_WINDOW)
         assert isinstance(out, torch.Tensor)  # no return_aux asked for
         return out.unsqueeze(0), None
     pieces = []
@@ -239,12 +230,9 @@ def varlen_attention(module: Any, query: Any, key: Any, value: Any, attention_ma
 
 def register_varlen_attention() -> str:
     """Make `attn_implementation="webslm_varlen"` known to transformers; return the name."""
-    import torch
     from transformers import AttentionInterface, AttentionMaskInterface
     from transformers.masking_utils import flash_attention_mask
 
-    if torch.cuda.is_available() and not _VARLEN_CAUSAL:
-        _VARLEN_CAUSAL.update(_varlen_causal_kwargs())
     AttentionInterface.register(VARLEN_ATTENTION, varlen_attention)
     AttentionMaskInterface.register(VARLEN_ATTENTION, flash_attention_mask)
     return VARLEN_ATTENTION
