@@ -1,95 +1,143 @@
-"""Build pipeline: cold build sequential against overlapped; cache-hit rebuild against a cold
-build; provenance hashing against sha256sum.
+"""Build pipeline: sequential against overlapped cold builds, cache hits, hashing vs sha256sum.
+
+Side by side: a cold build one stage after another against the build graph; a cache-hit rebuild
+against a cold build; provenance hashing against sha256sum.
 
 Goals: the overlapped cold build (convert_weight beside gen_config -> compile) bounded by its
 longer branch, i.e. <= ~0.55x the sequential one at the real stage proportions; a cache-hit
-rebuild in <= 1 s plus hashing (a hit re-hashes the cache entries it
-serves: that is hashing too); hashing >= 0.8x the speed of sha256sum.
-The builds run in the TEST STAND-IN toolchain image (the real MLC-LLM image is not needed to time
-the pipeline's own work: containers, scheduling, cache, packaging). Limitation: the stand-in
-lives under tests/standin/ (stand-ins live only under tests/), so this bench imports its image
-builder and the tiny-model writer from tests/ and cannot run from an installed package.
-The overlap figures use the real-tiny fixture model (../shared/fixtures/real-tiny) with stand-in
-stages made to sleep the real MLC-LLM v0.19.0 stage times (Qwen2.5-0.5B architecture, q4f16_1,
-2 cores: convert_weight 37 s, gen_config < 1 s, compile 39 s), scaled by --time-scale.
-Run: python bench/bench_build.py [--time-scale 0.25] [--hash-gib 1] [--weights-mib 256]
+rebuild in <= 1 s plus hashing (a hit re-hashes the cache entries it serves: that is hashing
+too); hashing >= 0.8x the speed of sha256sum.
+
+The builds run in the toolchain image given (default: the one this checkout's lock names, made
+by `webslm toolchain`) on the model given (default: the real-tiny fixture model,
+<repo>/../shared/fixtures/real-tiny/model). Each stage is timed as the pipeline runs it, so the
+overlap bound comes from the stage times measured here, whatever the image.
+Run: python bench/bench_build.py [--toolchain IMAGE] [--model PATH] [--hash-gib 1]
+     [--weights-mib 256]
+Without the real image (it cannot be built on a machine without GitHub), time the pipeline's own
+work in the TEST STAND-IN image, stages sleeping the real stage times:
+     python -m tests.standin.bench_build [--time-scale 0.25]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+import numpy
+from safetensors.numpy import save_file
 
-from standin.image import ensure_standin_image, standin_toolchain  # noqa: E402
-from tinymodels import make_tiny_model  # noqa: E402
-
-from webslm.baseimage import LIVE_MIRROR, ensure_base_image  # noqa: E402
-from webslm.cache import default_cache_dir  # noqa: E402
-from webslm.packaging import copy_files  # noqa: E402
-from webslm.pipeline import BuildOptions, build_model  # noqa: E402
-from webslm.provenance import hash_files, list_files  # noqa: E402
-from webslm.spec import resolve_spec  # noqa: E402
-from webslm.toolchain import docker_client, load_lock  # noqa: E402
+from webslm.checkout import checkout_path
+from webslm.errors import BadInput, MissingEnvironment, exit_on_error
+from webslm.packaging import copy_files
+from webslm.pipeline import BuildOptions, BuildResult, Display, build_model
+from webslm.provenance import hash_files, list_files
+from webslm.spec import resolve_spec
+from webslm.toolchain import Toolchain, current_toolchain
 
 FILE_MIB = 128
-REAL_TINY_MODEL = REPO.parent / "shared" / "fixtures" / "real-tiny" / "model"
-# Real MLC-LLM v0.19.0 stage times, seconds (real-tiny/README.md, issue 17).
-REAL_STAGE_SECONDS = {"convert_weight": 37.0, "gen_config": 0.5, "compile": 39.0}
+REAL_TINY_MODEL = checkout_path().parent / "shared" / "fixtures" / "real-tiny" / "model"
+CONTAINER_STAGES = ("convert_weight", "gen_config", "compile")
 
 
-def live_base_image(client) -> str:
-    """The lock's mmdebstrap base made from the live mirror (the snapshot is unreachable here)."""
-    return ensure_base_image(client, load_lock().base.with_archives(*LIVE_MIRROR),
-                             default_cache_dir())
+class StageClock(Display):
+    """A silent build display that records how long each stage took, in seconds."""
+
+    def __init__(self) -> None:
+        super().__init__(enabled=False)
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def stage(self, model_id: str, stage: str) -> Iterator[dict[str, bool]]:
+        started = time.perf_counter()
+        with super().stage(model_id, stage) as state:
+            yield state
+        self.seconds[stage] = time.perf_counter() - started
 
 
-def timed(action):
+def shown(model: Path) -> str:
+    """A model folder's last two names (real-tiny/model)."""
+    return f"{model.parent.name}/{model.name}"
+
+
+def timed(action: Callable[[], Any]) -> tuple[float, Any]:
     started = time.perf_counter()
     result = action()
     return time.perf_counter() - started, result
 
 
 def add_weights(model: Path, mib: int) -> None:
-    """Pad the tiny model with one more (random) tensor so hashing and linking have real size."""
-    import numpy
-    from safetensors.numpy import save_file
-
+    """Pad the model with one more (random) tensor so hashing and linking have real size."""
     if mib > 0:
         rows = mib * 1024
         data = numpy.frombuffer(os.urandom(rows * 1024), dtype=numpy.uint8).reshape(rows, 1024)
         save_file({"bench.padding.weight": data}, str(model / "model-padding.safetensors"))
 
 
-def bench_rebuild(scratch: Path, weights_mib: int) -> None:
-    client = docker_client()
-    toolchain = standin_toolchain(ensure_standin_image(client, live_base_image(client)))
-    model = make_tiny_model(scratch / "model", "qwen2")
-    add_weights(model, weights_mib)
-    spec = resolve_spec(model=str(model), name="bench-tiny")
+def bench_overlap(scratch: Path, toolchain: Toolchain, model: Path) -> None:
+    """One cold build one stage after another, one as the graph; same bytes, both timed."""
+    copy = shutil.copytree(model, scratch / "overlap-model")
+    spec = resolve_spec(model=str(copy), name="bench-graph")
+    walls: dict[bool, float] = {}
+    results: dict[bool, BuildResult] = {}
+    clocks: dict[bool, StageClock] = {}
+    for overlap in (False, True):
+        options = BuildOptions(out=scratch / f"dist-{overlap}", toolchain=toolchain,
+                               cache_dir=scratch / "cache-graph", use_cache=False,
+                               show_progress=False, overlap=overlap)
+        clocks[overlap] = StageClock()
+        walls[overlap], results[overlap] = timed(
+            lambda o=options, c=clocks[overlap]: build_model(spec, o, display=c))
+    dists = [hash_files(r.dist, list_files(r.dist)) for r in results.values()]
+    assert dists[0] == dists[1] and results[True].stage_digests == results[False].stage_digests
+
+    def line_and_branch(seconds: dict[str, float]) -> tuple[float, float]:
+        convert, chat, library = (seconds[s] for s in CONTAINER_STAGES)
+        return convert + chat + library, max(convert, chat + library)
+
+    line, longer = line_and_branch(clocks[False].seconds)
+    print(f"== cold build, sequential vs overlapped ({shown(model)}, {toolchain.image}; no "
+          "cache; one run each; outputs byte-identical; a stage's time includes its container)")
+    print(f"{'':22}{'wall':>10}" + "".join(f"{s:>16}" for s in CONTAINER_STAGES)
+          + f"{'rest':>10}")
+    for overlap, label in ((False, "sequential"), (True, "overlapped (graph)")):
+        stages = clocks[overlap].seconds
+        waited = line_and_branch(stages)[1 if overlap else 0]
+        print(f"{label:22}{walls[overlap]:8.3f} s"
+              + "".join(f"{stages[s]:14.2f} s" for s in CONTAINER_STAGES)
+              + f"{walls[overlap] - waited:8.2f} s")
+    print(f"overlapped/sequential {walls[True] / walls[False]:8.2f}x   (bound from the sequential "
+          f"stage times: longer branch / all stages = {longer / line:.2f}x; goal <= 0.55x)")
+
+
+def bench_rebuild(scratch: Path, toolchain: Toolchain, model: Path, weights_mib: int) -> None:
+    copy = shutil.copytree(model, scratch / "rebuild-model")
+    add_weights(copy, weights_mib)
+    spec = resolve_spec(model=str(copy), name="bench-rebuild")
     options = BuildOptions(out=scratch / "dist", toolchain=toolchain, cache_dir=scratch / "cache",
                            show_progress=False)
     cold, first = timed(lambda: build_model(spec, options))
     warm, second = timed(lambda: build_model(spec, options))
-    assert all(second.cache_hits[s] for s in ("stage", "convert_weight", "gen_config", "compile"))
+    assert all(second.cache_hits[s] for s in ("stage", *CONTAINER_STAGES))
     assert second.stage_digests == first.stage_digests
     files = list_files(second.dist)
     entries = verified_entries(scratch / "cache" / "stages")
-    size = sum((model / f).stat().st_size for f in list_files(model)) + sum(
+    size = sum((copy / f).stat().st_size for f in list_files(copy)) + sum(
         (e / f).stat().st_size for e in entries for f in list_files(e))
-    hashing, _ = timed(lambda: (hash_files(model, list_files(model)),
+    hashing, _ = timed(lambda: (hash_files(copy, list_files(copy)),
                                 [hash_files(e, list_files(e)) for e in entries]))
     copied, linked = copy_against_link(second.dist, files, scratch)
-    print(f"== rebuild (tiny qwen2 + {weights_mib} MiB of weights, stand-in toolchain image, "
+    print(f"== rebuild ({shown(model)} + {weights_mib} MiB of weights, {toolchain.image}, "
           "one run each)")
     print(f"cold build            {cold:8.3f} s")
     print(f"cache-hit rebuild     {warm:8.3f} s   ({cold / warm:.1f}x faster)")
@@ -121,42 +169,6 @@ def copy_against_link(dist: Path, files: list[str], scratch: Path) -> tuple[floa
     return copied, linked
 
 
-def bench_overlap(scratch: Path, time_scale: float) -> None:
-    """One cold build one stage after another, one as the graph; same bytes, both timed."""
-    client = docker_client()
-    seconds = {stage: t * time_scale for stage, t in REAL_STAGE_SECONDS.items()}
-    sleep = ",".join(f"{stage}:{t:.3f}" for stage, t in seconds.items())
-    toolchain = standin_toolchain(ensure_standin_image(client, live_base_image(client)),
-                                  WEBSLM_STANDIN_SLEEP=sleep)
-    model = shutil.copytree(REAL_TINY_MODEL, scratch / "real-tiny")
-    spec = resolve_spec(model=str(model), name="bench-graph")
-    walls = {}
-    results = {}
-    for overlap in (False, True):
-        options = BuildOptions(out=scratch / f"dist-{overlap}", toolchain=toolchain,
-                               cache_dir=scratch / "cache-graph", use_cache=False,
-                               show_progress=False, overlap=overlap)
-        walls[overlap], results[overlap] = timed(lambda o=options: build_model(spec, o))
-    same = all(hash_files(r.dist, list_files(r.dist)) == hash_files(
-        results[False].dist, list_files(results[False].dist)) for r in results.values())
-    assert same and results[True].stage_digests == results[False].stage_digests
-    line = seconds["convert_weight"] + seconds["gen_config"] + seconds["compile"]
-    longer = max(seconds["convert_weight"], seconds["gen_config"] + seconds["compile"])
-    print(f"== cold build, sequential vs overlapped (real-tiny model, stand-in stages sleeping "
-          f"the real stage times x {time_scale}: convert {seconds['convert_weight']:.2f} s, "
-          f"gen_config {seconds['gen_config']:.2f} s, compile {seconds['compile']:.2f} s; "
-          "no cache; one run each; outputs byte-identical)")
-    print(f"{'':22}{'wall':>10}{'stage sleeps':>14}{'overhead':>10}")
-    print(f"sequential            {walls[False]:8.3f} s  {line:10.2f} s  "
-          f"{walls[False] - line:6.2f} s")
-    print(f"overlapped (graph)    {walls[True]:8.3f} s  {longer:10.2f} s  "
-          f"{walls[True] - longer:6.2f} s")
-    print(f"overlapped/sequential {walls[True] / walls[False]:8.2f}x   "
-          f"(bound: {longer / line:.2f}x; at the real times 80 s -> "
-          f"~{REAL_STAGE_SECONDS['gen_config'] + REAL_STAGE_SECONDS['compile']:.0f} s + overhead, "
-          "goal <= 45 s)")
-
-
 def bench_hashing(scratch: Path, gib: float) -> None:
     folder = scratch / "hash"
     folder.mkdir()
@@ -183,19 +195,46 @@ def bench_hashing(scratch: Path, gib: float) -> None:
           f"{theirs / ours_single:.2f}x sha256sum")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--time-scale", type=float, default=0.25,
-                        help="fraction of the real MLC-LLM stage times the stand-in stages sleep")
-    parser.add_argument("--hash-gib", type=float, default=1.0)
-    parser.add_argument("--weights-mib", type=int, default=256,
-                        help="weights added to the tiny model for the rebuild figures")
-    args = parser.parse_args()
+def run_benches(toolchain: Toolchain, model: Path, *, weights_mib: int, hash_gib: float) -> None:
+    """Every figure of this bench, side by side, with builds in TOOLCHAIN from MODEL."""
+    if not (model / "config.json").is_file():
+        missing = MissingEnvironment if model == REAL_TINY_MODEL else BadInput
+        raise missing(f"no model at {model} (no config.json)",
+                      "pass --model PATH, a local model folder (the default is the real-tiny "
+                      "fixture at <repo>/../shared/fixtures/real-tiny/model)")
     print(f"machine: {os.cpu_count()} cores")
     with tempfile.TemporaryDirectory(prefix="webslm-bench-") as scratch:
-        bench_overlap(Path(scratch), args.time_scale)
-        bench_rebuild(Path(scratch), args.weights_mib)
-        bench_hashing(Path(scratch), args.hash_gib)
+        bench_overlap(Path(scratch), toolchain, model)
+        bench_rebuild(Path(scratch), toolchain, model, weights_mib)
+        bench_hashing(Path(scratch), hash_gib)
+
+
+def options_parser(description: str) -> argparse.ArgumentParser:
+    """The options every way of running this bench shares."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--model", type=Path, default=REAL_TINY_MODEL,
+                        help="local model folder to build (default: the real-tiny fixture)")
+    parser.add_argument("--hash-gib", type=float, default=1.0)
+    parser.add_argument("--weights-mib", type=int, default=256,
+                        help="MiB of random weights added to a copy of the model, as one more "
+                             "safetensors file, for the rebuild figures (0: the model as it is)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = options_parser(__doc__.splitlines()[0])
+    parser.add_argument("--toolchain", metavar="IMAGE",
+                        help="image to run the stages in, built from this checkout's lock "
+                             "(default: the lock's image, as `webslm toolchain check` names it)")
+    args = parser.parse_args(argv)
+
+    def bench() -> None:
+        toolchain = current_toolchain()
+        if args.toolchain:
+            toolchain = dataclasses.replace(toolchain, image=args.toolchain)
+        run_benches(toolchain, args.model, weights_mib=args.weights_mib, hash_gib=args.hash_gib)
+
+    exit_on_error("bench_build", bench)
 
 
 if __name__ == "__main__":

@@ -30,13 +30,12 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
+from transformers import TrainerCallback
 
-import torch  # noqa: E402
-from transformers import TrainerCallback  # noqa: E402
-
-from webslm.chatdata import TokenizedExample  # noqa: E402
-from webslm.finetune import (  # noqa: E402
+from webslm.chatdata import TokenizedExample
+from webslm.checkout import checkout_path
+from webslm.finetune import (
     Recipe,
     attention_for,
     build_trainer,
@@ -44,6 +43,9 @@ from webslm.finetune import (  # noqa: E402
     pick_precision,
 )
 
+# The tiny byte-level BPE tokenizer, chat template and generation config of the real-tiny fixture
+# (a tiny random Qwen2's), beside the checkout as in CI.
+TINY_MODEL = checkout_path().parent / "shared" / "fixtures" / "real-tiny" / "model"
 QWEN25_05B = dict(  # Qwen/Qwen2.5-0.5B-Instruct config.json
     hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
     intermediate_size=4864, vocab_size=151936, tie_word_embeddings=True, rope_theta=1000000.0,
@@ -222,23 +224,22 @@ def run_variant(name: str, recipe: Recipe, examples: list[TokenizedExample], ste
 def write_base_model(folder: Path, model_config: dict) -> Path:
     """A Qwen2.5-0.5B-shaped random model folder, bf16 safetensors, with the test tokenizer.
 
-    The Hub is out of reach on the benchmark machine: the tokenizer is the tiny byte-level BPE of
-    tests/tinymodels.py (stand-in for Qwen's), so token counts differ from the real model's.
+    The Hub is out of reach on the benchmark machine: the tokenizer is the real-tiny fixture's tiny
+    byte-level BPE (stand-in for Qwen's), so token counts differ from the real model's.
     """
     from transformers import AutoModelForCausalLM, Qwen2Config
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from tinymodels import make_tiny_model
-
-    tiny = make_tiny_model(folder.parent / "tiny-tokenizer", "qwen2", seed=0)
+    if not (TINY_MODEL / "tokenizer.json").is_file():
+        sys.exit(f"bench_finetune: no tokenizer at {TINY_MODEL} (the real-tiny fixture, "
+                 "<repo>/../shared/fixtures/real-tiny); --e2e needs it for its base model")
     torch.manual_seed(0)
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
         model = AutoModelForCausalLM.from_config(Qwen2Config(**model_config),
                                                  dtype=torch.bfloat16)
     model.save_pretrained(str(folder), safe_serialization=True)
-    for name in os.listdir(tiny):  # tokenizer, chat template, generation config
+    for name in os.listdir(TINY_MODEL):  # tokenizer, chat template, generation config
         if name != "config.json" and not name.startswith("model"):
-            shutil.copyfile(tiny / name, folder / name)
+            shutil.copyfile(TINY_MODEL / name, folder / name)
     return folder
 
 
@@ -282,7 +283,7 @@ def end_to_end(data: Path, names: list[str], gpus: int, work: Path, model_config
                        "--gpus", str(gpus), *flags]
         start = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True, check=False,
-                              cwd=Path(__file__).resolve().parent.parent)
+                              cwd=checkout_path())
         wall = time.perf_counter() - start
         trained = [line for line in done.stdout.splitlines() if line.startswith("trained ")]
         print(f"e2e {name}: exit {done.returncode}, {wall:.1f} s; {' '.join(trained)}")

@@ -16,7 +16,7 @@ import pytest
 from conftest import REAL_TINY, require, writable_copy
 from tinymodels import make_tiny_model
 
-from webslm import check
+from webslm import check, chromium
 from webslm.cli import main
 from webslm.mlcweights import (
     QUANTIZATIONS,
@@ -121,7 +121,7 @@ def test_a_dist_without_its_files_is_bad_input(fixture_dists, tmp_path: Path, ca
 
 
 def test_without_chromium_the_install_command_is_named(fixture_dists, monkeypatch, capsys) -> None:
-    monkeypatch.setattr(check, "CHROMIUM", Path("/nonexistent/chromium"))
+    monkeypatch.setattr(chromium, "CHROMIUM", Path("/nonexistent/chromium"))
     assert main(["check", str(fixture_dists["q4f32_1"]), "--model", str(REAL_TINY / "model")]) == 3
     assert "apt-get install chromium" in capsys.readouterr().err
 
@@ -134,7 +134,7 @@ def fixture_check(fixture_dists, tmp_path_factory: pytest.TempPathFactory
                   ) -> tuple[int, Path, list[check.BrowserRun]]:
     """`webslm check` of the real q4f32_1 dist against its model, for real; the browser run is
     kept so the other-weights test compares the same browser output with another model."""
-    require(check.browser_missing() is None, f"browser tests need: {check.browser_missing()}")
+    require(chromium.browser_missing() is None, f"browser tests need: {chromium.browser_missing()}")
     runs: list[check.BrowserRun] = []
     real_run = check.run_in_browser
 
@@ -190,7 +190,7 @@ def test_a_model_with_other_weights_fails_the_check(fixture_check, fixture_dists
 @pytest.mark.browser
 def test_an_f16_dist_on_an_adapter_without_shader_f16_is_missing_environment(
         fixture_dists, capsys) -> None:
-    require(check.browser_missing() is None, f"browser tests need: {check.browser_missing()}")
+    require(chromium.browser_missing() is None, f"browser tests need: {chromium.browser_missing()}")
     assert main(["check", str(fixture_dists["q4f16_1"]), "--model", str(REAL_TINY / "model")]) == 3
     assert "needs the WebGPU feature shader-f16" in capsys.readouterr().err
 

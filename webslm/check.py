@@ -18,9 +18,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import subprocess
-import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -33,7 +31,8 @@ from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM
 from transformers.utils import logging
 
-from webslm.checkout import checkout_path, require
+from webslm import chromium
+from webslm.checkout import checkout_path
 from webslm.errors import BadInput, MissingEnvironment, StageFailed
 from webslm.files import atomic_write_text, canonical_json
 from webslm.hub import check_model_folder, resolve_model
@@ -43,8 +42,8 @@ from webslm.serve import (
     ServedModel,
     Site,
     ensure_web_bundle,
-    make_server,
     model_url_path,
+    serving_in_thread,
 )
 from webslm.spec import resolve_spec
 from webslm.webllm import ChatConfig, read_app_config, read_chat_config
@@ -53,9 +52,7 @@ TOKENIZER = "tokenizer.json"
 DIST_FIX = "pass a dist folder made by `webslm build`"
 REPORT_JSON = "report.json"
 REPORT_MARKDOWN = "report.md"
-WEB = checkout_path("web")
-RUNNER = WEB / "check-run.mjs"
-CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
+RUNNER = checkout_path("web", "check-run.mjs")
 NEW_TOKENS = 16
 TOP_K = 5
 BROWSER_TIMEOUT_S = 1800  # larger models load and decode slowly on SwiftShader
@@ -181,33 +178,12 @@ def _overall_rate(parts: Sequence[tuple[int, float]]) -> float:
     return sum(tokens for tokens, _ in parts) / seconds if seconds else 0.0
 
 
-def browser_missing() -> MissingEnvironment | None:
-    """What the browser side needs and this machine lacks."""
-    if shutil.which("node") is None:
-        return MissingEnvironment("node is not installed (the browser is driven from Node.js)",
-                                  "install Node.js 20+ (apt-get install nodejs)")
-    if not CHROMIUM.exists():
-        return MissingEnvironment(f"no Chromium at {CHROMIUM}",
-                                  "apt-get install chromium (or set CHROMIUM=/path/to/chromium)")
-    if not (require(WEB) / "node_modules" / "playwright-core").is_dir():
-        return MissingEnvironment("web/node_modules is missing", "run: npm ci --prefix web")
-    return None
-
-
 @contextmanager
 def serving(dist: Path) -> Iterator[tuple[str, str]]:
     """The web client and DIST on a free 127.0.0.1 port: (URL of check.html, AppConfig path)."""
     model = ServedModel(name=dist.resolve().name, folder=dist.resolve())
-    site = Site(web=ensure_web_bundle(), models=(model,))
-    server = make_server(site, "127.0.0.1", 0, log=lambda line: None)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving_in_thread(Site(web=ensure_web_bundle(), models=(model,))) as server:
         yield server.url + "check.html", model_url_path(model.name, APP_CONFIG_FILE)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
 
 
 def run_in_browser(dist: Path, prompts: Sequence[str], new_tokens: int = NEW_TOKENS) -> BrowserRun:
@@ -217,7 +193,8 @@ def run_in_browser(dist: Path, prompts: Sequence[str], new_tokens: int = NEW_TOK
         try:
             done = subprocess.run(["node", str(RUNNER), page_url], input=json.dumps(request),
                                   capture_output=True, text=True, timeout=BROWSER_TIMEOUT_S,
-                                  check=False, env={**os.environ, "CHROMIUM": str(CHROMIUM)})
+                                  check=False,
+                                  env={**os.environ, "CHROMIUM": str(chromium.CHROMIUM)})
         except subprocess.TimeoutExpired as error:
             raise StageFailed(f"the browser did not finish within {BROWSER_TIMEOUT_S} s",
                               "try fewer or shorter prompts") from error
@@ -416,7 +393,7 @@ def run_check(dist: Path, model: str, prompts: Sequence[str],
               new_tokens: int = NEW_TOKENS) -> CheckReport:
     """Browser against transformers, with the original and with the dist's weights."""
     chat_config, quantization = checked_dist(dist)
-    missing = browser_missing()
+    missing = chromium.browser_missing()
     if missing:
         raise missing
     folder = resolve_model_folder(model)

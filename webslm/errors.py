@@ -6,6 +6,9 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
 
 class WebslmError(Exception):
     """Base error: carries a one-line message and the exit code the CLI returns."""
@@ -45,3 +48,13 @@ class Terminated(BaseException):
     cleanup on the way out runs (containers removed, temporary folders deleted)."""
 
     exit_code = 143  # 128 + SIGTERM, as a shell reports it
+
+
+def exit_on_error(program: str, action: Callable[[], object]) -> None:
+    """Run ACTION; an error of webslm's ends the program with its one line and exit code (for
+    scripts outside the CLI: the benchmarks in bench/)."""
+    try:
+        action()
+    except WebslmError as error:
+        print(f"{program}: error: {error.line()}", file=sys.stderr)
+        sys.exit(error.exit_code)

@@ -20,7 +20,9 @@ import errno
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -328,6 +330,22 @@ def make_server(site: Site, host: str = "127.0.0.1", port: int = 8000,
                if error.errno in (errno.EADDRINUSE, errno.EACCES) else
                "pass a --host this machine has, e.g. 127.0.0.1")
         raise BadInput(f"cannot listen on {host}:{port}: {why}", fix) from error
+
+
+@contextmanager
+def serving_in_thread(site: Site, log: Callable[[str], None] | None = None
+                      ) -> Iterator[SiteServer]:
+    """SITE served from a thread on a free 127.0.0.1 port while the block runs (a browser run
+    of `webslm check`, the web benchmarks); the access log goes to LOG, else nowhere."""
+    server = make_server(site, "127.0.0.1", 0, log=log or (lambda line: None))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
 
 
 # ---------------------------------------------------------------------------- the web bundle

@@ -10,15 +10,16 @@ import os
 import select
 import shutil
 import subprocess
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from webslm.chromium import browser_missing as product_browser_missing
+from webslm.serve import serving_in_thread
+
 REPO = Path(__file__).resolve().parent.parent.parent
 DRIVER = Path(__file__).with_name("driver.mjs")
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO / "test-artifacts" / "web"
 REPLY_TIMEOUT_S = 60.0
 SCRIPTED_WORKER = Path(__file__).with_name("scripted_worker.js")
@@ -26,13 +27,8 @@ SCRIPTED_WORKER = Path(__file__).with_name("scripted_worker.js")
 
 def browser_missing() -> str | None:
     """Why the browser tests cannot run here, or None."""
-    if shutil.which("node") is None:
-        return "node is not installed"
-    if not CHROMIUM.exists():
-        return "Debian's chromium is not installed (apt-get install chromium)"
-    if not (REPO / "web" / "node_modules" / "playwright-core").is_dir():
-        return "web/node_modules is missing (npm ci --prefix web)"
-    return None
+    missing = product_browser_missing()
+    return missing.line() if missing else None
 
 
 class DriverError(Exception):
@@ -112,18 +108,9 @@ class Page:
 @contextmanager
 def running_server(site: Any) -> Iterator[tuple[str, list[str]]]:
     """The site served on a free 127.0.0.1 port: (base URL, access log lines)."""
-    from webslm.serve import make_server
-
     log: list[str] = []
-    server = make_server(site, "127.0.0.1", 0, log=log.append)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving_in_thread(site, log=log.append) as server:
         yield server.url, log
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
 
 
 def scripted_web(web_dist: Path, target: Path) -> Path:
