@@ -191,7 +191,7 @@ def data_check_command(files: list[Path], tokenizer: str | None) -> int:
     return 0
 
 
-# --- merging (webslm.training does the work) ----------------------------------------------------
+# --- merging (webslm.training does the work) --------------------------------------------------
 
 def metadata(*, base_model: str, base_revision: str | None, data_digest: str | None,
              system_prompt: str | None, recipe: dict[str, Any]) -> dict[str, Any]:
