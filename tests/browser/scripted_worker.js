@@ -5,7 +5,7 @@
 // scripted. Replies depend on the last question:
 //   "markdown" -> Markdown with a list, emphasis, a code block and HTML that must be sanitized
 //   "long"     -> 80 numbered lines, slowly, to test following the stream
-//   "slow"     -> a few tokens 300 ms apart
+//   "slow"     -> a few tokens 600 ms apart (time for a test to act while it streams)
 //   "fail"     -> an error before any token
 //   otherwise  -> "You asked: <question> (turn N)."
 // Model ids containing "broken" fail to load with a raw TypeError, as a crashing engine would.
@@ -30,7 +30,7 @@ function tokensFor(request) {
   if (/fail/i.test(last)) return { error: new TypeError("Cannot read properties of undefined (reading 'logits')") };
   if (/markdown/i.test(last)) return { tokens: MARKDOWN, delay: 20 };
   if (/long/i.test(last)) return { tokens: Array.from({ length: 80 }, (_, i) => `Line ${i + 1} of a long answer.\n\n`), delay: 60 };
-  if (/slow/i.test(last)) return { tokens: ["Slow ", "answer ", "in ", "parts."], delay: 300 };
+  if (/slow/i.test(last)) return { tokens: ["Slow ", "answer ", "in ", "parts."], delay: 600 };
   return { tokens: ["You ", "asked: ", last, ` (turn ${turn}).`], delay: 15 };
 }
 
