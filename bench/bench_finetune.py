@@ -2,7 +2,7 @@
 
 The model is the Qwen2.5-0.5B architecture (its real config) with random weights; the data is
 synthetic chat examples (seeded lengths 64..1024 tokens, the first ~30% of each a prompt), the same
-for every variant. Each variant trains through webslm.finetune.build_trainer, the code
+for every variant. Each variant trains through webslm.training.build_trainer, the code
 `webslm finetune` runs, so "ours" is the product's recipe (webslm.finetune.Recipe defaults).
 Tokens are real (non-pad) tokens; model FLOPs count what a LoRA step must compute: forward 2N and
 input-gradient 2N per token for the frozen linear layers (4N, not the 6N of full training: frozen
@@ -31,17 +31,19 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback
+from tokenizers import Tokenizer, models
+from transformers import (
+    AutoModelForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    TrainerCallback,
+    set_seed,
+)
 
 from webslm.chatdata import TokenizedExample
 from webslm.checkout import checkout_path
-from webslm.finetune import (
-    Recipe,
-    attention_for,
-    build_trainer,
-    load_base_model,
-    pick_precision,
-)
+from webslm.finetune import Recipe, finetune, pick_precision
+from webslm.training import attention_for, build_trainer, load_base_model
 
 # The tiny byte-level BPE tokenizer, chat template and generation config of the real-tiny fixture
 # (a tiny random Qwen2's), beside the checkout as in CI.
@@ -87,11 +89,8 @@ def synthetic_examples(count: int, seed: int = 0) -> list[TokenizedExample]:
     return examples
 
 
-def pad_tokenizer():  # noqa: ANN201
+def pad_tokenizer():
     """The trainer needs a tokenizer only for its pad token; the data is already token ids."""
-    from tokenizers import Tokenizer, models
-    from transformers import PreTrainedTokenizerFast
-
     tokenizer = Tokenizer(models.WordLevel({"<|endoftext|>": 0, "<unk>": 1}, unk_token="<unk>"))
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<|endoftext|>",
                                    unk_token="<unk>")
@@ -113,8 +112,6 @@ def training_flops_per_token(config: dict, mean_sq_len: float, mean_len: float,
 
 
 def measured_matmul_peak() -> float:
-    import torch
-
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     for _ in range(3):
@@ -145,10 +142,10 @@ class StepTimer(TrainerCallback):
             torch.cuda.synchronize()
         return time.perf_counter(), int(self.trainer._total_train_tokens)
 
-    def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
+    def on_train_begin(self, args, state, control, **kwargs):
         self.began = time.perf_counter()
 
-    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
+    def on_step_end(self, args, state, control, **kwargs):
         if state.global_step == self.warmup_steps:
             self.start = self._mark()
             if self.profile:
@@ -170,8 +167,6 @@ class StepTimer(TrainerCallback):
 def run_variant(name: str, recipe: Recipe, examples: list[TokenizedExample], steps: int,
                 warmup: int, world_size: int, out: Path, model_config: dict,
                 profile: bool = False) -> dict:
-    from transformers import AutoModelForCausalLM, Qwen2Config, set_seed
-
     cuda = torch.cuda.is_available()
     precision = pick_precision(recipe.precision if cuda else "auto", cuda,
                                cuda and torch.cuda.is_bf16_supported())
@@ -227,8 +222,6 @@ def write_base_model(folder: Path, model_config: dict) -> Path:
     The Hub is out of reach on the benchmark machine: the tokenizer is the real-tiny fixture's tiny
     byte-level BPE (stand-in for Qwen's), so token counts differ from the real model's.
     """
-    from transformers import AutoModelForCausalLM, Qwen2Config
-
     if not (TINY_MODEL / "tokenizer.json").is_file():
         sys.exit(f"bench_finetune: no tokenizer at {TINY_MODEL} (the real-tiny fixture, "
                  "<repo>/../shared/fixtures/real-tiny); --e2e needs it for its base model")
@@ -253,8 +246,6 @@ E2E_RUNS = {  # name: (recipe, webslm finetune flags for the same thing, or None
 
 def e2e_child(name: str, data: Path, base: Path, out: Path, gpus: int) -> int:
     """One end-to-end run in this (fresh) process: the product's finetune() with a recipe."""
-    from webslm.finetune import finetune
-
     recipe, _ = E2E_RUNS[name]
     finetune([data], str(base), out, dataclasses.replace(recipe, epochs=3.0), gpus=gpus)
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0

@@ -15,8 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from webslm.chatdata import load_tokenizer, read_chat_data, tokenize_all  # noqa: E402
-from webslm.finetune import Recipe, train_adapter  # noqa: E402
+from webslm.chatdata import load_tokenizer, read_chat_data, tokenize_all
+from webslm.finetune import Recipe
+from webslm.training import train_adapter
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""The CLI contract: usage errors are one line with exit 2, and `webslm` works as installed."""
+"""The CLI contract: usage errors are one line with exit 2, `webslm` works as installed, and the
+light commands start without loading torch, transformers or the Docker SDK."""
 
 from __future__ import annotations
 
@@ -28,3 +29,27 @@ def test_installed_console_script_runs() -> None:
     result = subprocess.run([webslm, "spec", "--preset", "smollm2-135m"], capture_output=True,
                             text=True, check=False)
     assert result.returncode == 0 and '"conv_template": "chatml"' in result.stdout
+
+
+HEAVY = ("torch", "transformers", "docker")
+
+
+@pytest.mark.parametrize("argv", [
+    None,  # the CLI's start-up: importing webslm.cli, which imports every command's module
+    ["spec", "--preset", "smollm2-135m"],
+    ["data", "check", "{data}"],
+])
+def test_light_commands_load_no_heavy_package(tmp_path: Path, argv: list[str] | None) -> None:
+    """torch and transformers take seconds to import; only check, finetune and merge need them
+    (and the Docker SDK only the commands that run containers)."""
+    data = tmp_path / "chat.jsonl"
+    data.write_text('{"messages": [{"role": "user", "content": "Hi"}, '
+                    '{"role": "assistant", "content": "Hello"}]}\n', encoding="utf-8")
+    run = "" if argv is None else "assert main(sys.argv[1:]) == 0; "
+    probe = (f"import sys; from webslm.cli import main; {run}"
+             f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    args = [a.format(data=data) for a in argv or []]
+    done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[]", done.stdout

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from webslm.chatdata import read_chat_data
 from webslm.cli import main
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -100,8 +101,6 @@ def test_several_system_prompts_warn_but_pass(tmp_path: Path,
 
 
 def test_digest_ignores_json_spacing(tmp_path: Path) -> None:
-    from webslm.chatdata import read_chat_data
-
     line = chat(("user", "a"), ("assistant", "b"))
     spaced = json.dumps(json.loads(line), indent=None, separators=(" ,", " : "))
     one = read_chat_data([write(tmp_path / "one.jsonl", [line])])

@@ -10,9 +10,31 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from peft import PeftModel
+from safetensors import safe_open
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
 
-from webslm.cli import main
+from webslm import training
+from webslm.chatdata import load_tokenizer, read_chat_data, tokenize_all
+from webslm.cli import build_parser, main, recipe_from_args
 from webslm.errors import BadInput, StageFailed
+from webslm.finetune import (
+    COMPILE_MIN_STEPS,
+    TRAIN_SCRIPT,
+    Recipe,
+    batch_split,
+    check_recipe,
+    launch_command,
+    pick_precision,
+    planned_steps,
+    should_compile,
+)
+from webslm.hub import resolve_model
+from webslm.normalize import load_config, normalize_config
+from webslm.spec import resolve_spec
+from webslm.training import register_varlen_attention, train_adapter
 
 SYSTEM = "You are a careful assistant. Answer in plain language and suggest a professional."
 PAIRS = [
@@ -46,9 +68,6 @@ def finetuned(tiny_qwen2: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 
 def test_training_takes_real_steps_and_loss_falls(tiny_qwen2: Path, tmp_path: Path) -> None:
-    from webslm.chatdata import load_tokenizer, read_chat_data, tokenize_all
-    from webslm.finetune import Recipe, train_adapter
-
     data = read_chat_data([write_data(tmp_path / "chat.jsonl")])
     examples = tokenize_all(load_tokenizer(tiny_qwen2), data, 1024)
     recipe = Recipe(epochs=30, learning_rate=float(LR))
@@ -61,10 +80,6 @@ def test_training_takes_real_steps_and_loss_falls(tiny_qwen2: Path, tmp_path: Pa
 
 
 def test_merged_logits_equal_adapter_logits(finetuned: Path, tiny_qwen2: Path) -> None:
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
     ids = torch.tensor([[1, 5, 40, 77, 120, 3, 9, 200, 31, 2]])
     base = AutoModelForCausalLM.from_pretrained(str(tiny_qwen2), dtype=torch.float32)
     base_logits = base(input_ids=ids).logits
@@ -78,12 +93,6 @@ def test_merged_logits_equal_adapter_logits(finetuned: Path, tiny_qwen2: Path) -
 
 
 def test_merged_folder_builds(finetuned: Path, tiny_qwen2: Path) -> None:
-    from safetensors import safe_open
-
-    from webslm.hub import resolve_model
-    from webslm.normalize import load_config, normalize_config
-    from webslm.spec import resolve_spec
-
     resolved = resolve_model(resolve_spec(model=str(finetuned)))
     assert resolved.model_type == "qwen2"
     assert {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json",
@@ -92,16 +101,13 @@ def test_merged_folder_builds(finetuned: Path, tiny_qwen2: Path) -> None:
     assert normalize_config(config).changes == ()  # already what MLC-LLM v0.19.0 reads
     assert config["rope_theta"] == 1000000.0 and config["torch_dtype"] == "float16"
     with safe_open(str(finetuned / "model.safetensors"), "pt") as weights:
-        assert {weights.get_tensor(k).dtype for k in weights.keys()} == {__import__(
-            "torch").float16}
+        assert {weights.get_tensor(k).dtype for k in weights.keys()} == {torch.float16}
         assert not any("lora" in k for k in weights.keys())
     for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
         assert (finetuned / name).read_bytes() == (tiny_qwen2 / name).read_bytes()
 
 
 def test_webslm_json_records_origin(finetuned: Path, tiny_qwen2: Path) -> None:
-    from webslm.chatdata import read_chat_data
-
     record = json.loads((finetuned / "webslm.json").read_text())
     data = read_chat_data([write_data(finetuned.parent / "again.jsonl")])
     assert record["base_model"] == str(tiny_qwen2)
@@ -116,8 +122,6 @@ def test_webslm_json_records_origin(finetuned: Path, tiny_qwen2: Path) -> None:
 
 def test_merge_command_reproduces_the_merge(finetuned: Path, tiny_qwen2: Path,
                                             tmp_path: Path) -> None:
-    from safetensors.torch import load_file
-
     out = tmp_path / "merged"
     assert main(["merge", "--base", str(tiny_qwen2), "--adapter", str(finetuned / "adapter"),
                  "--out", str(out)]) == 0
@@ -148,12 +152,10 @@ def test_merge_refuses_bad_adapters(tiny_qwen2: Path, finetuned: Path, tmp_path:
 
 def test_failed_finetune_leaves_no_output(tiny_qwen2: Path, tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    from webslm import finetune
-
     def broken_merge(*args: object) -> None:
         raise StageFailed("merge broke", "stand-in failure")
 
-    monkeypatch.setattr(finetune, "merge_into", broken_merge)
+    monkeypatch.setattr(training, "merge_into", broken_merge)
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("earlier result")
@@ -198,11 +200,6 @@ def test_qlora_without_bitsandbytes_or_gpu_is_refused(tiny_qwen2: Path, tmp_path
 
 
 def test_padding_free_attention_never_crosses_conversations(tiny_qwen2: Path) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from webslm.finetune import register_varlen_attention
-
     packed_model = AutoModelForCausalLM.from_pretrained(
         str(tiny_qwen2), dtype=torch.float32, attn_implementation=register_varlen_attention())
     plain_model = AutoModelForCausalLM.from_pretrained(str(tiny_qwen2), dtype=torch.float32)
@@ -227,25 +224,19 @@ def test_compiled_layers_train_exactly_like_eager(tiny_qwen2: Path, tmp_path: Pa
     only Inductor's code generation is swapped for aot_eager, which on a 2-core CPU is ~10x
     faster to compile (the GPU run uses Inductor: bench/RESULTS.md).
     """
-    import torch
-    from safetensors.torch import load_file
-
-    from webslm import finetune
-    from webslm.chatdata import load_tokenizer, read_chat_data, tokenize_all
-
-    monkeypatch.setattr(finetune, "COMPILE_BACKEND", "aot_eager")
+    monkeypatch.setattr(training, "COMPILE_BACKEND", "aot_eager")
     tokenizer = load_tokenizer(tiny_qwen2)
     examples = tokenize_all(tokenizer, read_chat_data([write_data(tmp_path / "c.jsonl")]), 1024)
     runs = {}
     for mode in ("off", "on"):
         # dropout 0: eager and compiled code draw dropout masks from different generators
-        recipe = finetune.Recipe(epochs=2, learning_rate=float(LR), lora_dropout=0.0,
-                                 compile_layers=mode, keep_every=2)
+        recipe = Recipe(epochs=2, learning_rate=float(LR), lora_dropout=0.0,
+                        compile_layers=mode, keep_every=2)
         torch.manual_seed(0)
-        model = finetune.load_base_model(tiny_qwen2, "fp32", recipe)
-        trainer = finetune.build_trainer(model, tokenizer, examples, recipe, tmp_path / mode,
+        model = training.load_base_model(tiny_qwen2, "fp32", recipe)
+        trainer = training.build_trainer(model, tokenizer, examples, recipe, tmp_path / mode,
                                          precision="fp32", world_size=1)
-        layers = finetune.decoder_layers(trainer.model)
+        layers = training.decoder_layers(trainer.model)
         forwards = [type(layer.__dict__.get("forward")).__name__ for layer in layers]
         trainer.train()
         trainer.model.save_pretrained(str(tmp_path / mode / "adapter"))
@@ -265,8 +256,6 @@ def test_compiled_layers_train_exactly_like_eager(tiny_qwen2: Path, tmp_path: Pa
 
 
 def test_compile_only_when_it_pays() -> None:
-    from webslm.finetune import COMPILE_MIN_STEPS, Recipe, planned_steps, should_compile
-
     recipe = Recipe(epochs=3)
     assert planned_steps(recipe, 50) == 12  # the starter sets: 4 batches of 16, 3 epochs
     assert planned_steps(recipe, 50, max_steps=7) == 7
@@ -280,8 +269,6 @@ def test_compile_only_when_it_pays() -> None:
 
 def test_bad_compile_settings_are_refused(tiny_qwen2: Path, tmp_path: Path,
                                           capsys: pytest.CaptureFixture) -> None:
-    from webslm.finetune import Recipe, check_recipe
-
     with pytest.raises(BadInput, match="keep_every"):
         check_recipe(Recipe(keep_every=-1))
     with pytest.raises(BadInput, match="compile_layers"):
@@ -294,9 +281,6 @@ def test_bad_compile_settings_are_refused(tiny_qwen2: Path, tmp_path: Path,
 
 def test_finetune_flags_reach_the_recipe(tiny_qwen2: Path, tmp_path: Path,
                                          capsys: pytest.CaptureFixture) -> None:
-    from webslm.cli import build_parser, recipe_from_args
-    from webslm.finetune import Recipe
-
     args = build_parser().parse_args(["finetune", "--data", "x.jsonl", "--compile", "on",
                                       "--global-batch", "32"])
     recipe = recipe_from_args(args)
@@ -313,8 +297,6 @@ def test_finetune_flags_reach_the_recipe(tiny_qwen2: Path, tmp_path: Path,
 
 
 def test_batch_split_and_precision() -> None:
-    from webslm.finetune import Recipe, batch_split, pick_precision
-
     assert batch_split(Recipe(), 1) == (16, 1)
     assert batch_split(Recipe(), 2) == (8, 1)
     assert batch_split(Recipe(micro_batch=2), 1) == (2, 8)
@@ -328,8 +310,6 @@ def test_batch_split_and_precision() -> None:
 
 
 def test_launch_command_runs_train_script_under_torchrun(tmp_path: Path) -> None:
-    from webslm.finetune import TRAIN_SCRIPT, Recipe, launch_command
-
     recipe = Recipe(epochs=1.0, seed=7)
     command = launch_command(2, tmp_path / "base", [tmp_path / "a.jsonl", tmp_path / "b.jsonl"],
                              tmp_path / "adapter", recipe, python="python3")
@@ -343,8 +323,6 @@ def test_launch_command_runs_train_script_under_torchrun(tmp_path: Path) -> None
 
 def test_two_process_data_parallel_run_on_cpu(tiny_qwen2: Path, tmp_path: Path) -> None:
     """The launch command itself, 2 processes over gloo on the CPU: ranks split the batch."""
-    from webslm.finetune import Recipe, launch_command
-
     data = write_data(tmp_path / "chat.jsonl", repeat=4)
     command = launch_command(2, tiny_qwen2, [data], tmp_path / "adapter", Recipe(epochs=1.0))
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}

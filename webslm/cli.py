@@ -1,8 +1,10 @@
 """The `webslm` command line: parse arguments, call the module that owns the command, map errors.
 
 Every command here is also an Invoke task (tasks.py makes them from this parser, through
-webslm/invoke_tasks.py), so the two front ends cannot drift apart. Modules are imported inside
-the handlers: `webslm spec` must not pay for importing torch or the Docker SDK.
+webslm/invoke_tasks.py), so the two front ends cannot drift apart. Sibling modules are imported
+at the top, except the two that load heavy packages, imported inside their handlers: `check`
+(torch, transformers) and `toolchain.build` (the Docker SDK); `webslm spec` must not pay for them.
+`finetune` is light: it imports its torch half (`webslm.training`) only when it trains or merges.
 """
 
 from __future__ import annotations
@@ -17,17 +19,14 @@ from collections.abc import Callable, Iterator, Sequence
 from importlib.metadata import PackageNotFoundError, requires
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
 
-from webslm import bench, pipeline, publish, serve, verify
+from webslm import bench, finetune, pipeline, publish, serve, verify
 from webslm.errors import BadInput, MissingEnvironment, Terminated, WebslmError
 from webslm.files import canonical_json
+from webslm.finetune import Recipe
 from webslm.normalize import normalize_path
 from webslm.spec import resolve_spec
 from webslm.verify import DOWNLOAD_TIMEOUT_S, MAX_DOWNLOAD_MIB
-
-if TYPE_CHECKING:
-    from webslm.finetune import Recipe
 
 DEFAULT_DIST = "dist"
 
@@ -150,29 +149,21 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_check(args: argparse.Namespace) -> int:
-    from webslm import finetune  # imports torch and transformers
-
     return finetune.data_check_command([Path(f) for f in args.files], tokenizer=args.tokenizer)
 
 
 def recipe_from_args(args: argparse.Namespace) -> Recipe:
-    from webslm.finetune import Recipe
-
     return Recipe(epochs=args.epochs, learning_rate=args.lr, lora_r=args.lora_r,
                   lora_alpha=args.lora_alpha, max_seq_len=args.max_seq_len, bits=args.bits,
                   seed=args.seed, compile_layers=args.compile, global_batch=args.global_batch)
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from webslm import finetune  # imports torch and transformers
-
     return finetune.finetune_command([Path(f) for f in args.data], args.base, Path(args.out),
                                      recipe_from_args(args), gpus=args.gpus, push=args.push)
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
-    from webslm import finetune  # imports torch and transformers
-
     return finetune.merge_command(base=args.base, adapter=Path(args.adapter), out=Path(args.out))
 
 

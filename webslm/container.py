@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from webslm.errors import MissingEnvironment, StageFailed
 from webslm.files import atomic_write_text, owner_alive, owner_token
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # webslm.toolchain imports this module: for annotations only
     from webslm.toolchain import Toolchain
 
 OUT_MOUNT = "/out"

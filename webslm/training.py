@@ -1,0 +1,290 @@
+"""The heavy half of fine-tuning: train a LoRA adapter with TRL and PEFT, merge it into its base.
+
+Everything here needs torch, transformers, PEFT, TRL and datasets (seconds to import), so this
+module imports them at its top and only a command that trains or merges imports it:
+`webslm.finetune` holds the recipe, the data check and the commands, and stays light for the
+CLI's start-up and `webslm data check`. finetune/train.py (one torchrun process) and the benchmark
+in bench/ train through `train_adapter` and `build_trainer` here, the code `webslm finetune` runs.
+
+Training is padding-free (a micro batch flattened into one row, attention kept within each
+conversation: `varlen_attention`) on assistant tokens only; long GPU runs compile each decoder
+layer (`compile_decoder_layers`). The merge writes fp16 weights and the base's tokenizer files
+byte for byte, normalized for MLC-LLM.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from peft import LoraConfig, PeftModel
+from torch.nn.attention.varlen import varlen_attn
+from torch.nn.functional import scaled_dot_product_attention
+from torch.utils.checkpoint import checkpoint
+from transformers import (
+    AttentionInterface,
+    AttentionMaskInterface,
+    AutoModelForCausalLM,
+    BitsAndBytesConfig,
+    PreTrainedModel,
+    set_seed,
+)
+from transformers.masking_utils import flash_attention_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from trl import SFTConfig, SFTTrainer
+
+from webslm.chatdata import TokenizedExample, load_tokenizer
+from webslm.errors import MissingEnvironment
+from webslm.finetune import Recipe, batch_split, pick_precision, planned_steps, should_compile
+from webslm.hub import TOKENIZER_FILES
+from webslm.normalize import normalize_path
+
+COMPILE_BACKEND = "inductor"  # torch.compile's own; the CPU tests swap in "aot_eager" for time
+VARLEN_ATTENTION = "webslm_varlen"
+# Causal varlen attention: a window reaching every earlier token and none after (torch >= 2.11).
+CAUSAL_WINDOW = (-1, 0)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a training run did: its logged losses and how much it processed."""
+
+    losses: tuple[float, ...]
+    steps: int
+    precision: str
+    world_size: int
+
+
+# --- training ---------------------------------------------------------------------------------
+
+def varlen_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
+                     scaling: float | None = None, dropout: float = 0.0,
+                     **kwargs: Any) -> tuple[Any, None]:
+    """Causal attention within each packed conversation of a padding-free row, never across.
+
+    TRL's padding-free collator flattens a micro batch into one row and passes the boundaries
+    (`cu_seq_lens_q`). SDPA would need a dense row-by-row mask (quadratic in the whole row's
+    length); this computes only the per-conversation blocks: FlashAttention varlen on a GPU,
+    one causal SDPA call per conversation elsewhere.
+    """
+    bounds = kwargs.get("cu_seq_lens_q")
+    if attention_mask is not None or query.shape[0] != 1:
+        raise ValueError(f"{VARLEN_ATTENTION} attention serves padding-free rows only")
+    if bounds is None:
+        bounds = torch.tensor([0, query.shape[2]], dtype=torch.int32)
+    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (tokens, heads, dim)
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        bounds = bounds.to(device=q.device, dtype=torch.int32)
+        longest = int(kwargs.get("max_length_q") or int((bounds[1:] - bounds[:-1]).max()))
+        if k.shape[1] != q.shape[1]:  # grouped-query attention: one K/V head per query group
+            k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))
+        out = varlen_attn(q.contiguous(), k.contiguous(), v.contiguous(), bounds, bounds,
+                          longest, longest, scale=scaling, window_size=CAUSAL_WINDOW)
+        assert isinstance(out, torch.Tensor)  # no return_aux asked for
+        return out.unsqueeze(0), None
+    pieces = []
+    for start, end in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+        pieces.append(scaled_dot_product_attention(
+            query[:, :, start:end], key[:, :, start:end], value[:, :, start:end],
+            is_causal=True, scale=scaling, enable_gqa=True))
+    return torch.cat(pieces, dim=2).transpose(1, 2).contiguous(), None
+
+
+def register_varlen_attention() -> str:
+    """Make `attn_implementation="webslm_varlen"` known to transformers; return the name."""
+    AttentionInterface.register(VARLEN_ATTENTION, varlen_attention)
+    AttentionMaskInterface.register(VARLEN_ATTENTION, flash_attention_mask)
+    return VARLEN_ATTENTION
+
+
+def master_weight_dtype(precision: str) -> torch.dtype:
+    """The dtype the base weights are loaded in: bf16 under bf16; under fp16 mixed precision
+    (and fp32) the weights stay fp32 masters and autocast runs the matrix work in fp16."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float32, "fp32": torch.float32}[precision]
+
+
+def attention_for(recipe: Recipe) -> str:
+    return register_varlen_attention() if recipe.padding_free else "sdpa"
+
+
+def load_base_model(path: Path, precision: str, recipe: Recipe) -> PreTrainedModel:
+    """The base model for training: bf16 weights under bf16, fp32 master weights under fp16."""
+    bits = recipe.bits
+    kwargs: dict[str, Any] = {"dtype": master_weight_dtype(precision),
+                              "attn_implementation": attention_for(recipe)}
+    if bits == 4:
+        try:  # optional even with the finetune extra: only --bits 4 needs it
+            import bitsandbytes  # noqa: F401
+        except ImportError as error:
+            raise MissingEnvironment("--bits 4 (QLoRA) needs the bitsandbytes package",
+                                     "pip install bitsandbytes, or use --bits 16") from error
+        if not torch.cuda.is_available():
+            raise MissingEnvironment("--bits 4 (QLoRA) needs a CUDA GPU", "use --bits 16 on a CPU")
+        compute = torch.bfloat16 if precision == "bf16" else torch.float16
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute)
+    return AutoModelForCausalLM.from_pretrained(str(path), trust_remote_code=False, **kwargs)
+
+
+def lora_config(recipe: Recipe) -> LoraConfig:
+    """LoRA on every linear projection of attention and MLP (PEFT's all-linear skips lm_head)."""
+    return LoraConfig(r=recipe.lora_r, lora_alpha=recipe.lora_alpha,
+                      lora_dropout=recipe.lora_dropout, target_modules="all-linear",
+                      bias="none", task_type="CAUSAL_LM")
+
+
+def training_dataset(examples: Sequence[TokenizedExample], assistant_only_loss: bool) -> Dataset:
+    """A pre-tokenized dataset; TRL turns `assistant_masks` into labels (-100 elsewhere)."""
+    columns: dict[str, list[Any]] = {"input_ids": [list(e.input_ids) for e in examples]}
+    if assistant_only_loss:
+        columns["assistant_masks"] = [list(e.assistant_mask) for e in examples]
+    return Dataset.from_dict(columns)
+
+
+def speed_up(model: Any, recipe: Recipe, precision: str) -> tuple[str, ...]:
+    """With `fused_kernels` on a bf16 GPU run, Liger's Triton kernels for RMSNorm, RoPE, SwiGLU.
+
+    Measured (bench/RESULTS.md): 23% less peak memory, ~5% fewer tokens/s on Qwen2.5-0.5B, so
+    off by default. Elsewhere (CPU, fp16/fp32, liger-kernel absent) the model stays as it is.
+    Call before PEFT wraps the model; returns what was applied.
+    """
+    if not recipe.fused_kernels or precision != "bf16" or not torch.cuda.is_available():
+        return ()
+    try:  # optional, in no extra: training runs without it
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+    except ImportError:
+        print("note: liger-kernel is not installed; training without fused kernels",
+              file=sys.stderr)
+        return ()
+    # TRL's fused LM head already avoids the full logits; keep the model's own forward
+    _apply_liger_kernel_to_instance(model=model, fused_linear_cross_entropy=False,
+                                    cross_entropy=False)
+    return ("liger",)
+
+
+def decoder_layers(model: Any) -> list[Any]:
+    """The transformer blocks of a (PEFT-wrapped) transformers model, in order."""
+    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+
+
+def compile_decoder_layers(model: Any, checkpointed: bool, keep_every: int = 0) -> int:
+    """Compile each decoder layer (LoRA inside it) and checkpoint it from outside; return the count.
+
+    Why: a 0.5B model's step is bound by kernel launches, thousands of small elementwise kernels
+    (norms, RoPE, SwiGLU, LoRA's dtype casts and dropout) around the matrix products. Inductor
+    fuses them, and all layers share one compiled graph. Transformers' own checkpointing wraps the
+    layer's forward, inside the compiled region, which dynamo cannot trace; here the compiled
+    forward is checkpointed (non-reentrant) from outside instead; with `keep_every` = k > 0,
+    every k-th layer keeps its activations (less recomputation for more memory). The module
+    tree, parameter names and saved adapter stay as they were.
+    """
+    layers = decoder_layers(model)
+    for index, layer in enumerate(layers):
+        compiled = torch.compile(layer.forward, backend=COMPILE_BACKEND)
+        keeps = keep_every > 0 and index % keep_every == keep_every - 1
+        if checkpointed and not keeps:
+            layer.forward = functools.partial(checkpoint, compiled, use_reentrant=False)
+        else:
+            layer.forward = compiled
+    return len(layers)
+
+
+def build_trainer(model: Any, tokenizer: Any, examples: Sequence[TokenizedExample],
+                  recipe: Recipe, output_dir: Path, *, precision: str, world_size: int,
+                  max_steps: int = -1, callbacks: Sequence[Any] = ()) -> SFTTrainer:
+    """An SFTTrainer for the recipe. The benchmark builds its trainers here too."""
+    micro, accumulation = batch_split(recipe, world_size)
+    speed_up(model, recipe, precision)
+    on_gpu = precision != "fp32"  # fp32 trains on the CPU (use_cpu below)
+    compiled = should_compile(recipe, on_gpu, planned_steps(recipe, len(examples), max_steps))
+    config = SFTConfig(
+        output_dir=str(output_dir),
+        num_train_epochs=recipe.epochs,
+        max_steps=max_steps,
+        learning_rate=recipe.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=recipe.warmup,
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=accumulation,
+        max_length=None,
+        padding_free=recipe.padding_free,
+        packing=False,
+        activation_checkpointing=recipe.gradient_checkpointing and not compiled,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=precision == "fp32",
+        seed=recipe.seed,
+        data_seed=recipe.seed,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=False,
+        dataloader_drop_last=False,
+        ddp_find_unused_parameters=False,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=training_dataset(examples, recipe.assistant_only_loss),
+        processing_class=tokenizer,
+        peft_config=lora_config(recipe),
+        callbacks=list(callbacks),
+    )
+    if compiled:
+        compile_decoder_layers(trainer.model, recipe.gradient_checkpointing, recipe.keep_every)
+    return trainer
+
+
+def train_adapter(base: Path, examples: Sequence[TokenizedExample], recipe: Recipe,
+                  adapter_out: Path, max_steps: int = -1) -> TrainResult:
+    """Train a LoRA adapter on the examples and save it (on the main process) to adapter_out."""
+    precision = pick_precision(recipe.precision, torch.cuda.is_available(),
+                               torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    set_seed(recipe.seed)
+    tokenizer = load_tokenizer(base)
+    model = load_base_model(base, precision, recipe)
+    trainer = build_trainer(model, tokenizer, examples, recipe, adapter_out / "checkpoints",
+                            precision=precision, world_size=world_size, max_steps=max_steps)
+    trainer.train()
+    if trainer.is_world_process_zero():
+        assert isinstance(trainer.model, PeftModel)  # SFTTrainer wraps it (peft_config)
+        trainer.model.save_pretrained(str(adapter_out), safe_serialization=True)
+        shutil.rmtree(adapter_out / "checkpoints", ignore_errors=True)
+    losses = tuple(float(e["loss"]) for e in trainer.state.log_history if "loss" in e)
+    return TrainResult(losses=losses, steps=trainer.state.global_step, precision=precision,
+                       world_size=world_size)
+
+
+def gpu_count() -> int:
+    """CUDA GPUs this process can use (0 on a CPU-only machine)."""
+    return torch.cuda.device_count()
+
+
+# --- merging ----------------------------------------------------------------------------------
+
+def _copy_tokenizer_files(source: Path, target: Path) -> None:
+    """Copy the base's tokenizer files byte for byte (re-saving could change their format)."""
+    for name in (*TOKENIZER_FILES, "generation_config.json"):
+        if (source / name).is_file():
+            shutil.copyfile(source / name, target / name)
+
+
+def merge_into(base: Path, adapter: Path, out: Path) -> None:
+    """Merge the adapter into the base in fp16 and save a complete model folder into out."""
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float16,
+                                                 trust_remote_code=False)
+    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    merged.config.use_cache = True
+    merged.save_pretrained(str(out), safe_serialization=True)
+    _copy_tokenizer_files(base, out)
+    normalize_path(out)
