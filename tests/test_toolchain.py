@@ -354,7 +354,7 @@ def test_the_build_pins_on_first_use_then_builds_the_image_of_the_pinned_lock(
         ("build", f"{tag} {kw['target']} {args['TOOLCHAIN_ID']}")))
     calls: list[str] = []
     result = build.ensure_toolchain_image(docker_dir=docker_dir, log=io.StringIO(),
-                                              resolve_crates=standin_crates_resolver(calls))
+                                          resolve_crates=standin_crates_resolver(calls))
     pinned = toolchain.toolchain_id(docker_dir)
     assert result.id == pinned and len(calls) == 1
     assert steps == [("base", toolchain.load_lock(docker_dir).base.tag),

@@ -30,8 +30,7 @@ def live_versions(docker_engine, live_base) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def base_stage(docker_engine, live_base, live_versions: dict[str, str]) -> str:
-    return build.ensure_stage(docker_engine, "base", base=live_base,
-                                  apt_packages=live_versions)
+    return build.ensure_stage(docker_engine, "base", base=live_base, apt_packages=live_versions)
 
 
 def _run(client, image: str, script: str, **options) -> str:
