@@ -318,8 +318,7 @@ def toolchain_command(action: str = "build", pull: str | None = None, push: str 
                       allow_unpinned: bool = False) -> int:
     """`webslm toolchain [build|id|check|refresh-lock]`; returns the exit code."""
     if action == "id":
-        load_lock()
-        sys.stdout.write(toolchain_id() + "\n")
+        sys.stdout.write(toolchain_id() + "\n")  # it validates the lock first
         return 0
     if action == "check":
         sys.stdout.write(check_report())
