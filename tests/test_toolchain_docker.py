@@ -14,7 +14,9 @@ from __future__ import annotations
 import pytest
 
 from webslm import toolchain
-from webslm.toolchain import build
+from webslm.container import OUT_MOUNT, WORK_DIR, ContainerRun, Engine
+from webslm.errors import StageFailed
+from webslm.toolchain import Toolchain, build
 
 pytestmark = pytest.mark.docker
 
@@ -107,10 +109,6 @@ def test_stage_containers_cannot_write_the_image(docker_engine, debian_base_imag
                                                  tmp_path) -> None:
     """The pipeline's container set-up (webslm.container.Engine) runs a stage with the image
     read-only, emscripten's frozen cache included: only /out and the work area are writable."""
-    from webslm.container import OUT_MOUNT, WORK_DIR, ContainerRun, Engine
-    from webslm.errors import StageFailed
-    from webslm.toolchain import Toolchain
-
     image = Toolchain(id="0" * 64, image=debian_base_image, lock_digest="0" * 64,
                       webllm_version="0.2.79", env={"EM_CACHE": "/opt/emscripten-cache"},
                       seccomp_profile=None)
