@@ -57,7 +57,7 @@ QWEN25_05B = dict(  # Qwen/Qwen2.5-0.5B-Instruct config.json
 PLAIN = Recipe(micro_batch=2, padding_free=False, assistant_only_loss=False,
                gradient_checkpointing=False, precision="fp16", compile_layers="off")
 OURS = Recipe()
-LONG_RUN = dataclasses.replace(OURS, compile_layers="on")  # what Recipe() does on >= 60 steps
+LONG_RUN = dataclasses.replace(OURS, compile_layers="on")  # Recipe() on >= COMPILE_MIN_STEPS steps
 VARIANTS = {  # Liger patches transformers' RoPE module-wide: the variants with it run last
     "plain": PLAIN,
     "eager": dataclasses.replace(OURS, compile_layers="off"),  # the recipe before issue 16
