@@ -16,7 +16,7 @@ from typing import Any
 
 from webslm.files import canonical_json, sha256_file
 from webslm.layout import APP_CONFIG_FILE, PROVENANCE_FILE, library_name, weight_files
-from webslm.provenance import sri
+from webslm.provenance import load_provenance, sri
 from webslm.toolchain import load_lock
 from webslm.webllm import (
     DEFAULT_BASE_URL,
@@ -87,17 +87,17 @@ def make_fake_dist(out: Path, name: str, quantization: str = "q4f32_1", *,
     return folder
 
 
-def add_weight_digests(folder: Path) -> None:
-    """Record `webslm.weights` in a dist folder built before webslm recorded them.
+def add_weight_digests(folder: Path) -> Path:
+    """Record `webslm.weights` in a dist folder built before webslm recorded them; returns it.
 
     For copies of the real-tiny fixture (/work/shared/fixtures/real-tiny), whose AppConfig
     predates the weights check: the digests come from its provenance.json subjects, the sha256
     the build computed of every file, so the record ends as a current build writes it.
     """
-    subjects = json.loads((folder / PROVENANCE_FILE).read_text())["subject"]
-    digests = {s["name"]: s["digest"]["sha256"] for s in subjects}
+    digests = load_provenance(folder / PROVENANCE_FILE).subjects
     config_path = folder / APP_CONFIG_FILE
     config = json.loads(config_path.read_text())
     for record in config["model_list"]:
         record["webslm"]["weights"] = {n: sri(digests[n]) for n in weight_files(digests)}
     config_path.write_text(canonical_json(config))
+    return folder
