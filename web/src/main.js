@@ -13,7 +13,7 @@ import { featureProblem, NO_WEBGPU, probeWebGPU, versionProblem } from "./guards
 import { browserStore, integrityRefusal, verifyRecord, verifyShards, WEIGHTS_MANIFEST } from "./integrity.js";
 import { renderMarkdown } from "./markdown.js";
 import {
-  describeRecord, downloadBytes, formatMB, loadCatalog, pageOptions, samplingOf, systemPromptOf,
+  describeRecord, downloadBytes, fetchJson, formatMB, loadCatalog, pageOptions, samplingOf, systemPromptOf,
 } from "./models.js";
 import { BUILT_WEBLLM_VERSION } from "./version.js";
 
@@ -39,12 +39,6 @@ const ui = {
 };
 
 const app = { gpu: null, entries: [], panes: [], sizes: new Map(), generating: false, shown: { a: "", b: "", compare: false } };
-
-async function fetchJson(url) {
-  const response = await fetch(url, { cache: "no-cache" });
-  if (!response.ok) throw new Error(`HTTP ${response.status}`);
-  return await response.json();
-}
 
 function showNotice(lines) {
   ui.notice.hidden = lines.length === 0;
