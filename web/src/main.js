@@ -96,7 +96,10 @@ class Pane {
     updateControls();
   }
 
-  fail(summary, detail) {
+  /** Shows, in words, why the load failed at `step` (see describeLoadFailure), the raw error below. */
+  failLoad(error, step) {
+    const { summary, detail } = describeLoadFailure(this.record.model_id, error, step);
+    this.progress.hidden = true;
     this.setState("error", summary);
     this.failure.hidden = false;
     this.el.querySelector(".failure-detail").textContent = detail;
@@ -111,8 +114,7 @@ class Pane {
     try {
       checked = await verifyRecord(this.record, store);
     } catch (error) {
-      const failure = describeLoadFailure(this.record.model_id, error, "check");
-      this.fail(failure.summary, failure.detail);
+      this.failLoad(error, "check");
       return;
     }
     if (checked.failures.length) {
@@ -126,9 +128,7 @@ class Pane {
     try {
       weights = await verifyShards(this.record, manifest, store, (p) => this.showWeightProgress(p));
     } catch (error) {
-      this.progress.hidden = true;
-      const failure = describeLoadFailure(this.record.model_id, error, "check");
-      this.fail(failure.summary, failure.detail);
+      this.failLoad(error, "check");
       return;
     }
     if (weights.failures.length) {
@@ -155,9 +155,7 @@ class Pane {
     } catch (error) {
       this.worker.terminate();
       this.worker = null;
-      this.progress.hidden = true;
-      const failure = describeLoadFailure(this.record.model_id, error, step);
-      this.fail(failure.summary, failure.detail);
+      this.failLoad(error, step);
       return;
     }
     this.progress.hidden = true;
