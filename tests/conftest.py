@@ -10,6 +10,7 @@ import functools
 import http.server
 import importlib.util
 import os
+import secrets
 import shutil
 import signal
 import sys
@@ -28,6 +29,7 @@ from standin.image import ensure_standin_image, standin_toolchain
 from tinymodels import make_tiny_model
 
 from webslm.files import sha256_bytes
+from webslm.provenance import hash_files, list_files
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REAL_TINY = REPO_ROOT.parent / "shared" / "fixtures" / "real-tiny"  # real MLC-LLM output
@@ -144,6 +146,25 @@ def interrupt_when(ready: Callable[[], bool], within: float = 60,
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     return watcher
+
+
+def digests(folder: Path) -> dict[str, str]:
+    """Every file under a folder and its sha256 (what "untouched" and "the same bytes" compare)."""
+    return hash_files(folder, list_files(folder))
+
+
+def unique_name(prefix: str) -> str:
+    """A package name no other build on this shared engine uses (containers are labelled by it)."""
+    return f"{prefix}-{secrets.token_hex(4)}"
+
+
+def containers_of(engine: Any, model_id: str) -> list[Any]:
+    return engine.containers.list(all=True, filters={"label": f"webslm.model_id={model_id}"})
+
+
+def running_stages(engine: Any, model_id: str) -> set[str]:
+    return {c.labels["webslm.stage"] for c in
+            engine.containers.list(filters={"label": f"webslm.model_id={model_id}"})}
 
 
 def copy_model(source: Path, target: Path) -> Path:

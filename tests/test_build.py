@@ -10,27 +10,29 @@ from __future__ import annotations
 
 import hashlib
 import json
-import secrets
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import copy_model, interrupt_when
+from conftest import (
+    containers_of,
+    copy_model,
+    digests,
+    interrupt_when,
+    running_stages,
+    unique_name,
+)
 from standin.image import standin_toolchain
 
 from webslm.cli import main
 from webslm.container import Variation
 from webslm.files import sha256_file
 from webslm.pipeline import BuildOptions, build_many, build_model
-from webslm.provenance import hash_files, list_files, sri
+from webslm.provenance import sri
 from webslm.spec import resolve_spec
 
 TOOL_STAGES = ("stage", "convert_weight", "gen_config", "compile")
-
-
-def digests(folder: Path) -> dict[str, str]:
-    return hash_files(folder, list_files(folder))
 
 
 def options(tmp_path: Path, toolchain, **changes) -> BuildOptions:
@@ -209,19 +211,18 @@ def test_an_interrupted_build_keeps_the_previous_dist(
         standin, standin_image: str, tiny_qwen2: Path, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch, docker_engine, sleep: str,
         interrupted: set[str]) -> None:
-    name = f"tiny-{secrets.token_hex(4)}"  # other builds on this shared engine are not ours
+    name = unique_name("tiny")  # other builds on this shared engine are not ours
     argv, out, before = built_then_switched(tiny_qwen2, tmp_path, monkeypatch, standin_image,
                                             name, WEBSLM_STANDIN_SLEEP=sleep)
-    ours = {"label": f"webslm.model_id={name}-q4f16_1"}
-    watcher = interrupt_when(lambda: interrupted <= {
-        c.labels["webslm.stage"] for c in docker_engine.containers.list(filters=ours)})
+    model_id = f"{name}-q4f16_1"
+    watcher = interrupt_when(lambda: interrupted <= running_stages(docker_engine, model_id))
     started = time.monotonic()
     assert main(argv) == 130
     assert time.monotonic() - started < 60
     watcher.join()
     assert digests(out / name) == before
     assert sorted(p.name for p in out.iterdir()) == [name]
-    assert docker_engine.containers.list(all=True, filters=ours) == []
+    assert containers_of(docker_engine, model_id) == []
 
 
 @pytest.mark.docker

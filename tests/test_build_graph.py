@@ -9,37 +9,21 @@ other fails. (Ctrl-C with both branches running: tests/test_build.py.)
 from __future__ import annotations
 
 import json
-import secrets
 import threading
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import interrupt_when
+from conftest import containers_of, digests, interrupt_when, running_stages, unique_name
 from standin.image import standin_toolchain
 
 from webslm.errors import StageFailed
 from webslm.pipeline import BuildOptions, build_many, build_model
-from webslm.provenance import hash_files, list_files
 from webslm.spec import resolve_spec
 
 pytestmark = pytest.mark.docker
 LONG = "120"  # seconds: a stage that would outlive the test unless it is stopped
-
-
-def unique_name(prefix: str) -> str:
-    """A package name no other build on this shared engine uses (containers are labelled by it)."""
-    return f"{prefix}-{secrets.token_hex(4)}"
-
-
-def containers_of(engine, model_id: str) -> list:
-    return engine.containers.list(all=True, filters={"label": f"webslm.model_id={model_id}"})
-
-
-def running_stages(engine, model_id: str) -> set[str]:
-    return {c.labels["webslm.stage"] for c in
-            engine.containers.list(filters={"label": f"webslm.model_id={model_id}"})}
 
 
 def watch_stages(engine, model_id: str, seen: list[set[str]], stop: threading.Event) -> None:
@@ -70,8 +54,7 @@ def test_the_overlapped_build_gives_the_sequential_bytes_and_runs_both_branches_
             stop.set()
             watcher.join()
     sequential, overlapped = results[False], results[True]
-    assert hash_files(overlapped.dist, list_files(overlapped.dist)) == hash_files(
-        sequential.dist, list_files(sequential.dist))
+    assert digests(overlapped.dist) == digests(sequential.dist)
     assert overlapped.stage_digests == sequential.stage_digests
     stages = [json.loads((r.dist / "provenance.json").read_text())["predicate"]
               ["buildDefinition"]["internalParameters"]["stages"] for r in results.values()]
@@ -89,7 +72,7 @@ def test_a_failing_branch_stops_the_other_and_removes_its_container(
     base = BuildOptions(out=tmp_path / "dist", toolchain=standin_toolchain(standin_image),
                         cache_dir=tmp_path / "cache", show_progress=False)
     previous = build_model(spec, base).dist
-    before = hash_files(previous, list_files(previous))
+    before = digests(previous)
     broken = standin_toolchain(standin_image, WEBSLM_STANDIN_FAIL=failing,
                                WEBSLM_STANDIN_SLEEP=f"{other}:{LONG},{failing}:8")
     seen: list[set[str]] = []
@@ -107,7 +90,7 @@ def test_a_failing_branch_stops_the_other_and_removes_its_container(
     assert failure.value.line().startswith(f"{failing} failed for {spec.model_id}")
     assert any(other in s for s in seen)  # it was running when it was stopped
     assert containers_of(docker_engine, spec.model_id) == []
-    assert hash_files(previous, list_files(previous)) == before
+    assert digests(previous) == before
 
 
 def test_ctrl_c_stops_every_model_built_at_once_and_keeps_their_dists(
@@ -118,7 +101,7 @@ def test_ctrl_c_stops_every_model_built_at_once_and_keeps_their_dists(
     base = BuildOptions(out=tmp_path / "dist", toolchain=standin_toolchain(standin_image),
                         cache_dir=tmp_path / "cache", show_progress=False)
     previous = [r.dist for r in build_many(specs, base, jobs=2)]
-    before = [hash_files(d, list_files(d)) for d in previous]
+    before = [digests(d) for d in previous]
     slow = standin_toolchain(standin_image, WEBSLM_STANDIN_SLEEP=f"compile:{LONG}")
 
     watcher = interrupt_when(lambda: all(
@@ -128,5 +111,5 @@ def test_ctrl_c_stops_every_model_built_at_once_and_keeps_their_dists(
         build_many(specs, replace(base, toolchain=slow), jobs=2)
     assert time.monotonic() - started < 60
     watcher.join()
-    assert [hash_files(d, list_files(d)) for d in previous] == before
+    assert [digests(d) for d in previous] == before
     assert all(containers_of(docker_engine, s.model_id) == [] for s in specs)

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import copy_model, interrupt_when
+from conftest import copy_model, digests, interrupt_when
 from docker.errors import NotFound
 from standin.image import standin_toolchain
 
@@ -23,12 +23,8 @@ from webslm.container import HOST_LABEL, OWNER_LABEL
 from webslm.errors import BadInput, Terminated
 from webslm.files import atomic_directory, check_writable, owner_token, recover_directory
 from webslm.pipeline import BuildOptions, build_many
-from webslm.provenance import PROVENANCE_FILE, hash_files, list_files
+from webslm.provenance import PROVENANCE_FILE
 from webslm.spec import resolve_spec
-
-
-def digests(folder: Path) -> dict[str, str]:
-    return hash_files(folder, list_files(folder))
 
 
 def dead_token() -> str:

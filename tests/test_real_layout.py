@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REAL_TINY, copy_model, tasks_namespace
+from conftest import REAL_TINY, copy_model, digests, tasks_namespace
 from invoke import Program
 
 from webslm.container import ContainerRun, Engine
@@ -24,7 +24,7 @@ from webslm.errors import BadInput, StageFailed
 from webslm.files import sha256_bytes, sha256_file
 from webslm.hub import check_safetensors_header
 from webslm.pipeline import MODEL_MOUNT, BuildOptions, build_model, convert_command
-from webslm.provenance import hash_files, list_files
+from webslm.provenance import list_files
 from webslm.safetensors_index import INDEX_FILE, index_text, needs_index, weight_map
 from webslm.spec import resolve_spec
 
@@ -115,11 +115,11 @@ def test_readme_command_builds_the_real_fixture_model_as_it_is(
     """The README's `invoke build --model ./DIR` on the fixture's model (a lone
     model.safetensors, no index), through Invoke: it builds, and the model is left untouched."""
     model = copy_model(real_tiny / "model", tmp_path / "real-tiny")
-    before = hash_files(model, list_files(model))
+    before = digests(model)
     monkeypatch.chdir(tmp_path)
     Program(namespace=tasks_namespace()).run(
         ["invoke", "build", "--model", "./real-tiny", "--quantization", "q4f32_1"], exit=False)
-    assert hash_files(model, list_files(model)) == before
+    assert digests(model) == before
     dist = tmp_path / "dist" / "real-tiny"
     assert (dist / "libs" / "real-tiny-q4f32_1-webgpu.wasm").is_file()
     assert read(dist / "provenance.json")["predicate"]["buildDefinition"][
@@ -145,7 +145,7 @@ def test_standin_dist_has_the_real_layout(standin, real_tiny: Path, tmp_path: Pa
         assert result.stage_digests[stage] == real_stages[stage]["output"], stage
 
     assert list_files(built) == list_files(real)
-    ours, theirs = hash_files(built, list_files(built)), hash_files(real, list_files(real))
+    ours, theirs = digests(built), digests(real)
     different = sorted(n for n in ours if ours[n] != theirs[n])
     assert set(different) <= DERIVED | {n for n in ours if n.endswith(".wasm")}
     assert {"mlc-chat-config.json", "tokenizer.json", "tokenizer_config.json"}.isdisjoint(

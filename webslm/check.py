@@ -372,7 +372,7 @@ def read_prompts(path: Path | None) -> tuple[str, ...]:
 def checked_dist(dist: Path) -> tuple[ChatConfig, str]:
     """The dist's chat config and quantization, after checking every file the check reads."""
     if not dist.is_dir():
-        raise BadInput(f"{dist} is not a folder", "pass a dist folder made by `webslm build`")
+        raise BadInput(f"{dist} is not a folder", DIST_FIX)
     chat_config = read_chat_config(dist / CHAT_CONFIG_FILE, DIST_FIX)
     app_config = read_app_config(dist / APP_CONFIG_FILE, DIST_FIX)
     missing = [name for name in (TOKENIZER, WEIGHTS_MANIFEST) if not (dist / name).is_file()]
