@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from webslm.errors import BadInput
+from webslm.layout import WEIGHTS_MANIFEST
 
-NDARRAY_CACHE = "ndarray-cache.json"
 BF16_IN_F32 = "f32-to-bf16"
 QUANTIZED_WEIGHT = ".q_weight"
 QUANTIZED_SCALE = ".q_scale"
@@ -72,7 +72,7 @@ class ParamRecord:
 
 def read_ndarray_cache(dist: Path) -> tuple[ParamRecord, ...]:
     """The parameter records of a dist's ndarray-cache.json, in file order."""
-    path = dist / NDARRAY_CACHE
+    path = dist / WEIGHTS_MANIFEST
     try:
         cache = json.loads(path.read_text())
         return tuple(
