@@ -43,7 +43,7 @@ from transformers import (
 from webslm.chatdata import TokenizedExample
 from webslm.checkout import checkout_path
 from webslm.finetune import Recipe, finetune, pick_precision
-from webslm.training import attention_for, build_trainer, load_base_model
+from webslm.training import attention_for, build_trainer, load_base_model, master_weight_dtype
 
 # The tiny byte-level BPE tokenizer, chat template and generation config of the real-tiny fixture
 # (a tiny random Qwen2's), beside the checkout as in CI.
@@ -57,7 +57,7 @@ QWEN25_05B = dict(  # Qwen/Qwen2.5-0.5B-Instruct config.json
 PLAIN = Recipe(micro_batch=2, padding_free=False, assistant_only_loss=False,
                gradient_checkpointing=False, precision="fp16", compile_layers="off")
 OURS = Recipe()
-LONG_RUN = dataclasses.replace(OURS, compile_layers="on")  # what Recipe() does on >= 60 steps
+LONG_RUN = dataclasses.replace(OURS, compile_layers="on")  # Recipe() on >= COMPILE_MIN_STEPS steps
 VARIANTS = {  # Liger patches transformers' RoPE module-wide: the variants with it run last
     "plain": PLAIN,
     "eager": dataclasses.replace(OURS, compile_layers="off"),  # the recipe before issue 16
@@ -176,7 +176,6 @@ def run_variant(name: str, recipe: Recipe, examples: list[TokenizedExample], ste
     if cuda:
         torch.cuda.set_device(device)
         torch.cuda.reset_peak_memory_stats()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     if recipe.bits == 4:  # quantized on load: through a saved copy, as `webslm finetune` loads
         saved = out / "base-4bit-source"
         if not saved.is_dir():
@@ -185,7 +184,7 @@ def run_variant(name: str, recipe: Recipe, examples: list[TokenizedExample], ste
         model = load_base_model(saved, precision, recipe)
     else:
         with torch.device(device):
-            model = AutoModelForCausalLM.from_config(config, dtype=dtype,
+            model = AutoModelForCausalLM.from_config(config, dtype=master_weight_dtype(precision),
                                                      attn_implementation=attention_for(recipe))
     timer = StepTimer(warmup, profile)
     trainer = build_trainer(model, pad_tokenizer(), examples, recipe, out / name,

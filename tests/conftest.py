@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import http.server
 import importlib.util
 import os
@@ -27,6 +26,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from browser.harness import Browser, browser_missing
 from standin.image import ensure_standin_image, standin_toolchain
 from tinymodels import make_tiny_model
+
+from webslm.files import sha256_bytes
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REAL_TINY = REPO_ROOT.parent / "shared" / "fixtures" / "real-tiny"  # real MLC-LLM output
@@ -169,7 +170,7 @@ def write_hub_repo(cache: Path, repo_id: str, files: dict[str, bytes], commit: s
     snapshot = repo / "snapshots" / commit
     snapshot.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():
-        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob = repo / "blobs" / sha256_bytes(data)
         blob.write_bytes(data)
         link = snapshot / name
         link.parent.mkdir(parents=True, exist_ok=True)

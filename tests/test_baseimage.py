@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from webslm.baseimage import BaseRecipe, mmdebstrap_command, write_docker_archive
+from webslm.baseimage import (
+    BaseRecipe,
+    base_archive_path,
+    mmdebstrap_command,
+    write_docker_archive,
+)
+from webslm.cache import default_cache_dir
+from webslm.toolchain import load_lock
 
 
 def small_rootfs(path: Path, content: bytes) -> Path:
@@ -61,10 +68,6 @@ def test_the_base_image_is_tagged_by_its_recipe_and_kept_as_one_archive(
         docker_engine, debian_base_image, live_base) -> None:
     """The live-mirror base used here and the product's snapshot base share one code path and
     differ in tag; the loaded image is the kept docker-archive (the file Nix starts from)."""
-    from webslm.baseimage import base_archive_path
-    from webslm.cache import default_cache_dir
-    from webslm.toolchain import load_lock
-
     assert debian_base_image == live_base.tag != load_lock().base.tag
     archive = base_archive_path(live_base, default_cache_dir())
     with tarfile.open(archive) as tar:

@@ -17,6 +17,7 @@ from conftest import require
 from webslm import toolchain
 from webslm.baseimage import LIVE_MIRROR, mmdebstrap_command
 from webslm.cli import main
+from webslm.container import WORK_DIR
 from webslm.errors import BadInput, MissingEnvironment
 from webslm.toolchain import build, refresh
 from webslm.toolchain import lock as lock_module
@@ -354,7 +355,7 @@ def test_the_build_pins_on_first_use_then_builds_the_image_of_the_pinned_lock(
         ("build", f"{tag} {kw['target']} {args['TOOLCHAIN_ID']}")))
     calls: list[str] = []
     result = build.ensure_toolchain_image(docker_dir=docker_dir, log=io.StringIO(),
-                                              resolve_crates=standin_crates_resolver(calls))
+                                          resolve_crates=standin_crates_resolver(calls))
     pinned = toolchain.toolchain_id(docker_dir)
     assert result.id == pinned and len(calls) == 1
     assert steps == [("base", toolchain.load_lock(docker_dir).base.tag),
@@ -514,8 +515,6 @@ def test_the_image_ships_a_frozen_prebuilt_emscripten_cache() -> None:
     """EM_CACHE lives in the image (not in the stage's /tmp work area), is filled at image build
     time by a link with compile's own flags, and is frozen after that, so stages never rebuild
     libc/libc++ and never write the cache."""
-    from webslm.container import WORK_DIR
-
     final = _final_stage((REPO / "docker" / "Dockerfile").read_text())
     cache = re.search(r"EM_CACHE=(\S+)", final)
     assert cache is not None

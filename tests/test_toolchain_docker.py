@@ -14,7 +14,9 @@ from __future__ import annotations
 import pytest
 
 from webslm import toolchain
-from webslm.toolchain import build
+from webslm.container import OUT_MOUNT, WORK_DIR, ContainerRun, Engine
+from webslm.errors import StageFailed
+from webslm.toolchain import Toolchain, build
 
 pytestmark = pytest.mark.docker
 
@@ -30,8 +32,7 @@ def live_versions(docker_engine, live_base) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def base_stage(docker_engine, live_base, live_versions: dict[str, str]) -> str:
-    return build.ensure_stage(docker_engine, "base", base=live_base,
-                                  apt_packages=live_versions)
+    return build.ensure_stage(docker_engine, "base", base=live_base, apt_packages=live_versions)
 
 
 def _run(client, image: str, script: str, **options) -> str:
@@ -108,10 +109,6 @@ def test_stage_containers_cannot_write_the_image(docker_engine, debian_base_imag
                                                  tmp_path) -> None:
     """The pipeline's container set-up (webslm.container.Engine) runs a stage with the image
     read-only, emscripten's frozen cache included: only /out and the work area are writable."""
-    from webslm.container import OUT_MOUNT, WORK_DIR, ContainerRun, Engine
-    from webslm.errors import StageFailed
-    from webslm.toolchain import Toolchain
-
     image = Toolchain(id="0" * 64, image=debian_base_image, lock_digest="0" * 64,
                       webllm_version="0.2.79", env={"EM_CACHE": "/opt/emscripten-cache"},
                       seccomp_profile=None)

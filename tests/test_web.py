@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from browser.fakedist import add_weight_digests
-from conftest import REPO_ROOT, require, writable_copy
+from conftest import REAL_TINY, REPO_ROOT, require, writable_copy
 
 from webslm import webllm
 from webslm.files import sha256_file
@@ -117,7 +117,7 @@ def test_the_build_refuses_a_webllm_that_differs_from_the_lock(tmp_path: Path,
 def test_weight_digests_added_to_a_real_dist_match_its_files(tmp_path: Path) -> None:
     """The real-tiny fixture's AppConfig predates `webslm.weights`; the helper that adds them
     (for browser tests that load a copy of it) takes the build's own digests from provenance."""
-    fixture = REPO_ROOT.parent / "shared" / "fixtures" / "real-tiny" / "dist-q4f32_1"
+    fixture = REAL_TINY / "dist-q4f32_1"
     require(fixture.is_dir(), f"the real-tiny fixture is missing ({fixture})")
     dist = writable_copy(fixture, tmp_path / "qwen2-tiny")
     add_weight_digests(dist)

@@ -7,17 +7,13 @@ tests (test_web_browser.py, test_web_chat.py), these load the real wasm and weig
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from browser.fakedist import add_weight_digests
 from browser.harness import Browser, Page, open_app, running_server
 from conftest import REAL_TINY, require, writable_copy
 
-from webslm.files import canonical_json, sha256_file
-from webslm.layout import APP_CONFIG_FILE, weight_files
-from webslm.provenance import sri
 from webslm.serve import Site, ensure_web_bundle, find_models
 
 pytestmark = pytest.mark.browser
@@ -36,25 +32,12 @@ RECORD_STREAM = """(() => { window.seen = [];
     })()"""
 
 
-def with_weight_digests(dist: Path) -> Path:
-    """The fixture predates `webslm.weights` in the AppConfig (the app now checks every shard);
-    add the digests of the real shards exactly as the current build records them."""
-    path = dist / APP_CONFIG_FILE
-    config = json.loads(path.read_text())
-    weights = {name: sri(sha256_file(dist / name))
-               for name in weight_files(p.name for p in dist.iterdir())}
-    for record in config["model_list"]:
-        record["webslm"].setdefault("weights", weights)
-    path.write_text(canonical_json(config))
-    return dist
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, list[str]]]:
     require(REAL_TINY.is_dir(), f"the real-tiny fixture is missing at {REAL_TINY}")
     dist = tmp_path_factory.mktemp("real") / "dist"
     for folder, served in (("dist-q4f32_1", "qwen2-tiny"), ("dist-q4f16_1", "qwen2-tiny-f16")):
-        with_weight_digests(writable_copy(REAL_TINY / folder, dist / served))
+        add_weight_digests(writable_copy(REAL_TINY / folder, dist / served))
     with running_server(Site(web=ensure_web_bundle(), models=find_models([dist]))) as served:
         yield served
 

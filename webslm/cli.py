@@ -23,7 +23,7 @@ from types import FrameType
 from webslm import bench, finetune, pipeline, publish, serve, verify
 from webslm.errors import BadInput, MissingEnvironment, Terminated, WebslmError
 from webslm.files import canonical_json
-from webslm.finetune import Recipe
+from webslm.finetune import COMPILE_CHOICES, Recipe
 from webslm.normalize import normalize_path
 from webslm.spec import resolve_spec
 from webslm.verify import DOWNLOAD_TIMEOUT_S, MAX_DOWNLOAD_MIB
@@ -259,17 +259,17 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--data", required=True, action="append", help="chat JSONL file")
     finetune.add_argument("--base", default="Qwen/Qwen2.5-0.5B-Instruct")
     finetune.add_argument("--out", default="finetuned")
-    finetune.add_argument("--epochs", type=float, default=3.0)
-    finetune.add_argument("--lr", type=float, default=2e-4)
-    finetune.add_argument("--lora-r", type=int, default=16)
-    finetune.add_argument("--lora-alpha", type=int, default=32)
-    finetune.add_argument("--max-seq-len", type=int, default=1024)
-    finetune.add_argument("--bits", type=int, choices=[16, 4], default=16)
-    finetune.add_argument("--seed", type=int, default=0)
+    finetune.add_argument("--epochs", type=float, default=Recipe.epochs)
+    finetune.add_argument("--lr", type=float, default=Recipe.learning_rate)
+    finetune.add_argument("--lora-r", type=int, default=Recipe.lora_r)
+    finetune.add_argument("--lora-alpha", type=int, default=Recipe.lora_alpha)
+    finetune.add_argument("--max-seq-len", type=int, default=Recipe.max_seq_len)
+    finetune.add_argument("--bits", type=int, choices=[16, 4], default=Recipe.bits)
+    finetune.add_argument("--seed", type=int, default=Recipe.seed)
     finetune.add_argument("--gpus", type=int, default=1)
-    finetune.add_argument("--global-batch", type=int, default=16,
+    finetune.add_argument("--global-batch", type=int, default=Recipe.global_batch,
                           help="conversations per optimizer step, over all GPUs")
-    finetune.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+    finetune.add_argument("--compile", choices=COMPILE_CHOICES, default=Recipe.compile_layers,
                           help="torch.compile the decoder layers (auto: on a GPU, long runs)")
     finetune.add_argument("--push", metavar="REPO")
 

@@ -90,15 +90,19 @@ def docker_client() -> Any:
     return client
 
 
-def image_exists(client: Any, ref: str) -> bool:
-    """Whether the engine has an image; its other errors propagate."""
+def image_id(client: Any, ref: str) -> str | None:
+    """The ID of an image in the engine, None when it has none; its other errors propagate."""
     import docker.errors  # the SDK loads with the engine, never for commands that need none
 
     try:
-        client.images.get(ref)
+        return str(client.images.get(ref).id)
     except docker.errors.ImageNotFound:
-        return False
-    return True
+        return None
+
+
+def image_exists(client: Any, ref: str) -> bool:
+    """Whether the engine has an image; its other errors propagate."""
+    return image_id(client, ref) is not None
 
 
 class StageStopped(Exception):
@@ -127,15 +131,14 @@ class Engine:
         self.cpus, self.memory = cpus, memory
         self.client = docker_client()
         try:
-            if not image_exists(self.client, toolchain.image):
-                raise MissingEnvironment(f"toolchain image {toolchain.image} is not in the local "
-                                         "Docker engine", "run: invoke toolchain")
-            self.image_digest = str(self.client.images.get(toolchain.image).id)
-        except MissingEnvironment:
-            raise
+            image = image_id(self.client, toolchain.image)
         except Exception as error:  # the engine's errors, from a module loaded only with it
             raise MissingEnvironment(f"the Docker engine failed to inspect {toolchain.image}: "
                                      f"{error}", "check `docker info`") from error
+        if image is None:
+            raise MissingEnvironment(f"toolchain image {toolchain.image} is not in the local "
+                                     "Docker engine", "run: invoke toolchain")
+        self.image_digest = image
         self.seccomp = (toolchain.seccomp_profile.read_text(encoding="utf-8")
                         if toolchain.seccomp_profile is not None else None)
         self.lock = threading.Lock()

@@ -14,9 +14,15 @@ import random
 from pathlib import Path
 from typing import Any
 
-from webslm.files import canonical_json, sha256_file
-from webslm.layout import APP_CONFIG_FILE, PROVENANCE_FILE, library_name, weight_files
-from webslm.provenance import sri
+from webslm.files import canonical_json
+from webslm.layout import (
+    APP_CONFIG_FILE,
+    CHAT_CONFIG_FILE,
+    PROVENANCE_FILE,
+    library_path,
+    weight_files,
+)
+from webslm.provenance import hash_files, list_files, load_provenance, sri
 from webslm.toolchain import load_lock
 from webslm.webllm import (
     DEFAULT_BASE_URL,
@@ -66,19 +72,18 @@ def make_fake_dist(out: Path, name: str, quantization: str = "q4f32_1", *,
                          "num_hidden_layers": 2, "num_key_value_heads": 2},
         "conv_template": {"name": "chatml", "system_message": system_prompt or ""},
     }
-    write(folder / "mlc-chat-config.json", canonical_json(chat_config))
+    write(folder / CHAT_CONFIG_FILE, canonical_json(chat_config))
     write(folder / "tokenizer.json", json.dumps({"version": "1.0", "model": {"vocab": {}}}))
     write(folder / "tokenizer_config.json", json.dumps({"model_max_length": 512}))
-    write(folder / "libs" / library_name(model_id), EMPTY_WASM_MODULE)
+    write(folder / library_path(model_id), EMPTY_WASM_MODULE)
+    digests = hash_files(folder, list_files(folder))
     facts = PackageFacts(
         name=name, model_id=model_id, quantization=quantization, f16="f16" in quantization,
         chat_config=ChatConfig.from_json(chat_config),
-        chat_config_digest=sha256_file(folder / "mlc-chat-config.json"),
-        library_digest=sha256_file(folder / "libs" / library_name(model_id)),
-        tokenizer_digests={n: sha256_file(folder / n)
-                           for n in ("tokenizer.json", "tokenizer_config.json")},
-        weight_digests={n: sha256_file(folder / n)
-                        for n in weight_files(["ndarray-cache.json", *names])},
+        chat_config_digest=digests[CHAT_CONFIG_FILE],
+        library_digest=digests[library_path(model_id)],
+        tokenizer_digests={n: digests[n] for n in ("tokenizer.json", "tokenizer_config.json")},
+        weight_digests={n: digests[n] for n in weight_files(digests)},
         weight_bytes=shards * shard_bytes,
         webllm_version=webllm_version or load_lock().webllm_version,
         toolchain_id=TOOLCHAIN_ID, system_prompt=system_prompt, finetune=finetune)
@@ -87,17 +92,17 @@ def make_fake_dist(out: Path, name: str, quantization: str = "q4f32_1", *,
     return folder
 
 
-def add_weight_digests(folder: Path) -> None:
-    """Record `webslm.weights` in a dist folder built before webslm recorded them.
+def add_weight_digests(folder: Path) -> Path:
+    """Record `webslm.weights` in a dist folder built before webslm recorded them; returns it.
 
     For copies of the real-tiny fixture (/work/shared/fixtures/real-tiny), whose AppConfig
     predates the weights check: the digests come from its provenance.json subjects, the sha256
     the build computed of every file, so the record ends as a current build writes it.
     """
-    subjects = json.loads((folder / PROVENANCE_FILE).read_text())["subject"]
-    digests = {s["name"]: s["digest"]["sha256"] for s in subjects}
+    digests = load_provenance(folder / PROVENANCE_FILE).subjects
     config_path = folder / APP_CONFIG_FILE
     config = json.loads(config_path.read_text())
     for record in config["model_list"]:
         record["webslm"]["weights"] = {n: sri(digests[n]) for n in weight_files(digests)}
     config_path.write_text(canonical_json(config))
+    return folder

@@ -1,8 +1,8 @@
-// A TEST STAND-IN for the engine inside web-llm's Web Worker: web-llm 0.2.79's own
-// WebWorkerMLCEngineHandler (the real worker protocol the page talks to) with its MLCEngine
-// swapped for a scripted one, because no model can generate on this machine's SwiftShader adapter.
-// The page, its checks and web-llm's worker client all run for real; only token generation is
-// scripted. Replies depend on the last question:
+// A TEST STAND-IN for the engine inside web-llm's Web Worker: the app's own worker
+// (web/src/worker.js: web-llm 0.2.79's WebWorkerMLCEngineHandler, the real worker protocol the
+// page talks to) with its MLCEngine swapped for a scripted one, because no model can generate on
+// this machine's SwiftShader adapter. The page, its checks and web-llm's worker client all run for
+// real; only token generation is scripted. Replies depend on the last question:
 //   "markdown" -> Markdown with a list, emphasis, a code block and HTML that must be sanitized
 //   "long"     -> 80 numbered lines, slowly, to test following the stream
 //   "slow"     -> a few tokens 600 ms apart (time for a test to act while it streams)
@@ -10,7 +10,7 @@
 //   otherwise  -> "You asked: <question> (turn N)."
 // Model ids containing "broken" fail to load with a raw TypeError, as a crashing engine would.
 // Every request is logged to the console as "scripted-engine request <JSON>".
-import { WebWorkerMLCEngineHandler } from "@mlc-ai/web-llm";
+import { handler } from "../../web/src/worker.js";
 
 const MARKDOWN = [
   "Here is a **plan** with *emphasis*:\n\n",
@@ -80,6 +80,4 @@ class ScriptedEngine {
   async getGPUVendor() { return "scripted"; }
 }
 
-const handler = new WebWorkerMLCEngineHandler();
 handler.engine = new ScriptedEngine((message) => handler.postMessage(message));
-self.onmessage = (message) => handler.onmessage(message);

@@ -7,14 +7,8 @@ import { CreateWebWorkerMLCEngine } from "@mlc-ai/web-llm";
 
 import { featureProblem, probeWebGPU, versionProblem } from "./guards.js";
 import { floatsToBase64, takeRecording } from "./logits.js";
-import { loadCatalog, pageOptions } from "./models.js";
+import { fetchJson, loadCatalog, pageOptions } from "./models.js";
 import { BUILT_WEBLLM_VERSION } from "./version.js";
-
-async function fetchJson(url) {
-  const response = await fetch(url, { cache: "no-cache" });
-  if (!response.ok) throw new Error(`HTTP ${response.status}`);
-  return await response.json();
-}
 
 /** Greedy, unpenalized, exactly maxTokens long: the browser's own choice at every step. */
 function greedyRequest(prompt, maxTokens) {

@@ -2,6 +2,8 @@
 // "TypeError: Cannot read properties of undefined" or "Failed to fetch"; the page shows a sentence
 // that says which step failed and what to try, and keeps the raw message as a technical detail.
 
+const GPU_TROUBLE = /out of memory|OOM|device (was )?lost|GPUDevice|DeviceLost|createBuffer/i;
+
 const CAUSES = [
   {
     test: /QuotaExceeded|quota/i,
@@ -9,7 +11,7 @@ const CAUSES = [
       "data, then press Retry.",
   },
   {
-    test: /out of memory|OOM|device (was )?lost|GPUDevice|DeviceLost|createBuffer/i,
+    test: GPU_TROUBLE,
     words: "the GPU ran out of memory or stopped responding. Close other tabs that use the GPU or pick a " +
       "smaller model, then press Retry.",
   },
@@ -53,8 +55,7 @@ export function describeLoadFailure(modelId, error, step) {
 /** {summary, detail} for an answer that failed part-way. */
 export function describeAnswerFailure(error) {
   const detail = rawMessage(error);
-  const gpu = CAUSES[1].test.test(detail);
-  const summary = gpu
+  const summary = GPU_TROUBLE.test(detail)
     ? "No answer: the GPU ran out of memory or stopped responding. Start a new chat or reload the model."
     : "No answer: the model stopped with an error. Ask again; if it keeps failing, reload the page.";
   return { summary, detail };

@@ -13,7 +13,7 @@ import { featureProblem, NO_WEBGPU, probeWebGPU, versionProblem } from "./guards
 import { browserStore, integrityRefusal, verifyRecord, verifyShards, WEIGHTS_MANIFEST } from "./integrity.js";
 import { renderMarkdown } from "./markdown.js";
 import {
-  describeRecord, downloadBytes, formatMB, loadCatalog, pageOptions, samplingOf, systemPromptOf,
+  describeRecord, downloadBytes, fetchJson, formatMB, loadCatalog, pageOptions, samplingOf, systemPromptOf,
 } from "./models.js";
 import { BUILT_WEBLLM_VERSION } from "./version.js";
 
@@ -39,12 +39,6 @@ const ui = {
 };
 
 const app = { gpu: null, entries: [], panes: [], sizes: new Map(), generating: false, shown: { a: "", b: "", compare: false } };
-
-async function fetchJson(url) {
-  const response = await fetch(url, { cache: "no-cache" });
-  if (!response.ok) throw new Error(`HTTP ${response.status}`);
-  return await response.json();
-}
 
 function showNotice(lines) {
   ui.notice.hidden = lines.length === 0;
@@ -102,7 +96,10 @@ class Pane {
     updateControls();
   }
 
-  fail(summary, detail) {
+  /** Shows, in words, why the load failed at `step` (see describeLoadFailure), the raw error below. */
+  failLoad(error, step) {
+    const { summary, detail } = describeLoadFailure(this.record.model_id, error, step);
+    this.progress.hidden = true;
     this.setState("error", summary);
     this.failure.hidden = false;
     this.el.querySelector(".failure-detail").textContent = detail;
@@ -117,8 +114,7 @@ class Pane {
     try {
       checked = await verifyRecord(this.record, store);
     } catch (error) {
-      const failure = describeLoadFailure(this.record.model_id, error, "check");
-      this.fail(failure.summary, failure.detail);
+      this.failLoad(error, "check");
       return;
     }
     if (checked.failures.length) {
@@ -132,9 +128,7 @@ class Pane {
     try {
       weights = await verifyShards(this.record, manifest, store, (p) => this.showWeightProgress(p));
     } catch (error) {
-      this.progress.hidden = true;
-      const failure = describeLoadFailure(this.record.model_id, error, "check");
-      this.fail(failure.summary, failure.detail);
+      this.failLoad(error, "check");
       return;
     }
     if (weights.failures.length) {
@@ -161,9 +155,7 @@ class Pane {
     } catch (error) {
       this.worker.terminate();
       this.worker = null;
-      this.progress.hidden = true;
-      const failure = describeLoadFailure(this.record.model_id, error, step);
-      this.fail(failure.summary, failure.detail);
+      this.failLoad(error, step);
       return;
     }
     this.progress.hidden = true;

@@ -44,6 +44,13 @@ export function relocateRecord(record, configUrl) {
   return { ...record, model: folder, model_lib: relocatedLib };
 }
 
+/** The JSON at url, revalidated with the server (a rebuilt dist keeps its URLs); throws on HTTP errors. */
+export async function fetchJson(url) {
+  const response = await fetch(url, { cache: "no-cache" });
+  if (!response.ok) throw new Error(`HTTP ${response.status}`);
+  return await response.json();
+}
+
 /**
  * {entries: [{record, configUrl}], problems: [message]} from the page options.
  * `fetchJson(url)` returns parsed JSON or throws; one broken source does not hide the others.

@@ -38,4 +38,6 @@ test("a failed answer says so in words", () => {
   const { summary, detail } = describeAnswerFailure(new TypeError("Cannot read properties of undefined"));
   assert.match(summary, /^No answer: the model stopped with an error/);
   assert.equal(detail, "TypeError: Cannot read properties of undefined");
+  const lost = describeAnswerFailure(new Error("Device was lost: out of memory"));
+  assert.match(lost.summary, /^No answer: the GPU ran out of memory or stopped responding/);
 });

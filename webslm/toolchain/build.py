@@ -203,11 +203,7 @@ def vendor_crates_in_image(client: Any, lock: ToolchainLock, docker_dir: Path,
                            log: Any) -> VendoredCrates:
     """Build the Dockerfile's `crates` stage (cargo generates the Cargo.lock from crates.io and
     vendors it) and read back the Cargo.lock and the vendored tree's digest."""
-    identifier = toolchain_id(docker_dir)
-    args = build_args(lock, identifier)
-    tag = stage_tag(identifier, "crates", args)
-    if not image_exists(client, tag):
-        build_image(client, tag, args, target="crates", docker_dir=docker_dir, log=log)
+    tag = ensure_stage(client, "crates", base=lock.base, docker_dir=docker_dir, log=log)
 
     def read(path: str) -> str:
         return client.containers.run(tag, ["cat", path], remove=True,
@@ -318,8 +314,7 @@ def toolchain_command(action: str = "build", pull: str | None = None, push: str 
                       allow_unpinned: bool = False) -> int:
     """`webslm toolchain [build|id|check|refresh-lock]`; returns the exit code."""
     if action == "id":
-        load_lock()
-        sys.stdout.write(toolchain_id() + "\n")
+        sys.stdout.write(toolchain_id() + "\n")  # it validates the lock first
         return 0
     if action == "check":
         sys.stdout.write(check_report())

@@ -33,7 +33,7 @@ Resolver = Any  # Callable[[dict], str | list[str]]: raises on failure, keeps th
 
 
 def open_url(url: str, headers: Mapping[str, str] | None = None, method: str = "GET",
-           timeout: float = 60) -> Any:
+             timeout: float = 60) -> Any:
     """GET or HEAD a URL the resolvers built from the lock's pins (never a user's input)."""
     request = urllib.request.Request(url, headers=dict(headers or {}), method=method)  # noqa: S310
     return urllib.request.urlopen(request, timeout=timeout)  # noqa: S310
@@ -47,7 +47,7 @@ def _git(*argv: str, cwd: Path | None = None) -> str:
     return result.stdout
 
 
-def _shallowopen_url(repo: str, commit: str, folder: Path, *options: str) -> None:
+def _shallow_fetch(repo: str, commit: str, folder: Path, *options: str) -> None:
     """Fetch one commit into a new folder; no folder is left behind when the fetch fails."""
     folder.mkdir(parents=True)
     try:
@@ -77,7 +77,7 @@ def resolve_gitlink(repo: str, commit: str, path: str, scratch: Path) -> str:
     """The commit a parent repository's tree records for the submodule at `path`."""
     folder = scratch / hashlib.sha256(f"{repo}@{commit}".encode()).hexdigest()[:16]
     if not folder.exists():
-        _shallowopen_url(repo, commit, folder, "--filter=blob:none")
+        _shallow_fetch(repo, commit, folder, "--filter=blob:none")
     mode, kind, sha = _git("ls-tree", commit, path, cwd=folder).split("\t")[0].split()
     if kind != "commit":
         raise RuntimeError(f"{path} is not a submodule at {commit[:12]} ({mode} {kind})")
@@ -113,7 +113,7 @@ def wheel_fits(filename: str) -> bool:
 def resolve_pypi_hashes(index_url: str, name: str, version: str) -> list[str]:
     """sha256 of every fitting wheel of name==version, from the index's JSON simple API."""
     page = open_url(f"{index_url.rstrip('/')}/{name}/",
-                  {"Accept": "application/vnd.pypi.simple.v1+json"})
+                    {"Accept": "application/vnd.pypi.simple.v1+json"})
     wanted = (re.sub(r"[-_.]+", "_", name).lower(), version)
     hashes = sorted(f["hashes"]["sha256"] for f in json.load(page)["files"]
                     if (_wheel_parts(f["filename"]) or ("",) * 5)[:2] == wanted
