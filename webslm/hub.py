@@ -19,6 +19,7 @@ from typing import Any, BinaryIO
 from webslm.errors import BadInput, MissingEnvironment
 from webslm.hubapi import download_snapshot
 from webslm.normalize import load_config
+from webslm.safetensors_index import INDEX_FILE
 from webslm.spec import AUTO, BuildSpec, mlc_model_type
 
 CONFIG_FILES = ("config.json", "generation_config.json", "webslm.json")
@@ -26,8 +27,9 @@ TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json", "merges.txt",
     "added_tokens.json", "special_tokens_map.json", "chat_template.jinja",
 )
-SAFETENSORS_PATTERNS = ("*.safetensors", "model.safetensors.index.json")
-PICKLE_PATTERNS = ("pytorch_model*.bin", "pytorch_model.bin.index.json")
+SAFETENSORS_PATTERNS = ("*.safetensors", INDEX_FILE)
+PICKLE_INDEX_FILE = "pytorch_model.bin.index.json"
+PICKLE_PATTERNS = ("pytorch_model*.bin", PICKLE_INDEX_FILE)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
 # safetensors dtypes MLC-LLM v0.19.0's loader converts (numpy-backed; no F64/complex/FP8).
@@ -116,25 +118,30 @@ def read_weight_map(index: Path) -> dict[str, str]:
 
 
 def _weight_files(folder: Path, names: list[str], allow_pickle: bool) -> list[str]:
+    """The weight files a build reads, each opened once here (an unreadable one is exit 3)."""
     safetensors = [n for n in names if n.endswith(".safetensors")]
     pickles = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
     if safetensors:
         for name in safetensors:
             check_safetensors_header(folder / name)
-        index = folder / "model.safetensors.index.json"
+        index = folder / INDEX_FILE
         if index.is_file():
             shards = set(read_weight_map(index).values())
             missing = sorted(shards - set(names))
             if missing:
                 raise BadInput(f"{folder} lacks safetensors shards {', '.join(missing)}",
                                "re-download the model")
-        return safetensors + (["model.safetensors.index.json"] if index.is_file() else [])
+        return safetensors + ([INDEX_FILE] if index.is_file() else [])
     if pickles:
         if not allow_pickle:
             raise BadInput(f"{folder} has only pickle weights ({pickles[0]}), which can run code "
                            "when loaded", "convert them to safetensors, or pass --allow-pickle "
                            "for a model you trust")
-        return pickles + [n for n in names if n == "pytorch_model.bin.index.json"]
+        weights = pickles + [n for n in names if n == PICKLE_INDEX_FILE]
+        for name in weights:  # the safetensors files were opened above, for their headers
+            with readable(folder / name):
+                pass
+        return weights
     raise BadInput(f"{folder} has no weights (*.safetensors)", "point at a complete model folder")
 
 
@@ -156,9 +163,6 @@ def check_model_folder(folder: Path, *, allow_pickle: bool = False) -> tuple[str
         raise BadInput(f"{folder} has no tokenizer (tokenizer.json or tokenizer.model)",
                        "add the model's tokenizer files")
     weights = _weight_files(folder, names, allow_pickle)
-    for name in weights:
-        with readable(folder / name):
-            pass
     kept = [n for n in names if n in CONFIG_FILES or n in TOKENIZER_FILES]
     return model_type, tuple(sorted(set(kept + weights)))
 

@@ -66,7 +66,13 @@ from webslm.files import (
     check_replaceable,
     check_writable,
 )
-from webslm.hub import PICKLE_SUFFIXES, ResolvedModel, check_safetensors_header, resolve_model
+from webslm.hub import (
+    PICKLE_INDEX_FILE,
+    PICKLE_SUFFIXES,
+    ResolvedModel,
+    check_safetensors_header,
+    resolve_model,
+)
 from webslm.layout import (
     CHAT_CONFIG_FILE,
     PROVENANCE_FILE,
@@ -87,7 +93,7 @@ STAGES = ("resolve", "stage", "convert_weight", "gen_config", "compile", "packag
 MODEL_MOUNT = "/in/model"
 CONFIG_MOUNT = "/in/config"
 WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
-WEIGHT_INDEXES = (safetensors_index.INDEX_FILE, "pytorch_model.bin.index.json")
+WEIGHT_INDEXES = (safetensors_index.INDEX_FILE, PICKLE_INDEX_FILE)
 # The code the `stage` step runs on the model's files: a change to it is a change of stage key.
 STAGE_SOURCES = tuple(Path(__file__).with_name(name)
                       for name in ("normalize.py", "safetensors_index.py"))

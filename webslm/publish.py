@@ -38,13 +38,19 @@ from webslm.layout import (
     WEIGHTS_MANIFEST,
 )
 from webslm.provenance import Provenance, hash_files, list_files, load_provenance
-from webslm.webllm import SHADER_F16, AppConfig, ModelRecord, read_app_config, render_app_config
+from webslm.webllm import (
+    REBUILD,
+    SHADER_F16,
+    AppConfig,
+    ModelRecord,
+    read_app_config,
+    render_app_config,
+)
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 MODEL_CARD_FILE = "README.md"
 DRY_RUN_COMMIT = "<commit>"
 REPO_PART = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
-REBUILD = "rebuild with `invoke build`"
 
 
 # ---------------------------------------------------------------------------- the dist folder
@@ -82,7 +88,7 @@ def library_path(record: ModelRecord) -> str:
     model, lib = record.model, record.model_lib
     if not model.endswith("/") or not lib.startswith(model) or len(lib) == len(model):
         raise BadInput(f"model_lib {lib!r} does not lie inside the model folder {model!r}",
-                       "rebuild with `invoke build` (it writes libs/<model_id>-webgpu.wasm)")
+                       f"{REBUILD} (it writes libs/<model_id>-webgpu.wasm)")
     return lib[len(model):]
 
 
@@ -95,8 +101,7 @@ def check_app_config(app_config: AppConfig) -> ModelRecord:
     record = records[0]
     missing = [k for k in ("model", "model_id", "model_lib", "webslm") if k not in record.raw]
     if missing:
-        raise BadInput(f"{APP_CONFIG_FILE} lacks {', '.join(missing)}",
-                       "rebuild with `invoke build`")
+        raise BadInput(f"{APP_CONFIG_FILE} lacks {', '.join(missing)}", REBUILD)
     library_path(record)
     return record
 
@@ -123,23 +128,22 @@ def read_package(dist: Path) -> DistPackage:
     missing = sorted(set(expected) - present)
     if missing:
         raise BadInput(f"{dist} lacks {_listing(missing)} (listed in {PROVENANCE_FILE})",
-                       "rebuild with `invoke build`")
+                       REBUILD)
     extra = sorted(present - set(expected))
     if extra:
         raise BadInput(f"{dist} holds {_listing(extra)}, which the build did not produce",
-                       "remove them, or rebuild with `invoke build`")
+                       f"remove them, or {REBUILD}")
     needed = [CHAT_CONFIG_FILE, WEIGHTS_MANIFEST, library_path(record)]
     absent = [n for n in needed if n not in expected]
     if not any(n.startswith(SHARD_PREFIX) for n in expected):
         absent.append("params_shard_*.bin")
     if absent:
-        raise BadInput(f"{dist} lacks {_listing(absent)}, which WebLLM loads",
-                       "rebuild with `invoke build`")
+        raise BadInput(f"{dist} lacks {_listing(absent)}, which WebLLM loads", REBUILD)
     actual = hash_files(dist, list(expected))
     changed = sorted(n for n, digest in expected.items() if actual[n] != digest)
     if changed:
         raise BadInput(f"{_listing(changed)} in {dist} changed since the build "
-                       f"(sha256 differs from {PROVENANCE_FILE})", "rebuild with `invoke build`")
+                       f"(sha256 differs from {PROVENANCE_FILE})", REBUILD)
     names = sorted([*expected, PROVENANCE_FILE])
     digests = {**actual, **hash_files(dist, [PROVENANCE_FILE])}
     files = tuple(PackageFile(n, (dist / n).stat().st_size, digests[n]) for n in names)
@@ -200,7 +204,7 @@ def card_facts(package: DistPackage) -> CardFacts:
                               ("webllm_version", webllm_version, webslm.webllm_version)):
         if theirs != ours:
             raise BadInput(f"{APP_CONFIG_FILE} says {key} {theirs!r} but "
-                           f"{PROVENANCE_FILE} says {ours!r}", "rebuild with `invoke build`")
+                           f"{PROVENANCE_FILE} says {ours!r}", REBUILD)
     model = provenance.model
     return CardFacts(
         model_id=str(record.model_id),

@@ -49,6 +49,12 @@ HEX40 = re.compile(r"^[0-9a-f]{40}$")
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
+def lock_digest(data: Mapping[str, Any]) -> str:
+    """sha256 of the canonical lock: formatting and key order do not change it (provenance
+    records it; verify looks for it in the lock's git history)."""
+    return sha256_bytes(canonical_json(data).encode())
+
+
 def is_placeholder(value: object) -> bool:
     return isinstance(value, str) and value.startswith(PLACEHOLDER_PREFIX)
 
@@ -113,8 +119,7 @@ class ToolchainLock:
 
     @property
     def digest(self) -> str:
-        """sha256 of the canonical lock: formatting and key order do not change it."""
-        return sha256_bytes(canonical_json(self.data).encode())
+        return lock_digest(self.data)
 
     def source(self, path: str) -> SourcePin:
         for pin in self.sources:

@@ -22,7 +22,7 @@ from webslm.errors import BadInput, MissingEnvironment
 from webslm.hubapi import CacheMiss, EntryMissing, download_file
 from webslm.layout import PROVENANCE_FILE
 
-HTTP_TIMEOUT_S = 60  # per read  # per read
+HTTP_TIMEOUT_S = 60  # per read
 COPY_CHUNK = 1 << 20
 DOWNLOAD_TIMEOUT_S = 3600.0  # per audit, all downloads together (audit --download-timeout)
 MAX_DOWNLOAD_MIB = 16 * 1024  # per file: larger than any model file (audit --max-download-mib)
@@ -153,9 +153,10 @@ def fetch_http(url: str, into: Path, limits: DownloadLimits | None = None) -> Fe
     target_dir = Path(tempfile.mkdtemp(prefix="fetch-", dir=into))
     name = Path(urllib.parse.urlparse(url).path).name or "download"
     target = target_dir / name
+    partial = target.with_suffix(target.suffix + ".part")
     try:
         with urllib.request.urlopen(url, timeout=limits.seconds_left(url)) as response:  # noqa: S310 - only is_url's schemes
-            with open(target.with_suffix(target.suffix + ".part"), "wb") as handle:
+            with open(partial, "wb") as handle:
                 _copy_limited(response, handle, url, limits)
     except urllib.error.HTTPError as error:
         if error.code in (403, 404, 410):
@@ -165,7 +166,7 @@ def fetch_http(url: str, into: Path, limits: DownloadLimits | None = None) -> Fe
             http.client.HTTPException) as error:
         raise MissingEnvironment(f"cannot download {url} ({getattr(error, 'reason', error)})",
                                  "check the network, or download it and pass the path") from error
-    os.replace(target.with_suffix(target.suffix + ".part"), target)
+    os.replace(partial, target)
     return Fetched(target, url, urllib.parse.urlparse(url).path.lstrip("/"))
 
 

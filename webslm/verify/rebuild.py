@@ -18,11 +18,7 @@ from webslm import checkout
 from webslm.cache import default_cache_dir
 from webslm.container import Variation
 from webslm.errors import BadInput
-from webslm.files import (
-    canonical_json,
-    sha256_bytes,
-    sha256_file,
-)
+from webslm.files import sha256_file
 from webslm.hub import resolve_model
 from webslm.pipeline import STAGES, BuildOptions, BuildResult, build_model
 from webslm.provenance import (
@@ -33,6 +29,7 @@ from webslm.provenance import (
 )
 from webslm.spec import BuildSpec
 from webslm.toolchain import Toolchain, chosen_or_current
+from webslm.toolchain.lock import lock_digest
 from webslm.verify.diff import (
     PACKAGE_STAGE,
     Check,
@@ -55,11 +52,12 @@ VERIFY_HOSTNAME = "webslm-verify"
 
 
 def lock_digest_of(text: bytes) -> str | None:
-    """A lock's digest as webslm.toolchain computes it (canonical JSON); None if not JSON."""
+    """A lock file's digest (webslm.toolchain.lock.lock_digest); None if it is not JSON."""
     try:
-        return sha256_bytes(canonical_json(json.loads(text)).encode())
+        data = json.loads(text)
     except (ValueError, UnicodeDecodeError):
         return None
+    return lock_digest(data)
 
 
 def lock_commits(lock_digest: str, repo: Path) -> list[str]:
