@@ -164,6 +164,8 @@ def test_conversations_persist_per_model_and_can_be_deleted(browser: Browser, se
              " s.dispatchEvent(new Event('change')); })()")
     assert js(page, "document.getElementById('confirm').open") is True
     page.click(selector="#confirm button[value=cancel]")
+    # the dialog's close event (which restores the choice) is a task queued after the click
+    page.wait_for("document.getElementById('model-a').value !== 'tiny-ft-q4f32_1'")
     assert js(page, "document.getElementById('model-a').value") == "tiny-q4f32_1"
     assert js(page, "document.querySelector('.pane').dataset.modelId") == "tiny-q4f32_1"
     js(page, "(() => { const c = document.getElementById('compare'); c.checked = true;"
