@@ -64,11 +64,11 @@ class Recipe:
     `micro_batch` conversations go through one forward pass per GPU, flattened into a single
     padding-free row (no pad tokens computed); gradients accumulate up to `global_batch`.
     `fused_kernels` trades speed for memory, not the maths: see `speed_up`.
-    `compile_layers` ("auto", "on", "off") compiles each decoder layer, LoRA included, with
-    `torch.compile`; with `gradient_checkpointing` the compiled layers keep `activation_budget`
-    of their activations and recompute the rest (the compiler picks the cheapest to recompute),
-    and with `cuda_graphs` each layer's forward and backward replay as CUDA graphs, recorded
-    once per padded row length: see `compile_decoder_layers`. "auto" compiles on a GPU when
+    `compile_layers` ("auto", "on", "off") compiles the decoder stack, LoRA included, with
+    `torch.compile`; with `gradient_checkpointing` it keeps `activation_budget` of the
+    activations and recomputes the rest (the compiler picks the cheapest to recompute), and
+    with `cuda_graphs` the forward and the backward replay as CUDA graphs, recorded once per
+    padded row length: see `training.compile_backbone`. "auto" compiles on a GPU when
     the run is long enough to repay the compile time. Neither changes the batch, the steps or
     the loss a user gets.
     """

@@ -7,9 +7,9 @@ CLI's start-up and `webslm data check`. finetune/train.py (one torchrun process)
 in bench/ train through `train_adapter` and `build_trainer` here, the code `webslm finetune` runs.
 
 Training is padding-free (a micro batch flattened into one row, attention kept within each
-conversation: `varlen_attention`) on assistant tokens only; long GPU runs compile each decoder
-layer (`compile_decoder_layers`). The merge writes fp16 weights and the base's tokenizer files
-byte for byte, normalized for MLC-LLM.
+conversation: `varlen_attention`) on assistant tokens only; long GPU runs compile the decoder
+stack and replay it as CUDA graphs (`compile_backbone`). The merge writes fp16 weights and the
+base's tokenizer files byte for byte, normalized for MLC-LLM.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from transformers import (
     set_seed,
 )
 from transformers.masking_utils import flash_attention_mask
-from transformers.modeling_layers import GradientCheckpointingLayer
 from trl import SFTConfig, SFTTrainer
 
 from webslm.chatdata import TokenizedExample, load_tokenizer
@@ -174,37 +173,31 @@ def speed_up(model: Any, recipe: Recipe, precision: str) -> tuple[str, ...]:
     return ("liger",)
 
 
-def decoder_layers(model: Any) -> list[Any]:
-    """The transformer blocks of a (PEFT-wrapped) transformers model, in order."""
-    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
-
-
-def compile_decoder_layers(model: Any, activation_budget: float, cuda_graphs: bool) -> int:
-    """Compile each decoder layer (LoRA inside it); return the count.
+def compile_backbone(model: Any, activation_budget: float, cuda_graphs: bool) -> Any:
+    """Compile the decoder stack (every layer, LoRA inside) as one graph; return the backbone.
 
     Why: a 0.5B model's step is bound by launching thousands of small kernels (norms, RoPE,
     SwiGLU, LoRA's rank-16 products and dropout), not by arithmetic. Inductor fuses the
-    elementwise ones, all layers share one compiled graph (shapes dynamic, so one compile
-    serves every row length), and with `cuda_graphs` each layer's forward and backward replay
-    as one CUDA graph each (`mode="reduce-overhead"`), recorded once per padded row length
-    (`BucketedRows`). Memory: instead of checkpointing whole layers, the compiler keeps
-    `activation_budget` of a layer's activations and recomputes the cheapest rest (1.0: keep
+    elementwise ones; with `cuda_graphs` the whole forward and the whole backward each replay
+    as one CUDA graph (`mode="reduce-overhead"`), recorded once per padded row length
+    (`BucketedRows`; shapes are dynamic, so one compile serves every length). One graph, not
+    one per layer: CUDA graph trees cannot replay a layer while earlier layers' backwards are
+    pending (measured: a crash). Memory: instead of checkpointing whole layers, the compiler
+    keeps `activation_budget` of the activations and recomputes the cheapest rest (1.0: keep
     all). The adapters take their input in the compute dtype (PEFT would cast it to the fp32
-    adapter weights' dtype first, and autocast back: the same bf16 product, twice the traffic).
-    Every layer's input requires grad (the embedding output too) so all share one graph.
-    The module tree, parameter names and saved adapter stay as they were.
+    adapter weights' dtype, and autocast back: the same bf16 product, twice the traffic).
+    The LM head and loss stay outside (TRL's fused head). Module tree, parameter names and the
+    saved adapter stay as they were.
     """
-    model.enable_input_require_grads()
     for module in model.modules():
         if hasattr(module, "cast_input_dtype_enabled"):  # PEFT's LoRA layers
             module.cast_input_dtype_enabled = False
     mode = "reduce-overhead" if cuda_graphs and COMPILE_BACKEND == "inductor" else None
     budget = torch._functorch.config.patch(activation_memory_budget=activation_budget)
-    layers = decoder_layers(model)
-    for layer in layers:
-        layer.forward = budget(torch.compile(layer.forward, backend=COMPILE_BACKEND,
-                                             mode=mode, dynamic=True))
-    return len(layers)
+    backbone = model.get_base_model().base_model
+    backbone.forward = budget(torch.compile(backbone.forward, backend=COMPILE_BACKEND,
+                                            mode=mode, dynamic=True))
+    return backbone
 
 
 @dataclass(frozen=True)
@@ -298,7 +291,7 @@ def build_trainer(model: Any, tokenizer: Any, examples: Sequence[TokenizedExampl
     )
     if compiled:
         budget = recipe.activation_budget if recipe.gradient_checkpointing else 1.0
-        compile_decoder_layers(trainer.model, budget, recipe.cuda_graphs)
+        compile_backbone(trainer.model, budget, recipe.cuda_graphs)
         if recipe.cuda_graphs and recipe.padding_free:
             trainer.data_collator = BucketedRows(trainer.data_collator, TOKEN_BUCKET, micro,
                                                  max(recipe.max_seq_len, TOKEN_BUCKET))
