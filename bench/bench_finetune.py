@@ -43,7 +43,13 @@ from transformers import (
 from webslm.chatdata import TokenizedExample
 from webslm.checkout import checkout_path
 from webslm.finetune import Recipe, batch_split, finetune, pick_precision
-from webslm.training import attention_for, build_trainer, load_base_model, master_weight_dtype
+from webslm.training import (
+    attention_for,
+    build_trainer,
+    decoder_layers,
+    load_base_model,
+    master_weight_dtype,
+)
 
 # The tiny byte-level BPE tokenizer, chat template and generation config of the real-tiny fixture
 # (a tiny random Qwen2's), beside the checkout as in CI.
@@ -62,18 +68,46 @@ VARIANTS = {  # Liger patches transformers' RoPE module-wide: the variants with 
     "plain": PLAIN,
     "eager": dataclasses.replace(OURS, compile_layers="off"),  # the recipe before issue 16
     "ours": LONG_RUN,
-    "ours-keep-all": dataclasses.replace(LONG_RUN, activation_budget=1.0),
-    "ours-budget0.3": dataclasses.replace(LONG_RUN, activation_budget=0.3),
-    "ours-budget0.1": dataclasses.replace(LONG_RUN, activation_budget=0.1),
-    "ours-no-graphs": dataclasses.replace(LONG_RUN, cuda_graphs=False),
-    "ours-no-dropout": dataclasses.replace(LONG_RUN, lora_dropout=0.0),
+    "ours-keep2": dataclasses.replace(LONG_RUN, keep_every=2),
+    "ours-no-ckpt": dataclasses.replace(LONG_RUN, gradient_checkpointing=False),
     "eager-no-ckpt": dataclasses.replace(OURS, compile_layers="off",
                                          gradient_checkpointing=False),
+    "ours-keep3": dataclasses.replace(LONG_RUN, keep_every=3),
+    "ours-keep4": dataclasses.replace(LONG_RUN, keep_every=4),
+    "ours-no-dropout": dataclasses.replace(LONG_RUN, lora_dropout=0.0),
     "qlora": dataclasses.replace(OURS, bits=4, compile_layers="off"),  # --bits 4, short run
-    "qlora-compiled": dataclasses.replace(LONG_RUN, bits=4, cuda_graphs=False),
+    "qlora-compiled": dataclasses.replace(LONG_RUN, bits=4),
     "ours-liger": dataclasses.replace(OURS, compile_layers="off", fused_kernels=True),
 }
-DEFAULT_VARIANTS = "plain,eager,ours,ours-keep-all,ours-budget0.3,ours-no-graphs"
+
+
+def bf16_adapter_input(trainer) -> None:
+    """Experiment: LoRA takes its input in bf16 (PEFT casts it to the fp32 adapter weights'
+    dtype first, and autocast casts it back for the product)."""
+    for module in trainer.model.modules():
+        if hasattr(module, "cast_input_dtype_enabled"):
+            module.cast_input_dtype_enabled = False
+
+
+def layers_within_budget(budget: float):
+    """Experiment: compile each layer with no checkpoint around it; the compiler's partitioner
+    keeps `budget` of the activations and recomputes the cheapest rest."""
+    def tweak(trainer) -> None:
+        bf16_adapter_input(trainer)
+        trainer.model.enable_input_require_grads()  # layer 0's input too: one graph for all
+        within = torch._functorch.config.patch(activation_memory_budget=budget)
+        for layer in decoder_layers(trainer.model):
+            layer.forward = within(torch.compile(layer.forward))
+    return tweak
+
+
+NO_CKPT_EAGER = dataclasses.replace(OURS, compile_layers="off", gradient_checkpointing=False)
+EXPERIMENTS = {  # name: (recipe the trainer is built with, change applied to it before training)
+    "ours-bf16-input": (LONG_RUN, bf16_adapter_input),
+    "layers-budget0.5": (NO_CKPT_EAGER, layers_within_budget(0.5)),
+    "layers-budget0.2": (NO_CKPT_EAGER, layers_within_budget(0.2)),
+}
+DEFAULT_VARIANTS = "plain,eager,ours,ours-keep2,ours-keep3,ours-no-ckpt"
 H100_BF16_PEAK = 989e12  # dense bf16, H100 SXM datasheet
 
 
@@ -191,7 +225,11 @@ class StepTimer(TrainerCallback):
 
 def run_variant(name: str, recipe: Recipe, examples: list[TokenizedExample], steps: int,
                 warmup: int, world_size: int, out: Path, model_config: dict,
-                profile: bool = False) -> dict:
+                profile: bool = False, tweak=None) -> dict:
+    # Each variant compiles afresh: dynamo caches compiled code per function, so a variant
+    # compiled with other settings (an activation budget) would otherwise run the graph an
+    # earlier variant compiled (seen on the H200: bench/raw/issue16/11-budget.*).
+    torch._dynamo.reset()
     cuda = torch.cuda.is_available()
     precision = pick_precision(recipe.precision if cuda else "auto", cuda,
                                cuda and torch.cuda.is_bf16_supported())
@@ -215,6 +253,8 @@ def run_variant(name: str, recipe: Recipe, examples: list[TokenizedExample], ste
     trainer = build_trainer(model, pad_tokenizer(), examples, recipe, out / name,
                             precision=precision, world_size=world_size,
                             max_steps=warmup + steps, callbacks=[timer])
+    if tweak is not None:
+        tweak(trainer)
     real_tokens = RealTokens(trainer.data_collator)
     trainer.data_collator = real_tokens
     trainer.train()
@@ -228,8 +268,7 @@ def run_variant(name: str, recipe: Recipe, examples: list[TokenizedExample], ste
         "global_batch": recipe.global_batch, "micro_batch": recipe.micro_batch,
         "padding_free": recipe.padding_free, "compile_layers": recipe.compile_layers,
         "gradient_checkpointing": recipe.gradient_checkpointing,
-        "activation_budget": recipe.activation_budget, "cuda_graphs": recipe.cuda_graphs,
-        "steps": steps,
+        "keep_every": recipe.keep_every, "steps": steps,
         "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
         "warmup_seconds": timer.start[0] - timer.began,
         "peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0,
@@ -378,12 +417,16 @@ def main() -> int:
               f"{assistant_share:.0%} of them assistant tokens")
     results = []
     for name in args.variants.split(","):
-        recipe = dataclasses.replace(VARIANTS[name], global_batch=args.global_batch,
-                                     micro_batch=min(VARIANTS[name].micro_batch,
+        recipe, tweak = EXPERIMENTS.get(name, (VARIANTS.get(name), None))
+        if recipe is None:
+            print(f"unknown variant {name}: choose from {', '.join([*VARIANTS, *EXPERIMENTS])}")
+            return 2
+        recipe = dataclasses.replace(recipe, global_batch=args.global_batch,
+                                     micro_batch=min(recipe.micro_batch,
                                                      args.global_batch // world_size))
         try:
             result = run_variant(name, recipe, examples, args.steps, args.warmup, world_size,
-                                 work, model_config, args.profile)
+                                 work, model_config, args.profile, tweak)
         except Exception as error:  # noqa: BLE001 - one broken variant must not hide the others
             print(f"variant {name} failed: {type(error).__name__}: {error}")
             if torch.cuda.is_available():
