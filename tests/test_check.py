@@ -117,6 +117,9 @@ def test_a_dist_without_its_files_is_bad_input(fixture_dists, tmp_path: Path, ca
     (dist / "tokenizer.json").unlink()
     assert main(["check", str(dist), "--model", str(REAL_TINY / "model")]) == 2
     assert "lacks tokenizer.json" in capsys.readouterr().err
+    (dist / "libs" / "qwen2-tiny-q4f32_1-webgpu.wasm").unlink()
+    assert main(["check", str(dist), "--model", str(REAL_TINY / "model")]) == 2
+    assert "lacks tokenizer.json, libs/qwen2-tiny-q4f32_1-webgpu.wasm" in capsys.readouterr().err
     assert main(["check", str(tmp_path / "nothing"), "--model", "x"]) == 2
 
 

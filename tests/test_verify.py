@@ -149,7 +149,8 @@ def test_the_first_differing_stage_follows_build_order() -> None:
 def test_app_config_integrity_is_checked_against_the_subjects() -> None:
     subjects = {"mlc-chat-config.json": A, "libs/m-webgpu.wasm": B, "tokenizer.json": C}
     record: dict[str, Any] = {
-        "model_id": "m", "model_lib": "https://x/m/resolve/main/libs/m-webgpu.wasm",
+        "model": "https://x/m/resolve/main/", "model_id": "m",
+        "model_lib": "https://x/m/resolve/main/libs/m-webgpu.wasm",
         "integrity": {"config": sri(A), "model_lib": sri(B),
                       "tokenizer": {"tokenizer.json": sri(C)}},
         "webslm": {"toolchain_id": A}}
@@ -160,6 +161,12 @@ def test_app_config_integrity_is_checked_against_the_subjects() -> None:
     failed = [c.name for c in diff.app_config_checks(forged, subjects, B) if not c.ok]
     assert failed == ["webllm-app-config.json m integrity.model_lib",
                       "webllm-app-config.json m toolchain_id"]
+    elsewhere = AppConfig.from_json({"model_list": [
+        {**record, "model_lib": "https://elsewhere/libs/m-webgpu.wasm"}]})
+    outside = [c for c in diff.app_config_checks(elsewhere, subjects, A) if not c.ok]
+    assert [c.name for c in outside] == ["webllm-app-config.json m integrity.model_lib"]
+    assert outside[0].detail.endswith(
+        "is not the provenance's digest of https://elsewhere/libs/m-webgpu.wasm")
 
 
 # ---------------------------------------------------------------------------- explaining
