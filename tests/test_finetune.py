@@ -21,6 +21,7 @@ from webslm.chatdata import load_tokenizer, read_chat_data, tokenize_all
 from webslm.cli import build_parser, main, recipe_from_args
 from webslm.errors import BadInput, StageFailed
 from webslm.finetune import (
+    BITS_CHOICES,
     COMPILE_MIN_STEPS,
     TRAIN_SCRIPT,
     Recipe,
@@ -188,6 +189,18 @@ def test_finetune_checks_data_first(tiny_qwen2: Path, tmp_path: Path,
                  "--out", str(tmp_path / "out")]) == 2
     assert f"{bad}:1: no assistant message" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_bits_choices_are_the_recipes(capsys: pytest.CaptureFixture) -> None:
+    for bits in BITS_CHOICES:
+        recipe = recipe_from_args(build_parser().parse_args(
+            ["finetune", "--data", "x", "--bits", str(bits)]))
+        assert recipe.bits == bits
+        check_recipe(recipe)
+    with pytest.raises(BadInput, match="--bits 8 is not supported"):
+        check_recipe(Recipe(bits=8))
+    assert main(["finetune", "--data", "x", "--bits", "8"]) == 2
+    assert "argument --bits: invalid choice: 8" in capsys.readouterr().err
 
 
 def test_qlora_without_bitsandbytes_or_gpu_is_refused(tiny_qwen2: Path, tmp_path: Path,

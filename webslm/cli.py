@@ -23,7 +23,7 @@ from types import FrameType
 from webslm import bench, finetune, pipeline, publish, serve, verify
 from webslm.errors import BadInput, MissingEnvironment, Terminated, WebslmError
 from webslm.files import canonical_json
-from webslm.finetune import COMPILE_CHOICES, Recipe
+from webslm.finetune import BITS_CHOICES, COMPILE_CHOICES, Recipe
 from webslm.normalize import normalize_path
 from webslm.spec import resolve_spec
 from webslm.verify import DOWNLOAD_TIMEOUT_S, MAX_DOWNLOAD_MIB
@@ -260,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--lora-r", type=int, default=Recipe.lora_r)
     finetune.add_argument("--lora-alpha", type=int, default=Recipe.lora_alpha)
     finetune.add_argument("--max-seq-len", type=int, default=Recipe.max_seq_len)
-    finetune.add_argument("--bits", type=int, choices=[16, 4], default=Recipe.bits)
+    finetune.add_argument("--bits", type=int, choices=BITS_CHOICES, default=Recipe.bits)
     finetune.add_argument("--seed", type=int, default=Recipe.seed)
     finetune.add_argument("--gpus", type=int, default=1)
     finetune.add_argument("--global-batch", type=int, default=Recipe.global_batch,

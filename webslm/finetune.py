@@ -51,6 +51,7 @@ METADATA_FILE = "webslm.json"
 PRECISIONS = ("bf16", "fp16", "fp32")
 PROBLEMS_SHOWN = 50  # data problems printed; the rest are counted
 COMPILE_CHOICES = ("auto", "on", "off")
+BITS_CHOICES = (16, 4)  # --bits: LoRA on the model's own weights, or QLoRA on 4-bit ones
 # Compiling the decoder layers costs ~60 s once per process and saves ~0.2 s per step of 16
 # conversations on an H200: "auto" compiles only for runs of at least this many optimizer steps
 # (bench/RESULTS.md, issue 16).
@@ -100,7 +101,7 @@ class Recipe:
 
 def check_recipe(recipe: Recipe) -> None:
     """Refuse settings that cannot train, before loading anything."""
-    if recipe.bits not in (16, 4):
+    if recipe.bits not in BITS_CHOICES:
         raise BadInput(f"--bits {recipe.bits} is not supported", "pass 16 (LoRA) or 4 (QLoRA)")
     for name in ("epochs", "learning_rate", "lora_r", "lora_alpha", "max_seq_len", "global_batch"):
         if getattr(recipe, name) <= 0:
