@@ -130,8 +130,9 @@ def test_merge_command_reproduces_the_merge(finetuned: Path, tiny_qwen2: Path,
     assert again.keys() == first.keys()
     assert all((again[k] == first[k]).all() for k in first)
     record = json.loads((out / "webslm.json").read_text())
-    assert record["data_digest"] == json.loads((finetuned / "webslm.json").read_text())[
-        "data_digest"]
+    trained = json.loads((finetuned / "webslm.json").read_text())
+    for field in ("base_model", "base_revision", "data_digest", "system_prompt"):
+        assert record[field] == trained[field], field
 
 
 def test_merge_refuses_bad_adapters(tiny_qwen2: Path, finetuned: Path, tmp_path: Path,
