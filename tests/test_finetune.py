@@ -192,6 +192,22 @@ def test_finetune_checks_data_first(tiny_qwen2: Path, tmp_path: Path,
     assert not (tmp_path / "out").exists()
 
 
+def test_the_train_script_refuses_bad_data_as_finetune_does(tiny_qwen2: Path,
+                                                             tmp_path: Path) -> None:
+    """finetune/train.py, run by hand or under torchrun, checks the data with the same code."""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "no answer"}]}\n')
+    done = subprocess.run([sys.executable, str(TRAIN_SCRIPT), "--base", str(tiny_qwen2),
+                           "--data", str(bad), "--adapter-out", str(tmp_path / "adapter")],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 2, done.stderr[-3000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"{bad}:1: no assistant message")
+    assert lines[1] == ("train.py: error: 1 problem in the chat data; fix the lines listed above "
+                        "and run again")
+    assert not (tmp_path / "adapter").exists()
+
+
 def test_bits_choices_are_the_recipes(capsys: pytest.CaptureFixture) -> None:
     for bits in BITS_CHOICES:
         recipe = recipe_from_args(build_parser().parse_args(
