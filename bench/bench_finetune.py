@@ -42,7 +42,7 @@ from transformers import (
 
 from webslm.chatdata import TokenizedExample
 from webslm.checkout import checkout_path
-from webslm.finetune import Recipe, finetune, pick_precision
+from webslm.finetune import Recipe, batch_split, finetune, pick_precision
 from webslm.training import attention_for, build_trainer, load_base_model, master_weight_dtype
 
 # The tiny byte-level BPE tokenizer, chat template and generation config of the real-tiny fixture
@@ -62,18 +62,18 @@ VARIANTS = {  # Liger patches transformers' RoPE module-wide: the variants with 
     "plain": PLAIN,
     "eager": dataclasses.replace(OURS, compile_layers="off"),  # the recipe before issue 16
     "ours": LONG_RUN,
-    "ours-keep2": dataclasses.replace(LONG_RUN, keep_every=2),
-    "ours-no-ckpt": dataclasses.replace(LONG_RUN, gradient_checkpointing=False),
+    "ours-keep-all": dataclasses.replace(LONG_RUN, activation_budget=1.0),
+    "ours-budget0.3": dataclasses.replace(LONG_RUN, activation_budget=0.3),
+    "ours-budget0.1": dataclasses.replace(LONG_RUN, activation_budget=0.1),
+    "ours-no-graphs": dataclasses.replace(LONG_RUN, cuda_graphs=False),
+    "ours-no-dropout": dataclasses.replace(LONG_RUN, lora_dropout=0.0),
     "eager-no-ckpt": dataclasses.replace(OURS, compile_layers="off",
                                          gradient_checkpointing=False),
-    "ours-keep3": dataclasses.replace(LONG_RUN, keep_every=3),
-    "ours-keep4": dataclasses.replace(LONG_RUN, keep_every=4),
-    "ours-no-dropout": dataclasses.replace(LONG_RUN, lora_dropout=0.0),
     "qlora": dataclasses.replace(OURS, bits=4, compile_layers="off"),  # --bits 4, short run
-    "qlora-compiled": dataclasses.replace(LONG_RUN, bits=4),
+    "qlora-compiled": dataclasses.replace(LONG_RUN, bits=4, cuda_graphs=False),
     "ours-liger": dataclasses.replace(OURS, compile_layers="off", fused_kernels=True),
 }
-DEFAULT_VARIANTS = "plain,eager,ours,ours-keep2,ours-keep3,ours-no-ckpt"
+DEFAULT_VARIANTS = "plain,eager,ours,ours-keep-all,ours-budget0.3,ours-no-graphs"
 H100_BF16_PEAK = 989e12  # dense bf16, H100 SXM datasheet
 
 
@@ -124,30 +124,55 @@ def measured_matmul_peak() -> float:
     return 20 * 2 * 8192**3 / (time.perf_counter() - start)
 
 
+class RealTokens:
+    """Wraps the trainer's collator: counts each batch's real tokens, in order.
+
+    The trainer's own count includes the pad tokens of bucketed rows; these are the
+    conversations' tokens alone. The data loader fetches a batch ahead, so the count is kept
+    per batch and summed over the steps timed (`tokens`), not read at a step's end.
+    """
+
+    def __init__(self, collate) -> None:
+        self.collate = collate
+        self.counts: list[int] = []
+
+    def __call__(self, examples):
+        self.counts.append(sum(len(e["input_ids"]) for e in examples))
+        return self.collate(examples)
+
+    def tokens(self, first_batch: int, end_batch: int) -> int:
+        """Real tokens of batches [first_batch, end_batch), summed over every process."""
+        count = torch.tensor(sum(self.counts[first_batch:end_batch]), dtype=torch.int64)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            count = count.cuda()
+            torch.distributed.all_reduce(count)
+        return int(count)
+
+
 class StepTimer(TrainerCallback):
-    """Trainer callback: wall time and real tokens between the end of warm-up and the end."""
+    """Trainer callback: wall time between the end of warm-up and the end (as step numbers)."""
 
     def __init__(self, warmup_steps: int, profile: bool = False) -> None:
         super().__init__()
         self.warmup_steps = warmup_steps
         self.profile = profile
         self.profiler = None
-        self.trainer = None
         self.began: float | None = None
         self.start: tuple[float, int] | None = None
         self.end: tuple[float, int] | None = None
 
-    def _mark(self) -> tuple[float, int]:
+    @staticmethod
+    def _mark(step: int) -> tuple[float, int]:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
-        return time.perf_counter(), int(self.trainer._total_train_tokens)
+        return time.perf_counter(), step
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.began = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step == self.warmup_steps:
-            self.start = self._mark()
+            self.start = self._mark(state.global_step)
             if self.profile:
                 self.profiler = torch.profiler.profile(activities=[
                     torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA])
@@ -161,7 +186,7 @@ class StepTimer(TrainerCallback):
                                  max_name_column_width=50))
             self.profiler = None
         elif state.global_step == state.max_steps:
-            self.end = self._mark()
+            self.end = self._mark(state.global_step)
 
 
 def run_variant(name: str, recipe: Recipe, examples: list[TokenizedExample], steps: int,
@@ -190,18 +215,21 @@ def run_variant(name: str, recipe: Recipe, examples: list[TokenizedExample], ste
     trainer = build_trainer(model, pad_tokenizer(), examples, recipe, out / name,
                             precision=precision, world_size=world_size,
                             max_steps=warmup + steps, callbacks=[timer])
-    timer.trainer = trainer
+    real_tokens = RealTokens(trainer.data_collator)
+    trainer.data_collator = real_tokens
     trainer.train()
     assert timer.began and timer.start and timer.end, "timer did not fire"
     seconds = timer.end[0] - timer.start[0]
-    tokens = timer.end[1] - timer.start[1]
+    batches_per_step = batch_split(recipe, world_size)[1]
+    tokens = real_tokens.tokens(timer.start[1] * batches_per_step, timer.end[1] * batches_per_step)
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     result = {
         "variant": name, "precision": precision, "world_size": world_size,
         "global_batch": recipe.global_batch, "micro_batch": recipe.micro_batch,
         "padding_free": recipe.padding_free, "compile_layers": recipe.compile_layers,
         "gradient_checkpointing": recipe.gradient_checkpointing,
-        "keep_every": recipe.keep_every, "steps": steps,
+        "activation_budget": recipe.activation_budget, "cuda_graphs": recipe.cuda_graphs,
+        "steps": steps,
         "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
         "warmup_seconds": timer.start[0] - timer.began,
         "peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0,
@@ -284,6 +312,18 @@ def end_to_end(data: Path, names: list[str], gpus: int, work: Path, model_config
     return results
 
 
+def print_table(results: list[dict]) -> None:
+    baseline = next((r for r in results if r["variant"] == "plain"), None)
+    print(f"\n{'variant':16} {'tok/s':>8} {'x plain':>7} {'peak GiB':>8} {'GFLOP/tok':>9} "
+          f"{'MFU(989)':>8} {'MFU(meas)':>9} {'loss':>6} {'warmup s':>8}")
+    for r in results:
+        ratio = r["tokens_per_s"] / baseline["tokens_per_s"] if baseline else float("nan")
+        print(f"{r['variant']:16} {r['tokens_per_s']:8.0f} {ratio:7.2f} "
+              f"{r['peak_allocated_gib']:8.2f} {r['flops_per_token'] / 1e9:9.2f} "
+              f"{r['mfu_vs_datasheet']:8.1%} {r['mfu_vs_measured_matmul']:9.1%} "
+              f"{r['mean_timed_loss']:6.3f} {r['warmup_seconds']:8.1f}", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default=DEFAULT_VARIANTS)
@@ -331,44 +371,38 @@ def main() -> int:
     mean_sq = sum(n * n for n in lengths) / len(lengths)
     assistant_share = sum(sum(e.assistant_mask) for e in examples) / sum(lengths)
     peak = measured_matmul_peak() if rank == 0 and torch.cuda.is_available() else math.nan
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU (smoke)"
+    if rank == 0:
+        print(f"GPU: {device} x{world_size}; global batch {args.global_batch}; bf16 matmul "
+              f"8192^3 measured {peak / 1e12:.0f} TFLOP/s; mean example {mean_len:.0f} tokens, "
+              f"{assistant_share:.0%} of them assistant tokens")
     results = []
     for name in args.variants.split(","):
         recipe = dataclasses.replace(VARIANTS[name], global_batch=args.global_batch,
                                      micro_batch=min(VARIANTS[name].micro_batch,
                                                      args.global_batch // world_size))
         try:
-            results.append(run_variant(name, recipe, examples, args.steps, args.warmup,
-                                       world_size, work, model_config, args.profile))
+            result = run_variant(name, recipe, examples, args.steps, args.warmup, world_size,
+                                 work, model_config, args.profile)
         except Exception as error:  # noqa: BLE001 - one broken variant must not hide the others
             print(f"variant {name} failed: {type(error).__name__}: {error}")
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-    if rank != 0:
-        return 0
-    gpus = world_size
-    for r in results:
-        share = assistant_share if VARIANTS[r["variant"]].assistant_only_loss else 1.0
-        r["flops_per_token"] = training_flops_per_token(model_config, mean_sq, mean_len, share)
-        achieved = r["tokens_per_s"] * r["flops_per_token"]
-        r["mfu_vs_datasheet"] = achieved / (H100_BF16_PEAK * gpus)
-        r["mfu_vs_measured_matmul"] = achieved / (peak * gpus)
-    baseline = next((r for r in results if r["variant"] == "plain"), None)
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU (smoke)"
-    print(f"\nGPU: {device} x{gpus}; global batch {args.global_batch}; bf16 matmul 8192^3 "
-          f"measured {peak / 1e12:.0f} TFLOP/s; mean example {mean_len:.0f} tokens, "
-          f"{assistant_share:.0%} of them assistant tokens")
-    print(f"{'variant':14} {'tok/s':>8} {'x plain':>7} {'peak GiB':>8} {'GFLOP/tok':>9} "
-          f"{'MFU(989)':>8} {'MFU(meas)':>9} {'loss':>6} {'warmup s':>8}")
-    for r in results:
-        ratio = r["tokens_per_s"] / baseline["tokens_per_s"] if baseline else float("nan")
-        print(f"{r['variant']:14} {r['tokens_per_s']:8.0f} {ratio:7.2f} "
-              f"{r['peak_allocated_gib']:8.2f} {r['flops_per_token'] / 1e9:9.2f} "
-              f"{r['mfu_vs_datasheet']:8.1%} {r['mfu_vs_measured_matmul']:9.1%} "
-              f"{r['mean_timed_loss']:6.3f} {r['warmup_seconds']:8.1f}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"gpu": device, "global_batch": args.global_batch,
-                                               "matmul_peak": peak, "results": results},
-                                              indent=2))
+            continue
+        share = assistant_share if recipe.assistant_only_loss else 1.0
+        result["flops_per_token"] = training_flops_per_token(model_config, mean_sq, mean_len,
+                                                             share)
+        achieved = result["tokens_per_s"] * result["flops_per_token"]
+        result["mfu_vs_datasheet"] = achieved / (H100_BF16_PEAK * world_size)
+        result["mfu_vs_measured_matmul"] = achieved / (peak * world_size)
+        results.append(result)
+        if rank != 0:
+            continue
+        print_table(results)  # after every variant: a run cut short keeps what it measured
+        if args.json:
+            Path(args.json).write_text(json.dumps(
+                {"gpu": device, "global_batch": args.global_batch, "matmul_peak": peak,
+                 "results": results}, indent=2))
     return 0
 
 

@@ -66,10 +66,12 @@ class Recipe:
     padding-free row (no pad tokens computed); gradients accumulate up to `global_batch`.
     `fused_kernels` trades speed for memory, not the maths: see `speed_up`.
     `compile_layers` ("auto", "on", "off") compiles each decoder layer, LoRA included, with
-    `torch.compile`, checkpointed from outside except every `keep_every`-th layer (0: all
-    checkpointed), which keeps its activations: see `compile_decoder_layers`. "auto" compiles
-    on a GPU when the run is long enough to repay the compile time. Neither changes the batch,
-    the steps or the loss a user gets.
+    `torch.compile`; with `gradient_checkpointing` the compiled layers keep `activation_budget`
+    of their activations and recompute the rest (the compiler picks the cheapest to recompute),
+    and with `cuda_graphs` each layer's forward and backward replay as CUDA graphs, recorded
+    once per padded row length: see `compile_decoder_layers`. "auto" compiles on a GPU when
+    the run is long enough to repay the compile time. Neither changes the batch, the steps or
+    the loss a user gets.
     """
 
     epochs: float = 3.0
@@ -89,7 +91,8 @@ class Recipe:
     precision: str = "auto"
     fused_kernels: bool = False
     compile_layers: str = "auto"
-    keep_every: int = 0
+    activation_budget: float = 0.5
+    cuda_graphs: bool = True
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -111,8 +114,9 @@ def check_recipe(recipe: Recipe) -> None:
         raise BadInput(f"unknown precision {recipe.precision!r}", "use auto, bf16, fp16 or fp32")
     if recipe.compile_layers not in COMPILE_CHOICES:
         raise BadInput(f"unknown compile_layers {recipe.compile_layers!r}", "use auto, on or off")
-    if recipe.keep_every < 0:
-        raise BadInput("keep_every must not be negative", "pass 0 to checkpoint every layer")
+    if not 0.0 <= recipe.activation_budget <= 1.0:
+        raise BadInput(f"activation_budget {recipe.activation_budget} is not a share",
+                       "pass a value from 0 (recompute all) to 1 (keep all)")
 
 
 def pick_precision(requested: str, cuda: bool, bf16_supported: bool) -> str:

@@ -14,11 +14,10 @@ byte for byte, normalized for MLC-LLM.
 
 from __future__ import annotations
 
-import functools
 import os
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,6 @@ from datasets import Dataset
 from peft import LoraConfig, PeftModel
 from torch.nn.attention.varlen import varlen_attn
 from torch.nn.functional import scaled_dot_product_attention
-from torch.utils.checkpoint import checkpoint
 from transformers import (
     AttentionInterface,
     AttentionMaskInterface,
@@ -51,6 +49,9 @@ COMPILE_BACKEND = "inductor"  # torch.compile's own; the CPU tests swap in "aot_
 VARLEN_ATTENTION = "webslm_varlen"
 # Causal varlen attention: a window reaching every earlier token and none after (torch >= 2.11).
 CAUSAL_WINDOW = (-1, 0)
+# Padded row lengths under CUDA graphs are multiples of this: few shapes to record, and on
+# average half a bucket of pad tokens per step (~7% of a 16-conversation step).
+TOKEN_BUCKET = 1024
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,8 @@ def varlen_attention(module: Any, query: Any, key: Any, value: Any, attention_ma
         return out.unsqueeze(0), None
     pieces = []
     for start, end in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+        if end == start:  # the empty sequences a bucketed row ends with
+            continue
         pieces.append(scaled_dot_product_attention(
             query[:, :, start:end], key[:, :, start:end], value[:, :, start:end],
             is_causal=True, scale=scaling, enable_gqa=True))
@@ -176,26 +179,80 @@ def decoder_layers(model: Any) -> list[Any]:
     return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
 
 
-def compile_decoder_layers(model: Any, checkpointed: bool, keep_every: int = 0) -> int:
-    """Compile each decoder layer (LoRA inside it) and checkpoint it from outside; return the count.
+def compile_decoder_layers(model: Any, activation_budget: float, cuda_graphs: bool) -> int:
+    """Compile each decoder layer (LoRA inside it); return the count.
 
-    Why: a 0.5B model's step is bound by kernel launches, thousands of small elementwise kernels
-    (norms, RoPE, SwiGLU, LoRA's dtype casts and dropout) around the matrix products. Inductor
-    fuses them, and all layers share one compiled graph. Transformers' own checkpointing wraps the
-    layer's forward, inside the compiled region, which dynamo cannot trace; here the compiled
-    forward is checkpointed (non-reentrant) from outside instead; with `keep_every` = k > 0,
-    every k-th layer keeps its activations (less recomputation for more memory). The module
-    tree, parameter names and saved adapter stay as they were.
+    Why: a 0.5B model's step is bound by launching thousands of small kernels (norms, RoPE,
+    SwiGLU, LoRA's rank-16 products and dropout), not by arithmetic. Inductor fuses the
+    elementwise ones, all layers share one compiled graph (shapes dynamic, so one compile
+    serves every row length), and with `cuda_graphs` each layer's forward and backward replay
+    as one CUDA graph each (`mode="reduce-overhead"`), recorded once per padded row length
+    (`BucketedRows`). Memory: instead of checkpointing whole layers, the compiler keeps
+    `activation_budget` of a layer's activations and recomputes the cheapest rest (1.0: keep
+    all). The adapters take their input in the compute dtype (PEFT would cast it to the fp32
+    adapter weights' dtype first, and autocast back: the same bf16 product, twice the traffic).
+    Every layer's input requires grad (the embedding output too) so all share one graph.
+    The module tree, parameter names and saved adapter stay as they were.
     """
+    model.enable_input_require_grads()
+    for module in model.modules():
+        if hasattr(module, "cast_input_dtype_enabled"):  # PEFT's LoRA layers
+            module.cast_input_dtype_enabled = False
+    mode = "reduce-overhead" if cuda_graphs and COMPILE_BACKEND == "inductor" else None
+    budget = torch._functorch.config.patch(activation_memory_budget=activation_budget)
     layers = decoder_layers(model)
-    for index, layer in enumerate(layers):
-        compiled = torch.compile(layer.forward, backend=COMPILE_BACKEND)
-        keeps = keep_every > 0 and index % keep_every == keep_every - 1
-        if checkpointed and not keeps:
-            layer.forward = functools.partial(checkpoint, compiled, use_reentrant=False)
-        else:
-            layer.forward = compiled
+    for layer in layers:
+        layer.forward = budget(torch.compile(layer.forward, backend=COMPILE_BACKEND,
+                                             mode=mode, dynamic=True))
     return len(layers)
+
+
+@dataclass(frozen=True)
+class BucketedRows:
+    """A padding-free collator whose rows come in few shapes, for CUDA graphs.
+
+    A CUDA graph replays one shape. TRL's padding-free row is as long as its conversations,
+    a new length almost every step; this pads the row up to a multiple of `bucket` tokens
+    with one extra pad sequence (labels -100: no loss, attention within itself), gives the
+    boundaries a fixed count (empty sequences at the end) and the longest-sequence bound a
+    fixed value, so rows repeat a handful of shapes. The loss is unchanged.
+    """
+
+    collate: Callable[[list[dict[str, Any]]], dict[str, Any]]
+    bucket: int
+    conversations: int
+    longest: int
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = dict(self.collate(examples))
+        pad_id = int(getattr(self.collate, "pad_token_id", 0))
+        return pad_packed_row(batch, self.bucket, self.conversations + 1, self.longest, pad_id)
+
+
+def pad_packed_row(batch: dict[str, Any], bucket: int, sequences: int, longest: int,
+                   pad_id: int) -> dict[str, Any]:
+    """`batch` (one padding-free row) padded to a multiple of `bucket`, with `sequences`
+    sequence boundaries after the leading 0; see `BucketedRows`."""
+    length = batch["input_ids"].shape[1]
+    extra = -length % bucket
+    bounds = batch["cu_seq_lens_q"]
+    if extra:
+        def grow(tensor: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+            return torch.cat([tensor, fill.to(tensor.dtype)[None]], dim=1)
+        batch["input_ids"] = grow(batch["input_ids"], torch.full((extra,), pad_id))
+        batch["labels"] = grow(batch["labels"], torch.full((extra,), -100))
+        batch["position_ids"] = grow(batch["position_ids"], torch.arange(extra))
+        bounds = torch.cat([bounds, bounds.new_tensor([length + extra])])
+    if bounds.numel() - 1 > sequences:
+        raise ValueError(f"a row of {bounds.numel() - 1} sequences exceeds {sequences}")
+    total = length + extra
+    bounds = torch.cat([bounds, bounds.new_full((sequences + 1 - bounds.numel(),), total)])
+    batch["cu_seq_lens_q"] = batch["cu_seq_lens_k"] = bounds
+    batch["max_length_q"] = batch["max_length_k"] = max(longest, int(bounds.diff().max()))
+    if "seq_idx" in batch:
+        batch["seq_idx"] = torch.repeat_interleave(
+            torch.arange(sequences, dtype=torch.int32), bounds.diff())[None]
+    return batch
 
 
 def build_trainer(model: Any, tokenizer: Any, examples: Sequence[TokenizedExample],
@@ -240,7 +297,11 @@ def build_trainer(model: Any, tokenizer: Any, examples: Sequence[TokenizedExampl
         callbacks=list(callbacks),
     )
     if compiled:
-        compile_decoder_layers(trainer.model, recipe.gradient_checkpointing, recipe.keep_every)
+        budget = recipe.activation_budget if recipe.gradient_checkpointing else 1.0
+        compile_decoder_layers(trainer.model, budget, recipe.cuda_graphs)
+        if recipe.cuda_graphs and recipe.padding_free:
+            trainer.data_collator = BucketedRows(trainer.data_collator, TOKEN_BUCKET, micro,
+                                                 max(recipe.max_seq_len, TOKEN_BUCKET))
     return trainer
 
 
