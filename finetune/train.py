@@ -15,8 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from webslm.chatdata import load_tokenizer, read_chat_data, tokenize_all
-from webslm.finetune import Recipe
+from webslm.chatdata import load_tokenizer, tokenize_all
+from webslm.errors import exit_on_error
+from webslm.finetune import Recipe, checked_data
 from webslm.training import train_adapter
 
 
@@ -29,11 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-steps", type=int, default=-1)
     args = parser.parse_args(argv)
     recipe = Recipe.from_json(json.loads(args.recipe))
-    data = read_chat_data([Path(f) for f in args.data])
-    if data.problems:
-        for problem in data.problems:
-            print(problem, file=sys.stderr)
-        return 2
+    data = checked_data([Path(f) for f in args.data])
     examples = tokenize_all(load_tokenizer(args.base), data, recipe.max_seq_len)
     result = train_adapter(Path(args.base), examples, recipe, Path(args.adapter_out),
                            max_steps=args.max_steps)
@@ -43,4 +40,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_on_error("train.py", lambda: sys.exit(main()))

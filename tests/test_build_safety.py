@@ -17,6 +17,7 @@ from conftest import copy_model, digests, interrupt_when
 from docker.errors import NotFound
 from standin.image import standin_toolchain
 
+from webslm import files
 from webslm.cache import StageCache
 from webslm.cli import main, sigterm_unwinds
 from webslm.container import HOST_LABEL, OWNER_LABEL
@@ -147,13 +148,18 @@ def test_a_damaged_staged_copy_is_caught_when_a_later_stage_reads_it(
     assert digests(tmp_path / "b" / "tiny") == digests(tmp_path / "c" / "tiny")
 
 
-def test_a_cache_removes_scratch_of_dead_processes_only(tmp_path: Path) -> None:
-    dead = tmp_path / "tmp" / f"build-{dead_token()}-abc"
-    alive = tmp_path / "tmp" / f"build-{owner_token()}-def"
+def test_a_cache_removes_scratch_of_dead_processes_only(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scratch names the cache writes are the ones it reads back."""
+    alive = StageCache(tmp_path).scratch_folder("build")
+    token = dead_token()
+    monkeypatch.setattr(files, "owner_token", lambda: token)
+    dead = StageCache(tmp_path).scratch_folder("build")
+    monkeypatch.undo()
     for folder in (dead, alive):
-        (folder / "x").mkdir(parents=True)
+        (folder / "x").mkdir()
     StageCache(tmp_path)
-    assert not dead.exists() and alive.exists()
+    assert token in dead.name and not dead.exists() and alive.exists()
 
 
 # ---------------------------------------------------------------------------- stopping

@@ -117,6 +117,9 @@ def test_a_dist_without_its_files_is_bad_input(fixture_dists, tmp_path: Path, ca
     (dist / "tokenizer.json").unlink()
     assert main(["check", str(dist), "--model", str(REAL_TINY / "model")]) == 2
     assert "lacks tokenizer.json" in capsys.readouterr().err
+    (dist / "libs" / "qwen2-tiny-q4f32_1-webgpu.wasm").unlink()
+    assert main(["check", str(dist), "--model", str(REAL_TINY / "model")]) == 2
+    assert "lacks tokenizer.json, libs/qwen2-tiny-q4f32_1-webgpu.wasm" in capsys.readouterr().err
     assert main(["check", str(tmp_path / "nothing"), "--model", "x"]) == 2
 
 
@@ -213,12 +216,25 @@ def test_build_check_runs_the_check_on_each_built_model(fixture_dists, monkeypat
     assert len(checked) == 1
 
 
-def test_without_the_check_extra_it_names_the_install(monkeypatch, capsys) -> None:
+@pytest.mark.parametrize("module", ["torch", "transformers"])  # torch: in finetune's extra too
+@pytest.mark.parametrize("argv", [
+    ["check", "dist", "--model", "model"],
+    ["build", "--model", str(REAL_TINY / "model"), "--quantization", "q4f32_1", "--check"],
+])
+def test_without_the_check_extra_it_names_the_install(fixture_dists, monkeypatch, capsys,
+                                                      argv: list[str], module: str) -> None:
     import webslm
+    from webslm import pipeline
+    from webslm.spec import resolve_spec
 
+    spec = resolve_spec(model=str(REAL_TINY / "model"), quantization="q4f32_1")
+    built = pipeline.BuildResult(spec=spec, dist=fixture_dists["q4f32_1"], provenance={},
+                                 stage_digests={}, cache_hits={})
+    monkeypatch.setattr(pipeline, "build_many", lambda specs, options, jobs: [built])
     monkeypatch.delitem(sys.modules, "webslm.check")
     monkeypatch.delattr(webslm, "check")
-    monkeypatch.setitem(sys.modules, "transformers", None)  # as if not installed
-    assert main(["check", "dist", "--model", "model"]) == 3
-    err = capsys.readouterr().err
-    assert "needs transformers" in err and "pip install 'webslm[check]'" in err
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed
+    assert main(argv) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"`webslm {argv[0]}` needs {module}, which is not installed" in err[0]
+    assert "pip install 'webslm[check]'" in err[0]

@@ -21,6 +21,7 @@ from webslm.chatdata import load_tokenizer, read_chat_data, tokenize_all
 from webslm.cli import build_parser, main, recipe_from_args
 from webslm.errors import BadInput, StageFailed
 from webslm.finetune import (
+    BITS_CHOICES,
     COMPILE_MIN_STEPS,
     TRAIN_SCRIPT,
     Recipe,
@@ -129,8 +130,9 @@ def test_merge_command_reproduces_the_merge(finetuned: Path, tiny_qwen2: Path,
     assert again.keys() == first.keys()
     assert all((again[k] == first[k]).all() for k in first)
     record = json.loads((out / "webslm.json").read_text())
-    assert record["data_digest"] == json.loads((finetuned / "webslm.json").read_text())[
-        "data_digest"]
+    trained = json.loads((finetuned / "webslm.json").read_text())
+    for field in ("base_model", "base_revision", "data_digest", "system_prompt"):
+        assert record[field] == trained[field], field
 
 
 def test_merge_refuses_bad_adapters(tiny_qwen2: Path, finetuned: Path, tmp_path: Path,
@@ -188,6 +190,34 @@ def test_finetune_checks_data_first(tiny_qwen2: Path, tmp_path: Path,
                  "--out", str(tmp_path / "out")]) == 2
     assert f"{bad}:1: no assistant message" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_train_script_refuses_bad_data_as_finetune_does(tiny_qwen2: Path,
+                                                             tmp_path: Path) -> None:
+    """finetune/train.py, run by hand or under torchrun, checks the data with the same code."""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "no answer"}]}\n')
+    done = subprocess.run([sys.executable, str(TRAIN_SCRIPT), "--base", str(tiny_qwen2),
+                           "--data", str(bad), "--adapter-out", str(tmp_path / "adapter")],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 2, done.stderr[-3000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"{bad}:1: no assistant message")
+    assert lines[1] == ("train.py: error: 1 problem in the chat data; fix the lines listed above "
+                        "and run again")
+    assert not (tmp_path / "adapter").exists()
+
+
+def test_bits_choices_are_the_recipes(capsys: pytest.CaptureFixture) -> None:
+    for bits in BITS_CHOICES:
+        recipe = recipe_from_args(build_parser().parse_args(
+            ["finetune", "--data", "x", "--bits", str(bits)]))
+        assert recipe.bits == bits
+        check_recipe(recipe)
+    with pytest.raises(BadInput, match="--bits 8 is not supported"):
+        check_recipe(Recipe(bits=8))
+    assert main(["finetune", "--data", "x", "--bits", "8"]) == 2
+    assert "argument --bits: invalid choice: 8" in capsys.readouterr().err
 
 
 def test_qlora_without_bitsandbytes_or_gpu_is_refused(tiny_qwen2: Path, tmp_path: Path,

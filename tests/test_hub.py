@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -124,6 +125,20 @@ def test_truncated_safetensors_tensor_is_caught(tiny_qwen2, tmp_path) -> None:
         check_model_folder(model)
 
 
+MISMATCH = "--model-type llama does not match the model's config.json (qwen2)"
+
+
 def test_declared_model_type_must_match_the_config(tiny_qwen2: Path) -> None:
-    with pytest.raises(BadInput, match="does not match"):
+    """A local model is checked when the spec is resolved."""
+    with pytest.raises(BadInput, match=re.escape(MISMATCH)):
         resolve_model(resolve_spec(model=str(tiny_qwen2), model_type="llama"))
+
+
+def test_a_hub_models_declared_type_is_checked_once_downloaded(tiny_qwen2: Path,
+                                                                offline_hub: Path) -> None:
+    """A Hub model's config.json is read only after the download: the same check, same line."""
+    write_hub_cache(offline_hub, "Org/Tiny-Qwen", tiny_qwen2, COMMIT)
+    spec = resolve_spec(model="Org/Tiny-Qwen", model_type="llama")
+    with pytest.raises(BadInput, match=re.escape(MISMATCH)):
+        resolve_model(spec)
+    assert resolve_model(resolve_spec(model="Org/Tiny-Qwen")).model_type == "qwen2"

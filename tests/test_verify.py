@@ -102,6 +102,17 @@ def test_verify_of_a_folder_without_provenance_exits_2_and_reports_why(
     assert main(["verify", str(tmp_path / "missing")]) == 2
 
 
+def test_audit_of_a_missing_artifact_exits_2_and_reports_why(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    artifact = str(tmp_path / "missing.wasm")
+    code = main(["audit", "--artifact", artifact, "--report", str(tmp_path / "report")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "missing.wasm is not a file" in err
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert (report["command"], report["target"], report["verdict"]) == ("audit", artifact, "error")
+    assert "missing.wasm is not a file" in report["error"]
+
+
 def test_verify_of_a_broken_provenance_exits_2(tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "provenance.json").write_text("{not json")
@@ -149,7 +160,8 @@ def test_the_first_differing_stage_follows_build_order() -> None:
 def test_app_config_integrity_is_checked_against_the_subjects() -> None:
     subjects = {"mlc-chat-config.json": A, "libs/m-webgpu.wasm": B, "tokenizer.json": C}
     record: dict[str, Any] = {
-        "model_id": "m", "model_lib": "https://x/m/resolve/main/libs/m-webgpu.wasm",
+        "model": "https://x/m/resolve/main/", "model_id": "m",
+        "model_lib": "https://x/m/resolve/main/libs/m-webgpu.wasm",
         "integrity": {"config": sri(A), "model_lib": sri(B),
                       "tokenizer": {"tokenizer.json": sri(C)}},
         "webslm": {"toolchain_id": A}}
@@ -160,6 +172,12 @@ def test_app_config_integrity_is_checked_against_the_subjects() -> None:
     failed = [c.name for c in diff.app_config_checks(forged, subjects, B) if not c.ok]
     assert failed == ["webllm-app-config.json m integrity.model_lib",
                       "webllm-app-config.json m toolchain_id"]
+    elsewhere = AppConfig.from_json({"model_list": [
+        {**record, "model_lib": "https://elsewhere/libs/m-webgpu.wasm"}]})
+    outside = [c for c in diff.app_config_checks(elsewhere, subjects, A) if not c.ok]
+    assert [c.name for c in outside] == ["webllm-app-config.json m integrity.model_lib"]
+    assert outside[0].detail.endswith(
+        "is not the provenance's digest of https://elsewhere/libs/m-webgpu.wasm")
 
 
 # ---------------------------------------------------------------------------- explaining
@@ -228,6 +246,15 @@ def test_reports_in_json_and_markdown_carry_the_table_and_the_explanation(tmp_pa
     assert text.splitlines()[2].split() == ["file", "expected", "shipped", "rebuilt", "same"]
     assert "first differing stage: stage compile is not reproducible" in text
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["report.json", "report.md"]
+
+
+def test_failed_checks_are_named_in_the_summary_and_in_step_one() -> None:
+    name = "webllm-app-config.json m integrity.config"
+    report = a_report(checks=(diff.Check(name, False, "forged"), diff.Check("other", True, "")))
+    assert report.failed_checks == [name] and not report.intact
+    assert report.summary().endswith(f"- failed checks: {name}")
+    assert reports.render_step_one(report).endswith(f"; failed checks: {name}\n")
+    assert reports.step_one_problems(report) == [name]
 
 
 def test_a_matching_report_is_ok() -> None:

@@ -12,6 +12,7 @@ from webslm.webllm import (
     DEFAULT_BASE_URL,
     AppConfig,
     ChatConfig,
+    ModelRecord,
     PackageFacts,
     Sampling,
     app_config,
@@ -117,6 +118,7 @@ def test_model_record_for_an_f16_library() -> None:
     assert record.model == base
     assert record.model_id == "tiny-q4f16_1"
     assert record.model_lib == base + "libs/tiny-q4f16_1-webgpu.wasm"
+    assert record.library_path_in_folder() == "libs/tiny-q4f16_1-webgpu.wasm"
     assert record.required_features == ("shader-f16",)
     assert record.raw["required_features"] == ["shader-f16"]
     assert record.raw["overrides"] == {
@@ -135,6 +137,16 @@ def test_model_record_for_an_f16_library() -> None:
 def test_model_record_for_an_f32_library_needs_no_shader_f16() -> None:
     record = model_record(facts("q4f32_1"), DEFAULT_BASE_URL)
     assert record.required_features == () and "required_features" not in record.raw
+
+
+@pytest.mark.parametrize(("model", "model_lib"), [
+    ("https://x/m/resolve/main/", "https://elsewhere/m/resolve/main/libs/a.wasm"),
+    ("https://x/m/resolve/main", "https://x/m/resolve/main/libs/a.wasm"),  # no folder
+    ("https://x/m/resolve/main/", "https://x/m/resolve/main/"),  # the folder itself
+])
+def test_a_library_outside_the_model_folder_has_no_path_in_it(model: str, model_lib: str) -> None:
+    record = ModelRecord.from_json({"model": model, "model_lib": model_lib})
+    assert record.library_path_in_folder() is None
 
 
 def test_weight_files_are_the_manifest_and_its_shards() -> None:

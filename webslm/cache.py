@@ -22,13 +22,12 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from webslm.files import canonical_json, owner_token, remove_dead_scratch, sha256_bytes
+from webslm.files import canonical_json, new_scratch_folder, remove_dead_scratch, sha256_bytes
 from webslm.provenance import hash_files, list_files
 
 ENTRY_FILE = "entry.json"
@@ -82,10 +81,8 @@ class StageCache:
         remove_dead_scratch(self.scratch)
 
     def scratch_folder(self, kind: str, root: Path | None = None) -> Path:
-        """A new folder `<kind>-<owner token>-XXXX` under the scratch area (or `root`)."""
-        where = root or self.scratch
-        where.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f"{kind}-{owner_token()}-", dir=where))
+        """A new scratch folder of this process under the scratch area (or `root`)."""
+        return new_scratch_folder(root or self.scratch, kind)
 
     def _read(self, key: StageKey) -> CacheEntry | None:
         folder = self.stages / key.digest

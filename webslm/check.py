@@ -377,9 +377,9 @@ def checked_dist(dist: Path) -> tuple[ChatConfig, str]:
     app_config = read_app_config(dist / APP_CONFIG_FILE, DIST_FIX)
     missing = [name for name in (TOKENIZER, WEIGHTS_MANIFEST) if not (dist / name).is_file()]
     for record in app_config.records:
-        lib = record.model_lib
-        if "/resolve/main/" in lib and not (dist / lib.split("/resolve/main/", 1)[1]).is_file():
-            missing.append(lib.split("/resolve/main/", 1)[1])
+        library = record.library_path_in_folder()
+        if library is not None and not (dist / library).is_file():
+            missing.append(library)
     if missing:
         raise BadInput(f"{dist} lacks {', '.join(missing)}", "rebuild it with `webslm build`")
     quantization = chat_config.quantization

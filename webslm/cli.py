@@ -23,7 +23,7 @@ from types import FrameType
 from webslm import bench, finetune, pipeline, publish, serve, verify
 from webslm.errors import BadInput, MissingEnvironment, Terminated, WebslmError
 from webslm.files import canonical_json
-from webslm.finetune import COMPILE_CHOICES, Recipe
+from webslm.finetune import BITS_CHOICES, COMPILE_CHOICES, Recipe
 from webslm.normalize import normalize_path
 from webslm.spec import resolve_spec
 from webslm.verify import DOWNLOAD_TIMEOUT_S, MAX_DOWNLOAD_MIB
@@ -125,12 +125,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    try:
-        from webslm import check  # imports torch and transformers
-    except ImportError as error:  # numpy, torch, transformers: the `check` extra
-        raise MissingEnvironment(f"webslm check needs {error.name}, which is not installed",
-                                 "pip install 'webslm[check]' (or -e '.[check]' in a checkout)"
-                                 ) from error
+    from webslm import check  # imports torch and transformers (the `check` extra)
+
     return check.check_command(
         Path(args.dist), args.model,
         prompts_file=Path(args.prompts) if args.prompts else None,
@@ -264,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--lora-r", type=int, default=Recipe.lora_r)
     finetune.add_argument("--lora-alpha", type=int, default=Recipe.lora_alpha)
     finetune.add_argument("--max-seq-len", type=int, default=Recipe.max_seq_len)
-    finetune.add_argument("--bits", type=int, choices=[16, 4], default=Recipe.bits)
+    finetune.add_argument("--bits", type=int, choices=BITS_CHOICES, default=Recipe.bits)
     finetune.add_argument("--seed", type=int, default=Recipe.seed)
     finetune.add_argument("--gpus", type=int, default=1)
     finetune.add_argument("--global-batch", type=int, default=Recipe.global_batch,
@@ -298,11 +294,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def optional_extra(module: str, preferred: str = "finetune") -> str | None:
-    """The extra (`pip install 'webslm[EXTRA]'`) that installs a module, from the package's own
-    metadata (pyproject.toml is the one list): `preferred` when it has the module (torch is in
-    both finetune and check; the commands that reach this handler are finetune's), else any other
-    non-test extra; None when no extra has it."""
+# The extra whose packages each command imports lazily; torch is in both finetune and check,
+# so the command decides (`build --check` runs the check).
+COMMAND_EXTRAS = {"build": "check", "check": "check",
+                  "data": "finetune", "finetune": "finetune", "merge": "finetune"}
+
+
+def optional_extra(module: str, command: str) -> str | None:
+    """The extra (`pip install 'webslm[EXTRA]'`) that installs a module for a command, from the
+    package's own metadata (pyproject.toml is the one list): the command's extra
+    (COMMAND_EXTRAS) when it has the module, else any other non-test extra; None when no extra
+    has it."""
     try:
         requirements = requires("webslm") or []
     except PackageNotFoundError:
@@ -314,6 +316,7 @@ def optional_extra(module: str, preferred: str = "finetune") -> str | None:
         extra = re.search(r'extra == "([^"]+)"', marker)
         if extra and extra.group(1) != "test" and package == module.lower():
             extras.add(extra.group(1))
+    preferred = COMMAND_EXTRAS.get(command)
     return preferred if preferred in extras else min(extras, default=None)
 
 
@@ -347,12 +350,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return error.exit_code
     except ImportError as error:
         missing = (error.name or "").split(".")[0]
-        extra = optional_extra(missing)
-        if extra is not None:
-            print(f"webslm: error: `webslm {args.command}` needs {missing}, which is not "
-                  f"installed; pip install 'webslm[{extra}]'", file=sys.stderr)
-            return 3
-        raise
+        extra = optional_extra(missing, args.command)
+        if extra is None:
+            raise
+        absent = MissingEnvironment(f"`webslm {args.command}` needs {missing}, which is not "
+                                    f"installed", f"pip install 'webslm[{extra}]' "
+                                    f"(or -e '.[{extra}]' in a checkout)")
+        print(f"webslm: error: {absent.line()}", file=sys.stderr)
+        return absent.exit_code
     except KeyboardInterrupt:
         print("webslm: interrupted; outputs already in place are unchanged", file=sys.stderr)
         return 130

@@ -133,8 +133,15 @@ def owner_alive(token: str) -> bool:
     return started is not None and (ticks == "0" or started == ticks)
 
 
+def new_scratch_folder(where: Path, kind: str) -> Path:
+    """A new folder `<kind>-<owner token>-XXXX` in `where` (made if needed); once its owner is
+    gone, remove_dead_scratch reads the token back from the name and removes it."""
+    where.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{kind}-{owner_token()}-", dir=where))
+
+
 def remove_dead_scratch(folder: Path) -> None:
-    """Remove `folder/<kind>-<owner token>-*` entries whose owning process is gone."""
+    """Remove the new_scratch_folder entries of `folder` whose owning process is gone."""
     if not folder.is_dir():
         return
     for entry in folder.iterdir():

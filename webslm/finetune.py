@@ -51,6 +51,7 @@ METADATA_FILE = "webslm.json"
 PRECISIONS = ("bf16", "fp16", "fp32")
 PROBLEMS_SHOWN = 50  # data problems printed; the rest are counted
 COMPILE_CHOICES = ("auto", "on", "off")
+BITS_CHOICES = (16, 4)  # --bits: LoRA on the model's own weights, or QLoRA on 4-bit ones
 # Compiling the decoder layers costs ~60 s once per process and saves ~0.2 s per step of 16
 # conversations on an H200: "auto" compiles only for runs of at least this many optimizer steps
 # (bench/RESULTS.md, issue 16).
@@ -100,7 +101,7 @@ class Recipe:
 
 def check_recipe(recipe: Recipe) -> None:
     """Refuse settings that cannot train, before loading anything."""
-    if recipe.bits not in (16, 4):
+    if recipe.bits not in BITS_CHOICES:
         raise BadInput(f"--bits {recipe.bits} is not supported", "pass 16 (LoRA) or 4 (QLoRA)")
     for name in ("epochs", "learning_rate", "lora_r", "lora_alpha", "max_seq_len", "global_batch"):
         if getattr(recipe, name) <= 0:
@@ -193,10 +194,11 @@ def data_check_command(files: list[Path], tokenizer: str | None) -> int:
 
 # --- merging (webslm.training does the work) --------------------------------------------------
 
-def metadata(*, base_model: str, base_revision: str | None, data_digest: str | None,
-             system_prompt: str | None, recipe: dict[str, Any]) -> dict[str, Any]:
-    """The webslm.json record: what the merged model was made from and how."""
-    return {"base_model": base_model, "base_revision": base_revision,
+def metadata(base: ResolvedModel, *, data_digest: str | None, system_prompt: str | None,
+             recipe: dict[str, Any]) -> dict[str, Any]:
+    """The webslm.json record: what the merged model was made from (the Hub id, else the
+    folder) and how."""
+    return {"base_model": base.repo_id or str(base.path), "base_revision": base.revision,
             "data_digest": data_digest, "system_prompt": system_prompt, "recipe": recipe,
             "webslm_version": __version__}
 
@@ -242,9 +244,8 @@ def merge_command(base: str, adapter: Path, out: Path) -> int:
     with atomic_directory(out, METADATA_FILE) as staging:
         _training().merge_into(resolved.path, adapter, staging)
         atomic_write_text(staging / METADATA_FILE, canonical_json(metadata(
-            base_model=resolved.repo_id or str(resolved.path), base_revision=resolved.revision,
-            data_digest=record.get("data_digest"), system_prompt=record.get("system_prompt"),
-            recipe=recipe)))
+            resolved, data_digest=record.get("data_digest"),
+            system_prompt=record.get("system_prompt"), recipe=recipe)))
     print(f"merged model written to {out}")
     return 0
 
@@ -304,9 +305,7 @@ def finetune(files: Sequence[Path], base: str, out: Path, recipe: Recipe, gpus: 
     with atomic_directory(out, METADATA_FILE) as staging:
         adapter_out = staging / ADAPTER_DIR
         _train(gpus, resolved.path, files, examples, recipe, adapter_out)
-        record = metadata(base_model=resolved.repo_id or str(resolved.path),
-                          base_revision=resolved.revision, data_digest=data.digest,
-                          system_prompt=data.system_prompt,
+        record = metadata(resolved, data_digest=data.digest, system_prompt=data.system_prompt,
                           recipe={**recipe.to_json(), "gpus": gpus})
         atomic_write_text(adapter_out / METADATA_FILE, canonical_json(record))
         _training().merge_into(resolved.path, adapter_out, staging)

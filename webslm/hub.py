@@ -20,7 +20,7 @@ from webslm.errors import BadInput, MissingEnvironment
 from webslm.hubapi import download_snapshot
 from webslm.normalize import load_config
 from webslm.safetensors_index import INDEX_FILE
-from webslm.spec import AUTO, BuildSpec, mlc_model_type
+from webslm.spec import BuildSpec, matching_model_type, mlc_model_type
 
 CONFIG_FILES = ("config.json", "generation_config.json", "webslm.json")
 TOKENIZER_FILES = (
@@ -178,9 +178,7 @@ def resolve_model(spec: BuildSpec, *, allow_pickle: bool = False,
     else:
         folder = download_snapshot(spec.model, spec.revision, allow_patterns(allow_pickle))
         repo_id, revision = spec.model, folder.name
-    model_type, files = check_model_folder(folder, allow_pickle=allow_pickle)
-    if spec.model_type not in (AUTO, model_type):
-        raise BadInput(f"--model-type {spec.model_type} does not match the model's config.json "
-                       f"({model_type})", f"drop --model-type or pass {model_type}")
+    detected, files = check_model_folder(folder, allow_pickle=allow_pickle)
+    model_type = matching_model_type(spec.model_type, detected)
     return ResolvedModel(path=folder, repo_id=repo_id, revision=revision,
                          model_type=model_type, files=files)

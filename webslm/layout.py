@@ -25,7 +25,7 @@ def library_name(model_id: str) -> str:
     return f"{model_id}-webgpu.wasm"
 
 
-def library_path(model_id: str) -> str:
+def package_library_path(model_id: str) -> str:
     """The model library's path inside the package."""
     return f"{LIBS_DIR}/{library_name(model_id)}"
 

@@ -20,7 +20,7 @@ from webslm.layout import (
     PROVENANCE_FILE,
     SHARD_PREFIX,
     library_name,
-    library_path,
+    package_library_path,
     weight_files,
 )
 from webslm.provenance import hash_files
@@ -68,7 +68,7 @@ def write_package(final: Path, *, spec: BuildSpec, model: ResolvedModel,
     chat_config = webllm.ChatConfig.from_json(webllm.rewrite_chat_config(
         raw_chat, sampling=webllm.sampling_defaults(read_json(staged.path / GENERATION_CONFIG)),
         system_prompt=system_prompt, tokenizer=read_json(chat.path / "tokenizer.json")))
-    lib_name, lib_path = library_name(spec.model_id), library_path(spec.model_id)
+    lib_name, lib_path = library_name(spec.model_id), package_library_path(spec.model_id)
     with atomic_directory(final, PROVENANCE_FILE) as folder:
         copy_files(weights.path, sorted(weights.files), folder)
         copy_files(chat.path, sorted(n for n in chat.files if n != CHAT_CONFIG_FILE), folder)

@@ -147,18 +147,20 @@ class BuildResult:
 # ---------------------------------------------------------------------------- pure parts
 
 
-def weight_files(names: Sequence[str]) -> list[str]:
+def model_weight_files(names: Sequence[str]) -> list[str]:
+    """The model's input weight files (safetensors or pickle, and their index); the dist's
+    shards are layout.weight_files."""
     return [n for n in names if n.endswith(WEIGHT_SUFFIXES) or n in WEIGHT_INDEXES]
 
 
 def convert_inputs(names: Sequence[str]) -> list[str]:
     """What convert_weight reads: the config and the weights."""
-    return ["config.json", *weight_files(names)]
+    return ["config.json", *model_weight_files(names)]
 
 
 def gen_config_inputs(names: Sequence[str]) -> list[str]:
     """What gen_config reads: the configs and tokenizer files, never the weights."""
-    weights = set(weight_files(names))
+    weights = set(model_weight_files(names))
     return [n for n in names if n not in weights and n != FINETUNE_FILE]
 
 

@@ -83,13 +83,13 @@ class DistPackage:
         return sum(f.size for f in self.files)
 
 
-def library_path(record: ModelRecord) -> str:
-    """The library's path inside the model folder (model_lib relative to model)."""
-    model, lib = record.model, record.model_lib
-    if not model.endswith("/") or not lib.startswith(model) or len(lib) == len(model):
-        raise BadInput(f"model_lib {lib!r} does not lie inside the model folder {model!r}",
-                       f"{REBUILD} (it writes libs/<model_id>-webgpu.wasm)")
-    return lib[len(model):]
+def record_library_path(record: ModelRecord) -> str:
+    """The record's library path inside its model folder, or BadInput when it lies outside."""
+    path = record.library_path_in_folder()
+    if path is None:
+        raise BadInput(f"model_lib {record.model_lib!r} does not lie inside the model folder "
+                       f"{record.model!r}", f"{REBUILD} (it writes libs/<model_id>-webgpu.wasm)")
+    return path
 
 
 def check_app_config(app_config: AppConfig) -> ModelRecord:
@@ -102,7 +102,7 @@ def check_app_config(app_config: AppConfig) -> ModelRecord:
     missing = [k for k in ("model", "model_id", "model_lib", "webslm") if k not in record.raw]
     if missing:
         raise BadInput(f"{APP_CONFIG_FILE} lacks {', '.join(missing)}", REBUILD)
-    library_path(record)
+    record_library_path(record)
     return record
 
 
@@ -133,7 +133,7 @@ def read_package(dist: Path) -> DistPackage:
     if extra:
         raise BadInput(f"{dist} holds {_listing(extra)}, which the build did not produce",
                        f"remove them, or {REBUILD}")
-    needed = [CHAT_CONFIG_FILE, WEIGHTS_MANIFEST, library_path(record)]
+    needed = [CHAT_CONFIG_FILE, WEIGHTS_MANIFEST, record_library_path(record)]
     absent = [n for n in needed if n not in expected]
     if not any(n.startswith(SHARD_PREFIX) for n in expected):
         absent.append("params_shard_*.bin")
@@ -173,7 +173,7 @@ def resolve_url(endpoint: str, repo: str, commit: str) -> str:
 def rewrite_app_config(app_config: AppConfig, model_url: str) -> AppConfig:
     """The AppConfig with each record's model and model_lib moved under model_url; all else kept."""
     return replace(app_config, records=tuple(
-        record.with_urls(model_url, model_url + library_path(record))
+        record.with_urls(model_url, model_url + record_library_path(record))
         for record in app_config.records))
 
 
@@ -310,7 +310,8 @@ def plan_publish(package: DistPackage, repo: str, commit: str,
     """The plan for publishing a checked package whose files are (or will be) at `commit`."""
     check_repo_id(repo)
     url = resolve_url(endpoint, repo, commit)
-    card = model_card(card_facts(package), repo, endpoint, commit, library_path(package.record))
+    card = model_card(card_facts(package), repo, endpoint, commit,
+                      record_library_path(package.record))
     return PublishPlan(repo=repo, endpoint=endpoint, commit=commit, package=package.files,
                        app_config=rewrite_app_config(package.app_config, url), model_card=card)
 
@@ -399,6 +400,6 @@ def publish_command(dist: Path, repo: str, private: bool, dry_run: bool) -> int:
         f"  AppConfig + card:    {done.final_commit}",
         f"  AppConfig:           {resolve_url(api.endpoint, repo, done.final_commit)}"
         f"{APP_CONFIG_FILE}",
-        f"  model_lib:           {files}{library_path(package.record)}",
+        f"  model_lib:           {files}{record_library_path(package.record)}",
     ])))
     return 0

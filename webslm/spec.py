@@ -181,6 +181,14 @@ def read_hf_model_type(folder: Path) -> str:
     return model_type
 
 
+def matching_model_type(declared: str, detected: str) -> str:
+    """The model type read from the model's config.json, unless --model-type names another."""
+    if declared not in (AUTO, detected):
+        raise BadInput(f"--model-type {declared} does not match the model's config.json "
+                       f"({detected})", f"drop --model-type or pass {detected}")
+    return detected
+
+
 def local_model_path(model: str, here: Path | None = None) -> str:
     """How a local model is named in the spec and the provenance: as given, relative to where
     webslm runs (an absolute or `~` path is made relative to it), starting with `./` or `../`
@@ -249,11 +257,8 @@ def resolve_spec(
     if chosen_type != AUTO:
         _check_choice("model type", chosen_type, MODEL_TYPES + (AUTO,))
     if model is not None and is_local_model(source):
-        detected = mlc_model_type(read_hf_model_type(Path(source)))
-        if chosen_type not in (AUTO, detected):
-            raise BadInput(f"--model-type {chosen_type} does not match the model's config.json "
-                           f"({detected})", f"drop --model-type or pass {detected}")
-        chosen_type = detected
+        chosen_type = matching_model_type(chosen_type,
+                                          mlc_model_type(read_hf_model_type(Path(source))))
     chosen_template = conv_template or base_template
     if chosen_template != AUTO:
         _check_choice("conversation template", chosen_template, CONV_TEMPLATES)

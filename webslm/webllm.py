@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from webslm.errors import BadInput
 from webslm.files import canonical_json, read_json_object
-from webslm.layout import APP_CONFIG_FILE, library_path
+from webslm.layout import APP_CONFIG_FILE, package_library_path
 from webslm.provenance import sri
 from webslm.spec import is_f16
 
@@ -158,7 +158,7 @@ def model_record(facts: PackageFacts, base_url: str) -> ModelRecord:
     record: dict[str, Any] = {
         "model": url,
         "model_id": facts.model_id,
-        "model_lib": url + library_path(facts.model_id),
+        "model_lib": url + package_library_path(facts.model_id),
         "vram_required_MB": vram,
         "low_resource_required": vram <= LOW_RESOURCE_MB,
         "overrides": {
@@ -255,6 +255,14 @@ class ModelRecord:
             ),
             raw=raw,
         )
+
+    def library_path_in_folder(self) -> str | None:
+        """The library's path inside the model folder (model_lib relative to model), or None
+        when model_lib lies outside it. The one derivation check, publish and verify use."""
+        model, lib = self.model, self.model_lib
+        if not model.endswith("/") or not lib.startswith(model) or len(lib) == len(model):
+            return None
+        return lib[len(model):]
 
     def with_urls(self, model: str, model_lib: str) -> ModelRecord:
         """The same record served from elsewhere: only `model` and `model_lib` change."""

@@ -19,7 +19,7 @@ from webslm.layout import (
     APP_CONFIG_FILE,
     CHAT_CONFIG_FILE,
     PROVENANCE_FILE,
-    library_path,
+    package_library_path,
     weight_files,
 )
 from webslm.provenance import hash_files, list_files, load_provenance, sri
@@ -75,13 +75,13 @@ def make_fake_dist(out: Path, name: str, quantization: str = "q4f32_1", *,
     write(folder / CHAT_CONFIG_FILE, canonical_json(chat_config))
     write(folder / "tokenizer.json", json.dumps({"version": "1.0", "model": {"vocab": {}}}))
     write(folder / "tokenizer_config.json", json.dumps({"model_max_length": 512}))
-    write(folder / library_path(model_id), EMPTY_WASM_MODULE)
+    write(folder / package_library_path(model_id), EMPTY_WASM_MODULE)
     digests = hash_files(folder, list_files(folder))
     facts = PackageFacts(
         name=name, model_id=model_id, quantization=quantization, f16="f16" in quantization,
         chat_config=ChatConfig.from_json(chat_config),
         chat_config_digest=digests[CHAT_CONFIG_FILE],
-        library_digest=digests[library_path(model_id)],
+        library_digest=digests[package_library_path(model_id)],
         tokenizer_digests={n: digests[n] for n in ("tokenizer.json", "tokenizer_config.json")},
         weight_digests={n: digests[n] for n in weight_files(digests)},
         weight_bytes=shards * shard_bytes,

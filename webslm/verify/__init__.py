@@ -27,8 +27,9 @@ the commands below tie them together.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -146,17 +147,25 @@ def failed_report(command: str, target: str, error: WebslmError) -> Report:
                   conditions={}, rows=(), error=error.line())
 
 
-def verify_command(dist: Path, report_dir: Path | None,
-                   settings: RebuildSettings | None = None) -> int:
-    """`webslm verify DIST [--report DIR]`."""
+@contextlib.contextmanager
+def failure_reported(command: str, target: str, report_dir: Path | None) -> Iterator[None]:
+    """Around step 1: the report folder must be writable before it starts, and an error that
+    stops it is written there as a failed report (for CI), then raised."""
     if report_dir is not None:
         check_writable(report_dir)
     try:
-        first, provenance, shipped = verify_dist(dist)
+        yield
     except WebslmError as error:
         if report_dir is not None:
-            write_report(failed_report("verify", str(dist), error), report_dir)
+            write_report(failed_report(command, target, error), report_dir)
         raise
+
+
+def verify_command(dist: Path, report_dir: Path | None,
+                   settings: RebuildSettings | None = None) -> int:
+    """`webslm verify DIST [--report DIR]`."""
+    with failure_reported("verify", str(dist), report_dir):
+        first, provenance, shipped = verify_dist(dist)
     build_folder = dist.resolve().parent.parent  # `--out DIR` wrote DIR/<name>
     return check_then_rebuild(first, provenance, shipped,
                               replace(settings or RebuildSettings(), build_folder=build_folder),
@@ -169,15 +178,9 @@ def audit_command(artifact: str, provenance: str | None, report_dir: Path | None
                   download_timeout_s: float = DOWNLOAD_TIMEOUT_S) -> int:
     """`webslm audit --artifact X [--provenance Y] [--report DIR] [download limits]`."""
     limits = DownloadLimits.starting_now(max_download_mib, download_timeout_s)
-    if report_dir is not None:
-        check_writable(report_dir)
     with tempfile.TemporaryDirectory(prefix="webslm-audit-") as scratch:
-        try:
+        with failure_reported("audit", artifact, report_dir):
             first, statement, shipped = audit_artifact(artifact, provenance, Path(scratch),
                                                        limits)
-        except WebslmError as error:
-            if report_dir is not None:
-                write_report(failed_report("audit", artifact, error), report_dir)
-            raise
         return check_then_rebuild(first, statement, shipped, settings or RebuildSettings(),
                                   report_dir)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from webslm.layout import APP_CONFIG_FILE, CHAT_CONFIG_FILE, LIBS_DIR
+from webslm.layout import APP_CONFIG_FILE, CHAT_CONFIG_FILE
 from webslm.provenance import (
     sri,
 )
@@ -107,7 +107,8 @@ def app_config_checks(app_config: AppConfig, subjects: Mapping[str, str],
     for record in app_config.records:
         model_id = record.model_id or "?"
         integrity = record.integrity
-        library = f"{LIBS_DIR}/" + record.model_lib.rsplit(f"/{LIBS_DIR}/", 1)[-1]
+        # A library outside the model folder is named by its URL, which is no subject: it fails.
+        library = record.library_path_in_folder() or record.model_lib
         wanted = {"config": (CHAT_CONFIG_FILE, integrity.config),
                   "model_lib": (library, integrity.model_lib)}
         wanted.update({f"tokenizer {name}": (name, value)

@@ -49,6 +49,11 @@ class Report:
         return self.reproducible and self.intact
 
     @property
+    def failed_checks(self) -> list[str]:
+        """The names of the checks that failed."""
+        return [c.name for c in self.checks if not c.ok]
+
+    @property
     def verdict(self) -> str:
         if self.error is not None:
             return "error" + ("" if self.intact else "; shipped files do not match the provenance")
@@ -59,7 +64,7 @@ class Report:
     def summary(self) -> str:
         """One line for a StageFailed: how many files differ and where it starts."""
         bad = [r.name for r in self.rows if not r.same]
-        failed = [c.name for c in self.checks if not c.ok]
+        failed = self.failed_checks
         parts = [f"{self.verdict}: {len(bad)} of {len(self.rows)} files differ"]
         if bad:
             parts.append(f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
@@ -87,15 +92,14 @@ def table_rows(report: Report) -> list[list[str]]:
 
 def step_one_problems(report: Report) -> list[str]:
     """The shipped files and AppConfig checks that do not match the provenance."""
-    return [r.name for r in report.rows if not r.intact] + \
-        [c.name for c in report.checks if not c.ok]
+    return [r.name for r in report.rows if not r.intact] + report.failed_checks
 
 
 def render_step_one(report: Report) -> str:
     """Step 1's outcome in one line: shipped files against the provenance and AppConfig."""
     checked = [r for r in report.rows if r.shipped_checked]
     bad = [r.name for r in checked if not r.intact]
-    failed = [c.name for c in report.checks if not c.ok]
+    failed = report.failed_checks
     line = f"step 1: {plural(len(checked), 'shipped file')} hashed against {report.provenance}: "
     if not bad and not failed:
         return line + "all match\n"
