@@ -13,6 +13,8 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from webslm.chatdata import load_tokenizer, tokenize_all
@@ -36,7 +38,21 @@ def main(argv: list[str] | None = None) -> int:
                            max_steps=args.max_steps)
     print(json.dumps({"losses": result.losses, "steps": result.steps,
                       "world_size": result.world_size, "precision": result.precision}))
+    end_process_group()
     return 0
+
+
+def end_process_group() -> None:
+    """End this process's part of the run's process group, after a successful run.
+
+    Left to interpreter exit, gloo's worker threads can abort a process whose training has
+    succeeded (SIGABRT, "terminate called without an active exception": pytorch/pytorch#190489;
+    seen once in CI). The barrier lets rank 0 finish saving first. Not on failure: torchrun ends
+    the other ranks, and a barrier would wait on a dead one.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

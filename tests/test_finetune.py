@@ -351,6 +351,26 @@ def test_launch_command_runs_train_script_under_torchrun(tmp_path: Path) -> None
     assert data == [str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")]
 
 
+def test_the_train_script_ends_its_process_group(tiny_qwen2: Path, tmp_path: Path) -> None:
+    """Each torchrun process ends its process group itself after a successful run: left to
+    interpreter exit, gloo's threads can abort a process that has trained (SIGABRT)."""
+    data = write_data(tmp_path / "chat.jsonl")
+    script = f"""
+import runpy, sys
+import torch.distributed as dist
+dist.init_process_group("gloo", init_method="file://{tmp_path / 'store'}", rank=0, world_size=1)
+train = runpy.run_path({str(TRAIN_SCRIPT)!r})
+code = train["main"](["--base", {str(tiny_qwen2)!r}, "--data", {str(data)!r},
+                      "--adapter-out", {str(tmp_path / 'adapter')!r}, "--max-steps", "1"])
+print("ended" if not dist.is_initialized() else "still running", code)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300, check=False, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines()[-1] == "ended 0"
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+
+
 def test_two_process_data_parallel_run_on_cpu(tiny_qwen2: Path, tmp_path: Path) -> None:
     """The launch command itself, 2 processes over gloo on the CPU: ranks split the batch."""
     data = write_data(tmp_path / "chat.jsonl", repeat=4)
