@@ -61,12 +61,22 @@ def test_the_real_model_streams_a_reply_and_stop_interrupts_it(browser: Browser,
     assert state["status"].startswith("Ready. All 0.1 MB of weights match their recorded hashes")
     library = "/models/qwen2-tiny/resolve/main/libs/qwen2-tiny-q4f32_1-webgpu.wasm"
     assert f'"GET {library}' in "\n".join(access_log)
-    page.eval(js=RECORD_STREAM)
-    page.fill(selector="#question", text="Hello, who are you?")
-    page.click(selector="#send")
-    # Streamed: the answer is rendered again and again while the model generates.
-    page.wait_for("window.seen.length >= 6", 60000)
-    assert pane(page)["state"] == "generating"
+    # Streamed: the answer is rendered again and again while the model generates. The random
+    # tiny model samples one of its 2 stop tokens (of 445) now and then, and some of its tokens
+    # are partial characters that change nothing on screen, so a reply can end before it has
+    # been seen streaming (measured: 4 of 20 replies ended within 5 renders): ask again, up to
+    # 6 times.
+    for _ in range(6):
+        page.eval(js=RECORD_STREAM)
+        page.fill(selector="#question", text="Hello, who are you?")
+        page.click(selector="#send")
+        page.wait_for("window.seen.length >= 6 || "
+                      "document.querySelector('.pane').dataset.state !== 'generating'", 60000)
+        if pane(page)["state"] == "generating":
+            break
+    renders = page.eval(js="window.seen.length")
+    assert pane(page)["state"] == "generating", (pane(page), renders, answer_html(page))
+    assert renders >= 6
     assert page.eval(js="document.getElementById('stop').disabled") is False
     page.click(selector="#stop")
     page.wait_for("document.querySelector('.pane').dataset.state !== 'generating'", 30000)
