@@ -20,6 +20,7 @@ module tree and the saved adapter stay as they were.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -98,9 +99,12 @@ class CudaGraphRecording:
 
 @dataclass
 class CudaGraphRecorder:
-    """Records on the current CUDA device; every recording shares one memory pool."""
+    """Records on the current CUDA device; every recording shares one memory pool, and the
+    warm-up runs one side stream (the caching allocator keeps a stream's freed blocks for that
+    stream: a new stream per recording held ~3 GiB each until the end)."""
 
     pool: Any = field(default_factory=lambda: torch.cuda.graph_pool_handle())
+    side: torch.cuda.Stream = field(default_factory=lambda: torch.cuda.Stream())
 
     def supports(self, hidden: torch.Tensor) -> bool:
         return hidden.is_cuda
@@ -111,13 +115,12 @@ class CudaGraphRecorder:
             raise ValueError("the trained parameters do not share one dtype")
         static = tuple(t.detach().clone().requires_grad_(t.requires_grad) for t in inputs)
         wrt = [*static[:1], *params] if static[0].requires_grad else list(params)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
+        self.side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.side):
             for _ in range(WARMUP_RUNS):
                 out = run(*static)
                 torch.autograd.grad(out, wrt, torch.ones_like(out), allow_unused=True)
-        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.current_stream().wait_stream(self.side)
         forward_graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(forward_graph, pool=self.pool):
             output = run(*static)
@@ -127,8 +130,10 @@ class CudaGraphRecorder:
             grads = torch.autograd.grad(output, wrt, output_grad, materialize_grads=True)
             param_grads = grads[len(wrt) - len(params):]
             flat = torch.cat([g.reshape(-1) for g in param_grads])
+        torch.cuda.empty_cache()  # what the warm-up runs freed: the steps' own memory
         return CudaGraphRecording(
-            inputs=static, output=output, output_grad=output_grad,
+            inputs=static, output=output.detach(),  # the recording's autograd graph goes
+            output_grad=output_grad,
             input_grad=grads[0] if len(grads) > len(params) else None,
             flat_param_grads=flat, param_shapes=tuple(p.shape for p in params),
             forward_graph=forward_graph, backward_graph=backward_graph)
@@ -188,6 +193,7 @@ class GraphedLayers(torch.nn.ModuleList):
         self.recordings: dict[Key, Recording | None] = {}  # None: could not record
         self.pending = 0
         self.replays = 0
+        self.recording_seconds = 0.0
 
     def __getitem__(self, index: Any) -> Any:
         if isinstance(index, slice):
@@ -253,6 +259,7 @@ class GraphedLayers(torch.nn.ModuleList):
         autocast = torch.autocast(device, dtype=torch.get_autocast_dtype(device),
                                   enabled=torch.is_autocast_enabled(device),
                                   cache_enabled=False)  # cached casts would outlive a replay
+        began = time.perf_counter()
         try:
             with autocast:
                 recording: Recording | None = self.recorder.record(
@@ -261,6 +268,7 @@ class GraphedLayers(torch.nn.ModuleList):
             print(f"note: CUDA graphs are off for rows of {tuple(hidden.shape)} "
                   f"({str(error).splitlines()[0]}); those steps run unrecorded", file=sys.stderr)
             recording = None
+        self.recording_seconds += time.perf_counter() - began
         self.recordings[key] = recording
         return recording
 

@@ -91,7 +91,7 @@ class Recipe:
     precision: str = "auto"
     fused_kernels: bool = False
     compile_layers: str = "auto"
-    activation_budget: float | None = 0.5
+    activation_budget: float | None = 0.3
     cuda_graphs: bool = True
 
     def to_json(self) -> dict[str, Any]:

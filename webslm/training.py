@@ -255,6 +255,19 @@ def pad_packed_row(batch: dict[str, Any], bucket: int, sequences: int, longest: 
     return batch
 
 
+def adapters_take_compute_dtype(model: Any) -> None:
+    """LoRA's input stays in the compute dtype (PEFT casts it to the fp32 adapter weights'
+    dtype, dropout runs on that copy, and autocast casts it back for the bf16 product).
+
+    Once the layers replay as CUDA graphs the step is bound by the GPU, and those casts are
+    the largest elementwise kernels in it (bench/RESULTS.md, fifth pass). Inductor computes
+    dropout in fp32 either way and rounds once, so the product sees the same values.
+    """
+    for module in model.modules():
+        if hasattr(module, "cast_input_dtype_enabled"):  # PEFT's LoRA layers
+            module.cast_input_dtype_enabled = False
+
+
 def graph_recorder(recipe: Recipe) -> Recorder | None:
     """What records the compiled layers as CUDA graphs, when the recipe and machine allow."""
     if recipe.cuda_graphs and recipe.padding_free and torch.cuda.is_available():
@@ -308,6 +321,7 @@ def build_trainer(model: Any, tokenizer: Any, examples: Sequence[TokenizedExampl
         compile_decoder_layers(trainer.model, recipe.gradient_checkpointing,
                                recipe.activation_budget, dynamic=True if recorder else None)
         if recorder:
+            adapters_take_compute_dtype(trainer.model)
             assert isinstance(trainer.model, PeftModel)  # SFTTrainer wraps it (peft_config)
             replay_layers(trainer.model.get_base_model().base_model, recorder)
             trainer.data_collator = BucketedRows(trainer.data_collator, TOKEN_BUCKET, micro,
