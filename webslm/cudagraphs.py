@@ -32,7 +32,9 @@ MAX_RECORDINGS = 16
 # Runs before recording, outside it: they compile, autotune and allocate what a recording
 # must not do.
 WARMUP_RUNS = 2
-# What transformers passes a decoder layer that a recording replays; anything else runs as is.
+# What may come with a call that replays; anything else runs unrecorded. A recording passes
+# the layers `cu_seq_lens_q` (as both boundaries) and `max_length_q`, all that
+# `training.varlen_attention` reads; it ignores `seq_idx` and `position_ids`.
 REPLAYED_KWARGS = frozenset({"cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k",
                              "seq_idx"})
 
