@@ -46,7 +46,6 @@ from webslm.finetune import Recipe, batch_split, finetune, pick_precision
 from webslm.training import (
     attention_for,
     build_trainer,
-    decoder_layers,
     load_base_model,
     master_weight_dtype,
 )
@@ -64,49 +63,27 @@ PLAIN = Recipe(micro_batch=2, padding_free=False, assistant_only_loss=False,
                gradient_checkpointing=False, precision="fp16", compile_layers="off")
 OURS = Recipe()
 LONG_RUN = dataclasses.replace(OURS, compile_layers="on")  # Recipe() on >= COMPILE_MIN_STEPS steps
+# The third pass's default: compiled layers, each checkpointed whole, no CUDA graphs.
+THIRD_PASS = dataclasses.replace(LONG_RUN, activation_budget=None, cuda_graphs=False)
 VARIANTS = {  # Liger patches transformers' RoPE module-wide: the variants with it run last
     "plain": PLAIN,
     "eager": dataclasses.replace(OURS, compile_layers="off"),  # the recipe before issue 16
+    "compiled": THIRD_PASS,  # the recipe of long runs before CUDA graphs
     "ours": LONG_RUN,
-    "ours-keep2": dataclasses.replace(LONG_RUN, keep_every=2),
-    "ours-no-ckpt": dataclasses.replace(LONG_RUN, gradient_checkpointing=False),
+    "ours-no-graphs": dataclasses.replace(LONG_RUN, cuda_graphs=False),
+    "ours-budget0.5": dataclasses.replace(LONG_RUN, activation_budget=0.5),
+    "ours-budget0.7": dataclasses.replace(LONG_RUN, activation_budget=0.7),
+    "ours-keep-all": dataclasses.replace(LONG_RUN, activation_budget=1.0),
+    "ours-ckpt": dataclasses.replace(LONG_RUN, activation_budget=None),
+    "compiled-no-ckpt": dataclasses.replace(THIRD_PASS, gradient_checkpointing=False),
     "eager-no-ckpt": dataclasses.replace(OURS, compile_layers="off",
                                          gradient_checkpointing=False),
-    "ours-keep3": dataclasses.replace(LONG_RUN, keep_every=3),
-    "ours-keep4": dataclasses.replace(LONG_RUN, keep_every=4),
     "ours-no-dropout": dataclasses.replace(LONG_RUN, lora_dropout=0.0),
     "qlora": dataclasses.replace(OURS, bits=4, compile_layers="off"),  # --bits 4, short run
     "qlora-compiled": dataclasses.replace(LONG_RUN, bits=4),
     "ours-liger": dataclasses.replace(OURS, compile_layers="off", fused_kernels=True),
 }
-
-
-def bf16_adapter_input(trainer) -> None:
-    """Experiment: LoRA takes its input in bf16 (PEFT casts it to the fp32 adapter weights'
-    dtype first, and autocast casts it back for the product)."""
-    for module in trainer.model.modules():
-        if hasattr(module, "cast_input_dtype_enabled"):
-            module.cast_input_dtype_enabled = False
-
-
-def layers_within_budget(budget: float):
-    """Experiment: compile each layer with no checkpoint around it; the compiler's partitioner
-    keeps `budget` of the activations and recomputes the cheapest rest."""
-    def tweak(trainer) -> None:
-        bf16_adapter_input(trainer)
-        trainer.model.enable_input_require_grads()  # layer 0's input too: one graph for all
-        within = torch._functorch.config.patch(activation_memory_budget=budget)
-        for layer in decoder_layers(trainer.model):
-            layer.forward = within(torch.compile(layer.forward))
-    return tweak
-
-
-EXPERIMENTS = {  # name: (recipe the trainer is built with, change applied to it before training)
-    "ours-bf16-input": (LONG_RUN, bf16_adapter_input),
-    "layers-budget0.5": (VARIANTS["eager-no-ckpt"], layers_within_budget(0.5)),
-    "layers-budget0.2": (VARIANTS["eager-no-ckpt"], layers_within_budget(0.2)),
-}
-DEFAULT_VARIANTS = "plain,eager,ours,ours-keep2,ours-keep3,ours-no-ckpt"
+DEFAULT_VARIANTS = "plain,eager,compiled,ours,ours-budget0.5,ours-keep-all"
 H100_BF16_PEAK = 989e12  # dense bf16, H100 SXM datasheet
 
 
@@ -194,11 +171,15 @@ class StepTimer(TrainerCallback):
         self.began: float | None = None
         self.start: tuple[float, int] | None = None
         self.end: tuple[float, int] | None = None
+        # Seconds spent recording CUDA graphs so far: a row shape first seen in the timed
+        # steps is recorded there once (~1 s), which is not the steady state being timed.
+        self.recording_clock = lambda: 0.0
+        self.recorded = (0.0, 0.0)
 
-    @staticmethod
-    def _mark(step: int) -> tuple[float, int]:
+    def _mark(self, step: int) -> tuple[float, int]:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
+        self.recorded = (self.recorded[1], self.recording_clock())
         return time.perf_counter(), step
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -225,7 +206,7 @@ class StepTimer(TrainerCallback):
 
 def run_variant(name: str, recipe: Recipe, examples: list[TokenizedExample], steps: int,
                 warmup: int, world_size: int, out: Path, model_config: dict,
-                profile: bool = False, tweak=None) -> dict:
+                profile: bool = False) -> dict:
     # Each variant compiles afresh: dynamo caches compiled code per function, so a variant
     # compiled with other settings (an activation budget) would otherwise run the graph an
     # earlier variant compiled (seen on the H200: bench/raw/issue16/11-budget.*).
@@ -253,13 +234,14 @@ def run_variant(name: str, recipe: Recipe, examples: list[TokenizedExample], ste
     trainer = build_trainer(model, pad_tokenizer(), examples, recipe, out / name,
                             precision=precision, world_size=world_size,
                             max_steps=warmup + steps, callbacks=[timer])
-    if tweak is not None:
-        tweak(trainer)
+    layers = trainer.model.get_base_model().base_model.layers
+    timer.recording_clock = lambda: getattr(layers, "recording_seconds", 0.0)
     real_tokens = RealTokens(trainer.data_collator)
     trainer.data_collator = real_tokens
     trainer.train()
     assert timer.began and timer.start and timer.end, "timer did not fire"
-    seconds = timer.end[0] - timer.start[0]
+    recording_in_timed_steps = timer.recorded[1] - timer.recorded[0]
+    seconds = timer.end[0] - timer.start[0] - recording_in_timed_steps
     batches_per_step = batch_split(recipe, world_size)[1]
     tokens = real_tokens.tokens(timer.start[1] * batches_per_step, timer.end[1] * batches_per_step)
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
@@ -268,7 +250,11 @@ def run_variant(name: str, recipe: Recipe, examples: list[TokenizedExample], ste
         "global_batch": recipe.global_batch, "micro_batch": recipe.micro_batch,
         "padding_free": recipe.padding_free, "compile_layers": recipe.compile_layers,
         "gradient_checkpointing": recipe.gradient_checkpointing,
-        "keep_every": recipe.keep_every, "steps": steps,
+        "activation_budget": recipe.activation_budget, "cuda_graphs": recipe.cuda_graphs,
+        "steps": steps, "replays": getattr(layers, "replays", 0),
+        "recordings": len(getattr(layers, "recordings", {})),
+        "recording_seconds": getattr(layers, "recording_seconds", 0.0),
+        "recording_seconds_in_timed_steps": recording_in_timed_steps,
         "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
         "warmup_seconds": timer.start[0] - timer.began,
         "peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0,
@@ -353,14 +339,18 @@ def end_to_end(data: Path, names: list[str], gpus: int, work: Path, model_config
 
 def print_table(results: list[dict]) -> None:
     baseline = next((r for r in results if r["variant"] == "plain"), None)
-    print(f"\n{'variant':16} {'tok/s':>8} {'x plain':>7} {'peak GiB':>8} {'GFLOP/tok':>9} "
-          f"{'MFU(989)':>8} {'MFU(meas)':>9} {'loss':>6} {'warmup s':>8}")
+    print(f"\n{'variant':16} {'tok/s':>8} {'x plain':>7} {'peak GiB':>8} {'reserved':>8} "
+          f"{'GFLOP/tok':>9} "
+          f"{'MFU(989)':>8} {'MFU(meas)':>9} {'loss':>6} {'warmup s':>8} {'replays':>7} "
+          f"{'recs':>4} {'rec s':>6}")
     for r in results:
         ratio = r["tokens_per_s"] / baseline["tokens_per_s"] if baseline else float("nan")
         print(f"{r['variant']:16} {r['tokens_per_s']:8.0f} {ratio:7.2f} "
-              f"{r['peak_allocated_gib']:8.2f} {r['flops_per_token'] / 1e9:9.2f} "
+              f"{r['peak_allocated_gib']:8.2f} {r['peak_reserved_gib']:8.2f} "
+              f"{r['flops_per_token'] / 1e9:9.2f} "
               f"{r['mfu_vs_datasheet']:8.1%} {r['mfu_vs_measured_matmul']:9.1%} "
-              f"{r['mean_timed_loss']:6.3f} {r['warmup_seconds']:8.1f}", flush=True)
+              f"{r['mean_timed_loss']:6.3f} {r['warmup_seconds']:8.1f} "
+              f"{r['replays']:7d} {r['recordings']:4d} {r['recording_seconds']:6.1f}", flush=True)
 
 
 def main() -> int:
@@ -403,10 +393,9 @@ def main() -> int:
             Path(args.json).write_text(json.dumps({"e2e": results}, indent=2))
         return 0
     names = args.variants.split(",")
-    unknown = [n for n in names if n not in VARIANTS and n not in EXPERIMENTS]
+    unknown = [n for n in names if n not in VARIANTS]
     if unknown:  # before any variant runs: a typo must not cost the GPU time of the others
-        print(f"unknown variant {', '.join(unknown)}: choose from "
-              f"{', '.join([*VARIANTS, *EXPERIMENTS])}")
+        print(f"unknown variant {', '.join(unknown)}: choose from {', '.join(VARIANTS)}")
         return 2
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -423,13 +412,12 @@ def main() -> int:
               f"{assistant_share:.0%} of them assistant tokens")
     results = []
     for name in names:
-        recipe, tweak = EXPERIMENTS.get(name) or (VARIANTS[name], None)
-        recipe = dataclasses.replace(recipe, global_batch=args.global_batch,
-                                     micro_batch=min(recipe.micro_batch,
+        recipe = dataclasses.replace(VARIANTS[name], global_batch=args.global_batch,
+                                     micro_batch=min(VARIANTS[name].micro_batch,
                                                      args.global_batch // world_size))
         try:
             result = run_variant(name, recipe, examples, args.steps, args.warmup, world_size,
-                                 work, model_config, args.profile, tweak)
+                                 work, model_config, args.profile)
         except Exception as error:  # noqa: BLE001 - one broken variant must not hide the others
             print(f"variant {name} failed: {type(error).__name__}: {error}")
             if torch.cuda.is_available():

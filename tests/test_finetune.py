@@ -15,6 +15,7 @@ from peft import PeftModel
 from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
+from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from webslm import training
 from webslm.chatdata import load_tokenizer, read_chat_data, tokenize_all
@@ -261,7 +262,7 @@ def test_compiled_layers_train_exactly_like_eager(tiny_qwen2: Path, tmp_path: Pa
     for mode in ("off", "on"):
         # dropout 0: eager and compiled code draw dropout masks from different generators
         recipe = Recipe(epochs=2, learning_rate=float(LR), lora_dropout=0.0,
-                        compile_layers=mode, keep_every=2)
+                        compile_layers=mode, activation_budget=None)
         torch.manual_seed(0)
         model = training.load_base_model(tiny_qwen2, "fp32", recipe)
         trainer = training.build_trainer(model, tokenizer, examples, recipe, tmp_path / mode,
@@ -275,14 +276,39 @@ def test_compiled_layers_train_exactly_like_eager(tiny_qwen2: Path, tmp_path: Pa
     (eager_losses, eager_forwards, eager_adapter) = runs["off"]
     (losses, forwards, adapter) = runs["on"]
     assert eager_forwards == ["NoneType", "NoneType"]  # eager: the class's own forward
-    # keep_every=2: layer 0 is checkpointed around its compiled forward, layer 1 keeps its
-    # activations and runs the compiled forward directly
-    assert forwards[0] == "partial" and forwards[1] != "partial" and forwards[1] != "NoneType"
+    # activation_budget None: each layer checkpointed around its compiled forward
+    assert forwards == ["partial", "partial"]
     assert len(losses) == len(eager_losses) == 2
     assert losses == pytest.approx(eager_losses, rel=1e-4)
     assert adapter.keys() == eager_adapter.keys()
     assert all(torch.allclose(adapter[k], eager_adapter[k], atol=1e-5) for k in adapter)
     assert any((adapter[k] != 0).any() for k in adapter if "lora_B" in k)  # it trained
+
+
+def test_bucketed_rows_repeat_few_shapes_and_add_no_loss() -> None:
+    """CUDA graphs replay one shape: rows are padded to a bucket, boundaries to a fixed count."""
+    collate = DataCollatorForLanguageModeling(pad_token_id=7, padding_free=True)
+    rows = training.BucketedRows(collate, bucket=16, conversations=4, longest=32)
+    examples = [{"input_ids": list(range(1, n + 1)), "labels": [-100] * 2 + list(range(3, n + 1))}
+                for n in (5, 9, 3)]
+    plain, row = collate(examples), rows(examples)
+    assert row["input_ids"].shape == (1, 32)  # 17 real tokens, padded to two buckets
+    assert torch.equal(row["input_ids"][:, :17], plain["input_ids"])
+    assert torch.equal(row["labels"][:, :17], plain["labels"])
+    assert (row["input_ids"][0, 17:] == 7).all() and (row["labels"][0, 17:] == -100).all()
+    assert row["position_ids"][0, 17:].tolist() == list(range(15))  # one pad sequence
+    # 3 conversations + the pad sequence + one empty one: always 4 + 1 sequences
+    assert row["cu_seq_lens_q"].tolist() == [0, 5, 14, 17, 32, 32]
+    assert row["cu_seq_lens_k"] is row["cu_seq_lens_q"]
+    assert row["max_length_q"] == row["max_length_k"] == 32
+    assert row["seq_idx"][0].tolist() == [0] * 5 + [1] * 9 + [2] * 3 + [3] * 15
+    two = rows(examples[:2])  # a shorter batch: the same shape
+    assert two["input_ids"].shape == (1, 16) and two["cu_seq_lens_q"].tolist() == [0, 5, 14, 16,
+                                                                                      16, 16]
+    exact = rows([{"input_ids": list(range(1, 17))}])  # already a bucket long: no pad sequence
+    assert exact["cu_seq_lens_q"].tolist() == [0, 16, 16, 16, 16, 16]
+    with pytest.raises(ValueError, match="exceeds"):
+        rows(examples * 2)
 
 
 def test_compile_only_when_it_pays() -> None:
@@ -299,8 +325,9 @@ def test_compile_only_when_it_pays() -> None:
 
 def test_bad_compile_settings_are_refused(tiny_qwen2: Path, tmp_path: Path,
                                           capsys: pytest.CaptureFixture) -> None:
-    with pytest.raises(BadInput, match="keep_every"):
-        check_recipe(Recipe(keep_every=-1))
+    for budget in (0.0, 1.5):
+        with pytest.raises(BadInput, match="activation_budget"):
+            check_recipe(Recipe(activation_budget=budget))
     with pytest.raises(BadInput, match="compile_layers"):
         check_recipe(Recipe(compile_layers="yes"))
     data = write_data(tmp_path / "chat.jsonl", repeat=1)

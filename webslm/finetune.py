@@ -52,9 +52,9 @@ PRECISIONS = ("bf16", "fp16", "fp32")
 PROBLEMS_SHOWN = 50  # data problems printed; the rest are counted
 COMPILE_CHOICES = ("auto", "on", "off")
 BITS_CHOICES = (16, 4)  # --bits: LoRA on the model's own weights, or QLoRA on 4-bit ones
-# Compiling the decoder layers costs ~60 s once per process and saves ~0.2 s per step of 16
-# conversations on an H200: "auto" compiles only for runs of at least this many optimizer steps
-# (bench/RESULTS.md, issue 16).
+# Compiling and recording the decoder layers costs ~45-80 s once per process and saves ~0.26 s
+# per step of 16 conversations on an H200 (0.37 s eager, 0.11 s replayed): "auto" compiles only
+# for runs of at least this many optimizer steps (bench/RESULTS.md, issue 16, fifth pass).
 COMPILE_MIN_STEPS = 300
 
 
@@ -66,10 +66,12 @@ class Recipe:
     padding-free row (no pad tokens computed); gradients accumulate up to `global_batch`.
     `fused_kernels` trades speed for memory, not the maths: see `speed_up`.
     `compile_layers` ("auto", "on", "off") compiles each decoder layer, LoRA included, with
-    `torch.compile`, checkpointed from outside except every `keep_every`-th layer (0: all
-    checkpointed), which keeps its activations: see `compile_decoder_layers`. "auto" compiles
-    on a GPU when the run is long enough to repay the compile time. Neither changes the batch,
-    the steps or the loss a user gets.
+    `torch.compile`; "auto" compiles on a GPU when the run is long enough to repay the compile
+    time. Compiled layers under `gradient_checkpointing` keep `activation_budget` of their
+    activations and recompute the rest (None: each layer checkpointed whole): see
+    `compile_decoder_layers`. With `cuda_graphs` the compiled layers of a padding-free GPU
+    run replay as recorded CUDA graphs: see `webslm.cudagraphs`. None of these changes the
+    batch, the steps or the loss a user gets.
     """
 
     epochs: float = 3.0
@@ -89,7 +91,8 @@ class Recipe:
     precision: str = "auto"
     fused_kernels: bool = False
     compile_layers: str = "auto"
-    keep_every: int = 0
+    activation_budget: float | None = 0.3
+    cuda_graphs: bool = True
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -111,8 +114,10 @@ def check_recipe(recipe: Recipe) -> None:
         raise BadInput(f"unknown precision {recipe.precision!r}", "use auto, bf16, fp16 or fp32")
     if recipe.compile_layers not in COMPILE_CHOICES:
         raise BadInput(f"unknown compile_layers {recipe.compile_layers!r}", "use auto, on or off")
-    if recipe.keep_every < 0:
-        raise BadInput("keep_every must not be negative", "pass 0 to checkpoint every layer")
+    budget = recipe.activation_budget
+    if budget is not None and not 0.0 < budget <= 1.0:
+        raise BadInput(f"activation_budget {budget} is outside (0, 1]",
+                       "pass a share of the activations to keep, e.g. 0.5, or None")
 
 
 def pick_precision(requested: str, cuda: bool, bf16_supported: bool) -> str:

@@ -18,7 +18,7 @@ import functools
 import os
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from trl import SFTConfig, SFTTrainer
 
 from webslm.chatdata import TokenizedExample, load_tokenizer
+from webslm.cudagraphs import CudaGraphRecorder, Recorder, replay_layers
 from webslm.errors import MissingEnvironment
 from webslm.finetune import Recipe, batch_split, pick_precision, planned_steps, should_compile
 from webslm.hub import TOKENIZER_FILES
@@ -49,6 +50,9 @@ from webslm.normalize import normalize_path
 
 COMPILE_BACKEND = "inductor"  # torch.compile's own; the CPU tests swap in "aot_eager" for time
 VARLEN_ATTENTION = "webslm_varlen"
+# Rows replayed as CUDA graphs are padded to a multiple of this many tokens, so that a run
+# records a handful of shapes (16 conversations of ~450 tokens: ~7k, so ~7% padding).
+TOKEN_BUCKET = 1024
 # Causal varlen attention: a window reaching every earlier token and none after (torch >= 2.11).
 CAUSAL_WINDOW = (-1, 0)
 
@@ -92,6 +96,8 @@ def varlen_attention(module: Any, query: Any, key: Any, value: Any, attention_ma
         return out.unsqueeze(0), None
     pieces = []
     for start, end in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+        if end == start:  # the empty sequences a bucketed row ends with
+            continue
         pieces.append(scaled_dot_product_attention(
             query[:, :, start:end], key[:, :, start:end], value[:, :, start:end],
             is_causal=True, scale=scaling, enable_gqa=True))
@@ -176,26 +182,97 @@ def decoder_layers(model: Any) -> list[Any]:
     return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
 
 
-def compile_decoder_layers(model: Any, checkpointed: bool, keep_every: int = 0) -> int:
-    """Compile each decoder layer (LoRA inside it) and checkpoint it from outside; return the count.
+def compile_decoder_layers(model: Any, checkpointed: bool, activation_budget: float | None,
+                           dynamic: bool | None = None) -> int:
+    """Compile each decoder layer (LoRA inside it); return the count.
 
     Why: a 0.5B model's step is bound by kernel launches, thousands of small elementwise kernels
     (norms, RoPE, SwiGLU, LoRA's dtype casts and dropout) around the matrix products. Inductor
-    fuses them, and all layers share one compiled graph. Transformers' own checkpointing wraps the
-    layer's forward, inside the compiled region, which dynamo cannot trace; here the compiled
-    forward is checkpointed (non-reentrant) from outside instead; with `keep_every` = k > 0,
-    every k-th layer keeps its activations (less recomputation for more memory). The module
-    tree, parameter names and saved adapter stay as they were.
+    fuses them, and all layers share one compiled graph. Memory, when `checkpointed`: with no
+    `activation_budget`, each compiled forward is checkpointed (non-reentrant) from outside
+    (transformers' own checkpointing wraps the forward inside the compiled region, which dynamo
+    cannot trace); with a budget, the compiler keeps that share of the activations (1.0: all)
+    and recomputes the cheapest rest, which CUDA graphs can record. The module tree, parameter
+    names and saved adapter stay as they were.
     """
     layers = decoder_layers(model)
-    for index, layer in enumerate(layers):
-        compiled = torch.compile(layer.forward, backend=COMPILE_BACKEND)
-        keeps = keep_every > 0 and index % keep_every == keep_every - 1
-        if checkpointed and not keeps:
+    budget = activation_budget if checkpointed and activation_budget is not None else 1.0
+    within = torch._functorch.config.patch(activation_memory_budget=budget)
+    for layer in layers:
+        compiled = within(torch.compile(layer.forward, backend=COMPILE_BACKEND, dynamic=dynamic))
+        if checkpointed and activation_budget is None:
             layer.forward = functools.partial(checkpoint, compiled, use_reentrant=False)
         else:
             layer.forward = compiled
     return len(layers)
+
+
+@dataclass(frozen=True)
+class BucketedRows:
+    """A padding-free collator whose rows come in few shapes, for CUDA graphs.
+
+    A CUDA graph replays one shape. TRL's padding-free row is as long as its conversations,
+    a new length almost every step; this pads the row up to a multiple of `bucket` tokens
+    with one extra pad sequence (labels -100: no loss, attention within itself), gives the
+    boundaries a fixed count (empty sequences at the end) and the longest-sequence bound a
+    fixed value, so rows repeat a handful of shapes. The loss is unchanged.
+    """
+
+    collate: Callable[[list[dict[str, Any]]], dict[str, Any]]
+    bucket: int
+    conversations: int
+    longest: int
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = dict(self.collate(examples))
+        pad_id = int(getattr(self.collate, "pad_token_id", 0))
+        return pad_packed_row(batch, self.bucket, self.conversations + 1, self.longest, pad_id)
+
+
+def pad_packed_row(batch: dict[str, Any], bucket: int, sequences: int, longest: int,
+                   pad_id: int) -> dict[str, Any]:
+    """`batch` (one padding-free row) padded to a multiple of `bucket`, with `sequences`
+    sequence boundaries after the leading 0; see `BucketedRows`."""
+    length = batch["input_ids"].shape[1]
+    extra = -length % bucket
+    bounds = batch["cu_seq_lens_q"]
+    if extra:
+        def grow(tensor: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+            return torch.cat([tensor, fill.to(tensor.dtype)[None]], dim=1)
+        batch["input_ids"] = grow(batch["input_ids"], torch.full((extra,), pad_id))
+        batch["labels"] = grow(batch["labels"], torch.full((extra,), -100))
+        batch["position_ids"] = grow(batch["position_ids"], torch.arange(extra))
+        bounds = torch.cat([bounds, bounds.new_tensor([length + extra])])
+    if bounds.numel() - 1 > sequences:
+        raise ValueError(f"a row of {bounds.numel() - 1} sequences exceeds {sequences}")
+    total = length + extra
+    bounds = torch.cat([bounds, bounds.new_full((sequences + 1 - bounds.numel(),), total)])
+    batch["cu_seq_lens_q"] = batch["cu_seq_lens_k"] = bounds
+    batch["max_length_q"] = batch["max_length_k"] = max(longest, int(bounds.diff().max()))
+    if "seq_idx" in batch:
+        batch["seq_idx"] = torch.repeat_interleave(
+            torch.arange(sequences, dtype=torch.int32), bounds.diff())[None]
+    return batch
+
+
+def adapters_take_compute_dtype(model: Any) -> None:
+    """LoRA's input stays in the compute dtype (PEFT casts it to the fp32 adapter weights'
+    dtype, dropout runs on that copy, and autocast casts it back for the bf16 product).
+
+    Once the layers replay as CUDA graphs the step is bound by the GPU, and those casts are
+    the largest elementwise kernels in it (bench/RESULTS.md, fifth pass). Inductor computes
+    dropout in fp32 either way and rounds once, so the product sees the same values.
+    """
+    for module in model.modules():
+        if hasattr(module, "cast_input_dtype_enabled"):  # PEFT's LoRA layers
+            module.cast_input_dtype_enabled = False
+
+
+def graph_recorder(recipe: Recipe) -> Recorder | None:
+    """What records the compiled layers as CUDA graphs, when the recipe and machine allow."""
+    if recipe.cuda_graphs and recipe.padding_free and torch.cuda.is_available():
+        return CudaGraphRecorder()
+    return None
 
 
 def build_trainer(model: Any, tokenizer: Any, examples: Sequence[TokenizedExample],
@@ -240,7 +317,15 @@ def build_trainer(model: Any, tokenizer: Any, examples: Sequence[TokenizedExampl
         callbacks=list(callbacks),
     )
     if compiled:
-        compile_decoder_layers(trainer.model, recipe.gradient_checkpointing, recipe.keep_every)
+        recorder = graph_recorder(recipe)
+        compile_decoder_layers(trainer.model, recipe.gradient_checkpointing,
+                               recipe.activation_budget, dynamic=True if recorder else None)
+        if recorder:
+            adapters_take_compute_dtype(trainer.model)
+            assert isinstance(trainer.model, PeftModel)  # SFTTrainer wraps it (peft_config)
+            replay_layers(trainer.model.get_base_model().base_model, recorder)
+            trainer.data_collator = BucketedRows(trainer.data_collator, TOKEN_BUCKET, micro,
+                                                 max(recipe.max_seq_len, TOKEN_BUCKET))
     return trainer
 
 
