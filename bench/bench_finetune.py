@@ -70,7 +70,6 @@ VARIANTS = {  # Liger patches transformers' RoPE module-wide: the variants with 
     "eager": dataclasses.replace(OURS, compile_layers="off"),  # the recipe before issue 16
     "compiled": THIRD_PASS,  # the recipe of long runs before CUDA graphs
     "ours": LONG_RUN,
-    "ours-no-graphs": dataclasses.replace(LONG_RUN, cuda_graphs=False),
     "ours-budget0.5": dataclasses.replace(LONG_RUN, activation_budget=0.5),
     "ours-budget0.7": dataclasses.replace(LONG_RUN, activation_budget=0.7),
     "ours-keep-all": dataclasses.replace(LONG_RUN, activation_budget=1.0),

@@ -24,6 +24,7 @@ from test_finetune import LR, write_data
 from webslm import training
 from webslm.chatdata import load_tokenizer, read_chat_data, tokenize_all
 from webslm.cudagraphs import GraphedLayers, Run, fresh_grads
+from webslm.errors import StageFailed
 from webslm.finetune import Recipe
 
 
@@ -77,7 +78,7 @@ class RerunRecorder:
 def train(tiny_qwen2: Path, tmp_path: Path, recipe: Recipe, recorder: RerunRecorder | None,
           monkeypatch: pytest.MonkeyPatch) -> tuple[list[float], dict, object]:
     monkeypatch.setattr(training, "COMPILE_BACKEND", "aot_eager")  # Inductor: minutes on 2 cores
-    monkeypatch.setattr(training, "graph_recorder", lambda recipe: recorder)
+    monkeypatch.setattr(training, "graph_recorder", lambda recipe, world_size: recorder)
     tmp_path.mkdir()
     tokenizer = load_tokenizer(tiny_qwen2)
     examples = tokenize_all(tokenizer, read_chat_data([write_data(tmp_path / "c.jsonl")]), 1024)
@@ -187,6 +188,31 @@ def test_a_shape_that_cannot_be_recorded_runs_unrecorded(capsys: pytest.CaptureF
     err = capsys.readouterr().err
     assert err.count("note: CUDA graphs are off for rows of (1, 3, 2)") == 1  # said once
     assert "operation not permitted" in err and "more" not in err
+
+
+def test_a_failed_capture_stops_training_with_what_to_do() -> None:
+    """A capture that fails part-way leaves the process's CUDA state unusable (seen under
+    DDP), so it is not run around: training stops with one line."""
+    class Broken(RerunRecorder):
+        def record(self, *args: object, **kwargs: object) -> RerunRecording:
+            raise StageFailed("recording the decoder layers as a CUDA graph failed (x)",
+                              "train with --compile off")
+
+    layers = GraphedLayers([Doubler()], Broken())
+    with pytest.raises(StageFailed, match="--compile off"):
+        layers.run_all(torch.ones(1, 3, 2), **layer_kwargs(3))
+
+
+def test_cuda_graphs_only_for_one_padding_free_gpu_process(monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(training, "CudaGraphRecorder", RerunRecorder)
+    assert isinstance(training.graph_recorder(Recipe(), 1), RerunRecorder)
+    assert training.graph_recorder(Recipe(), 2) is None  # DDP: bench/RESULTS.md, fifth pass
+    assert training.graph_recorder(Recipe(cuda_graphs=False), 1) is None
+    assert training.graph_recorder(Recipe(padding_free=False), 1) is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert training.graph_recorder(Recipe(), 1) is None
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="records real CUDA graphs")

@@ -46,7 +46,7 @@ from webslm.serve import (
     serving_in_thread,
 )
 from webslm.spec import resolve_spec
-from webslm.webllm import ChatConfig, read_app_config, read_chat_config
+from webslm.webllm import REBUILD, ChatConfig, read_app_config, read_chat_config
 
 TOKENIZER = "tokenizer.json"
 DIST_FIX = "pass a dist folder made by `webslm build`"
@@ -381,7 +381,7 @@ def checked_dist(dist: Path) -> tuple[ChatConfig, str]:
         if library is not None and not (dist / library).is_file():
             missing.append(library)
     if missing:
-        raise BadInput(f"{dist} lacks {', '.join(missing)}", "rebuild it with `webslm build`")
+        raise BadInput(f"{dist} lacks {', '.join(missing)}", REBUILD)
     quantization = chat_config.quantization
     if quantization not in TOLERANCES:
         raise BadInput(f"no measured tolerance for {quantization or 'this'} quantization",

@@ -13,6 +13,7 @@ by hand, as `torch.cuda.make_graphed_callables` does, with what training needs b
 - a replay only while no earlier replay waits for its backward (the recordings share their
   memory); otherwise, and for anything not recorded, the layers simply run.
 
+One process only: under DDP the first capture failed (`training.graph_recorder`).
 `GraphedLayers` takes the place of a transformers model's layer list. Parameter names, the
 module tree and the saved adapter stay as they were.
 """
@@ -26,6 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
+
+from webslm.errors import StageFailed
 
 # A row shape gets recorded once; beyond this many shapes the layers run unrecorded.
 MAX_RECORDINGS = 16
@@ -123,15 +126,20 @@ class CudaGraphRecorder:
                 out = run(*static)
                 torch.autograd.grad(out, wrt, torch.ones_like(out), allow_unused=True)
         torch.cuda.current_stream().wait_stream(self.side)
-        forward_graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(forward_graph, pool=self.pool):
-            output = run(*static)
-        output_grad = torch.empty_like(output)
-        backward_graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(backward_graph, pool=self.pool):
-            grads = torch.autograd.grad(output, wrt, output_grad, materialize_grads=True)
-            param_grads = grads[len(wrt) - len(params):]
-            flat = torch.cat([g.reshape(-1) for g in param_grads])
+        forward_graph, backward_graph = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(forward_graph, pool=self.pool):
+                output = run(*static)
+            output_grad = torch.empty_like(output)
+            with torch.cuda.graph(backward_graph, pool=self.pool):
+                grads = torch.autograd.grad(output, wrt, output_grad, materialize_grads=True)
+                param_grads = grads[len(wrt) - len(params):]
+                flat = torch.cat([g.reshape(-1) for g in param_grads])
+        except RuntimeError as error:  # seen under DDP: bench/RESULTS.md, fifth pass
+            raise StageFailed(
+                f"recording the decoder layers as a CUDA graph failed "
+                f"({str(error).splitlines()[0]}); a failed recording leaves the GPU's random "
+                f"number state unusable for this process", "train with --compile off") from error
         torch.cuda.empty_cache()  # what the warm-up runs freed: the steps' own memory
         return CudaGraphRecording(
             inputs=static, output=output.detach(),  # the recording's autograd graph goes
@@ -266,7 +274,7 @@ class GraphedLayers(torch.nn.ModuleList):
             with autocast:
                 recording: Recording | None = self.recorder.record(
                     run, (hidden, cos, sin, kwargs["cu_seq_lens_q"]), self.trained_parameters())
-        except (RuntimeError, ValueError) as error:
+        except (RuntimeError, ValueError) as error:  # before recording: see CudaGraphRecorder
             print(f"note: CUDA graphs are off for rows of {tuple(hidden.shape)} "
                   f"({str(error).splitlines()[0]}); those steps run unrecorded", file=sys.stderr)
             recording = None

@@ -67,11 +67,12 @@ class Recipe:
     `fused_kernels` trades speed for memory, not the maths: see `speed_up`.
     `compile_layers` ("auto", "on", "off") compiles each decoder layer, LoRA included, with
     `torch.compile`; "auto" compiles on a GPU when the run is long enough to repay the compile
-    time. Compiled layers under `gradient_checkpointing` keep `activation_budget` of their
-    activations and recompute the rest (None: each layer checkpointed whole): see
-    `compile_decoder_layers`. With `cuda_graphs` the compiled layers of a padding-free GPU
-    run replay as recorded CUDA graphs: see `webslm.cudagraphs`. None of these changes the
-    batch, the steps or the loss a user gets.
+    time. With `cuda_graphs`, the compiled layers of a padding-free run on one GPU replay as
+    recorded CUDA graphs (`webslm.cudagraphs`) and, under `gradient_checkpointing`, keep
+    `activation_budget` of their activations and recompute the rest (None: each layer
+    checkpointed whole, as compiled layers always are without graphs): see
+    `compile_decoder_layers`. None of these changes the batch, the steps or the loss a user
+    gets.
     """
 
     epochs: float = 3.0

@@ -268,9 +268,16 @@ def adapters_take_compute_dtype(model: Any) -> None:
             module.cast_input_dtype_enabled = False
 
 
-def graph_recorder(recipe: Recipe) -> Recorder | None:
-    """What records the compiled layers as CUDA graphs, when the recipe and machine allow."""
-    if recipe.cuda_graphs and recipe.padding_free and torch.cuda.is_available():
+def graph_recorder(recipe: Recipe, world_size: int) -> Recorder | None:
+    """What records the compiled layers as CUDA graphs, when the recipe and machine allow.
+
+    One process only. Under DDP on two H200s the first recording failed ("operation failed due
+    to a previous error during capture": most likely NCCL's watchdog thread querying events
+    during the capture) and left the process unable to draw random numbers (bench/RESULTS.md,
+    fifth pass); several GPUs train the compiled layers unrecorded.
+    """
+    if (recipe.cuda_graphs and recipe.padding_free and world_size == 1
+            and torch.cuda.is_available()):
         return CudaGraphRecorder()
     return None
 
@@ -317,9 +324,12 @@ def build_trainer(model: Any, tokenizer: Any, examples: Sequence[TokenizedExampl
         callbacks=list(callbacks),
     )
     if compiled:
-        recorder = graph_recorder(recipe)
+        recorder = graph_recorder(recipe, world_size)
+        # The budget pays only under CUDA graphs (bench/RESULTS.md, fourth pass: unrecorded,
+        # the same speed as checkpointing each layer at 3x the memory)
         compile_decoder_layers(trainer.model, recipe.gradient_checkpointing,
-                               recipe.activation_budget, dynamic=True if recorder else None)
+                               recipe.activation_budget if recorder else None,
+                               dynamic=True if recorder else None)
         if recorder:
             adapters_take_compute_dtype(trainer.model)
             assert isinstance(trainer.model, PeftModel)  # SFTTrainer wraps it (peft_config)
