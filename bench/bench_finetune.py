@@ -71,9 +71,7 @@ VARIANTS = {  # Liger patches transformers' RoPE module-wide: the variants with 
     "compiled": THIRD_PASS,  # the recipe of long runs before CUDA graphs
     "ours": LONG_RUN,
     "ours-budget0.5": dataclasses.replace(LONG_RUN, activation_budget=0.5),
-    "ours-budget0.7": dataclasses.replace(LONG_RUN, activation_budget=0.7),
     "ours-keep-all": dataclasses.replace(LONG_RUN, activation_budget=1.0),
-    "ours-ckpt": dataclasses.replace(LONG_RUN, activation_budget=None),
     "compiled-no-ckpt": dataclasses.replace(THIRD_PASS, gradient_checkpointing=False),
     "eager-no-ckpt": dataclasses.replace(OURS, compile_layers="off",
                                          gradient_checkpointing=False),
