@@ -7,7 +7,8 @@ crashed on this step (graph trees, dynamic shapes: fourth pass), so the layers a
 by hand, as `torch.cuda.make_graphed_callables` does, with what training needs besides:
 
 - one recording per row shape (rows come padded to a few lengths: `training.BucketedRows`),
-  all in one memory pool, so memory is that of the largest, not of their sum;
+  all in one memory pool, whose blocks later recordings reuse where they fit (four lengths
+  still reserved 13.5 GiB for a 0.5B model: bench/RESULTS.md, fifth pass);
 - the gradients handed to autograd are fresh tensors (`make_graphed_callables` hands out its
   static buffers, which the next replay overwrites: wrong under gradient accumulation);
 - a replay only while no earlier replay waits for its backward (the recordings share their
@@ -105,8 +106,8 @@ class CudaGraphRecording:
 @dataclass
 class CudaGraphRecorder:
     """Records on the current CUDA device; every recording shares one memory pool, and the
-    warm-up runs one side stream (the caching allocator keeps a stream's freed blocks for that
-    stream: a new stream per recording held ~3 GiB each until the end)."""
+    warm-ups share one side stream (the caching allocator keeps a stream's freed blocks for
+    that stream: with a new stream per recording, four recordings reserved 19.9 GiB, not 13.5)."""
 
     pool: Any = field(default_factory=lambda: torch.cuda.graph_pool_handle())
     side: torch.cuda.Stream = field(default_factory=lambda: torch.cuda.Stream())
