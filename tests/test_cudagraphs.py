@@ -56,7 +56,7 @@ class RerunRecording:
             self.flat_param_grads = torch.empty_like(flat)
         self.flat_param_grads.copy_(flat)  # the static buffer every replay overwrites
         return fresh_grads(grads[0] if self.wrt_input else None, self.flat_param_grads,
-                           [p.shape for p in self.params])
+                           self.params)
 
 
 @dataclasses.dataclass

@@ -49,6 +49,8 @@ Run = Callable[..., torch.Tensor]
 class Recording(Protocol):
     """One row shape's layers, forward and backward, replayable over new inputs."""
 
+    params: tuple[torch.Tensor, ...]  # what the backward gives gradients of, in this order
+
     def forward(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor: ...
 
     def backward(self, output_grad: torch.Tensor
@@ -67,13 +69,13 @@ class Recorder(Protocol):
 
 
 def fresh_grads(input_grad: torch.Tensor | None, flat_param_grads: torch.Tensor,
-                param_shapes: Sequence[torch.Size]
+                params: Sequence[torch.Tensor]
                 ) -> tuple[torch.Tensor | None, tuple[torch.Tensor, ...]]:
     """Copies of a recording's gradient buffers, which its next replay overwrites: the
     parameters' in one copy, split into views of their shapes."""
     fresh = flat_param_grads.clone()
-    sizes = [shape.numel() for shape in param_shapes]
-    grads = tuple(g.view(shape) for g, shape in zip(fresh.split(sizes), param_shapes, strict=True))
+    grads = tuple(g.view_as(p) for g, p in
+                  zip(fresh.split([p.numel() for p in params]), params, strict=True))
     return (None if input_grad is None else input_grad.clone()), grads
 
 
@@ -86,7 +88,7 @@ class CudaGraphRecording:
     output_grad: torch.Tensor
     input_grad: torch.Tensor | None
     flat_param_grads: torch.Tensor
-    param_shapes: tuple[torch.Size, ...]
+    params: tuple[torch.Tensor, ...]
     forward_graph: torch.cuda.CUDAGraph
     backward_graph: torch.cuda.CUDAGraph
 
@@ -100,7 +102,7 @@ class CudaGraphRecording:
                  ) -> tuple[torch.Tensor | None, tuple[torch.Tensor, ...]]:
         self.output_grad.copy_(output_grad)
         self.backward_graph.replay()
-        return fresh_grads(self.input_grad, self.flat_param_grads, self.param_shapes)
+        return fresh_grads(self.input_grad, self.flat_param_grads, self.params)
 
 
 @dataclass
@@ -146,7 +148,7 @@ class CudaGraphRecorder:
             inputs=static, output=output.detach(),  # the recording's autograd graph goes
             output_grad=output_grad,
             input_grad=grads[0] if len(grads) > len(params) else None,
-            flat_param_grads=flat, param_shapes=tuple(p.shape for p in params),
+            flat_param_grads=flat, params=tuple(params),
             forward_graph=forward_graph, backward_graph=backward_graph)
 
 
@@ -226,12 +228,8 @@ class GraphedLayers(torch.nn.ModuleList):
             return self.run_layers(hidden_states, **kwargs)
         cos, sin = kwargs["position_embeddings"]
         rest = (cos, sin, kwargs["cu_seq_lens_q"])
-        params = self.trained_parameters()
         self.replays += 1
-        return Replay.apply(self, recording, hidden_states, rest, *params)
-
-    def trained_parameters(self) -> list[torch.Tensor]:
-        return [p for p in self.parameters() if p.requires_grad]
+        return Replay.apply(self, recording, hidden_states, rest, *recording.params)
 
     def replay_key(self, hidden: torch.Tensor, kwargs: dict[str, Any]) -> Key | None:
         """The shape a replay depends on, or None when this call must run unrecorded."""
@@ -274,7 +272,8 @@ class GraphedLayers(torch.nn.ModuleList):
         try:
             with autocast:
                 recording: Recording | None = self.recorder.record(
-                    run, (hidden, cos, sin, kwargs["cu_seq_lens_q"]), self.trained_parameters())
+                    run, (hidden, cos, sin, kwargs["cu_seq_lens_q"]),
+                    [p for p in self.parameters() if p.requires_grad])
         except (RuntimeError, ValueError) as error:  # before recording: see CudaGraphRecorder
             print(f"note: CUDA graphs are off for rows of {tuple(hidden.shape)} "
                   f"({str(error).splitlines()[0]}); those steps run unrecorded", file=sys.stderr)
