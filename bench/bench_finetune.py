@@ -46,6 +46,7 @@ from webslm.finetune import Recipe, batch_split, finetune, pick_precision
 from webslm.training import (
     attention_for,
     build_trainer,
+    decoder_stack,
     load_base_model,
     master_weight_dtype,
 )
@@ -166,18 +167,16 @@ class StepTimer(TrainerCallback):
         self.profile = profile
         self.profiler = None
         self.began: float | None = None
-        self.start: tuple[float, int] | None = None
-        self.end: tuple[float, int] | None = None
-        # Seconds spent recording CUDA graphs so far: a row shape first seen in the timed
-        # steps is recorded there once (~1 s), which is not the steady state being timed.
+        self.start: tuple[float, int, float] | None = None
+        self.end: tuple[float, int, float] | None = None
+        # Seconds spent recording CUDA graphs so far, read with each mark: a row shape first
+        # seen in the timed steps is recorded there once (~1 s), not the steady state timed.
         self.recording_clock = lambda: 0.0
-        self.recorded = (0.0, 0.0)
 
-    def _mark(self, step: int) -> tuple[float, int]:
+    def _mark(self, step: int) -> tuple[float, int, float]:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
-        self.recorded = (self.recorded[1], self.recording_clock())
-        return time.perf_counter(), step
+        return time.perf_counter(), step, self.recording_clock()
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.began = time.perf_counter()
@@ -231,13 +230,13 @@ def run_variant(name: str, recipe: Recipe, examples: list[TokenizedExample], ste
     trainer = build_trainer(model, pad_tokenizer(), examples, recipe, out / name,
                             precision=precision, world_size=world_size,
                             max_steps=warmup + steps, callbacks=[timer])
-    layers = trainer.model.get_base_model().base_model.layers
+    layers = decoder_stack(trainer.model).layers
     timer.recording_clock = lambda: getattr(layers, "recording_seconds", 0.0)
     real_tokens = RealTokens(trainer.data_collator)
     trainer.data_collator = real_tokens
     trainer.train()
     assert timer.began and timer.start and timer.end, "timer did not fire"
-    recording_in_timed_steps = timer.recorded[1] - timer.recorded[0]
+    recording_in_timed_steps = timer.end[2] - timer.start[2]
     seconds = timer.end[0] - timer.start[0] - recording_in_timed_steps
     batches_per_step = batch_split(recipe, world_size)[1]
     tokens = real_tokens.tokens(timer.start[1] * batches_per_step, timer.end[1] * batches_per_step)

@@ -89,7 +89,7 @@ def train(tiny_qwen2: Path, tmp_path: Path, recipe: Recipe, recorder: RerunRecor
     trainer.train()
     trainer.model.save_pretrained(str(tmp_path / "adapter"))
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-    layers = trainer.model.get_base_model().base_model.layers
+    layers = training.decoder_stack(trainer.model).layers
     return losses, load_file(tmp_path / "adapter" / "adapter_model.safetensors"), layers
 
 
@@ -230,7 +230,7 @@ def test_cuda_graph_replays_train_like_unrecorded_layers(tiny_qwen2: Path, tmp_p
         trainer = training.build_trainer(model, tokenizer, examples, recipe,
                                          tmp_path / str(graphs), precision="bf16", world_size=1)
         trainer.train()
-        layers = trainer.model.get_base_model().base_model.layers
+        layers = training.decoder_stack(trainer.model).layers
         runs[graphs] = ([e["loss"] for e in trainer.state.log_history if "loss" in e],
                         getattr(layers, "replays", 0))
     assert runs[False][1] == 0 and runs[True][1] == 8

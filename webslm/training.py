@@ -8,7 +8,8 @@ in bench/ train through `train_adapter` and `build_trainer` here, the code `webs
 
 Training is padding-free (a micro batch flattened into one row, attention kept within each
 conversation: `varlen_attention`) on assistant tokens only; long GPU runs compile each decoder
-layer (`compile_decoder_layers`). The merge writes fp16 weights and the base's tokenizer files
+layer (`compile_decoder_layers`) and, in one process, replay them as CUDA graphs
+(`webslm.cudagraphs`). The merge writes fp16 weights and the base's tokenizer files
 byte for byte, normalized for MLC-LLM.
 """
 
@@ -182,6 +183,12 @@ def decoder_layers(model: Any) -> list[Any]:
     return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
 
 
+def decoder_stack(model: Any) -> Any:
+    """The transformers decoder inside a PEFT-wrapped model: the module whose `layers` the
+    CUDA-graph replays take over (`webslm.cudagraphs.GraphedLayers`)."""
+    return model.get_base_model().base_model
+
+
 def compile_decoder_layers(model: Any, checkpointed: bool, activation_budget: float | None,
                            dynamic: bool | None = None) -> int:
     """Compile each decoder layer (LoRA inside it); return the count.
@@ -332,8 +339,7 @@ def build_trainer(model: Any, tokenizer: Any, examples: Sequence[TokenizedExampl
                                dynamic=True if recorder else None)
         if recorder:
             adapters_take_compute_dtype(trainer.model)
-            assert isinstance(trainer.model, PeftModel)  # SFTTrainer wraps it (peft_config)
-            replay_layers(trainer.model.get_base_model().base_model, recorder)
+            replay_layers(decoder_stack(trainer.model), recorder)
             trainer.data_collator = BucketedRows(trainer.data_collator, TOKEN_BUCKET, micro,
                                                  max(recipe.max_seq_len, TOKEN_BUCKET))
     return trainer
