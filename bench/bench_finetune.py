@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -42,7 +43,13 @@ from transformers import (
 
 from webslm.chatdata import TokenizedExample
 from webslm.checkout import checkout_path
-from webslm.finetune import Recipe, batch_split, finetune, pick_precision
+from webslm.finetune import (
+    COMPILE_MIN_STEPS,
+    Recipe,
+    finetune,
+    logging_interval,
+    pick_precision,
+)
 from webslm.training import (
     attention_for,
     build_trainer,
@@ -82,6 +89,8 @@ VARIANTS = {  # Liger patches transformers' RoPE module-wide: the variants with 
     "ours-liger": dataclasses.replace(OURS, compile_layers="off", fused_kernels=True),
 }
 DEFAULT_VARIANTS = "plain,eager,compiled,ours,ours-budget0.5,ours-keep-all"
+# Every variant logs as a run long enough to compile does (the runs timed here are short).
+LONG_RUN_LOGGING = logging_interval(COMPILE_MIN_STEPS)
 H100_BF16_PEAK = 989e12  # dense bf16, H100 SXM datasheet
 
 
@@ -132,34 +141,42 @@ def measured_matmul_peak() -> float:
     return 20 * 2 * 8192**3 / (time.perf_counter() - start)
 
 
-class RealTokens:
-    """Wraps the trainer's collator: counts each batch's real tokens, in order.
+@dataclasses.dataclass(frozen=True)
+class Mark:
+    """A point in a timed run: wall clock, optimizer step, recording seconds, real tokens."""
 
-    TRL's own count is private and, for a padding-free row, the row's length: pad tokens added
-    to the row (as the CUDA-graph attempts of issue 16 did) would count. These are the
-    conversations' tokens alone. The data loader fetches a batch ahead, so the count is kept
-    per batch and summed over the steps timed (`tokens`), not read at a step's end.
-    """
+    seconds: float
+    step: int
+    recording_seconds: float
+    tokens: int
 
-    def __init__(self, collate) -> None:
-        self.collate = collate
-        self.counts: list[int] = []
 
-    def __call__(self, examples):
-        self.counts.append(sum(len(e["input_ids"]) for e in examples))
-        return self.collate(examples)
+def all_processes(count: int) -> int:
+    """`count` summed over every process of a distributed run."""
+    total = torch.tensor(count, dtype=torch.int64)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        total = total.cuda()
+        torch.distributed.all_reduce(total)
+    return int(total)
 
-    def tokens(self, first_batch: int, end_batch: int) -> int:
-        """Real tokens of batches [first_batch, end_batch), summed over every process."""
-        count = torch.tensor(sum(self.counts[first_batch:end_batch]), dtype=torch.int64)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            count = count.cuda()
-            torch.distributed.all_reduce(count)
-        return int(count)
+
+def timed_loss(log_history: list[dict], warmup: int) -> float:
+    """Mean training loss over the steps after `warmup`, each log weighted by the steps it
+    averages (runs modelled as long ones log every few steps)."""
+    logged = [(e["step"], e["loss"]) for e in log_history if "loss" in e]
+    weighted = [(step - before, loss) for (before, _), (step, loss)
+                in zip([(0, 0.0), *logged[:-1]], logged, strict=True) if step > warmup]
+    return sum(n * loss for n, loss in weighted) / max(1, sum(n for n, _ in weighted))
 
 
 class StepTimer(TrainerCallback):
-    """Trainer callback: wall time between the end of warm-up and the end (as step numbers)."""
+    """Trainer callback: wall time between the end of warm-up and the end (as step numbers).
+
+    Each mark also reads the real tokens trained so far (`StepTrainer.real_tokens`: the
+    conversations' own tokens, not a bucketed row's padding) and the seconds spent recording
+    CUDA graphs so far: a row shape first seen in the timed steps is recorded there once
+    (~1 s), not the steady state timed.
+    """
 
     def __init__(self, warmup_steps: int, profile: bool = False) -> None:
         super().__init__()
@@ -167,16 +184,15 @@ class StepTimer(TrainerCallback):
         self.profile = profile
         self.profiler = None
         self.began: float | None = None
-        self.start: tuple[float, int, float] | None = None
-        self.end: tuple[float, int, float] | None = None
-        # Seconds spent recording CUDA graphs so far, read with each mark: a row shape first
-        # seen in the timed steps is recorded there once (~1 s), not the steady state timed.
+        self.start: Mark | None = None
+        self.end: Mark | None = None
         self.recording_clock = lambda: 0.0
+        self.token_clock = lambda: 0
 
-    def _mark(self, step: int) -> tuple[float, int, float]:
+    def _mark(self, step: int) -> Mark:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
-        return time.perf_counter(), step, self.recording_clock()
+        return Mark(time.perf_counter(), step, self.recording_clock(), self.token_clock())
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.began = time.perf_counter()
@@ -229,17 +245,16 @@ def run_variant(name: str, recipe: Recipe, examples: list[TokenizedExample], ste
     timer = StepTimer(warmup, profile)
     trainer = build_trainer(model, pad_tokenizer(), examples, recipe, out / name,
                             precision=precision, world_size=world_size,
-                            max_steps=warmup + steps, callbacks=[timer])
+                            max_steps=warmup + steps, logging_steps=LONG_RUN_LOGGING,
+                            callbacks=[timer])
     layers = decoder_stack(trainer.model).layers
     timer.recording_clock = lambda: getattr(layers, "recording_seconds", 0.0)
-    real_tokens = RealTokens(trainer.data_collator)
-    trainer.data_collator = real_tokens
+    timer.token_clock = lambda counted=trainer: counted.real_tokens
     trainer.train()
     assert timer.began and timer.start and timer.end, "timer did not fire"
-    recording_in_timed_steps = timer.end[2] - timer.start[2]
-    seconds = timer.end[0] - timer.start[0] - recording_in_timed_steps
-    batches_per_step = batch_split(recipe, world_size)[1]
-    tokens = real_tokens.tokens(timer.start[1] * batches_per_step, timer.end[1] * batches_per_step)
+    recording_in_timed_steps = timer.end.recording_seconds - timer.start.recording_seconds
+    seconds = timer.end.seconds - timer.start.seconds - recording_in_timed_steps
+    tokens = all_processes(timer.end.tokens - timer.start.tokens)
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     result = {
         "variant": name, "precision": precision, "world_size": world_size,
@@ -252,13 +267,14 @@ def run_variant(name: str, recipe: Recipe, examples: list[TokenizedExample], ste
         "recording_seconds": getattr(layers, "recording_seconds", 0.0),
         "recording_seconds_in_timed_steps": recording_in_timed_steps,
         "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
-        "warmup_seconds": timer.start[0] - timer.began,
+        "warmup_seconds": timer.start.seconds - timer.began,
         "peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0,
         "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if cuda else 0.0,
         "losses": losses,
-        "mean_timed_loss": sum(losses[warmup:]) / max(1, len(losses[warmup:])),
+        "mean_timed_loss": timed_loss(trainer.state.log_history, warmup),
     }
     del trainer, model
+    gc.collect()  # the timer and the trainer refer to each other
     if cuda:
         torch.cuda.empty_cache()
     return result

@@ -16,6 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+from trl.trainer.utils import add_fused_lm_head
 
 from webslm import training
 from webslm.chatdata import load_tokenizer, read_chat_data, tokenize_all
@@ -24,11 +25,13 @@ from webslm.errors import BadInput, StageFailed
 from webslm.finetune import (
     BITS_CHOICES,
     COMPILE_MIN_STEPS,
+    LONG_RUN_LOG_EVERY,
     TRAIN_SCRIPT,
     Recipe,
     batch_split,
     check_recipe,
     launch_command,
+    logging_interval,
     pick_precision,
     planned_steps,
     should_compile,
@@ -309,6 +312,69 @@ def test_bucketed_rows_repeat_few_shapes_and_add_no_loss() -> None:
     assert exact["cu_seq_lens_q"].tolist() == [0, 16, 16, 16, 16, 16]
     with pytest.raises(ValueError, match="exceeds"):
         rows(examples * 2)
+
+
+def test_step_extras_count_real_tokens_and_find_the_loss_rows() -> None:
+    """What the trainer reads besides the model inputs, found on the CPU by the collator."""
+    collate = DataCollatorForLanguageModeling(pad_token_id=7, padding_free=True)
+    rows = training.BucketedRows(collate, bucket=16, conversations=4, longest=32)
+    examples = [{"input_ids": list(range(1, n + 1)), "labels": [-100] * 2 + list(range(3, n + 1))}
+                for n in (5, 9, 3)]
+    batch = training.StepExtras(rows, loss_rows=True)(examples)
+    assert batch[training.REAL_TOKENS] == 17  # the bucket's 15 pad tokens are not counted
+    positions, labels = batch[training.LOSS_ROWS]
+    following = batch["labels"][0, 1:]  # TRL's fused head: position t predicts label t + 1
+    assert positions.tolist() == (following != -100).nonzero().flatten().tolist()
+    assert labels.tolist() == following[following != -100].tolist()
+    assert positions.tolist() == [1, 2, 3, 6, 7, 8, 9, 10, 11, 12, 15]  # before each answer token
+    assert training.LOSS_ROWS not in training.StepExtras(rows, loss_rows=False)(examples)
+
+
+def test_row_loss_is_trls_loss(tiny_qwen2: Path) -> None:
+    """The sync-free loss of long runs: TRL's fused-head loss and gradients, to rounding, also
+    for a batch whose tokens all go without loss."""
+    torch.manual_seed(0)
+    model = training.load_base_model(tiny_qwen2, "fp32", Recipe())
+    add_fused_lm_head(model)  # what SFTTrainer does to the model it trains
+    training.add_row_loss(model)
+    assert training.plain_lm_head(model)
+    collate = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)
+    for labels_of in (lambda ids: [-100] * 3 + ids[3:], lambda ids: [-100] * len(ids)):
+        examples = [{"input_ids": ids, "labels": labels_of(ids)}
+                    for ids in ([5, 9, 4, 8, 11, 3], [7, 2, 6, 13])]
+        batch = training.StepExtras(collate, loss_rows=True)(examples)
+        rows = batch.pop(training.LOSS_ROWS)
+        del batch[training.REAL_TOKENS]
+        results = []
+        for call in ({**batch, "fused_lm_head": True}, {**batch, "loss_rows": rows}):
+            model.zero_grad()
+            output = model(**call)
+            loss = output.loss if "fused_lm_head" in call else (
+                -output.sum() / max(1, rows[0].numel()))
+            loss.backward()
+            results.append((loss.item(), model.model.norm.weight.grad.clone()))
+        (trl_loss, trl_grad), (row_loss, row_grad) = results
+        assert row_loss == pytest.approx(trl_loss, rel=1e-5, abs=1e-7)
+        assert torch.allclose(row_grad, trl_grad, rtol=1e-4, atol=1e-7)
+    model.config.final_logit_softcapping = 30.0  # a transformed head keeps TRL's loss
+    assert not training.plain_lm_head(model)
+
+
+def test_long_runs_log_every_few_steps_and_the_last(tiny_qwen2: Path, tmp_path: Path) -> None:
+    """A log reads the loss back from the GPU (a sync): runs of >= COMPILE_MIN_STEPS steps log
+    every LONG_RUN_LOG_EVERY steps; whatever the interval, the last step is logged."""
+    assert logging_interval(12) == 1
+    assert logging_interval(COMPILE_MIN_STEPS) == LONG_RUN_LOG_EVERY > 1
+    tokenizer = load_tokenizer(tiny_qwen2)
+    examples = tokenize_all(tokenizer, read_chat_data([write_data(tmp_path / "c.jsonl")]), 1024)
+    recipe = Recipe(global_batch=4, micro_batch=4, learning_rate=float(LR))
+    model = training.load_base_model(tiny_qwen2, "fp32", recipe)
+    trainer = training.build_trainer(model, tokenizer, examples, recipe, tmp_path / "run",
+                                     precision="fp32", world_size=1, max_steps=4,
+                                     logging_steps=3)
+    trainer.train()
+    assert [e["step"] for e in trainer.state.log_history if "loss" in e] == [3, 4]
+    assert trainer.real_tokens == sum(len(e.input_ids) for e in examples)  # 16 conversations
 
 
 def test_compile_only_when_it_pays() -> None:

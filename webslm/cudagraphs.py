@@ -33,8 +33,11 @@ from webslm.errors import StageFailed
 
 # A row shape gets recorded once; beyond this many shapes the layers run unrecorded.
 MAX_RECORDINGS = 16
-# Runs before recording, outside it: they compile, autotune and allocate what a recording
-# must not do.
+# Runs before the first recording, outside it: they compile, autotune and allocate what a
+# recording must not do. Later row shapes are recorded without: the layers are compiled for any
+# row length (`dynamic=True`), and a warm-up's memory would sit beside the pool's free blocks,
+# which only recordings can reuse (two warm-ups per shape: 13.5 GiB reserved for a 0.5B model,
+# bench/RESULTS.md, fifth pass).
 WARMUP_RUNS = 2
 # What may come with a call that replays; anything else runs unrecorded. A recording passes
 # the layers `cu_seq_lens_q` (as both boundaries) and `max_length_q`, all that
@@ -107,12 +110,13 @@ class CudaGraphRecording:
 
 @dataclass
 class CudaGraphRecorder:
-    """Records on the current CUDA device; every recording shares one memory pool, and the
-    warm-ups share one side stream (the caching allocator keeps a stream's freed blocks for
-    that stream: with a new stream per recording, four recordings reserved 19.9 GiB, not 13.5)."""
+    """Records on the current CUDA device; every recording shares one memory pool. Only the
+    first recording is warmed up (`WARMUP_RUNS`), on a side stream, and what the warm-up cached
+    is released before the capture."""
 
     pool: Any = field(default_factory=lambda: torch.cuda.graph_pool_handle())
     side: torch.cuda.Stream = field(default_factory=lambda: torch.cuda.Stream())
+    warmed_up: bool = False
 
     def supports(self, hidden: torch.Tensor) -> bool:
         return hidden.is_cuda
@@ -123,12 +127,16 @@ class CudaGraphRecorder:
             raise ValueError("the trained parameters do not share one dtype")
         static = tuple(t.detach().clone().requires_grad_(t.requires_grad) for t in inputs)
         wrt = [*static[:1], *params] if static[0].requires_grad else list(params)
-        self.side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(self.side):
-            for _ in range(WARMUP_RUNS):
-                out = run(*static)
-                torch.autograd.grad(out, wrt, torch.ones_like(out), allow_unused=True)
-        torch.cuda.current_stream().wait_stream(self.side)
+        if not self.warmed_up:
+            self.side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self.side):
+                for _ in range(WARMUP_RUNS):
+                    out = run(*static)
+                    torch.autograd.grad(out, wrt, torch.ones_like(out), allow_unused=True)
+            torch.cuda.current_stream().wait_stream(self.side)
+            del out
+            torch.cuda.empty_cache()  # the warm-ups' blocks, before the pool takes its own
+            self.warmed_up = True
         forward_graph, backward_graph = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(forward_graph, pool=self.pool):

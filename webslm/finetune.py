@@ -56,6 +56,10 @@ BITS_CHOICES = (16, 4)  # --bits: LoRA on the model's own weights, or QLoRA on 4
 # per step of 16 conversations on an H200 (0.37 s eager, 0.11 s replayed): "auto" compiles only
 # for runs of at least this many optimizer steps (bench/RESULTS.md, issue 16, fifth pass).
 COMPILE_MIN_STEPS = 300
+# Runs that long log every this many steps, not every step: a log reads the loss back from the
+# GPU, a host sync that leaves the GPU idle while the CPU starts the next step (bench/RESULTS.md,
+# issue 16, sixth pass). The last step is always logged.
+LONG_RUN_LOG_EVERY = 10
 
 
 @dataclass(frozen=True)
@@ -150,6 +154,11 @@ def planned_steps(recipe: Recipe, examples: int, max_steps: int = -1) -> int:
     if max_steps > 0:
         return max_steps
     return max(1, math.ceil(math.ceil(examples / recipe.global_batch) * recipe.epochs))
+
+
+def logging_interval(steps: int) -> int:
+    """Optimizer steps between logged losses, for a run of `steps` steps."""
+    return LONG_RUN_LOG_EVERY if steps >= COMPILE_MIN_STEPS else 1
 
 
 def should_compile(recipe: Recipe, cuda: bool, steps: int) -> bool:

@@ -19,6 +19,7 @@ import functools
 import os
 import shutil
 import sys
+import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,16 +37,25 @@ from transformers import (
     AutoModelForCausalLM,
     BitsAndBytesConfig,
     PreTrainedModel,
+    TrainerCallback,
     set_seed,
 )
 from transformers.masking_utils import flash_attention_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from trl import SFTConfig, SFTTrainer
+from trl.kernels import ChunkedLogProbFunction
 
 from webslm.chatdata import TokenizedExample, load_tokenizer
 from webslm.cudagraphs import CudaGraphRecorder, Recorder, replay_layers
 from webslm.errors import MissingEnvironment
-from webslm.finetune import Recipe, batch_split, pick_precision, planned_steps, should_compile
+from webslm.finetune import (
+    Recipe,
+    batch_split,
+    logging_interval,
+    pick_precision,
+    planned_steps,
+    should_compile,
+)
 from webslm.hub import TOKENIZER_FILES
 from webslm.normalize import normalize_path
 
@@ -56,6 +66,15 @@ VARLEN_ATTENTION = "webslm_varlen"
 TOKEN_BUCKET = 1024
 # Causal varlen attention: a window reaching every earlier token and none after (torch >= 2.11).
 CAUSAL_WINDOW = (-1, 0)
+# Batch entries the collator adds for `StepTrainer`, which takes them out before the model runs.
+REAL_TOKENS = "webslm_real_tokens"
+LOSS_ROWS = "webslm_loss_rows"
+# Vocabulary columns per LM-head tile of the row loss: TRL's own for its fused head.
+HEAD_TILE = 32768
+# Config fields that transform the logits before the softmax (TRL's fused head reads them); a
+# model with any of them set keeps TRL's loss.
+LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier",
+                    "lm_head_multiplier", "logits_scaling")
 
 
 @dataclass(frozen=True)
@@ -183,10 +202,16 @@ def decoder_layers(model: Any) -> list[Any]:
     return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
 
 
+def causal_lm(model: Any) -> PreTrainedModel:
+    """The transformers model (decoder and LM head) inside a PEFT-wrapped one."""
+    inner: PreTrainedModel = model.get_base_model()
+    return inner
+
+
 def decoder_stack(model: Any) -> Any:
     """The transformers decoder inside a PEFT-wrapped model: the module whose `layers` the
     CUDA-graph replays take over (`webslm.cudagraphs.GraphedLayers`)."""
-    return model.get_base_model().base_model
+    return causal_lm(model).base_model
 
 
 def compile_decoder_layers(model: Any, checkpointed: bool, activation_budget: float | None,
@@ -262,6 +287,102 @@ def pad_packed_row(batch: dict[str, Any], bucket: int, sequences: int, longest: 
     return batch
 
 
+@dataclass(frozen=True)
+class StepExtras:
+    """A collator's batches plus what `StepTrainer` reads and the model never sees.
+
+    Every batch counts its conversations' own tokens (`REAL_TOKENS`: TRL's `num_tokens`
+    counts a bucketed row's padding too). With `loss_rows`, a padding-free row also carries the
+    positions whose next token carries loss, and those tokens (`LOSS_ROWS`), found here on the
+    CPU: TRL's fused head finds them on the GPU (`hidden[mask]`), a host sync in every step.
+    """
+
+    collate: Callable[[list[dict[str, Any]]], dict[str, Any]]
+    loss_rows: bool
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = dict(self.collate(examples))
+        batch[REAL_TOKENS] = sum(len(e["input_ids"]) for e in examples)
+        if self.loss_rows:
+            batch[LOSS_ROWS] = loss_rows(batch["labels"])
+        return batch
+
+
+def loss_rows(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positions of a one-row batch whose next label is not -100, those labels)."""
+    following = labels[0, 1:]
+    positions = (following != -100).nonzero().flatten()
+    return positions, following[positions]
+
+
+def plain_lm_head(model: PreTrainedModel) -> bool:
+    """Whether the model's logits are its LM head's product alone (no scale, no softcap)."""
+    config = model.config.get_text_config()
+    return all(getattr(config, name, None) is None for name in LOGIT_TRANSFORMS)
+
+
+def add_row_loss(model: PreTrainedModel) -> None:
+    """Let `model(..., loss_rows=(positions, labels))` return those positions' log-probabilities.
+
+    The same tiled LM head as TRL's fused one (`ChunkedLogProbFunction`), fed the positions the
+    collator found (`StepExtras`), so the step has no host sync; other calls go to the forward
+    there was (TRL's). Patched on the model, under PEFT's and DDP's wrappers, which pass the
+    keyword through.
+    """
+    forward_before = model.forward
+
+    @functools.wraps(type(model).forward)
+    def forward(self: Any, *args: Any, loss_rows: tuple[torch.Tensor, torch.Tensor] | None = None,
+                **kwargs: Any) -> Any:
+        if loss_rows is None:
+            return forward_before(*args, **kwargs)
+        for name in ("labels", "fused_lm_head", "num_items_in_batch", "use_cache"):
+            kwargs.pop(name, None)
+        hidden = self.base_model(*args, use_cache=False, **kwargs).last_hidden_state
+        positions, labels = loss_rows
+        head = self.get_output_embeddings()
+        picked = hidden.flatten(0, 1).index_select(0, positions)
+        return ChunkedLogProbFunction.apply(picked, head.weight, head.bias, labels, 1.0,
+                                            HEAD_TILE, None, 1.0, ())[0]
+
+    model.forward = types.MethodType(forward, model)
+
+
+class StepTrainer(SFTTrainer):
+    """TRL's SFTTrainer that counts real tokens (`real_tokens`) and computes the loss of a batch
+    with `LOSS_ROWS` without a host sync (`add_row_loss`).
+
+    That loss is TRL's: the summed negative log-probabilities over the batch's count of loss
+    tokens (`num_items_in_batch`). TRL's per-step entropy and token accuracy (each an `.item()`)
+    are not computed for such batches.
+    """
+
+    real_tokens = 0
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        self.real_tokens += int(inputs.pop(REAL_TOKENS, 0))
+        rows = inputs.pop(LOSS_ROWS, None)
+        if rows is None or return_outputs:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        log_probs = model(**model_inputs, loss_rows=rows)
+        count = rows[0].numel() if num_items_in_batch is None else num_items_in_batch
+        loss = -log_probs.sum() / torch.as_tensor(count).clamp(min=1)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size())  # as TRL's
+        return loss
+
+
+class LogLastStep(TrainerCallback):
+    """Log the last step too when the log interval does not divide the run."""
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if state.global_step == state.max_steps:
+            control.should_log = True
+        return control
+
+
 def adapters_take_compute_dtype(model: Any) -> None:
     """LoRA's input stays in the compute dtype (PEFT casts it to the fp32 adapter weights'
     dtype, dropout runs on that copy, and autocast casts it back for the bf16 product).
@@ -291,12 +412,20 @@ def graph_recorder(recipe: Recipe, world_size: int) -> Recorder | None:
 
 def build_trainer(model: Any, tokenizer: Any, examples: Sequence[TokenizedExample],
                   recipe: Recipe, output_dir: Path, *, precision: str, world_size: int,
-                  max_steps: int = -1, callbacks: Sequence[Any] = ()) -> SFTTrainer:
-    """An SFTTrainer for the recipe. The benchmark builds its trainers here too."""
+                  max_steps: int = -1, logging_steps: int | None = None,
+                  callbacks: Sequence[Any] = ()) -> StepTrainer:
+    """A trainer for the recipe. The benchmark builds its trainers here too.
+
+    `logging_steps`: None logs as `webslm finetune` does for a run of this length.
+    Compiled runs (the long ones) also collate in a data-loader worker and, on padding-free rows
+    of a model with a plain LM head, take the loss without host syncs (`StepTrainer`): the
+    replayed layers leave the GPU waiting on the CPU otherwise (bench/RESULTS.md, sixth pass).
+    """
     micro, accumulation = batch_split(recipe, world_size)
     speed_up(model, recipe, precision)
     on_gpu = precision != "fp32"  # fp32 trains on the CPU (use_cpu below)
-    compiled = should_compile(recipe, on_gpu, planned_steps(recipe, len(examples), max_steps))
+    steps = planned_steps(recipe, len(examples), max_steps)
+    compiled = should_compile(recipe, on_gpu, steps)
     config = SFTConfig(
         output_dir=str(output_dir),
         num_train_epochs=recipe.epochs,
@@ -315,21 +444,28 @@ def build_trainer(model: Any, tokenizer: Any, examples: Sequence[TokenizedExampl
         use_cpu=precision == "fp32",
         seed=recipe.seed,
         data_seed=recipe.seed,
-        logging_steps=1,
+        logging_steps=logging_interval(steps) if logging_steps is None else logging_steps,
+        logging_nan_inf_filter=False,  # its isnan() is a host sync per micro batch
         save_strategy="no",
         report_to="none",
         disable_tqdm=False,
         dataloader_drop_last=False,
+        dataloader_num_workers=1 if compiled else 0,
+        dataloader_persistent_workers=compiled,
         ddp_find_unused_parameters=False,
     )
-    trainer = SFTTrainer(
+    trainer = StepTrainer(
         model=model,
         args=config,
         train_dataset=training_dataset(examples, recipe.assistant_only_loss),
         processing_class=tokenizer,
         peft_config=lora_config(recipe),
-        callbacks=list(callbacks),
+        callbacks=[LogLastStep(), *callbacks],
     )
+    row_loss = compiled and recipe.padding_free and plain_lm_head(causal_lm(trainer.model))
+    if row_loss:
+        add_row_loss(causal_lm(trainer.model))
+    collate = trainer.data_collator
     if compiled:
         recorder = graph_recorder(recipe, world_size)
         # The budget pays only under CUDA graphs (bench/RESULTS.md, fourth pass: unrecorded,
@@ -340,8 +476,9 @@ def build_trainer(model: Any, tokenizer: Any, examples: Sequence[TokenizedExampl
         if recorder:
             adapters_take_compute_dtype(trainer.model)
             replay_layers(decoder_stack(trainer.model), recorder)
-            trainer.data_collator = BucketedRows(trainer.data_collator, TOKEN_BUCKET, micro,
-                                                 max(recipe.max_seq_len, TOKEN_BUCKET))
+            collate = BucketedRows(collate, TOKEN_BUCKET, micro,
+                                   max(recipe.max_seq_len, TOKEN_BUCKET))
+    trainer.data_collator = StepExtras(collate, loss_rows=row_loss)
     return trainer
 
 
