@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import sys
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -140,6 +141,15 @@ class CudaGraphRecorder:
 
     pool: Any = field(default_factory=lambda: torch.cuda.graph_pool_handle())
     side: torch.cuda.Stream = field(default_factory=lambda: torch.cuda.Stream())
+
+    def __post_init__(self) -> None:
+        # The pool, made now, keeps a reference of the recorder's own while it lives: a pool
+        # that the first warm-up made and gave back would be freeable, and the capture after it
+        # fails an internal assert (seen on the H200: bench/RESULTS.md, sixth pass)
+        device = torch.cuda.current_device()
+        torch._C._cuda_beginAllocateCurrentStreamToPool(device, self.pool)
+        torch._C._cuda_endAllocateToPool(device, self.pool)
+        weakref.finalize(self, torch._C._cuda_releasePool, device, self.pool).atexit = False
 
     def supports(self, hidden: torch.Tensor) -> bool:
         return hidden.is_cuda
