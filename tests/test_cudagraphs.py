@@ -211,9 +211,6 @@ def test_cuda_graphs_only_for_one_padding_free_gpu_process(monkeypatch: pytest.M
     assert training.graph_recorder(Recipe(), 2) is None  # DDP: bench/RESULTS.md, fifth pass
     assert training.graph_recorder(Recipe(cuda_graphs=False), 1) is None
     assert training.graph_recorder(Recipe(padding_free=False), 1) is None
-    monkeypatch.setattr(training, "pool_allocation_supported", lambda: False)
-    assert training.graph_recorder(Recipe(), 1) is None  # a torch without the pool routing
-    monkeypatch.setattr(training, "pool_allocation_supported", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert training.graph_recorder(Recipe(), 1) is None
 

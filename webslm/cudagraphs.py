@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import sys
 import time
-import weakref
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -35,8 +33,9 @@ from webslm.errors import StageFailed
 
 # A row shape gets recorded once; beyond this many shapes the layers run unrecorded.
 MAX_RECORDINGS = 16
-# Runs before each recording, outside it: they compile, autotune and load kernels (cuBLAS loads
-# a new row length's kernels lazily, which a capture forbids: bench/RESULTS.md, sixth pass).
+# Runs before each recording, outside it: they compile, autotune and allocate what a recording
+# must not do, and load the kernels of a new row length (cuBLAS loads them lazily, which fails
+# inside a capture: seen on the H200, bench/RESULTS.md, sixth pass).
 WARMUP_RUNS = 2
 # What may come with a call that replays; anything else runs unrecorded. A recording passes
 # the layers `cu_seq_lens_q` (as both boundaries) and `max_length_q`, all that
@@ -107,49 +106,14 @@ class CudaGraphRecording:
         return fresh_grads(self.input_grad, self.flat_param_grads, self.params)
 
 
-def pool_allocation_supported() -> bool:
-    """Whether this torch can route a stream's allocations into a graph pool (`allocating_from`)."""
-    return all(hasattr(torch._C, name) for name in (
-        "_cuda_beginAllocateCurrentStreamToPool", "_cuda_endAllocateToPool", "_cuda_releasePool"))
-
-
-@contextmanager
-def allocating_from(pool: Any) -> Iterator[None]:
-    """Allocations on the current stream, from any thread (autograd runs a CUDA backward in its
-    own), come from the CUDA-graph memory pool `pool`, as during a capture.
-
-    Safe while no replay waits for its backward (`GraphedLayers` records only then): the
-    blocks that the recordings freed while capturing hold nothing between replays. torch's own
-    CUDA-graph trees warm up in their pool the same way, through the same private calls.
-    """
-    device = torch.cuda.current_device()
-    torch.cuda.synchronize()
-    torch._C._cuda_beginAllocateCurrentStreamToPool(device, pool)
-    try:
-        yield
-    finally:
-        torch._C._cuda_endAllocateToPool(device, pool)
-        torch._C._cuda_releasePool(device, pool)
-
-
 @dataclass
 class CudaGraphRecorder:
-    """Records on the current CUDA device. Every recording, and the warm-up runs before it, take
-    their memory from one pool, all on one side stream: the caching allocator hands a freed
-    block only to the pool and stream it came from. Warm-ups outside the pool cached their own
-    blocks beside it: 13.5 GiB reserved for a 0.5B model (bench/RESULTS.md, fifth pass)."""
+    """Records on the current CUDA device; every recording shares one memory pool, and the
+    warm-ups share one side stream (the caching allocator keeps a stream's freed blocks for
+    that stream: with a new stream per recording, four recordings reserved 19.9 GiB, not 13.5)."""
 
     pool: Any = field(default_factory=lambda: torch.cuda.graph_pool_handle())
     side: torch.cuda.Stream = field(default_factory=lambda: torch.cuda.Stream())
-
-    def __post_init__(self) -> None:
-        # The pool, made now, keeps a reference of the recorder's own while it lives: a pool
-        # that the first warm-up made and gave back would be freeable, and the capture after it
-        # fails an internal assert (seen on the H200: bench/RESULTS.md, sixth pass)
-        device = torch.cuda.current_device()
-        torch._C._cuda_beginAllocateCurrentStreamToPool(device, self.pool)
-        torch._C._cuda_endAllocateToPool(device, self.pool)
-        weakref.finalize(self, torch._C._cuda_releasePool, device, self.pool).atexit = False
 
     def supports(self, hidden: torch.Tensor) -> bool:
         return hidden.is_cuda
@@ -161,18 +125,19 @@ class CudaGraphRecorder:
         static = tuple(t.detach().clone().requires_grad_(t.requires_grad) for t in inputs)
         wrt = [*static[:1], *params] if static[0].requires_grad else list(params)
         self.side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(self.side), allocating_from(self.pool):
+        with torch.cuda.stream(self.side):
             for _ in range(WARMUP_RUNS):
                 out = run(*static)
                 torch.autograd.grad(out, wrt, torch.ones_like(out), allow_unused=True)
-            del out
         torch.cuda.current_stream().wait_stream(self.side)
+        del out
+        torch.cuda.empty_cache()  # the warm-ups' cached blocks, before the pool takes its own
         forward_graph, backward_graph = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(forward_graph, pool=self.pool, stream=self.side):
+            with torch.cuda.graph(forward_graph, pool=self.pool):
                 output = run(*static)
             output_grad = torch.empty_like(output)
-            with torch.cuda.graph(backward_graph, pool=self.pool, stream=self.side):
+            with torch.cuda.graph(backward_graph, pool=self.pool):
                 grads = torch.autograd.grad(output, wrt, output_grad, materialize_grads=True)
                 param_grads = grads[len(wrt) - len(params):]
                 flat = torch.cat([g.reshape(-1) for g in param_grads])

@@ -49,7 +49,6 @@ from webslm.chatdata import TokenizedExample, load_tokenizer
 from webslm.cudagraphs import (
     CudaGraphRecorder,
     Recorder,
-    pool_allocation_supported,
     replay_layers,
 )
 from webslm.errors import MissingEnvironment
@@ -410,7 +409,7 @@ def graph_recorder(recipe: Recipe, world_size: int) -> Recorder | None:
     fifth pass); several GPUs train the compiled layers unrecorded.
     """
     if (recipe.cuda_graphs and recipe.padding_free and world_size == 1
-            and torch.cuda.is_available() and pool_allocation_supported()):
+            and torch.cuda.is_available()):
         return CudaGraphRecorder()
     return None
 
