@@ -46,11 +46,7 @@ from trl import SFTConfig, SFTTrainer
 from trl.kernels import ChunkedLogProbFunction
 
 from webslm.chatdata import TokenizedExample, load_tokenizer
-from webslm.cudagraphs import (
-    CudaGraphRecorder,
-    Recorder,
-    replay_layers,
-)
+from webslm.cudagraphs import CudaGraphRecorder, Recorder, replay_layers
 from webslm.errors import MissingEnvironment
 from webslm.finetune import (
     Recipe,
