@@ -14,7 +14,7 @@ import torch
 from peft import PeftModel
 from safetensors import safe_open
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, masking_utils
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 from trl.trainer.utils import add_fused_lm_head
 
@@ -233,7 +233,14 @@ def test_qlora_without_bitsandbytes_or_gpu_is_refused(tiny_qwen2: Path, tmp_path
     assert not (tmp_path / "out").exists()
 
 
-def test_padding_free_attention_never_crosses_conversations(tiny_qwen2: Path) -> None:
+def test_padding_free_attention_never_crosses_conversations(
+        tiny_qwen2: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each conversation of a packed row sees itself alone, from the boundaries the collator
+    gives; transformers' own search for packed sequences in the position ids (a host sync
+    in every step on a GPU) never runs."""
+    def searched(*args: object) -> None:
+        raise AssertionError("transformers searched the position ids for packed sequences")
+    monkeypatch.setattr(masking_utils, "find_packed_sequence_indices", searched)
     packed_model = AutoModelForCausalLM.from_pretrained(
         str(tiny_qwen2), dtype=torch.float32, attn_implementation=register_varlen_attention())
     plain_model = AutoModelForCausalLM.from_pretrained(str(tiny_qwen2), dtype=torch.float32)
@@ -244,7 +251,7 @@ def test_padding_free_attention_never_crosses_conversations(tiny_qwen2: Path) ->
         packed = packed_model(input_ids=torch.cat([first, second], 1),
                               position_ids=torch.cat([torch.arange(17), torch.arange(9)])[None],
                               cu_seq_lens_q=bounds, cu_seq_lens_k=bounds, max_length_q=17,
-                              max_length_k=17).logits
+                              max_length_k=17, use_cache=False).logits  # as in training
         alone = torch.cat([plain_model(input_ids=first).logits,
                            plain_model(input_ids=second).logits], 1)
     assert torch.allclose(packed, alone, atol=1e-5)
@@ -375,6 +382,46 @@ def test_long_runs_log_every_few_steps_and_the_last(tiny_qwen2: Path, tmp_path: 
     trainer.train()
     assert [e["step"] for e in trainer.state.log_history if "loss" in e] == [3, 4]
     assert trainer.real_tokens == sum(len(e.input_ids) for e in examples)  # 16 conversations
+
+
+def test_the_step_spares_its_module_walks(tiny_qwen2: Path, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Trainer's per-step train(), zero_grad(), clipping and FLOPs estimate each walked
+    every module (milliseconds of CPU a step, which replayed layers wait for): now train()
+    walks only when the mode changes, and all four do what they did."""
+    tokenizer = load_tokenizer(tiny_qwen2)
+    examples = tokenize_all(tokenizer, read_chat_data([write_data(tmp_path / "c.jsonl")]), 1024)
+    model = training.load_base_model(tiny_qwen2, "fp32", Recipe())
+    trainer = training.build_trainer(model, tokenizer, examples, Recipe(), tmp_path / "run",
+                                     precision="fp32", world_size=1, max_steps=1)
+    peft_model = trainer.model
+    trained = [p for p in peft_model.parameters() if p.requires_grad]
+    assert trainer.trained_parameters == tuple(trained)
+    assert trained and all("lora_" in n for n, p in peft_model.named_parameters()
+                           if p.requires_grad)
+    layer = training.decoder_layers(peft_model)[0]
+    walks: list[bool] = []
+    walk = layer.train
+    monkeypatch.setattr(layer, "train", lambda mode=True: (walks.append(mode), walk(mode))[1])
+    for mode in (True, True, True, False, False, True):
+        peft_model.train(mode)
+        assert all(m.training == mode for m in peft_model.modules())
+    assert walks == [True, False, True]  # once per change of mode, not per call
+    for p in trained:
+        p.grad = torch.full_like(p, 3.0)
+    norm = trainer._clip_grad_norm(peft_model)
+    assert float(norm) == pytest.approx(3.0 * sum(p.numel() for p in trained) ** 0.5, rel=1e-4)
+    clipped = torch.cat([p.grad.flatten() for p in trained]).norm()
+    assert float(clipped) == pytest.approx(trainer.args.max_grad_norm, rel=1e-3)
+    peft_model.zero_grad(set_to_none=False)
+    assert all(p.grad is not None and not p.grad.any() for p in trained)
+    peft_model.zero_grad()
+    assert all(p.grad is None for p in peft_model.parameters())
+    ids = torch.zeros(1, 10, dtype=torch.long)
+    assert trainer.floating_point_ops({"input_ids": ids}) == (
+        6 * 10 * peft_model.num_parameters(exclude_embeddings=True))
+    trainer.train()  # the Trainer's own loop over the spared walks
+    assert trainer.state.global_step == 1 and walks[-1] is True
 
 
 def test_compile_only_when_it_pays() -> None:

@@ -33,14 +33,12 @@ from torch.nn.functional import scaled_dot_product_attention
 from torch.utils.checkpoint import checkpoint
 from transformers import (
     AttentionInterface,
-    AttentionMaskInterface,
     AutoModelForCausalLM,
     BitsAndBytesConfig,
     PreTrainedModel,
     TrainerCallback,
     set_seed,
 )
-from transformers.masking_utils import flash_attention_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from trl import SFTConfig, SFTTrainer
 from trl.kernels import ChunkedLogProbFunction
@@ -125,9 +123,14 @@ def varlen_attention(module: Any, query: Any, key: Any, value: Any, attention_ma
 
 
 def register_varlen_attention() -> str:
-    """Make `attn_implementation="webslm_varlen"` known to transformers; return the name."""
+    """Make `attn_implementation="webslm_varlen"` known to transformers; return the name.
+
+    No mask function is registered with it: the attention reads the sequence boundaries, and
+    for an attention with a mask function transformers looks for packed sequences in the
+    position ids on the host (`find_packed_sequence_indices`), a GPU sync in every forward
+    (bench/RESULTS.md, seventh pass).
+    """
     AttentionInterface.register(VARLEN_ATTENTION, varlen_attention)
-    AttentionMaskInterface.register(VARLEN_ATTENTION, flash_attention_mask)
     return VARLEN_ATTENTION
 
 
@@ -349,8 +352,9 @@ def add_row_loss(model: PreTrainedModel) -> None:
 
 
 class StepTrainer(SFTTrainer):
-    """TRL's SFTTrainer that counts real tokens (`real_tokens`) and computes the loss of a batch
-    with `LOSS_ROWS` without a host sync (`add_row_loss`).
+    """TRL's SFTTrainer that counts real tokens (`real_tokens`), computes the loss of a batch
+    with `LOSS_ROWS` without a host sync (`add_row_loss`) and spares the step its walks over
+    every module (`spare_module_walks`).
 
     That loss is TRL's: the summed negative log-probabilities over the batch's count of loss
     tokens (`num_items_in_batch`). TRL's per-step entropy and token accuracy (each an `.item()`)
@@ -358,6 +362,23 @@ class StepTrainer(SFTTrainer):
     """
 
     real_tokens = 0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        model: Any = self.model  # the PEFT-wrapped model (SFTTrainer wraps it)
+        self.trained_parameters = spare_module_walks(model)
+        self.non_embedding_parameters = int(model.num_parameters(exclude_embeddings=True))
+
+    def floating_point_ops(self, inputs: dict[str, Any]) -> int:
+        """The Trainer's estimate, 6 x tokens x non-embedding parameters, with the parameters
+        counted once (the count walks every module, and the Trainer asks every micro batch)."""
+        ids = inputs.get(getattr(self.model, "main_input_name", "input_ids"))
+        return 6 * ids.numel() * self.non_embedding_parameters if ids is not None else 0
+
+    def _clip_grad_norm(self, model: Any) -> Any:
+        """The Trainer's clipping over the trained parameters, the only ones with gradients
+        (`model.parameters()` walks every module)."""
+        return self.accelerator.clip_grad_norm_(self.trained_parameters, self.args.max_grad_norm)
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
@@ -372,6 +393,38 @@ class StepTrainer(SFTTrainer):
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * (self.accelerator.num_processes // self.get_tp_size())  # as TRL's
         return loss
+
+
+def spare_module_walks(model: torch.nn.Module) -> tuple[torch.nn.Parameter, ...]:
+    """Make `model.train()` and `model.zero_grad()`, which the Trainer calls every micro batch
+    and every step, cheap; return the parameters that train.
+
+    Each call walks every module: ~2,000 in a PEFT-wrapped Qwen2.5-0.5B, 7-16 ms of CPU a call
+    on 2 cores. Once the layers replay as CUDA graphs the GPU waits for the CPU's step
+    (bench/RESULTS.md, seventh pass). So `train(mode)` walks only when the mode it last set
+    differs (eval() goes through it too; a mode set on a single submodule is not seen), and
+    `zero_grad()` clears the trained parameters' gradients, the only ones there are.
+    """
+    trained = tuple(p for p in model.parameters() if p.requires_grad)
+    walk_train, walk_zero_grad = model.train, model.zero_grad
+    last_mode: list[bool] = []
+
+    def train(self: torch.nn.Module, mode: bool = True) -> torch.nn.Module:
+        if last_mode != [mode] or self.training != mode:
+            walk_train(mode)
+            last_mode[:] = [mode]
+        return self
+
+    def zero_grad(self: torch.nn.Module, set_to_none: bool = True) -> None:
+        if not set_to_none:
+            walk_zero_grad(set_to_none)
+            return
+        for parameter in trained:
+            parameter.grad = None
+
+    model.train = types.MethodType(train, model)  # type: ignore[method-assign]
+    model.zero_grad = types.MethodType(zero_grad, model)  # type: ignore[method-assign]
+    return trained
 
 
 class LogLastStep(TrainerCallback):
@@ -452,6 +505,9 @@ def build_trainer(model: Any, tokenizer: Any, examples: Sequence[TokenizedExampl
         dataloader_drop_last=False,
         dataloader_num_workers=1 if compiled else 0,
         dataloader_persistent_workers=compiled,
+        # pinned batches copied without waiting for the GPU (accelerate waits by default)
+        dataloader_pin_memory=on_gpu,
+        accelerator_config={"non_blocking": on_gpu},
         ddp_find_unused_parameters=False,
     )
     trainer = StepTrainer(
