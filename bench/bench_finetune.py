@@ -41,8 +41,10 @@ from transformers import (
     set_seed,
 )
 
+from webslm import training
 from webslm.chatdata import TokenizedExample
 from webslm.checkout import checkout_path
+from webslm.cudagraphs import CudaGraphRecording
 from webslm.finetune import (
     COMPILE_MIN_STEPS,
     Recipe,
@@ -51,6 +53,7 @@ from webslm.finetune import (
     pick_precision,
 )
 from webslm.training import (
+    HEAD_TILE,
     attention_for,
     build_trainer,
     decoder_stack,
@@ -80,6 +83,8 @@ VARIANTS = {  # Liger patches transformers' RoPE module-wide: the variants with 
     "ours": LONG_RUN,
     "ours-budget0.5": dataclasses.replace(LONG_RUN, activation_budget=0.5),
     "ours-keep-all": dataclasses.replace(LONG_RUN, activation_budget=1.0),
+    "ours-m8-budget0.5": dataclasses.replace(LONG_RUN, micro_batch=8, activation_budget=0.5),
+    "ours-m8-keep-all": dataclasses.replace(LONG_RUN, micro_batch=8, activation_budget=1.0),
     "compiled-no-ckpt": dataclasses.replace(THIRD_PASS, gradient_checkpointing=False),
     "eager-no-ckpt": dataclasses.replace(OURS, compile_layers="off",
                                          gradient_checkpointing=False),
@@ -88,6 +93,12 @@ VARIANTS = {  # Liger patches transformers' RoPE module-wide: the variants with 
     "qlora-compiled": dataclasses.replace(LONG_RUN, bits=4),
     "ours-liger": dataclasses.replace(OURS, compile_layers="off", fused_kernels=True),
 }
+# Settings tried beside a variant's recipe: Inductor's config and the row loss's LM-head tile.
+TRIALS: dict[str, tuple[dict, int | None]] = {
+    "ours-cdt": ({"coordinate_descent_tuning": True}, None),
+    "ours-head76k": ({}, 151936 // 2),
+}
+VARIANTS.update({name: LONG_RUN for name in TRIALS})
 DEFAULT_VARIANTS = "plain,eager,compiled,ours,ours-budget0.5,ours-keep-all"
 # Every variant logs as a run long enough to compile does (the runs timed here are short).
 LONG_RUN_LOGGING = logging_interval(COMPILE_MIN_STEPS)
@@ -216,9 +227,109 @@ class StepTimer(TrainerCallback):
             self.end = self._mark(state.global_step)
 
 
+class Timeline(TrainerCallback):
+    """Where a timed step's time goes, read from both clocks at marked points of each step:
+    the CPU's when it got there, the GPU's when its stream did (a CUDA event, recorded without a
+    sync). `lead` is how far the CPU runs ahead of the GPU at a point: near 0, the GPU had run
+    out of queued work there and waited for the CPU.
+
+    Points: `fetch` (the Trainer starts to gather the step's batches, copying them to the GPU),
+    `fetched`, `forward` and `backward` (each micro batch), `clipped`, `stepped` (optimizer),
+    `end` (after the step's callbacks and logging); with CUDA graphs also `graph fwd` and
+    `graph bwd` (just before each replay) and `graph fwd'd` and `graph bwd'd` (just after).
+    """
+
+    replays = (CudaGraphRecording.forward, CudaGraphRecording.backward)
+
+    def __init__(self, trainer, warmup_steps: int) -> None:
+        super().__init__()
+        self.warmup_steps = warmup_steps
+        self.marks: list[tuple[int, str, float, torch.cuda.Event]] = []
+        self.origin: tuple[float, torch.cuda.Event] | None = None
+        self.step = 0
+        self.points: list[dict] = []
+        for method, point, before in (("get_batch_samples", "fetch", True),
+                                      ("compute_loss", "forward", False),
+                                      ("training_step", "backward", False)):
+            setattr(trainer, method, self._marking(getattr(trainer, method), point, before))
+        for replay, point in zip(self.replays, ("graph fwd", "graph bwd"), strict=True):
+            setattr(CudaGraphRecording, replay.__name__, self._marking(
+                self._marking(replay, point, True), point + "'d", False))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        for replay in self.replays:
+            setattr(CudaGraphRecording, replay.__name__, replay)
+
+    def _marking(self, call, point: str, before: bool):
+        def marked(*args, **kwargs):
+            if before:
+                self.mark(point)
+            result = call(*args, **kwargs)
+            if not before:
+                self.mark(point)
+            return result
+        return marked
+
+    def mark(self, point: str) -> None:
+        if self.origin is not None:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append((self.step, point, time.perf_counter(), event))
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.mark("fetched")
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.mark("clipped")
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.mark("stepped")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.mark("end")
+        self.step = state.global_step + 1
+        if state.global_step == self.warmup_steps:
+            torch.cuda.synchronize()
+            origin = torch.cuda.Event(enable_timing=True)
+            origin.record()
+            self.origin = (time.perf_counter(), origin)
+        elif state.global_step == state.max_steps and self.origin is not None:
+            torch.cuda.synchronize()
+            self.points = self.summary()
+            self.origin = None
+
+    def summary(self) -> list[dict]:
+        """Per point (in step order), averaged over the timed steps: CPU ms since the step's
+        fetch, GPU ms since the step's fetch, and the lead at the point."""
+        assert self.origin is not None
+        cpu_origin, gpu_origin = self.origin
+        per_step: dict[int, list[tuple[str, float, float]]] = {}
+        for step, point, cpu, event in self.marks:
+            per_step.setdefault(step, []).append(
+                (point, (cpu - cpu_origin) * 1e3, gpu_origin.elapsed_time(event)))
+        steps = [marks for marks in per_step.values() if marks[0][0] == "fetch"]
+        rows = []
+        for index, (point, _, _) in enumerate(steps[0]):
+            same = [marks for marks in steps if len(marks) == len(steps[0])]
+            rows.append({
+                "point": point,
+                "cpu_ms": sum(m[index][1] - m[0][1] for m in same) / len(same),
+                "gpu_ms": sum(m[index][2] - m[0][1] for m in same) / len(same),
+                "lead_ms": sum(m[index][2] - m[index][1] for m in same) / len(same),
+            })
+        return rows
+
+
+def print_timeline(points: list[dict]) -> None:
+    print(f"{'point':10} {'CPU ms':>8} {'GPU ms':>8} {'lead ms':>8}   (since the step's fetch, "
+          "on the CPU's clock; lead ~0: the GPU waited for the CPU)")
+    for p in points:
+        print(f"{p['point']:10} {p['cpu_ms']:8.1f} {p['gpu_ms']:8.1f} {p['lead_ms']:8.1f}")
+
+
 def run_variant(name: str, recipe: Recipe, examples: list[TokenizedExample], steps: int,
                 warmup: int, world_size: int, out: Path, model_config: dict,
-                profile: bool = False) -> dict:
+                profile: bool = False, timeline: bool = False) -> dict:
     # Each variant compiles afresh: dynamo caches compiled code per function, so a variant
     # compiled with other settings (an activation budget) would otherwise run the graph an
     # earlier variant compiled (seen on the H200: bench/raw/issue16/11-budget.*).
@@ -247,10 +358,19 @@ def run_variant(name: str, recipe: Recipe, examples: list[TokenizedExample], ste
                             precision=precision, world_size=world_size,
                             max_steps=warmup + steps, logging_steps=LONG_RUN_LOGGING,
                             callbacks=[timer])
+    marks = Timeline(trainer, warmup) if timeline and cuda else None
+    if marks:
+        trainer.add_callback(marks)
     layers = decoder_stack(trainer.model).layers
     timer.recording_clock = lambda: getattr(layers, "recording_seconds", 0.0)
     timer.token_clock = lambda counted=trainer: counted.real_tokens
-    trainer.train()
+    inductor, head_tile = TRIALS.get(name, ({}, None))
+    with torch._inductor.config.patch(**inductor):
+        training.HEAD_TILE = head_tile or HEAD_TILE
+        try:
+            trainer.train()
+        finally:
+            training.HEAD_TILE = HEAD_TILE
     assert timer.began and timer.start and timer.end, "timer did not fire"
     recording_in_timed_steps = timer.end.recording_seconds - timer.start.recording_seconds
     seconds = timer.end.seconds - timer.start.seconds - recording_in_timed_steps
@@ -272,7 +392,10 @@ def run_variant(name: str, recipe: Recipe, examples: list[TokenizedExample], ste
         "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if cuda else 0.0,
         "losses": losses,
         "mean_timed_loss": timed_loss(trainer.state.log_history, warmup),
+        "timeline": marks.points if marks else [],
     }
+    if marks:
+        print_timeline(marks.points)
     del trainer, model
     gc.collect()  # the timer and the trainer refer to each other
     if cuda:
@@ -376,6 +499,8 @@ def main() -> int:
     parser.add_argument("--json", help="write the results to this file")
     parser.add_argument("--profile", action="store_true",
                         help="print the top GPU kernels of the first timed step of each variant")
+    parser.add_argument("--timeline", action="store_true",
+                        help="print where the timed steps' time goes, CPU against GPU")
     parser.add_argument("--smoke", action="store_true",
                         help="a 2-layer, narrow model: checks the plumbing on a CPU, no figures")
     parser.add_argument("--e2e", type=Path, metavar="JSONL",
@@ -429,7 +554,7 @@ def main() -> int:
                                                      args.global_batch // world_size))
         try:
             result = run_variant(name, recipe, examples, args.steps, args.warmup, world_size,
-                                 work, model_config, args.profile)
+                                 work, model_config, args.profile, args.timeline)
         except Exception as error:  # noqa: BLE001 - one broken variant must not hide the others
             print(f"variant {name} failed: {type(error).__name__}: {error}")
             if torch.cuda.is_available():
