@@ -52,9 +52,9 @@ PRECISIONS = ("bf16", "fp16", "fp32")
 PROBLEMS_SHOWN = 50  # data problems printed; the rest are counted
 COMPILE_CHOICES = ("auto", "on", "off")
 BITS_CHOICES = (16, 4)  # --bits: LoRA on the model's own weights, or QLoRA on 4-bit ones
-# Compiling and recording the decoder layers costs ~45-80 s once per process and saves ~0.25 s
-# per step of 16 conversations on an H200 (0.33 s eager, 0.085 s replayed): "auto" compiles
-# only for runs of at least this many optimizer steps (bench/RESULTS.md, issue 16, sixth pass).
+# Compiling and recording the decoder layers costs ~45-95 s once per process and saves ~0.27 s
+# per step of 16 conversations on an H200 (0.34 s eager, 0.074 s replayed): "auto" compiles
+# only for runs of at least this many optimizer steps (bench/RESULTS.md, issue 16, seventh pass).
 COMPILE_MIN_STEPS = 300
 # Runs that long log every this many steps, not every step: a log reads the loss back from the
 # GPU, a host sync that leaves the GPU idle while the CPU starts the next step (bench/RESULTS.md,
