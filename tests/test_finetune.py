@@ -439,7 +439,7 @@ def test_compile_only_when_it_pays() -> None:
 def test_bad_compile_settings_are_refused(tiny_qwen2: Path, tmp_path: Path,
                                           capsys: pytest.CaptureFixture) -> None:
     for budget in (0.0, 1.5):
-        with pytest.raises(BadInput, match="activation_budget"):
+        with pytest.raises(BadInput, match="--activation-budget"):
             check_recipe(Recipe(activation_budget=budget))
     with pytest.raises(BadInput, match="compile_layers"):
         check_recipe(Recipe(compile_layers="yes"))
@@ -452,13 +452,15 @@ def test_bad_compile_settings_are_refused(tiny_qwen2: Path, tmp_path: Path,
 def test_finetune_flags_reach_the_recipe(tiny_qwen2: Path, tmp_path: Path,
                                          capsys: pytest.CaptureFixture) -> None:
     args = build_parser().parse_args(["finetune", "--data", "x.jsonl", "--compile", "on",
-                                      "--global-batch", "32"])
+                                      "--global-batch", "32", "--activation-budget", "1"])
     recipe = recipe_from_args(args)
-    assert (recipe.compile_layers, recipe.global_batch) == ("on", 32)
+    assert (recipe.compile_layers, recipe.global_batch, recipe.activation_budget) == ("on", 32,
+                                                                                      1.0)
     assert recipe_from_args(build_parser().parse_args(["finetune", "--data", "x"])) == Recipe()
     data = write_data(tmp_path / "chat.jsonl", repeat=1)
     for flags, message in ((["--global-batch", "0"], "--global-batch must be positive"),
-                           (["--gpus", "3"], "does not split evenly over 3")):
+                           (["--gpus", "3"], "does not split evenly over 3"),
+                           (["--activation-budget", "0"], "--activation-budget 0.0 is outside")):
         out = tmp_path / "out"
         assert main(["finetune", "--data", str(data), "--base", str(tiny_qwen2),
                      "--out", str(out), *flags]) == 2

@@ -151,7 +151,8 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
 def recipe_from_args(args: argparse.Namespace) -> Recipe:
     return Recipe(epochs=args.epochs, learning_rate=args.lr, lora_r=args.lora_r,
                   lora_alpha=args.lora_alpha, max_seq_len=args.max_seq_len, bits=args.bits,
-                  seed=args.seed, compile_layers=args.compile, global_batch=args.global_batch)
+                  seed=args.seed, compile_layers=args.compile, global_batch=args.global_batch,
+                  activation_budget=args.activation_budget)
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
@@ -267,6 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
                           help="conversations per optimizer step, over all GPUs")
     finetune.add_argument("--compile", choices=COMPILE_CHOICES, default=Recipe.compile_layers,
                           help="torch.compile the decoder layers (auto: on a GPU, long runs)")
+    finetune.add_argument("--activation-budget", type=float, metavar="SHARE",
+                          default=Recipe.activation_budget,
+                          help="share of each layer's activations a compiled one-GPU run keeps, "
+                               f"recomputing the rest (default {Recipe.activation_budget}; 1 "
+                               "keeps all: faster, more GPU memory; same loss)")
     finetune.add_argument("--push", metavar="REPO")
 
     merge = command("merge", _cmd_merge, "merge a LoRA adapter into its base model")

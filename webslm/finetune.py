@@ -121,8 +121,8 @@ def check_recipe(recipe: Recipe) -> None:
         raise BadInput(f"unknown compile_layers {recipe.compile_layers!r}", "use auto, on or off")
     budget = recipe.activation_budget
     if budget is not None and not 0.0 < budget <= 1.0:
-        raise BadInput(f"activation_budget {budget} is outside (0, 1]",
-                       "pass a share of the activations to keep, e.g. 0.5, or None")
+        raise BadInput(f"--activation-budget {budget} is outside (0, 1]",
+                       "pass the share of the activations to keep, e.g. 0.5 (1 keeps all)")
 
 
 def pick_precision(requested: str, cuda: bool, bf16_supported: bool) -> str:
