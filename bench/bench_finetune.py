@@ -308,9 +308,9 @@ class Timeline(TrainerCallback):
             per_step.setdefault(step, []).append(
                 (point, (cpu - cpu_origin) * 1e3, gpu_origin.elapsed_time(event)))
         steps = [marks for marks in per_step.values() if marks[0][0] == "fetch"]
+        same = [marks for marks in steps if len(marks) == len(steps[0])]
         rows = []
         for index, (point, _, _) in enumerate(steps[0]):
-            same = [marks for marks in steps if len(marks) == len(steps[0])]
             rows.append({
                 "point": point,
                 "cpu_ms": sum(m[index][1] - m[0][1] for m in same) / len(same),
