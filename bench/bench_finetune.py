@@ -383,7 +383,7 @@ def run_variant(name: str, recipe: Recipe, examples: list[TokenizedExample], ste
         "gradient_checkpointing": recipe.gradient_checkpointing,
         "activation_budget": recipe.activation_budget, "cuda_graphs": recipe.cuda_graphs,
         "steps": steps, "replays": getattr(layers, "replays", 0),
-        "recordings": len(getattr(layers, "recordings", {})),
+        "recordings": getattr(layers, "recorded", 0),
         "recording_seconds": getattr(layers, "recording_seconds", 0.0),
         "recording_seconds_in_timed_steps": recording_in_timed_steps,
         "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,

@@ -64,9 +64,13 @@ class RerunRecorder:
     """TEST STAND-IN for `CudaGraphRecorder` (see the module docstring)."""
 
     recorded: list[tuple[int, ...]] = dataclasses.field(default_factory=list)
+    releases: int = 0
 
     def supports(self, hidden: torch.Tensor) -> bool:
         return True
+
+    def release(self) -> None:
+        self.releases += 1
 
     def record(self, run: Run, inputs: Sequence[torch.Tensor],
                params: Sequence[torch.Tensor]) -> RerunRecording:
@@ -174,6 +178,24 @@ def test_a_second_forward_before_the_backward_runs_unrecorded() -> None:
     assert layers.pending == 0  # its lease died with its graph
     layers.run_all(torch.ones(1, 3, 2), **layer_kwargs(3))
     assert layers.replays == 3
+
+
+def test_a_longer_row_starts_the_pool_over() -> None:
+    """Recordings share one memory pool, and a recording fits only blocks at least as large
+    as its own: before a row longer than any recorded, the recordings and their pool go, and
+    shorter rows are recorded again as they come, into the longer one's blocks."""
+    recorder = RerunRecorder()
+    layers = GraphedLayers([Doubler()], recorder)
+    for tokens in (3, 5, 3, 4, 5, 6, 3):
+        hidden = torch.ones(1, tokens, 2, requires_grad=True)
+        out = layers.run_all(hidden, **layer_kwargs(tokens))
+        out.sum().backward()
+        assert torch.equal(out, torch.full((1, tokens, 2), 3.0))
+        assert torch.equal(hidden.grad, torch.full((1, tokens, 2), 2.0))
+    assert [shape[1] for shape in recorder.recorded] == [3, 5, 3, 4, 6, 3]
+    assert recorder.releases == 2  # before 5 and before 6
+    assert layers.recorded == 6 and layers.replays == 7
+    assert sorted(key[0][1] for key in layers.recordings) == [3, 6]
 
 
 def test_a_shape_that_cannot_be_recorded_runs_unrecorded(capsys: pytest.CaptureFixture) -> None:

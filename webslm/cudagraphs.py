@@ -7,8 +7,8 @@ crashed on this step (graph trees, dynamic shapes: fourth pass), so the layers a
 by hand, as `torch.cuda.make_graphed_callables` does, with what training needs besides:
 
 - one recording per row shape (rows come padded to a few lengths: `training.BucketedRows`),
-  all in one memory pool, whose blocks later recordings reuse where they fit (four lengths
-  still reserved 13.5 GiB for a 0.5B model: bench/RESULTS.md, fifth pass);
+  all in one memory pool, whose blocks shorter rows' recordings reuse; a row longer than any
+  recorded starts the pool over (`GraphedLayers.start_pool_over`);
 - the gradients handed to autograd are fresh tensors (`make_graphed_callables` hands out its
   static buffers, which the next replay overwrites: wrong under gradient accumulation);
 - a replay only while no earlier replay waits for its backward (the recordings share their
@@ -67,6 +67,10 @@ class Recorder(Protocol):
 
     def record(self, run: Run, inputs: Sequence[torch.Tensor],
                params: Sequence[torch.Tensor]) -> Recording: ...
+
+    def release(self) -> None:
+        """Let go of the memory of the recordings made so far (they are no longer used)."""
+        ...
 
 
 def fresh_grads(input_grad: torch.Tensor | None, flat_param_grads: torch.Tensor,
@@ -153,6 +157,10 @@ class CudaGraphRecorder:
             flat_param_grads=flat, params=tuple(params),
             forward_graph=forward_graph, backward_graph=backward_graph)
 
+    def release(self) -> None:
+        self.pool = torch.cuda.graph_pool_handle()  # the old pool goes with its graphs
+        torch.cuda.empty_cache()
+
 
 class Lease:
     """Marks a replay whose backward has not run; released by the backward or, if it never
@@ -206,8 +214,10 @@ class GraphedLayers(torch.nn.ModuleList):
         self.recorder = recorder
         self.max_recordings = max_recordings
         self.recordings: dict[Key, Recording | None] = {}  # None: could not record
+        self.longest = 0  # the longest row recorded into the recorder's current pool
         self.pending = 0
         self.replays = 0
+        self.recorded = 0  # recordings made, counting those let go for a longer row
         self.recording_seconds = 0.0
 
     def __getitem__(self, index: Any) -> Any:
@@ -257,6 +267,8 @@ class GraphedLayers(torch.nn.ModuleList):
             return self.recordings[key]
         if len(self.recordings) >= self.max_recordings:
             return None
+        if hidden.shape[1] > self.longest:
+            self.start_pool_over(hidden.shape[1])
         longest = kwargs["max_length_q"]
 
         def run(hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
@@ -282,7 +294,22 @@ class GraphedLayers(torch.nn.ModuleList):
             recording = None
         self.recording_seconds += time.perf_counter() - began
         self.recordings[key] = recording
+        self.recorded += recording is not None
         return recording
+
+    def start_pool_over(self, length: int) -> None:
+        """Before recording a row longer than any so far: let go of the recordings and their
+        pool, so shorter rows, recorded again as they come, reuse the longer one's blocks.
+
+        A recording's activations fit only blocks at least as large, so recorded shortest
+        first, the pool grew by each row length's whole size. Four lengths of a 0.5B model
+        reserved 13.8 GiB for a peak allocation of 5.6; starting over, 9.6 GiB, for 8
+        recordings instead of 4 (bench/RESULTS.md, seventh pass).
+        """
+        if any(recording is not None for recording in self.recordings.values()):
+            self.recordings = {k: v for k, v in self.recordings.items() if v is None}
+            self.recorder.release()
+        self.longest = length
 
 
 def replay_layers(backbone: Any, recorder: Recorder) -> GraphedLayers:

@@ -52,7 +52,7 @@ PRECISIONS = ("bf16", "fp16", "fp32")
 PROBLEMS_SHOWN = 50  # data problems printed; the rest are counted
 COMPILE_CHOICES = ("auto", "on", "off")
 BITS_CHOICES = (16, 4)  # --bits: LoRA on the model's own weights, or QLoRA on 4-bit ones
-# Compiling and recording the decoder layers costs ~45-95 s once per process and saves ~0.27 s
+# Compiling and recording the decoder layers costs ~45-100 s once per process and saves ~0.27 s
 # per step of 16 conversations on an H200 (0.34 s eager, 0.074 s replayed): "auto" compiles
 # only for runs of at least this many optimizer steps (bench/RESULTS.md, issue 16, seventh pass).
 COMPILE_MIN_STEPS = 300
