@@ -327,14 +327,14 @@ def test_step_extras_count_real_tokens_and_find_the_loss_rows() -> None:
     rows = training.BucketedRows(collate, bucket=16, conversations=4, longest=32)
     examples = [{"input_ids": list(range(1, n + 1)), "labels": [-100] * 2 + list(range(3, n + 1))}
                 for n in (5, 9, 3)]
-    batch = training.StepExtras(rows, loss_rows=True)(examples)
+    batch = training.StepExtras(rows, with_loss_rows=True)(examples)
     assert batch[training.REAL_TOKENS] == 17  # the bucket's 15 pad tokens are not counted
     positions, labels = batch[training.LOSS_ROWS]
     following = batch["labels"][0, 1:]  # TRL's fused head: position t predicts label t + 1
     assert positions.tolist() == (following != -100).nonzero().flatten().tolist()
     assert labels.tolist() == following[following != -100].tolist()
     assert positions.tolist() == [1, 2, 3, 6, 7, 8, 9, 10, 11, 12, 15]  # before each answer token
-    assert training.LOSS_ROWS not in training.StepExtras(rows, loss_rows=False)(examples)
+    assert training.LOSS_ROWS not in training.StepExtras(rows, with_loss_rows=False)(examples)
 
 
 def test_row_loss_is_trls_loss(tiny_qwen2: Path) -> None:
@@ -349,7 +349,7 @@ def test_row_loss_is_trls_loss(tiny_qwen2: Path) -> None:
     for labels_of in (lambda ids: [-100] * 3 + ids[3:], lambda ids: [-100] * len(ids)):
         examples = [{"input_ids": ids, "labels": labels_of(ids)}
                     for ids in ([5, 9, 4, 8, 11, 3], [7, 2, 6, 13])]
-        batch = training.StepExtras(collate, loss_rows=True)(examples)
+        batch = training.StepExtras(collate, with_loss_rows=True)(examples)
         rows = batch.pop(training.LOSS_ROWS)
         del batch[training.REAL_TOKENS]
         results = []

@@ -295,18 +295,18 @@ class StepExtras:
     """A collator's batches plus what `StepTrainer` reads and the model never sees.
 
     Every batch counts its conversations' own tokens (`REAL_TOKENS`: TRL's `num_tokens`
-    counts a bucketed row's padding too). With `loss_rows`, a padding-free row also carries the
+    counts a bucketed row's padding too). With `with_loss_rows`, a padding-free row also carries the
     positions whose next token carries loss, and those tokens (`LOSS_ROWS`), found here on the
     CPU: TRL's fused head finds them on the GPU (`hidden[mask]`), a host sync in every step.
     """
 
     collate: Callable[[list[dict[str, Any]]], dict[str, Any]]
-    loss_rows: bool
+    with_loss_rows: bool
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         batch = dict(self.collate(examples))
         batch[REAL_TOKENS] = sum(len(e["input_ids"]) for e in examples)
-        if self.loss_rows:
+        if self.with_loss_rows:
             batch[LOSS_ROWS] = loss_rows(batch["labels"])
         return batch
 
@@ -518,9 +518,10 @@ def build_trainer(model: Any, tokenizer: Any, examples: Sequence[TokenizedExampl
         peft_config=lora_config(recipe),
         callbacks=[LogLastStep(), *callbacks],
     )
-    row_loss = compiled and recipe.padding_free and plain_lm_head(causal_lm(trainer.model))
+    lm = causal_lm(trainer.model)
+    row_loss = compiled and recipe.padding_free and plain_lm_head(lm)
     if row_loss:
-        add_row_loss(causal_lm(trainer.model))
+        add_row_loss(lm)
     collate = trainer.data_collator
     if compiled:
         recorder = graph_recorder(recipe, world_size)
@@ -534,7 +535,7 @@ def build_trainer(model: Any, tokenizer: Any, examples: Sequence[TokenizedExampl
             replay_layers(decoder_stack(trainer.model), recorder)
             collate = BucketedRows(collate, TOKEN_BUCKET, micro,
                                    max(recipe.max_seq_len, TOKEN_BUCKET))
-    trainer.data_collator = StepExtras(collate, loss_rows=row_loss)
+    trainer.data_collator = StepExtras(collate, with_loss_rows=row_loss)
     return trainer
 
 
