@@ -8,6 +8,8 @@ Tokens are real (non-pad) tokens; model FLOPs count what a LoRA step must comput
 input-gradient 2N per token for the frozen linear layers (4N, not the 6N of full training: frozen
 weights get no weight gradient), the LM head only on the tokens that carry loss (TRL's fused head
 skips the rest), 3x the causal attention forward, and nothing for padding or recomputation.
+Tokens/s is the steady state: the timed steps that recorded no CUDA graph, on the GPU's clock
+(`steady_steps`); the whole timed window, recordings included, is printed beside it.
 
 Run: `python bench/bench_finetune.py` (one GPU); data-parallel scaling: `python -m
 torch.distributed.run --standalone --nproc_per_node 2 bench/bench_finetune.py --variants eager,ours`
@@ -19,8 +21,10 @@ from process start to merged checkpoint, on a random Qwen2.5-0.5B-shaped base it
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import gc
+import itertools
 import json
 import math
 import os
@@ -53,7 +57,6 @@ from webslm.finetune import (
     pick_precision,
 )
 from webslm.training import (
-    HEAD_TILE,
     attention_for,
     build_trainer,
     decoder_stack,
@@ -93,12 +96,76 @@ VARIANTS = {  # Liger patches transformers' RoPE module-wide: the variants with 
     "qlora-compiled": dataclasses.replace(LONG_RUN, bits=4),
     "ours-liger": dataclasses.replace(OURS, compile_layers="off", fused_kernels=True),
 }
-# Settings tried beside a variant's recipe: Inductor's config and the row loss's LM-head tile.
-TRIALS: dict[str, tuple[dict, int | None]] = {
-    "ours-cdt": ({"coordinate_descent_tuning": True}, None),
-    "ours-head76k": ({}, 151936 // 2),
+
+
+def _log_probs_and_logit_grads(logits: torch.Tensor, labels: torch.Tensor
+                               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's log-probability of its label, and its gradient in the logits (one-hot minus
+    softmax), in the logits' dtype."""
+    wide = logits.float()
+    log_z = torch.logsumexp(wide, dim=-1, keepdim=True)
+    chosen = wide.gather(1, labels[:, None])
+    grads = -torch.exp(wide - log_z)
+    grads.scatter_add_(1, labels[:, None], torch.ones_like(chosen))
+    return (chosen - log_z).squeeze(1), grads.to(logits.dtype)
+
+
+class HeadGradInForward(torch.autograd.Function):
+    """Trial (not the product's): the row loss's LM head with its gradient taken in the forward.
+
+    TRL's head (`ChunkedLogProbFunction`, the product's) tiles the vocabulary, so the softmax is
+    known only after every tile and the backward computes the logits again: three products the
+    size of the vocabulary. Tiling rows instead, each tile sees its whole vocabulary: one product
+    for the logits, one for the gradient in the hidden states, kept for the backward (which only
+    scales it). Same call as TRL's for what `training.add_row_loss` passes; no bias, no logit
+    transforms (`training.plain_lm_head`), the weight frozen.
+    """
+
+    ROWS = 512  # a tile's logits: 512 x 151,936 bf16 = 156 MB, as TRL's 32k-column tiles
+    helper = None
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, *_):
+        if bias is not None or weight.requires_grad:
+            raise ValueError("the trial head takes a frozen weight without bias")
+        if HeadGradInForward.helper is None:
+            HeadGradInForward.helper = (torch.compile(_log_probs_and_logit_grads, dynamic=True)
+                                        if hidden.is_cuda else _log_probs_and_logit_grads)
+        device = hidden.device.type
+        dtype = (torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device)
+                 else hidden.dtype)
+        head = weight.to(dtype)
+        log_probs = torch.empty(hidden.shape[0], device=hidden.device, dtype=torch.float32)
+        grads = torch.empty(hidden.shape, device=hidden.device, dtype=torch.float32)
+        for start in range(0, hidden.shape[0], HeadGradInForward.ROWS):
+            rows = slice(start, start + HeadGradInForward.ROWS)
+            logits = hidden[rows].to(dtype) @ head.t()
+            log_probs[rows], logit_grads = HeadGradInForward.helper(logits, labels[rows])
+            grads[rows] = logit_grads @ head
+        ctx.save_for_backward(grads)
+        ctx.hidden_dtype = hidden.dtype
+        return log_probs, None, None, None, None
+
+    @staticmethod
+    def backward(ctx, grad_log_probs, *_):
+        (grads,) = ctx.saved_tensors
+        hidden_grad = (grad_log_probs.float()[:, None] * grads).to(ctx.hidden_dtype)
+        return (hidden_grad, *[None] * 8)
+
+
+# Settings tried beside the default recipe: Inductor's config, and webslm.training's constants
+# (read when the trainer is built and while it trains).
+TRIALS: dict[str, tuple[dict, dict]] = {
+    "ours-head-grad-in-forward": ({}, {"ChunkedLogProbFunction": HeadGradInForward}),
+    "ours-cdt": ({"coordinate_descent_tuning": True}, {}),
+    "ours-head76k": ({}, {"HEAD_TILE": 151936 // 2}),
+    "ours-bucket1024": ({}, {"TOKEN_BUCKET": 1024}),
+    "ours-no-combo": ({}, {"LAYER_INDUCTOR_CONFIG": {}}),
+    "ours-seventh": ({}, {"TOKEN_BUCKET": 1024, "LAYER_INDUCTOR_CONFIG": {}}),  # its default
 }
 VARIANTS.update({name: LONG_RUN for name in TRIALS})
+VARIANTS.update({f"ours-budget{share}": dataclasses.replace(LONG_RUN, activation_budget=share)
+                 for share in (0.35, 0.4)})
 DEFAULT_VARIANTS = "plain,eager,compiled,ours,ours-budget0.5,ours-keep-all"
 # Every variant logs as a run long enough to compile does (the runs timed here are short).
 LONG_RUN_LOGGING = logging_interval(COMPILE_MIN_STEPS)
@@ -154,12 +221,35 @@ def measured_matmul_peak() -> float:
 
 @dataclasses.dataclass(frozen=True)
 class Mark:
-    """A point in a timed run: wall clock, optimizer step, recording seconds, real tokens."""
+    """A point in a timed run: wall clock, optimizer step, CUDA-graph recordings so far (count
+    and seconds), real tokens so far, and a CUDA event on the training stream (None on a CPU)."""
 
     seconds: float
     step: int
+    recordings: int
     recording_seconds: float
     tokens: int
+    event: torch.cuda.Event | None
+
+
+def steady_steps(marks: list[Mark]) -> list[tuple[int, float]]:
+    """(real tokens, seconds) of each timed step that recorded no CUDA graph, timed by the
+    GPU's clock (the events' spacing: the stream's time, idle time included) where there is one.
+
+    A long run records its few row shapes early and then only replays. Taking a recording's
+    own seconds out of the wall clock instead overstated tokens/s by up to 15%: the CPU waits
+    there for steps already queued on the GPU, whose time went out with it (bench/RESULTS.md,
+    eighth pass).
+    """
+    steps = []
+    for before, after in itertools.pairwise(marks):
+        if after.recordings != before.recordings:
+            continue
+        seconds = (before.event.elapsed_time(after.event) / 1e3
+                   if before.event is not None and after.event is not None
+                   else after.seconds - before.seconds)
+        steps.append((after.tokens - before.tokens, seconds))
+    return steps
 
 
 def all_processes(count: int) -> int:
@@ -181,12 +271,13 @@ def timed_loss(log_history: list[dict], warmup: int) -> float:
 
 
 class StepTimer(TrainerCallback):
-    """Trainer callback: wall time between the end of warm-up and the end (as step numbers).
+    """Trainer callback: marks the end of warm-up, every timed step and the end (as step numbers).
 
     Each mark also reads the real tokens trained so far (`StepTrainer.real_tokens`: the
-    conversations' own tokens, not a bucketed row's padding) and the seconds spent recording
-    CUDA graphs so far: a row shape first seen in the timed steps is recorded there once
-    (~1 s), not the steady state timed.
+    conversations' own tokens, not a bucketed row's padding) and the CUDA-graph recordings so
+    far: a row shape first seen in the timed steps is recorded there once (~1 s), which is not
+    the steady state (`steady_steps`). The wall clock is read after a sync at the first and last
+    mark only; every mark records a CUDA event.
     """
 
     def __init__(self, warmup_steps: int, profile: bool = False) -> None:
@@ -195,36 +286,48 @@ class StepTimer(TrainerCallback):
         self.profile = profile
         self.profiler = None
         self.began: float | None = None
-        self.start: Mark | None = None
-        self.end: Mark | None = None
-        self.recording_clock = lambda: 0.0
+        self.marks: list[Mark] = []
+        self.recording_clock = lambda: (0, 0.0)
         self.token_clock = lambda: 0
 
-    def _mark(self, step: int) -> Mark:
+    @property
+    def start(self) -> Mark | None:
+        return self.marks[0] if self.marks else None
+
+    @property
+    def end(self) -> Mark | None:
+        return self.marks[-1] if len(self.marks) > 1 else None
+
+    def _mark(self, step: int, sync: bool) -> Mark:
+        event = None
         if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        return Mark(time.perf_counter(), step, self.recording_clock(), self.token_clock())
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            if sync:
+                torch.cuda.synchronize()
+        recordings, recording_seconds = self.recording_clock()
+        return Mark(time.perf_counter(), step, recordings, recording_seconds, self.token_clock(),
+                    event)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.began = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.warmup_steps:
-            self.start = self._mark(state.global_step)
-            if self.profile:
-                self.profiler = torch.profiler.profile(activities=[
-                    torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA])
-                self.profiler.__enter__()
+        if state.global_step >= self.warmup_steps:
+            self.marks.append(self._mark(state.global_step, sync=state.global_step in (
+                self.warmup_steps, state.max_steps)))
+        if state.global_step == self.warmup_steps and self.profile:
+            self.profiler = torch.profiler.profile(activities=[
+                torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA])
+            self.profiler.__enter__()
         elif state.global_step == self.warmup_steps + 1 and self.profiler is not None:
             self.profiler.__exit__(None, None, None)
             averages = self.profiler.key_averages()
-            print(averages.table(sort_by="self_cuda_time_total", row_limit=15,
-                                 max_name_column_width=50))
+            print(averages.table(sort_by="self_cuda_time_total", row_limit=60,
+                                 max_name_column_width=90))
             print(averages.table(sort_by="cpu_time_total", row_limit=40,
                                  max_name_column_width=50))
             self.profiler = None
-        elif state.global_step == state.max_steps:
-            self.end = self._mark(state.global_step)
 
 
 class Timeline(TrainerCallback):
@@ -353,6 +456,34 @@ def run_variant(name: str, recipe: Recipe, examples: list[TokenizedExample], ste
         with torch.device(device):
             model = AutoModelForCausalLM.from_config(config, dtype=master_weight_dtype(precision),
                                                      attn_implementation=attention_for(recipe))
+    inductor, constants = TRIALS.get(name, ({}, {}))
+    with torch._inductor.config.patch(**inductor), patched(training, constants):
+        result = train_variant(name, recipe, model, precision, examples, steps, warmup,
+                               world_size, out, profile, timeline)
+    del model
+    gc.collect()  # the timer and the trainer refer to each other
+    if cuda:
+        torch.cuda.empty_cache()
+    return result
+
+
+@contextlib.contextmanager
+def patched(module, values: dict):
+    """`module`'s attributes set to `values` for the duration."""
+    before = {key: getattr(module, key) for key in values}
+    for key, value in values.items():
+        setattr(module, key, value)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            setattr(module, key, value)
+
+
+def train_variant(name: str, recipe: Recipe, model, precision: str,
+                  examples: list[TokenizedExample], steps: int, warmup: int, world_size: int,
+                  out: Path, profile: bool, timeline: bool) -> dict:
+    cuda = torch.cuda.is_available()
     timer = StepTimer(warmup, profile)
     trainer = build_trainer(model, pad_tokenizer(), examples, recipe, out / name,
                             precision=precision, world_size=world_size,
@@ -362,19 +493,15 @@ def run_variant(name: str, recipe: Recipe, examples: list[TokenizedExample], ste
     if marks:
         trainer.add_callback(marks)
     layers = decoder_stack(trainer.model).layers
-    timer.recording_clock = lambda: getattr(layers, "recording_seconds", 0.0)
+    timer.recording_clock = lambda: (getattr(layers, "recorded", 0),
+                                     getattr(layers, "recording_seconds", 0.0))
     timer.token_clock = lambda counted=trainer: counted.real_tokens
-    inductor, head_tile = TRIALS.get(name, ({}, None))
-    with torch._inductor.config.patch(**inductor):
-        training.HEAD_TILE = head_tile or HEAD_TILE
-        try:
-            trainer.train()
-        finally:
-            training.HEAD_TILE = HEAD_TILE
+    trainer.train()
     assert timer.began and timer.start and timer.end, "timer did not fire"
-    recording_in_timed_steps = timer.end.recording_seconds - timer.start.recording_seconds
-    seconds = timer.end.seconds - timer.start.seconds - recording_in_timed_steps
-    tokens = all_processes(timer.end.tokens - timer.start.tokens)
+    window_seconds = timer.end.seconds - timer.start.seconds
+    window_tokens = all_processes(timer.end.tokens - timer.start.tokens)
+    steady = steady_steps(timer.marks)
+    tokens, seconds = all_processes(sum(n for n, _ in steady)), sum(s for _, s in steady)
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     result = {
         "variant": name, "precision": precision, "world_size": world_size,
@@ -385,8 +512,14 @@ def run_variant(name: str, recipe: Recipe, examples: list[TokenizedExample], ste
         "steps": steps, "replays": getattr(layers, "replays", 0),
         "recordings": getattr(layers, "recorded", 0),
         "recording_seconds": getattr(layers, "recording_seconds", 0.0),
-        "recording_seconds_in_timed_steps": recording_in_timed_steps,
-        "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
+        "recording_seconds_in_timed_steps": (timer.end.recording_seconds
+                                             - timer.start.recording_seconds),
+        # the steady state: timed steps that recorded nothing, on the GPU's clock
+        "steady_steps": len(steady), "tokens": tokens, "seconds": seconds,
+        "tokens_per_s": tokens / seconds if seconds else math.nan,
+        "step_tokens_per_s": sorted(n / s for n, s in steady),  # this process's, ascending
+        # every timed step on the wall clock, recordings included
+        "window_tokens_per_s": window_tokens / window_seconds,
         "warmup_seconds": timer.start.seconds - timer.began,
         "peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0,
         "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if cuda else 0.0,
@@ -396,10 +529,6 @@ def run_variant(name: str, recipe: Recipe, examples: list[TokenizedExample], ste
     }
     if marks:
         print_timeline(marks.points)
-    del trainer, model
-    gc.collect()  # the timer and the trainer refer to each other
-    if cuda:
-        torch.cuda.empty_cache()
     return result
 
 
@@ -473,17 +602,22 @@ def end_to_end(data: Path, names: list[str], gpus: int, work: Path, model_config
 
 
 def print_table(results: list[dict]) -> None:
+    """Tokens/s and MFU of the steady state (`steady_steps`); beside them, per-step tokens/s and
+    the whole timed window's, CUDA-graph recordings included."""
     baseline = next((r for r in results if r["variant"] == "plain"), None)
-    print(f"\n{'variant':16} {'tok/s':>8} {'x plain':>7} {'peak GiB':>8} {'reserved':>8} "
-          f"{'GFLOP/tok':>9} "
-          f"{'MFU(989)':>8} {'MFU(meas)':>9} {'loss':>6} {'warmup s':>8} {'replays':>7} "
-          f"{'recs':>4} {'rec s':>6}")
+    print(f"\n{'variant':16} {'tok/s':>8} {'x plain':>7} {'MFU(meas)':>9} {'MFU(989)':>8} "
+          f"{'step min/med/max':>18} {'window':>8} {'peak GiB':>8} {'reserved':>8} "
+          f"{'GFLOP/tok':>9} {'loss':>6} {'warmup s':>8} {'replays':>7} {'recs':>4} {'rec s':>6}")
     for r in results:
         ratio = r["tokens_per_s"] / baseline["tokens_per_s"] if baseline else float("nan")
+        rates = r["step_tokens_per_s"] or [math.nan]
+        spread = "/".join(f"{rate / 1e3:.0f}k" for rate in
+                          (rates[0], rates[len(rates) // 2], rates[-1]))
         print(f"{r['variant']:16} {r['tokens_per_s']:8.0f} {ratio:7.2f} "
+              f"{r['mfu_vs_measured_matmul']:9.1%} {r['mfu_vs_datasheet']:8.1%} {spread:>18} "
+              f"{r['window_tokens_per_s']:8.0f} "
               f"{r['peak_allocated_gib']:8.2f} {r['peak_reserved_gib']:8.2f} "
               f"{r['flops_per_token'] / 1e9:9.2f} "
-              f"{r['mfu_vs_datasheet']:8.1%} {r['mfu_vs_measured_matmul']:9.1%} "
               f"{r['mean_timed_loss']:6.3f} {r['warmup_seconds']:8.1f} "
               f"{r['replays']:7d} {r['recordings']:4d} {r['recording_seconds']:6.1f}", flush=True)
 
@@ -491,8 +625,8 @@ def print_table(results: list[dict]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default=DEFAULT_VARIANTS)
-    parser.add_argument("--steps", type=int, default=10, help="timed optimizer steps")
-    parser.add_argument("--warmup", type=int, default=4,
+    parser.add_argument("--steps", type=int, default=30, help="timed optimizer steps")
+    parser.add_argument("--warmup", type=int, default=6,
                         help="untimed optimizer steps first (compiles happen here)")
     parser.add_argument("--global-batch", type=int, default=OURS.global_batch,
                         help="conversations per optimizer step (weak scaling: 16 x GPUs)")
