@@ -257,6 +257,32 @@ def test_padding_free_attention_never_crosses_conversations(
     assert torch.allclose(packed, alone, atol=1e-5)
 
 
+@pytest.mark.parametrize(("backend", "replayed"),
+                         [("inductor", True), ("inductor", False), ("aot_eager", True)])
+def test_replayed_layers_compile_with_combo_kernels(backend: str, replayed: bool,
+                                                    tiny_qwen2: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Layers that will replay as CUDA graphs compile for dynamic shapes with
+    `LAYER_INDUCTOR_CONFIG` given to torch.compile, which applies it to the backward too
+    (compiled later, outside any config patch around the call); unrecorded layers and other
+    backends take no Inductor options. torch.compile is recorded here: Inductor's own code
+    generation takes minutes on 2 cores (the GPU test and bench/ run it)."""
+    compiles: list[dict] = []
+
+    def compile_recorded(function, **kwargs):
+        compiles.append(kwargs)
+        return function
+
+    monkeypatch.setattr(training, "COMPILE_BACKEND", backend)
+    monkeypatch.setattr(torch, "compile", compile_recorded)
+    model = training.load_base_model(tiny_qwen2, "fp32", Recipe())
+    assert training.compile_decoder_layers(model, True, 0.3, replayed=replayed) == 2
+    options = training.LAYER_INDUCTOR_CONFIG if backend == "inductor" and replayed else None
+    dynamic = True if replayed else None
+    assert compiles == [{"backend": backend, "dynamic": dynamic, "options": options}] * 2
+    assert training.LAYER_INDUCTOR_CONFIG["combo_kernels"] is True
+
+
 def test_compiled_layers_train_exactly_like_eager(tiny_qwen2: Path, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """The compiled path the GPU takes for long runs: same losses, same adapter, same names.

@@ -60,8 +60,15 @@ from webslm.normalize import normalize_path
 COMPILE_BACKEND = "inductor"  # torch.compile's own; the CPU tests swap in "aot_eager" for time
 VARLEN_ATTENTION = "webslm_varlen"
 # Rows replayed as CUDA graphs are padded to a multiple of this many tokens, so that a run
-# records a handful of shapes (16 conversations of ~450 tokens: ~7k, so ~7% padding).
-TOKEN_BUCKET = 1024
+# records a handful of shapes (16 conversations of ~450 tokens: ~7k, so ~3.5% padding; 1024
+# padded ~7% and was 0.97x as fast: bench/RESULTS.md, eighth pass).
+TOKEN_BUCKET = 512
+# Inductor's settings for layers replayed as CUDA graphs. Combo kernels launch independent
+# small kernels (each LoRA weight's cast to bf16, ...) as one: 1.02x the tokens/s on the H200,
+# same loss, less memory (bench/RESULTS.md, eighth pass). Unrecorded layers compile without
+# them: each launch costs CPU time there, and the one unrecorded run with them was slower
+# (0.76x the seventh pass's figure, where the uncompiled recipe, bound by the same CPU, was 0.87x).
+LAYER_INDUCTOR_CONFIG: dict[str, Any] = {"combo_kernels": True}
 # Causal varlen attention: a window reaching every earlier token and none after (torch >= 2.11).
 CAUSAL_WINDOW = (-1, 0)
 # Batch entries the collator adds for `StepTrainer`, which takes them out before the model runs.
@@ -218,7 +225,7 @@ def decoder_stack(model: Any) -> Any:
 
 
 def compile_decoder_layers(model: Any, checkpointed: bool, activation_budget: float | None,
-                           dynamic: bool | None = None) -> int:
+                           replayed: bool = False) -> int:
     """Compile each decoder layer (LoRA inside it); return the count.
 
     Why: a 0.5B model's step is bound by kernel launches, thousands of small elementwise kernels
@@ -229,12 +236,18 @@ def compile_decoder_layers(model: Any, checkpointed: bool, activation_budget: fl
     cannot trace); with a budget, the compiler keeps that share of the activations (1.0: all)
     and recomputes the cheapest rest, which CUDA graphs can record. The module tree, parameter
     names and saved adapter stay as they were.
+
+    `replayed`: the layers will replay as CUDA graphs (`webslm.cudagraphs`), so they compile
+    for the few row lengths of bucketed rows (dynamic shapes) and with `LAYER_INDUCTOR_CONFIG`.
     """
     layers = decoder_layers(model)
     budget = activation_budget if checkpointed and activation_budget is not None else 1.0
     within = torch._functorch.config.patch(activation_memory_budget=budget)
+    # as options, not a config patch around the call: the backward compiles later, outside it
+    options = LAYER_INDUCTOR_CONFIG if replayed and COMPILE_BACKEND == "inductor" else None
     for layer in layers:
-        compiled = within(torch.compile(layer.forward, backend=COMPILE_BACKEND, dynamic=dynamic))
+        compiled = within(torch.compile(layer.forward, backend=COMPILE_BACKEND,
+                                        dynamic=True if replayed else None, options=options))
         if checkpointed and activation_budget is None:
             layer.forward = functools.partial(checkpoint, compiled, use_reentrant=False)
         else:
@@ -529,7 +542,7 @@ def build_trainer(model: Any, tokenizer: Any, examples: Sequence[TokenizedExampl
         # the same speed as checkpointing each layer at 3x the memory)
         compile_decoder_layers(trainer.model, recipe.gradient_checkpointing,
                                recipe.activation_budget if recorder else None,
-                               dynamic=True if recorder else None)
+                               replayed=recorder is not None)
         if recorder:
             adapters_take_compute_dtype(trainer.model)
             replay_layers(decoder_stack(trainer.model), recorder)
