@@ -1,5 +1,6 @@
-"""The CLI contract: usage errors are one line with exit 2, `webslm` works as installed, and the
-light commands start without loading torch, transformers or the Docker SDK."""
+"""The CLI contract: usage errors are one line with exit 2, every argument is documented in
+`--help`, `webslm` works as installed, and the light commands start without loading torch,
+transformers or the Docker SDK."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from webslm.cli import main
+from webslm.cli import build_parser, main
+from webslm.invoke_tasks import cli_commands
+from webslm.spec import DEFAULT_PRESET, PRESETS
 
 
 @pytest.mark.parametrize(
@@ -21,6 +24,24 @@ def test_usage_errors_are_one_line_and_exit_2(capsys, argv: list[str]) -> None:
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("webslm: error: ") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", list(cli_commands()), ids=lambda c: c.task_name)
+def test_every_argument_says_what_it_is_and_its_default(command) -> None:
+    """`webslm X --help` (and `invoke X --help`, made from the same parser) explains every
+    argument, and names the default of every one that has a value when left out."""
+    for action in command.actions:
+        name = "/".join(action.option_strings) or action.dest
+        assert action.help, f"{command.task_name} {name} has no help text"
+        if action.default not in (None, False, []):
+            assert "default" in action.help, f"{command.task_name} {name} hides its default"
+    assert "%(default)" not in command.parser.format_help()
+
+
+def test_finetune_trains_the_default_build_model_by_default() -> None:
+    """`webslm finetune` with no --base fine-tunes the model `webslm build` builds by default."""
+    args = build_parser().parse_args(["finetune", "--data", "chat.jsonl"])
+    assert args.base == PRESETS[DEFAULT_PRESET].model
 
 
 def test_installed_console_script_runs() -> None:

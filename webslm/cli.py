@@ -25,7 +25,14 @@ from webslm.errors import BadInput, MissingEnvironment, Terminated, WebslmError
 from webslm.files import canonical_json
 from webslm.finetune import BITS_CHOICES, COMPILE_CHOICES, Recipe
 from webslm.normalize import normalize_path
-from webslm.spec import resolve_spec
+from webslm.spec import (
+    DEFAULT_CONTEXT_WINDOW,
+    DEFAULT_PREFILL_CHUNK,
+    DEFAULT_PRESET,
+    DEFAULT_QUANTIZATION,
+    PRESETS,
+    resolve_spec,
+)
 from webslm.verify import DOWNLOAD_TIMEOUT_S, MAX_DOWNLOAD_MIB
 
 DEFAULT_DIST = "dist"
@@ -43,15 +50,21 @@ class _Parser(argparse.ArgumentParser):
 def _spec_options(parser: argparse.ArgumentParser, *, several_presets: bool = False) -> None:
     source = parser.add_mutually_exclusive_group()
     preset_help = "preset name" + (" (comma-separated for several)" if several_presets else "")
-    source.add_argument("--preset", help=f"{preset_help}; default qwen2.5-0.5b")
+    source.add_argument("--preset", help=f"{preset_help}; default {DEFAULT_PRESET} (--preset and "
+                        "--model exclude each other)")
     source.add_argument("--model", help="local folder or Hugging Face id[@revision]")
     parser.add_argument("--model-type", help="MLC model type, or auto (from config.json)")
     parser.add_argument("--conv-template", help="MLC conversation template")
-    parser.add_argument("--quantization", help="MLC quantization (default q4f16_1)")
+    parser.add_argument("--quantization", help=f"MLC quantization (default {DEFAULT_QUANTIZATION})")
     parser.add_argument("--name", help="name of the packaged model (default: from preset/model)")
-    parser.add_argument("--context-window-size", type=int)
-    parser.add_argument("--prefill-chunk-size", type=int)
-    parser.add_argument("--system-prompt")
+    parser.add_argument("--context-window-size", type=int, metavar="TOKENS",
+                        help="longest context, in tokens, the browser's KV cache holds "
+                             f"(default {DEFAULT_CONTEXT_WINDOW})")
+    parser.add_argument("--prefill-chunk-size", type=int, metavar="TOKENS",
+                        help="tokens of a prompt read in one pass (default: the smaller of "
+                             f"{DEFAULT_PREFILL_CHUNK} and the context window)")
+    parser.add_argument("--system-prompt", help="system message of the chat template (default: "
+                        "the template's, or the one a webslm fine-tune recorded)")
 
 
 def _spec_from_args(args: argparse.Namespace, preset: str | None = None):  # noqa: ANN202
@@ -197,7 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     toolchain = command("toolchain", _cmd_toolchain, "build or inspect the pinned toolchain image")
     toolchain.add_argument(
-        "action", nargs="?", default="build", choices=["build", "id", "check", "refresh-lock"]
+        "action", nargs="?", default="build", choices=["build", "id", "check", "refresh-lock"],
+        help="build the image, print its content ID, check it, or re-pin the lock "
+             "(default %(default)s)",
     )
     toolchain.add_argument("--pull", metavar="REF", help="pull the image from this registry ref")
     toolchain.add_argument("--push", metavar="REF", help="push the built image to this ref")
@@ -211,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"output folder (default {DEFAULT_DIST})")
     build.add_argument("--base-url", help="absolute URL the dist folder is served from")
     build.add_argument("--no-cache", action="store_true", help="ignore the stage cache")
-    build.add_argument("--jobs", type=int, default=1, help="models built at once")
+    build.add_argument("--jobs", type=int, default=1,
+                       help="models built at once (default %(default)s)")
     build.add_argument("--allow-pickle", action="store_true", help="accept pickle .bin weights")
     build.add_argument("--cpus", type=float, help="CPU limit per stage container (a model's "
                        "two branches run in two containers at once)")
@@ -220,14 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run `webslm check` on each built model against its model")
 
     verify = command("verify", _cmd_verify, "rebuild a dist folder and compare every output")
-    verify.add_argument("dist")
+    verify.add_argument("dist", help="a dist folder `webslm build` wrote (model folder)")
     verify.add_argument("--report", help="write report.json and report.md into this folder")
     verify.add_argument("--model", help="the local model's folder (default: the path the "
                         "provenance records, from here or from the build's folder)")
 
     check = command("check", _cmd_check,
                     "compare a dist running in headless Chromium with its model in transformers")
-    check.add_argument("dist")
+    check.add_argument("dist", help="a dist folder `webslm build` wrote (model folder)")
     check.add_argument("--model", required=True, help="the model it was built from (folder or id)")
     check.add_argument("--prompts", help="text file, one prompt per line (default: built-in set)")
     check.add_argument("--report", help="write report.json and report.md into this folder")
@@ -249,36 +265,57 @@ def build_parser() -> argparse.ArgumentParser:
     data_check = data_commands.add_parser("check", help="validate chat JSONL files",
                                           description="validate chat JSONL files")
     data_check.set_defaults(handler=_cmd_data_check)
-    data_check.add_argument("files", nargs="+")
+    data_check.add_argument("files", nargs="+", metavar="FILE", help="chat JSONL file(s)")
     data_check.add_argument("--tokenizer", help="tokenizer (folder or id) to count tokens")
 
     finetune = command("finetune", _cmd_finetune, "LoRA fine-tune and merge into a checkpoint")
-    finetune.add_argument("--data", required=True, action="append", help="chat JSONL file")
-    finetune.add_argument("--base", default="Qwen/Qwen2.5-0.5B-Instruct")
-    finetune.add_argument("--out", default="finetuned")
-    finetune.add_argument("--epochs", type=float, default=Recipe.epochs)
-    finetune.add_argument("--lr", type=float, default=Recipe.learning_rate)
-    finetune.add_argument("--lora-r", type=int, default=Recipe.lora_r)
-    finetune.add_argument("--lora-alpha", type=int, default=Recipe.lora_alpha)
-    finetune.add_argument("--max-seq-len", type=int, default=Recipe.max_seq_len)
-    finetune.add_argument("--bits", type=int, choices=BITS_CHOICES, default=Recipe.bits)
-    finetune.add_argument("--seed", type=int, default=Recipe.seed)
-    finetune.add_argument("--gpus", type=int, default=1)
+    finetune.add_argument("--data", required=True, action="append",
+                          help="chat JSONL file (repeat for several)")
+    finetune.add_argument("--base", default=PRESETS[DEFAULT_PRESET].model,
+                          help="base model: local folder or Hugging Face id[@revision] "
+                               "(default %(default)s)")
+    finetune.add_argument("--out", default="finetuned",
+                          help="folder for the merged model, the adapter in its adapter/ "
+                               "(default %(default)s; replaced only if webslm wrote it)")
+    finetune.add_argument("--epochs", type=float, default=Recipe.epochs,
+                          help="passes over the data (default %(default)s)")
+    finetune.add_argument("--lr", type=float, default=Recipe.learning_rate,
+                          help="peak learning rate (default %(default)s)")
+    finetune.add_argument("--lora-r", type=int, default=Recipe.lora_r,
+                          help="LoRA rank (default %(default)s)")
+    finetune.add_argument("--lora-alpha", type=int, default=Recipe.lora_alpha,
+                          help="LoRA alpha: the adapter's output is scaled by alpha/r "
+                               "(default %(default)s)")
+    finetune.add_argument("--max-seq-len", type=int, default=Recipe.max_seq_len, metavar="TOKENS",
+                          help="conversations are cut to this many tokens (default %(default)s)")
+    finetune.add_argument("--bits", type=int, choices=BITS_CHOICES, default=Recipe.bits,
+                          help="16: LoRA; 4: QLoRA, a 4-bit base on a CUDA GPU "
+                               "(default %(default)s)")
+    finetune.add_argument("--seed", type=int, default=Recipe.seed,
+                          help="seed of the adapter's start and the data order (default "
+                               "%(default)s)")
+    finetune.add_argument("--gpus", type=int, default=1,
+                          help="GPUs to train on, through torchrun (default %(default)s)")
     finetune.add_argument("--global-batch", type=int, default=Recipe.global_batch,
-                          help="conversations per optimizer step, over all GPUs")
+                          help="conversations per optimizer step, over all GPUs (default "
+                               "%(default)s)")
     finetune.add_argument("--compile", choices=COMPILE_CHOICES, default=Recipe.compile_layers,
-                          help="torch.compile the decoder layers (auto: on a GPU, long runs)")
+                          help="torch.compile the decoder layers (default %(default)s: on a GPU, "
+                               "long runs)")
     finetune.add_argument("--activation-budget", type=float, metavar="SHARE",
                           default=Recipe.activation_budget,
                           help="share of each layer's activations a compiled one-GPU run keeps, "
                                f"recomputing the rest (default {Recipe.activation_budget}; 1 "
                                "keeps all: faster, more GPU memory; same loss)")
-    finetune.add_argument("--push", metavar="REPO")
+    finetune.add_argument("--push", metavar="REPO",
+                          help="upload the merged model to this Hugging Face repo (OWNER/NAME)")
 
     merge = command("merge", _cmd_merge, "merge a LoRA adapter into its base model")
-    merge.add_argument("--base", required=True)
-    merge.add_argument("--adapter", required=True)
-    merge.add_argument("--out", required=True)
+    merge.add_argument("--base", required=True,
+                       help="the adapter's base model: local folder or Hugging Face id[@revision]")
+    merge.add_argument("--adapter", required=True, help="a PEFT LoRA adapter folder")
+    merge.add_argument("--out", required=True,
+                       help="folder for the merged model (replaced only if webslm wrote it)")
 
     serve = command("serve", _cmd_serve, "serve web/ and dist folders on 127.0.0.1")
     serve.add_argument("dists", nargs="*", default=[], metavar="DIST",
@@ -286,14 +323,17 @@ def build_parser() -> argparse.ArgumentParser:
                             f"(default {DEFAULT_DIST}); the same as --dist")
     serve.add_argument("--dist", action="append", default=[], metavar="DIST",
                        help="a dist folder to serve (repeatable); the same as a positional DIST")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default "
+                       "%(default)s: this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default %(default)s)")
 
     publish = command("publish", _cmd_publish, "upload a dist folder to a Hugging Face repo")
-    publish.add_argument("dist")
+    publish.add_argument("dist", help="a dist folder `webslm build` wrote (model folder)")
     publish.add_argument("--repo", required=True, help="OWNER/NAME")
-    publish.add_argument("--private", action="store_true")
-    publish.add_argument("--dry-run", action="store_true")
+    publish.add_argument("--private", action="store_true",
+                         help="create the repo private (an existing repo keeps its visibility)")
+    publish.add_argument("--dry-run", action="store_true",
+                         help="print what would be uploaded, upload nothing")
 
     bench = command("bench", _cmd_bench, "run a benchmark from bench/")
     bench.add_argument("name", nargs="?", help="benchmark name (default: list them)")
