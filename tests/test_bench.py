@@ -14,6 +14,8 @@ import pytest
 from browser.harness import browser_missing
 from conftest import REAL_TINY, REPO_ROOT, require
 
+from webslm.cli import main
+
 BENCH_DIR = REPO_ROOT / "bench"
 BENCHES = sorted(BENCH_DIR.glob("bench_*.py"))
 TEST_SIDE = {p.stem for p in (REPO_ROOT / "tests").iterdir()} | {"tests"}
@@ -63,6 +65,16 @@ def test_a_bench_imports_and_parses_its_options_without_tests_on_the_path(script
     tests = str(REPO_ROOT / "tests")
     check = run("-c", f"import sys; {code.split('; ', 1)[0]}; print({tests!r} in sys.path)")
     assert check.stdout.strip().endswith("False"), check.stdout
+
+
+def test_webslm_bench_lists_every_benchmark_with_its_summary_in_columns(capsys) -> None:
+    """`webslm bench` with no name: one line per bench/bench_*.py, its summaries lined up."""
+    assert main(["bench"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    names = [script.stem.removeprefix("bench_") for script in BENCHES]
+    assert [line.split()[0] for line in lines] == names
+    summaries = [line.split(maxsplit=1)[1] for line in lines]
+    assert len({line.index(text) for line, text in zip(lines, summaries, strict=True)}) == 1, lines
 
 
 def test_a_missing_model_or_dist_is_one_line_and_exit_2(tmp_path: Path) -> None:

@@ -85,6 +85,8 @@ def test_empty_and_missing_files(tmp_path: Path, capsys: pytest.CaptureFixture) 
     assert f"{empty}:0: no conversations in this file" in capsys.readouterr().err
     assert main(["data", "check", str(tmp_path / "absent.jsonl")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(["data", "check", str(tmp_path)]) == 2
+    assert f"data file {tmp_path} is a folder, not a file" in capsys.readouterr().err
 
 
 def test_several_system_prompts_warn_but_pass(tmp_path: Path,

@@ -30,8 +30,9 @@ def summary(script: Path) -> str:
 def bench_command(name: str | None) -> int:
     benches = available()
     if name is None:
+        width = max(map(len, benches), default=0)
         for bench_name, script in benches.items():
-            print(f"{bench_name:12} {summary(script)}")
+            print(f"{bench_name:{width}}  {summary(script)}")
         return 0
     if name not in benches:
         raise BadInput(f"no benchmark {name!r}", "choose one of: " + (", ".join(benches) or "none"))

@@ -112,7 +112,8 @@ def is_unicode_text(text: str) -> bool:
 
 def _read_file(path: Path) -> tuple[list[Conversation], list[Problem]]:
     if not path.is_file():
-        raise BadInput(f"data file {path} does not exist", "pass an existing chat JSONL file")
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise BadInput(f"data file {path} {what}", "pass an existing chat JSONL file")
     conversations: list[Conversation] = []
     problems: list[Problem] = []
     try:
