@@ -4,18 +4,10 @@
 // stdin:  {"base": URL of the app, "modelId", "shardUrls": [...], "runs": N}
 // stdout: {"check_first": [s, ...], "hash_first", "webllm_first", "check_cached", "read_cached",
 //          "hash_only"}: seconds, one per run; each run starts in a fresh context (empty caches).
-import { createRequire } from "node:module";
 import { readFileSync } from "node:fs";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
 
-const web = join(dirname(fileURLToPath(import.meta.url)), "..", "web");
-const { chromium } = createRequire(join(web, "package.json"))("playwright-core");
+import { launchChromium } from "../web/chromium.mjs";
 
-const CHROMIUM_ARGS = [
-  "--headless", "--no-sandbox", "--disable-quic", "--no-first-run", "--enable-unsafe-webgpu",
-  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-];
 const SETTLED = "['refused','error','ready'].includes(document.querySelector('.pane')?.dataset.state)";
 const CACHE = "webllm/model";
 
@@ -64,9 +56,7 @@ async function main() {
   const js = { urls: shardUrls, cacheName: CACHE };
   const figures = Object.fromEntries(["check_first", "hash_first", "webllm_first", "check_cached",
     "read_cached", "hash_only"].map((k) => [k, []]));
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium", args: CHROMIUM_ARGS,
-  });
+  const browser = await launchChromium();
   try {
     for (let run = 0; run < runs; run++) {
       let context = await browser.newContext();

@@ -2,26 +2,14 @@
 // window.webslmCheck with the JSON read from stdin, prints the JSON it returns on stdout.
 //
 // usage: node web/check-run.mjs URL_OF_CHECK_HTML < input.json
-import { createRequire } from "node:module";
 import { readFileSync } from "node:fs";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
 
-const web = dirname(fileURLToPath(import.meta.url));
-const { chromium } = createRequire(join(web, "package.json"))("playwright-core");
-
-// No --disable-gpu: Chromium takes the machine's GPU when it offers WebGPU, else SwiftShader.
-const CHROMIUM_ARGS = [
-  "--headless", "--no-sandbox", "--disable-quic", "--no-first-run", "--enable-unsafe-webgpu",
-  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-];
+import { launchChromium } from "./chromium.mjs";
 
 async function main() {
   const [url] = process.argv.slice(2);
   const input = JSON.parse(readFileSync(0, "utf8"));
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium", args: CHROMIUM_ARGS,
-  });
+  const browser = await launchChromium();
   try {
     const page = await browser.newPage();
     page.on("console", (m) => { if (m.type() === "error") process.stderr.write(`browser: ${m.text()}\n`); });

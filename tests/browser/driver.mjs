@@ -10,19 +10,10 @@
 //      type {page, text} · grant {page, permissions}
 // One browser per launch-flag set (with or without the SwiftShader WebGPU adapter); each page
 // gets a fresh context, so Cache Storage never leaks between tests.
-import { createRequire } from "node:module";
 import { createInterface } from "node:readline";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
 
-const repo = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
-const require = createRequire(join(repo, "web", "package.json"));
-const { chromium } = require("playwright-core");
+import { launchChromium } from "../../web/chromium.mjs";
 
-const BASE_ARGS = [
-  "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-];
 const browsers = new Map();
 const pages = new Map();
 let nextPage = 1;
@@ -30,10 +21,7 @@ let nextPage = 1;
 async function browserFor(webgpu) {
   const key = webgpu ? "webgpu" : "plain";
   if (!browsers.has(key)) {
-    browsers.set(key, chromium.launch({
-      executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-      args: webgpu ? [...BASE_ARGS, "--enable-unsafe-webgpu"] : BASE_ARGS,
-    }));
+    browsers.set(key, launchChromium({ webgpu, software: true }));
   }
   return await browsers.get(key);
 }
