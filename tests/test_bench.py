@@ -5,6 +5,7 @@ stand-in runs under tests/ still print every figure."""
 from __future__ import annotations
 
 import ast
+import importlib.util
 import re
 import subprocess
 import sys
@@ -113,3 +114,43 @@ def test_the_standin_web_bench_prints_every_figure() -> None:
     assert printed(done.stdout, "first load, web-llm alone", "first load, app with shard check",
                    "cached load, app with shard check", "crypto.subtle SHA-256 alone",
                    "first load:  check / web-llm alone =", "cached load: check / plain read    =")
+
+
+def test_the_head_trial_computes_what_the_products_head_computes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--variants ours-head-grad-in-forward` swaps the product's LM head (TRL's tiled one) for
+    bench_finetune's `HeadGradInForward`; its figures mean something only if it computes the same
+    log-probabilities and gradients. Float64 on the CPU, rows over several of its row tiles,
+    against TRL's head and the exact log-softmax."""
+    torch = pytest.importorskip("torch")
+    kernels = pytest.importorskip("trl.kernels")
+    spec = importlib.util.spec_from_file_location("bench_finetune", BENCH_DIR / "bench_finetune.py")
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)  # its dataclasses look themselves up there
+    spec.loader.exec_module(bench)
+    generator = torch.Generator().manual_seed(0)
+    rows, width, vocab = 1100, 64, 3000
+    weight = torch.randn(vocab, width, dtype=torch.float64, generator=generator)
+    hidden = torch.randn(rows, width, dtype=torch.float64, generator=generator)
+    labels = torch.randint(vocab, (rows,), generator=generator)
+    upstream = torch.randn(rows, dtype=torch.float64, generator=generator)
+
+    def head(apply, *tail):
+        given = hidden.clone().requires_grad_()
+        log_probs = apply(given, weight, None, labels, *tail)[0]
+        (log_probs * upstream).sum().backward()
+        return log_probs.detach(), given.grad
+
+    def log_softmax(given, weight, _bias, labels):
+        return (torch.log_softmax(given @ weight.t(), -1).gather(1, labels[:, None])[:, 0],)
+
+    exact = head(log_softmax)
+    trl = head(kernels.ChunkedLogProbFunction.apply, 1.0, 1024, None, 1.0, ())
+    trial = head(bench.HeadGradInForward.apply, 1.0, 1024, None, 1.0, ())
+    assert rows > 2 * bench.HeadGradInForward.ROWS
+    for ours, theirs, truth in zip(trial, trl, exact, strict=True):  # log-probs, then gradients
+        # both heads compute in float32 (measured: 7.5e-8 and 9e-7 of the largest value)
+        scale = truth.abs().max()
+        assert (ours.double() - truth).abs().max() <= 2e-6 * scale
+        assert (theirs.double() - truth).abs().max() <= 2e-6 * scale
+
