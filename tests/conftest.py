@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -120,15 +121,22 @@ def standin_dist(standin_image: str, tiny_qwen2: Path,
     return build_model(resolve_spec(model=str(tiny_qwen2), name="tiny"), options).dist
 
 
+def load_script(path: Path) -> ModuleType:
+    """A Python file outside the package (tasks.py, a bench, a CI script) imported as a module
+    named after it, registered in sys.modules as an import would (dataclasses look there)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def tasks_namespace() -> Any:
     """tasks.py's Invoke collection, loaded the way the `invoke` program loads it."""
     from invoke import Collection
 
-    spec = importlib.util.spec_from_file_location("tasks", REPO_ROOT / "tasks.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return Collection.from_module(module)
+    return Collection.from_module(load_script(REPO_ROOT / "tasks.py"))
 
 
 def interrupt_when(ready: Callable[[], bool], within: float = 60,

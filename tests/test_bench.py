@@ -5,7 +5,6 @@ stand-in runs under tests/ still print every figure."""
 from __future__ import annotations
 
 import ast
-import importlib.util
 import re
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from browser.harness import browser_missing
-from conftest import REAL_TINY, REPO_ROOT, require
+from conftest import REAL_TINY, REPO_ROOT, load_script, require
 
 from webslm.cli import main
 
@@ -116,18 +115,14 @@ def test_the_standin_web_bench_prints_every_figure() -> None:
                    "first load:  check / web-llm alone =", "cached load: check / plain read    =")
 
 
-def test_the_head_trial_computes_what_the_products_head_computes(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_head_trial_computes_what_the_products_head_computes() -> None:
     """`--variants ours-head-grad-in-forward` swaps the product's LM head (TRL's tiled one) for
     bench_finetune's `HeadGradInForward`; its figures mean something only if it computes the same
     log-probabilities and gradients. Float64 on the CPU, rows over several of its row tiles,
     against TRL's head and the exact log-softmax."""
     torch = pytest.importorskip("torch")
     kernels = pytest.importorskip("trl.kernels")
-    spec = importlib.util.spec_from_file_location("bench_finetune", BENCH_DIR / "bench_finetune.py")
-    bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, bench)  # its dataclasses look themselves up there
-    spec.loader.exec_module(bench)
+    bench = load_script(BENCH_DIR / "bench_finetune.py")
     generator = torch.Generator().manual_seed(0)
     rows, width, vocab = 1100, 64, 3000
     weight = torch.randn(vocab, width, dtype=torch.float64, generator=generator)

@@ -3,21 +3,16 @@ and the floors workflow installs under those pins and runs the fast tests."""
 
 from __future__ import annotations
 
-import importlib.util
 import tomllib
 from types import ModuleType
 
 import pytest
 import yaml
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, load_script
 
 
 def floors_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("floors", REPO_ROOT / ".ci" / "floors.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO_ROOT / ".ci" / "floors.py")
 
 
 PROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
