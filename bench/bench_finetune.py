@@ -34,6 +34,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 from tokenizers import Tokenizer, models
@@ -457,7 +458,9 @@ def run_variant(name: str, recipe: Recipe, examples: list[TokenizedExample], ste
             model = AutoModelForCausalLM.from_config(config, dtype=master_weight_dtype(precision),
                                                      attn_implementation=attention_for(recipe))
     inductor, constants = TRIALS.get(name, ({}, {}))
-    with torch._inductor.config.patch(**inductor), patched(training, constants):
+    set_constants = (mock.patch.multiple(training, **constants) if constants
+                     else contextlib.nullcontext())  # patch.multiple wants at least one
+    with torch._inductor.config.patch(**inductor), set_constants:
         result = train_variant(name, recipe, model, precision, examples, steps, warmup,
                                world_size, out, profile, timeline)
     del model
@@ -465,19 +468,6 @@ def run_variant(name: str, recipe: Recipe, examples: list[TokenizedExample], ste
     if cuda:
         torch.cuda.empty_cache()
     return result
-
-
-@contextlib.contextmanager
-def patched(module, values: dict):
-    """`module`'s attributes set to `values` for the duration."""
-    before = {key: getattr(module, key) for key in values}
-    for key, value in values.items():
-        setattr(module, key, value)
-    try:
-        yield
-    finally:
-        for key, value in before.items():
-            setattr(module, key, value)
 
 
 def train_variant(name: str, recipe: Recipe, model, precision: str,

@@ -305,8 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--activation-budget", type=float, metavar="SHARE",
                           default=Recipe.activation_budget,
                           help="share of each layer's activations a compiled one-GPU run keeps, "
-                               f"recomputing the rest (default {Recipe.activation_budget}; 1 "
-                               "keeps all: faster, more GPU memory; same loss)")
+                               "recomputing the rest (default %(default)s; 1 keeps all: faster, "
+                               "more GPU memory; same loss)")
     finetune.add_argument("--push", metavar="REPO",
                           help="upload the merged model to this Hugging Face repo (OWNER/NAME)")
 
