@@ -159,6 +159,7 @@ class HeadGradInForward(torch.autograd.Function):
 TRIALS: dict[str, tuple[dict, dict]] = {
     "ours-head-grad-in-forward": ({}, {"ChunkedLogProbFunction": HeadGradInForward}),
     "ours-cdt": ({"coordinate_descent_tuning": True}, {}),
+    "ours-peft-dropout": ({}, {"FUSED_LORA_DROPOUT": False}),  # the eighth pass's default
     "ours-head76k": ({}, {"HEAD_TILE": 151936 // 2}),
     "ours-bucket1024": ({}, {"TOKEN_BUCKET": 1024}),
     "ours-no-combo": ({}, {"LAYER_INDUCTOR_CONFIG": {}}),

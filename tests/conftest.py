@@ -24,6 +24,10 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+# Without a GPU, Triton kernels (webslm.fusedlora) run in Triton's CPU interpreter. Triton reads
+# this when a kernel is defined, so it is set before any test imports one.
+if not Path("/dev/nvidiactl").exists():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from browser.harness import Browser, browser_missing
 from standin.image import ensure_standin_image, standin_toolchain

@@ -9,8 +9,8 @@ in bench/ train through `train_adapter` and `build_trainer` here, the code `webs
 Training is padding-free (a micro batch flattened into one row, attention kept within each
 conversation: `varlen_attention`) on assistant tokens only; long GPU runs compile each decoder
 layer (`compile_decoder_layers`) and, in one process, replay them as CUDA graphs
-(`webslm.cudagraphs`). The merge writes fp16 weights and the base's tokenizer files
-byte for byte, normalized for MLC-LLM.
+(`webslm.cudagraphs`) with LoRA's dropout drawn inside its A products (`webslm.fusedlora`). The
+merge writes fp16 weights and the base's tokenizer files byte for byte, normalized for MLC-LLM.
 """
 
 from __future__ import annotations
@@ -69,6 +69,9 @@ TOKEN_BUCKET = 512
 # them: each launch costs CPU time there, and the one unrecorded run with them was slower
 # (0.76x the seventh pass's figure, where the uncompiled recipe, bound by the same CPU, was 0.87x).
 LAYER_INDUCTOR_CONFIG: dict[str, Any] = {"combo_kernels": True}
+# Replayed layers draw LoRA's dropout inside its A product (webslm.fusedlora): 1.03x the tokens/s
+# of PEFT's dropout at 0.94x the peak memory (bench/RESULTS.md, ninth pass).
+FUSED_LORA_DROPOUT = True
 # Causal varlen attention: a window reaching every earlier token and none after (torch >= 2.11).
 CAUSAL_WINDOW = (-1, 0)
 # Batch entries the collator adds for `StepTrainer`, which takes them out before the model runs.
@@ -538,6 +541,10 @@ def build_trainer(model: Any, tokenizer: Any, examples: Sequence[TokenizedExampl
     collate = trainer.data_collator
     if compiled:
         recorder = graph_recorder(recipe, world_size)
+        if recorder and FUSED_LORA_DROPOUT:
+            # here, not at the top: Triton ships with torch's CUDA builds, and this is a GPU path
+            from webslm.fusedlora import fuse_lora_dropout
+            fuse_lora_dropout(trainer.model)
         # The budget pays only under CUDA graphs (bench/RESULTS.md, fourth pass: unrecorded,
         # the same speed as checkpointing each layer at 3x the memory)
         compile_decoder_layers(trainer.model, recipe.gradient_checkpointing,
