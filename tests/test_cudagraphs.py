@@ -241,19 +241,25 @@ def test_cuda_graphs_only_for_one_padding_free_gpu_process(monkeypatch: pytest.M
 def test_cuda_graph_replays_train_like_unrecorded_layers(tiny_qwen2: Path, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """On a GPU: the real recorder, Inductor, bf16; losses as without CUDA graphs."""
+    base = Recipe(epochs=2, learning_rate=float(LR), lora_dropout=0.0, global_batch=8,
+                  micro_batch=4, compile_layers="on")
+    plain_losses, plain_layers = train_on_gpu(
+        tiny_qwen2, tmp_path / "plain", dataclasses.replace(base, cuda_graphs=False))
+    losses, layers = train_on_gpu(tiny_qwen2, tmp_path / "graphs", base)
+    assert getattr(plain_layers, "replays", 0) == 0 and layers.replays == 8
+    assert losses == pytest.approx(plain_losses, rel=2e-2)
+
+
+def train_on_gpu(tiny_qwen2: Path, tmp_path: Path, recipe: Recipe
+                 ) -> tuple[list[float], torch.nn.Module]:
+    """Train the tiny model in bf16 on the GPU as `webslm finetune` would; losses and layers."""
+    tmp_path.mkdir()
     tokenizer = load_tokenizer(tiny_qwen2)
     examples = tokenize_all(tokenizer, read_chat_data([write_data(tmp_path / "c.jsonl")]), 1024)
-    runs = {}
-    for graphs in (False, True):
-        recipe = Recipe(epochs=2, learning_rate=float(LR), lora_dropout=0.0, global_batch=8,
-                        micro_batch=4, compile_layers="on", cuda_graphs=graphs)
-        torch.manual_seed(0)
-        model = training.load_base_model(tiny_qwen2, "bf16", recipe).cuda()
-        trainer = training.build_trainer(model, tokenizer, examples, recipe,
-                                         tmp_path / str(graphs), precision="bf16", world_size=1)
-        trainer.train()
-        layers = training.decoder_stack(trainer.model).layers
-        runs[graphs] = ([e["loss"] for e in trainer.state.log_history if "loss" in e],
-                        getattr(layers, "replays", 0))
-    assert runs[False][1] == 0 and runs[True][1] == 8
-    assert runs[True][0] == pytest.approx(runs[False][0], rel=2e-2)
+    torch.manual_seed(0)
+    model = training.load_base_model(tiny_qwen2, "bf16", recipe).cuda()
+    trainer = training.build_trainer(model, tokenizer, examples, recipe, tmp_path / "run",
+                                     precision="bf16", world_size=1)
+    trainer.train()
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    return losses, training.decoder_stack(trainer.model).layers

@@ -16,12 +16,11 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
-from test_cudagraphs import RerunRecorder, train
-from test_finetune import LR, write_data
+from test_cudagraphs import RerunRecorder, train, train_on_gpu
+from test_finetune import LR
 from transformers import AutoModelForCausalLM
 
 from webslm import training
-from webslm.chatdata import load_tokenizer, read_chat_data, tokenize_all
 from webslm.finetune import Recipe
 from webslm.fusedlora import DroppedLoraA, dropped_lora_a, fuse_lora_dropout
 
@@ -150,26 +149,17 @@ def test_replayed_training_draws_lora_dropout_in_the_kernels(tiny_qwen2: Path, t
     assert all(torch.isfinite(t).all() for t in saved.values())
 
 
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="records real CUDA graphs")
 def test_on_a_gpu_fused_dropout_trains_like_peft_dropout(tiny_qwen2: Path, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """The real recorder, Inductor, bf16, dropout 0.1: with the kernels as with PEFT's."""
-    tokenizer = load_tokenizer(tiny_qwen2)
-    examples = tokenize_all(tokenizer, read_chat_data([write_data(tmp_path / "c.jsonl")]), 1024)
-    runs = {}
-    for fused in (False, True):
-        monkeypatch.setattr(training, "FUSED_LORA_DROPOUT", fused)
-        recipe = Recipe(epochs=2, learning_rate=float(LR), lora_dropout=0.1, global_batch=8,
-                        micro_batch=4, compile_layers="on")
-        torch.manual_seed(0)
-        model = training.load_base_model(tiny_qwen2, "bf16", recipe).cuda()
-        trainer = training.build_trainer(model, tokenizer, examples, recipe,
-                                         tmp_path / str(fused), precision="bf16", world_size=1)
-        trainer.train()
-        layers = training.decoder_stack(trainer.model).layers
-        runs[fused] = ([e["loss"] for e in trainer.state.log_history if "loss" in e],
-                       layers.replays, sum(isinstance(m, DroppedLoraA) for m in layers.modules()))
-    assert runs[False][1:] == (8, 0)
-    assert runs[True][1:] == (8, 7 * len(layers))
-    assert runs[True][0] == pytest.approx(runs[False][0], rel=5e-2)
+    recipe = Recipe(epochs=2, learning_rate=float(LR), lora_dropout=0.1, global_batch=8,
+                    micro_batch=4, compile_layers="on")
+    monkeypatch.setattr(training, "FUSED_LORA_DROPOUT", False)
+    peft_losses, peft_layers = train_on_gpu(tiny_qwen2, tmp_path / "peft", recipe)
+    monkeypatch.setattr(training, "FUSED_LORA_DROPOUT", True)
+    losses, layers = train_on_gpu(tiny_qwen2, tmp_path / "fused", recipe)
+    assert peft_layers.replays == layers.replays == 8
+    assert not any(isinstance(m, DroppedLoraA) for m in peft_layers.modules())
+    assert sum(isinstance(m, DroppedLoraA) for m in layers.modules()) == 7 * len(layers)
+    assert losses == pytest.approx(peft_losses, rel=5e-2)

@@ -49,6 +49,17 @@ def _kept(seed, rows, first_col, columns, p, row_tile: tl.constexpr,
 
 
 @triton.jit
+def _dropped_tile(x_ptr, seed, rows, first_col, row_end, columns, p, scale,
+                  row_tile: tl.constexpr, column_tile: tl.constexpr):
+    """A tile of x after dropout (rows below `row_end`), in x's dtype, never written out."""
+    cols = first_col + tl.arange(0, column_tile)
+    inside = (rows[:, None] < row_end) & (cols[None, :] < columns)
+    x = tl.load(x_ptr + rows[:, None] * columns + cols[None, :], mask=inside, other=0.0)
+    keep = _kept(seed, rows, first_col, columns, p, row_tile, column_tile)
+    return tl.where(keep, x.to(tl.float32) * scale, 0.0).to(x.dtype)
+
+
+@triton.jit
 def _dot(left, right, acc, dot_fp32: tl.constexpr):
     """acc + left @ right, on values already in the input's dtype (see `_dot_fp32`)."""
     if dot_fp32:
@@ -67,13 +78,11 @@ def _dropped_a_kernel(x_ptr, a_ptr, h_ptr, seed_ptr, tokens,
     acc = tl.zeros((row_tile, rank_tile), dtype=tl.float32)
     for start in range(0, columns, column_tile):
         cols = start + tl.arange(0, column_tile)
-        inside = (rows[:, None] < tokens) & (cols[None, :] < columns)
-        x = tl.load(x_ptr + rows[:, None] * columns + cols[None, :], mask=inside, other=0.0)
-        keep = _kept(seed, rows, start, columns, p, row_tile, column_tile)
-        dropped = tl.where(keep, x.to(tl.float32) * scale, 0.0).to(x.dtype)
+        dropped = _dropped_tile(x_ptr, seed, rows, start, tokens, columns, p, scale, row_tile,
+                                column_tile)
         a = tl.load(a_ptr + ranks[None, :] * columns + cols[:, None],
                     mask=(ranks[None, :] < rank) & (cols[:, None] < columns), other=0.0)
-        acc = _dot(dropped, a.to(x.dtype), acc, dot_fp32)
+        acc = _dot(dropped, a.to(dropped.dtype), acc, dot_fp32)
     tl.store(h_ptr + rows[:, None] * rank + ranks[None, :], acc.to(h_ptr.dtype.element_ty),
              mask=(rows[:, None] < tokens) & (ranks[None, :] < rank))
 
@@ -116,10 +125,8 @@ def _weight_grad_kernel(g_ptr, x_ptr, part_ptr, seed_ptr, tokens,
         rows = start + tl.arange(0, row_tile)
         g = tl.load(g_ptr + rows[None, :] * rank + ranks[:, None],
                     mask=(rows[None, :] < end) & (ranks[:, None] < rank), other=0.0)
-        inside = (rows[:, None] < end) & (cols[None, :] < columns)
-        x = tl.load(x_ptr + rows[:, None] * columns + cols[None, :], mask=inside, other=0.0)
-        keep = _kept(seed, rows, first_col, columns, p, row_tile, column_tile)
-        dropped = tl.where(keep, x.to(tl.float32) * scale, 0.0).to(x.dtype)
+        dropped = _dropped_tile(x_ptr, seed, rows, first_col, end, columns, p, scale, row_tile,
+                                column_tile)
         acc = _dot(g, dropped, acc, dot_fp32)
     tl.store(part_ptr + split * rank * columns + ranks[:, None] * columns + cols[None, :], acc,
              mask=(ranks[:, None] < rank) & (cols[None, :] < columns))
