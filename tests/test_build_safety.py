@@ -165,6 +165,12 @@ def test_a_cache_removes_scratch_of_dead_processes_only(tmp_path: Path,
 # ---------------------------------------------------------------------------- stopping
 
 
+def running(engine, filters: dict) -> list:
+    """The running containers that match, listed sparse: without inspecting each one, which a
+    finishing stage can remove in between (a 404 that would kill the watcher thread)."""
+    return engine.containers.list(filters=filters, sparse=True)
+
+
 @pytest.mark.docker
 def test_sigterm_removes_the_container_and_exits_143(
         standin, standin_image: str, tiny_qwen2: Path, tmp_path: Path,
@@ -177,8 +183,7 @@ def test_sigterm_removes_the_container_and_exits_143(
     monkeypatch.setattr("webslm.toolchain.current_toolchain", lambda: slow)
     mine = {"label": f"{OWNER_LABEL}={owner_token()}"}
 
-    watcher = interrupt_when(lambda: bool(docker_engine.containers.list(filters=mine)),
-                             signum=signal.SIGTERM)
+    watcher = interrupt_when(lambda: bool(running(docker_engine, mine)), signum=signal.SIGTERM)
     started = time.monotonic()
     assert main(argv) == 143
     assert time.monotonic() - started < 60
@@ -263,7 +268,7 @@ def test_sigterm_stops_every_model_of_a_parallel_build(
     monkeypatch.setattr("webslm.toolchain.current_toolchain", lambda: slow)
     mine = {"label": f"{OWNER_LABEL}={owner_token()}"}
 
-    watcher = interrupt_when(lambda: len(docker_engine.containers.list(filters=mine)) >= 2,
+    watcher = interrupt_when(lambda: len(running(docker_engine, mine)) >= 2,
                              signum=signal.SIGTERM)
     specs = [resolve_spec(model=str(tiny_qwen2), name=name) for name in ("a", "b")]
     options = BuildOptions(out=tmp_path / "dist", show_progress=False)
