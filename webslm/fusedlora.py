@@ -144,6 +144,12 @@ def _dot_fp32(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" or x.dtype == torch.float32
 
 
+def _tiles(rank: int, row_tile: int, x: torch.Tensor) -> dict[str, Any]:
+    """The compile-time settings every kernel takes: the tiles and the products' dtype."""
+    return {"rank": rank, "rank_tile": _rank_tile(rank), "row_tile": row_tile,
+            "column_tile": COLUMNS, "dot_fp32": _dot_fp32(x)}
+
+
 def _splits(tokens: int, columns: int) -> int:
     """Row splits of the weight gradient: enough programs to fill the GPU, each with at least
     four row tiles to sum; fixed per shape, so the sum's order is too."""
@@ -159,9 +165,7 @@ def dropped_lora_a(x: torch.Tensor, a: torch.Tensor, seed: torch.Tensor,
     rank = a.shape[0]
     h = x.new_empty((tokens, rank))
     _dropped_a_kernel[(triton.cdiv(tokens, FORWARD_ROWS),)](
-        x, a, h, seed, tokens, columns, p, 1.0 / (1.0 - p), rank=rank,
-        rank_tile=_rank_tile(rank), row_tile=FORWARD_ROWS, column_tile=COLUMNS,
-        dot_fp32=_dot_fp32(x))
+        x, a, h, seed, tokens, columns, p, 1.0 / (1.0 - p), **_tiles(rank, FORWARD_ROWS, x))
     return h
 
 
@@ -171,8 +175,7 @@ def dropped_lora_a_input_grad(g: torch.Tensor, a: torch.Tensor, seed: torch.Tens
     tokens, rank = g.shape
     grad = g.new_empty((tokens, columns))
     _input_grad_kernel[(triton.cdiv(tokens, ROWS), triton.cdiv(columns, COLUMNS))](
-        g, a, grad, seed, tokens, columns, p, 1.0 / (1.0 - p), rank=rank,
-        rank_tile=_rank_tile(rank), row_tile=ROWS, column_tile=COLUMNS, dot_fp32=_dot_fp32(g))
+        g, a, grad, seed, tokens, columns, p, 1.0 / (1.0 - p), **_tiles(rank, ROWS, g))
     return grad
 
 
@@ -185,8 +188,8 @@ def dropped_lora_a_weight_grad(g: torch.Tensor, x: torch.Tensor, seed: torch.Ten
     rows_per_split = triton.cdiv(triton.cdiv(tokens, splits), ROWS) * ROWS
     parts = x.new_empty((splits, rank, columns), dtype=torch.float32)
     _weight_grad_kernel[(triton.cdiv(columns, COLUMNS), splits)](
-        g, x, parts, seed, tokens, columns, rows_per_split, p, 1.0 / (1.0 - p), rank=rank,
-        rank_tile=_rank_tile(rank), row_tile=ROWS, column_tile=COLUMNS, dot_fp32=_dot_fp32(x))
+        g, x, parts, seed, tokens, columns, rows_per_split, p, 1.0 / (1.0 - p),
+        **_tiles(rank, ROWS, x))
     return parts.sum(0)
 
 
