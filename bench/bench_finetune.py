@@ -46,7 +46,6 @@ from transformers import (
     set_seed,
 )
 
-from webslm import training
 from webslm.chatdata import TokenizedExample
 from webslm.checkout import checkout_path
 from webslm.cudagraphs import CudaGraphRecording
@@ -154,16 +153,23 @@ class HeadGradInForward(torch.autograd.Function):
         return (hidden_grad, *[None] * 8)
 
 
-# Settings tried beside the default recipe: Inductor's config, and webslm.training's constants
-# (read when the trainer is built and while it trains).
-TRIALS: dict[str, tuple[dict, dict]] = {
-    "ours-head-grad-in-forward": ({}, {"ChunkedLogProbFunction": HeadGradInForward}),
+# Settings tried beside the default recipe: Inductor's config, and module constants of webslm
+# (webslm.training's are read when the trainer is built and while it trains; webslm.fusedlora's
+# at each kernel launch).
+TRIALS: dict[str, tuple[dict, dict[str, dict]]] = {
+    "ours-head-grad-in-forward": ({}, {"webslm.training": {
+        "ChunkedLogProbFunction": HeadGradInForward}}),
     "ours-cdt": ({"coordinate_descent_tuning": True}, {}),
-    "ours-peft-dropout": ({}, {"FUSED_LORA_DROPOUT": False}),  # the eighth pass's default
-    "ours-head76k": ({}, {"HEAD_TILE": 151936 // 2}),
-    "ours-bucket1024": ({}, {"TOKEN_BUCKET": 1024}),
-    "ours-no-combo": ({}, {"LAYER_INDUCTOR_CONFIG": {}}),
-    "ours-seventh": ({}, {"TOKEN_BUCKET": 1024, "LAYER_INDUCTOR_CONFIG": {}}),  # its default
+    "ours-peft-dropout": ({}, {"webslm.training": {"FUSED_LORA_DROPOUT": False}}),  # 8th pass
+    "ours-head76k": ({}, {"webslm.training": {"HEAD_TILE": 151936 // 2}}),
+    "ours-bucket1024": ({}, {"webslm.training": {"TOKEN_BUCKET": 1024}}),
+    "ours-no-combo": ({}, {"webslm.training": {"LAYER_INDUCTOR_CONFIG": {}}}),
+    "ours-seventh": ({}, {"webslm.training": {"TOKEN_BUCKET": 1024,  # the seventh pass's default
+                                              "LAYER_INDUCTOR_CONFIG": {}}}),
+    # the ninth pass's default: one 31-bit draw per Philox word, 10 rounds
+    "ours-ninth": ({}, {"webslm.fusedlora": {"DRAWS_PER_WORD": 1, "PHILOX_ROUNDS": 10}}),
+    "ours-philox10": ({}, {"webslm.fusedlora": {"PHILOX_ROUNDS": 10}}),
+    "ours-31bit": ({}, {"webslm.fusedlora": {"DRAWS_PER_WORD": 1}}),
 }
 VARIANTS.update({name: LONG_RUN for name in TRIALS})
 VARIANTS.update({f"ours-budget{share}": dataclasses.replace(LONG_RUN, activation_budget=share)
@@ -459,9 +465,9 @@ def run_variant(name: str, recipe: Recipe, examples: list[TokenizedExample], ste
             model = AutoModelForCausalLM.from_config(config, dtype=master_weight_dtype(precision),
                                                      attn_implementation=attention_for(recipe))
     inductor, constants = TRIALS.get(name, ({}, {}))
-    set_constants = (mock.patch.multiple(training, **constants) if constants
-                     else contextlib.nullcontext())  # patch.multiple wants at least one
-    with torch._inductor.config.patch(**inductor), set_constants:
+    with torch._inductor.config.patch(**inductor), contextlib.ExitStack() as set_constants:
+        for module, values in constants.items():
+            set_constants.enter_context(mock.patch.multiple(module, **values))
         result = train_variant(name, recipe, model, precision, examples, steps, warmup,
                                world_size, out, profile, timeline)
     del model

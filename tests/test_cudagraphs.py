@@ -256,6 +256,10 @@ def train_on_gpu(tiny_qwen2: Path, tmp_path: Path, recipe: Recipe
     tmp_path.mkdir()
     tokenizer = load_tokenizer(tiny_qwen2)
     examples = tokenize_all(tokenizer, read_chat_data([write_data(tmp_path / "c.jsonl")]), 1024)
+    # compiled afresh, as each `webslm finetune` process compiles: layers compiled by an earlier
+    # test of this process (other options, dynamic shapes) filled dynamo's cache for the same
+    # forward, and a checkpointed recomputation then ran uncompiled (bench/raw/issue16/49-*)
+    torch._dynamo.reset()
     torch.manual_seed(0)
     model = training.load_base_model(tiny_qwen2, "bf16", recipe).cuda()
     trainer = training.build_trainer(model, tokenizer, examples, recipe, tmp_path / "run",

@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM
 
 from webslm import training
 from webslm.finetune import Recipe
-from webslm.fusedlora import DroppedLoraA, dropped_lora_a, fuse_lora_dropout
+from webslm.fusedlora import DroppedLoraA, drawn_probability, dropped_lora_a, fuse_lora_dropout
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the real kernels, or interpreted
 
@@ -40,12 +40,16 @@ def kept_inputs(x: torch.Tensor, rank: int, seed: torch.Tensor, p: float) -> tor
     return out
 
 
-@pytest.mark.parametrize(("dtype", "rank"), [(torch.float32, 8), (torch.bfloat16, 16)])
-def test_the_kernels_compute_dropout_then_a_and_its_gradients(dtype: torch.dtype,
-                                                              rank: int) -> None:
-    """Odd sizes (tails in every tile), a rank below tl.dot's 16 and one at it."""
+@pytest.mark.parametrize(("dtype", "rank", "p"), [(torch.float32, 8, 0.25),
+                                                  (torch.bfloat16, 16, 0.1)])
+def test_the_kernels_compute_dropout_then_a_and_its_gradients(dtype: torch.dtype, rank: int,
+                                                              p: float) -> None:
+    """Odd sizes (tails in every tile), a rank below tl.dot's 16 and one at it; a p the draws
+    hold exactly and one they round (0.1 is drawn as 6554/65536)."""
     torch.manual_seed(0)
-    tokens, columns, p = 130, 200, 0.25
+    tokens, columns = 130, 200
+    drawn = drawn_probability(p)
+    assert abs(drawn - p) <= 2**-17
     x = torch.randn(tokens, columns, dtype=dtype, device=DEVICE, requires_grad=True)
     a = torch.randn(rank, columns, device=DEVICE, requires_grad=True)  # fp32, as in PEFT
     seed = torch.tensor([1234], device=DEVICE)
@@ -53,7 +57,7 @@ def test_the_kernels_compute_dropout_then_a_and_its_gradients(dtype: torch.dtype
     kept = dropped != 0
     # kept values are x * (1 / (1 - p)) in x's dtype, as torch's dropout gives them (within
     # one rounding: Triton's CPU interpreter truncates to bf16 where a GPU rounds to nearest)
-    scaled = x.detach().float() * (1 / (1 - p))
+    scaled = x.detach().float() * (1 / (1 - drawn))
     ulp = torch.finfo(dtype).eps
     assert torch.allclose(dropped[kept].float(), scaled[kept], rtol=ulp, atol=0)
     share = kept.float().mean().item()
@@ -72,7 +76,7 @@ def test_the_kernels_compute_dropout_then_a_and_its_gradients(dtype: torch.dtype
     assert x.grad is not None and a.grad is not None
     assert x.grad.dtype == dtype and a.grad.dtype == torch.float32
     assert (x.grad[~kept] == 0).all()  # the backward dropped what the forward dropped
-    assert_sums_close(x.grad * (1 - p), g.double(), a_used, share_of_magnitude, kept)
+    assert_sums_close(x.grad * (1 - drawn), g.double(), a_used, share_of_magnitude, kept)
     assert_sums_close(a.grad, g.double().T, dropped.double(), share_of_magnitude)
 
 

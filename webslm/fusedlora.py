@@ -4,9 +4,10 @@ PEFT computes `B(A(dropout(x)))`: the dropout writes a copy of `x` and a mask fo
 projection (seven per Qwen2 layer, the widest 4864 columns), and the backward reads the mask
 back. Once the layers replay as CUDA graphs those passes are the largest elementwise traffic in
 a step: training without dropout measured 1.19x the tokens/s. Here the mask is never stored
-(1.03x the tokens/s of PEFT's dropout at 0.94x the peak memory: bench/RESULTS.md, ninth pass).
+(1.05x the tokens/s of PEFT's dropout at 0.92x the peak memory: bench/RESULTS.md, tenth pass).
 Each kernel draws it again from one seed per call, with Triton's Philox generator keyed by the
-element's position, so the forward and both gradients see the same mask:
+element's position, so the forward and both gradients see the same mask (p below is the drawn
+probability, `drawn_probability`):
 
 - forward: `h = (x * keep / (1 - p)) @ A.T`, the dropped-out `x` only in registers;
 - input gradient: `keep / (1 - p) * (g @ A)`;
@@ -31,31 +32,45 @@ ROWS = 64  # row tile of the gradients' kernels
 FORWARD_ROWS = 32  # the forward's (two programs per multiprocessor at ~8k tokens)
 COLUMNS = 64  # column tile (the input's features) of every kernel
 SPLIT_PROGRAMS = 264  # the weight gradient aims at two programs per H100/H200 multiprocessor
+# Each 32-bit word of Philox gives two 16-bit draws, so p is drawn as a multiple of 1/65536
+# (`drawn_probability`). Philox4x32 with 7 rounds passes TestU01's BigCrush (Salmon et al.,
+# "Parallel random numbers: as easy as 1, 2, 3", SC 2011); its default 10 add a safety margin.
+# 7 rounds measured 1.06x the step's tokens/s of 10 (bench/RESULTS.md, tenth pass).
+DRAWS_PER_WORD = 2
+PHILOX_ROUNDS = 7
 
 
 @triton.jit
-def _kept(seed, rows, first_col, columns, p, row_tile: tl.constexpr,
-          column_tile: tl.constexpr):
+def _kept(seed, rows, first_col, columns, threshold, row_tile: tl.constexpr,
+          column_tile: tl.constexpr, halves: tl.constexpr, rounds: tl.constexpr):
     """Whether each element of a tile survives dropout: the same draw wherever it is asked.
 
-    One Philox call gives four numbers, for four neighbouring columns (tiles start at
-    multiples of four): a quarter of the generator's work of one call per element.
+    One Philox call gives four 32-bit words, for 4 * `halves` neighbouring columns (tiles
+    start at multiples of eight); an element is kept when its draw is at least `threshold`.
     """
-    groups = (columns + 3) // 4
-    calls = rows[:, None] * groups + (first_col // 4 + tl.arange(0, column_tile // 4))[None, :]
-    r0, r1, r2, r3 = tl.rand4x(seed, calls)
-    draws = tl.reshape(tl.join(tl.join(r0, r1), tl.join(r2, r3)), (row_tile, column_tile))
-    return draws >= p
+    per_call: tl.constexpr = 4 * halves
+    groups = (columns + per_call - 1) // per_call
+    calls = rows[:, None] * groups + (first_col // per_call
+                                      + tl.arange(0, column_tile // per_call))[None, :]
+    r0, r1, r2, r3 = tl.randint4x(seed, calls, rounds)
+    words = tl.join(tl.join(r0, r1), tl.join(r2, r3))
+    if halves == 2:
+        draws = tl.join(words & 0xFFFF, words >> 16)
+    else:
+        draws = words >> 1
+    return tl.reshape(draws, (row_tile, column_tile)) >= threshold
 
 
 @triton.jit
-def _dropped_tile(x_ptr, seed, rows, first_col, row_end, columns, p, scale,
-                  row_tile: tl.constexpr, column_tile: tl.constexpr):
+def _dropped_tile(x_ptr, seed, rows, first_col, row_end, columns, threshold, scale,
+                  row_tile: tl.constexpr, column_tile: tl.constexpr, halves: tl.constexpr,
+                  rounds: tl.constexpr):
     """A tile of x after dropout (rows below `row_end`), in x's dtype, never written out."""
     cols = first_col + tl.arange(0, column_tile)
     inside = (rows[:, None] < row_end) & (cols[None, :] < columns)
     x = tl.load(x_ptr + rows[:, None] * columns + cols[None, :], mask=inside, other=0.0)
-    keep = _kept(seed, rows, first_col, columns, p, row_tile, column_tile)
+    keep = _kept(seed, rows, first_col, columns, threshold, row_tile, column_tile, halves,
+                 rounds)
     return tl.where(keep, x.to(tl.float32) * scale, 0.0).to(x.dtype)
 
 
@@ -69,17 +84,17 @@ def _dot(left, right, acc, dot_fp32: tl.constexpr):
 
 @triton.jit
 def _dropped_a_kernel(x_ptr, a_ptr, h_ptr, seed_ptr, tokens,
-                      columns, p, scale, rank: tl.constexpr,
+                      columns, threshold, scale, rank: tl.constexpr,
                       rank_tile: tl.constexpr, row_tile: tl.constexpr, column_tile: tl.constexpr,
-                      dot_fp32: tl.constexpr):
+                      dot_fp32: tl.constexpr, halves: tl.constexpr, rounds: tl.constexpr):
     rows = tl.program_id(0) * row_tile + tl.arange(0, row_tile)
     ranks = tl.arange(0, rank_tile)
     seed = tl.load(seed_ptr)
     acc = tl.zeros((row_tile, rank_tile), dtype=tl.float32)
     for start in range(0, columns, column_tile):
         cols = start + tl.arange(0, column_tile)
-        dropped = _dropped_tile(x_ptr, seed, rows, start, tokens, columns, p, scale, row_tile,
-                                column_tile)
+        dropped = _dropped_tile(x_ptr, seed, rows, start, tokens, columns, threshold, scale,
+                                row_tile, column_tile, halves, rounds)
         a = tl.load(a_ptr + ranks[None, :] * columns + cols[:, None],
                     mask=(ranks[None, :] < rank) & (cols[:, None] < columns), other=0.0)
         acc = _dot(dropped, a.to(dropped.dtype), acc, dot_fp32)
@@ -89,9 +104,9 @@ def _dropped_a_kernel(x_ptr, a_ptr, h_ptr, seed_ptr, tokens,
 
 @triton.jit
 def _input_grad_kernel(g_ptr, a_ptr, gx_ptr, seed_ptr, tokens,
-                       columns, p, scale, rank: tl.constexpr,
+                       columns, threshold, scale, rank: tl.constexpr,
                        rank_tile: tl.constexpr, row_tile: tl.constexpr, column_tile: tl.constexpr,
-                       dot_fp32: tl.constexpr):
+                       dot_fp32: tl.constexpr, halves: tl.constexpr, rounds: tl.constexpr):
     rows = tl.program_id(0) * row_tile + tl.arange(0, row_tile)
     first_col = tl.program_id(1) * column_tile
     cols = first_col + tl.arange(0, column_tile)
@@ -102,7 +117,7 @@ def _input_grad_kernel(g_ptr, a_ptr, gx_ptr, seed_ptr, tokens,
     a = tl.load(a_ptr + ranks[:, None] * columns + cols[None, :],
                 mask=(ranks[:, None] < rank) & (cols[None, :] < columns), other=0.0)
     acc = _dot(g, a.to(g.dtype), tl.zeros((row_tile, column_tile), dtype=tl.float32), dot_fp32)
-    keep = _kept(seed, rows, first_col, columns, p, row_tile, column_tile)
+    keep = _kept(seed, rows, first_col, columns, threshold, row_tile, column_tile, halves, rounds)
     grad = tl.where(keep, acc * scale, 0.0)
     tl.store(gx_ptr + rows[:, None] * columns + cols[None, :], grad.to(gx_ptr.dtype.element_ty),
              mask=(rows[:, None] < tokens) & (cols[None, :] < columns))
@@ -110,9 +125,10 @@ def _input_grad_kernel(g_ptr, a_ptr, gx_ptr, seed_ptr, tokens,
 
 @triton.jit
 def _weight_grad_kernel(g_ptr, x_ptr, part_ptr, seed_ptr, tokens,
-                        columns, rows_per_split, p, scale,
+                        columns, rows_per_split, threshold, scale,
                         rank: tl.constexpr, rank_tile: tl.constexpr, row_tile: tl.constexpr,
-                        column_tile: tl.constexpr, dot_fp32: tl.constexpr):
+                        column_tile: tl.constexpr, dot_fp32: tl.constexpr, halves: tl.constexpr,
+                        rounds: tl.constexpr):
     first_col = tl.program_id(0) * column_tile
     cols = first_col + tl.arange(0, column_tile)
     split = tl.program_id(1)
@@ -125,8 +141,8 @@ def _weight_grad_kernel(g_ptr, x_ptr, part_ptr, seed_ptr, tokens,
         rows = start + tl.arange(0, row_tile)
         g = tl.load(g_ptr + rows[None, :] * rank + ranks[:, None],
                     mask=(rows[None, :] < end) & (ranks[:, None] < rank), other=0.0)
-        dropped = _dropped_tile(x_ptr, seed, rows, first_col, end, columns, p, scale, row_tile,
-                                column_tile)
+        dropped = _dropped_tile(x_ptr, seed, rows, first_col, end, columns, threshold, scale,
+                                row_tile, column_tile, halves, rounds)
         acc = _dot(g, dropped, acc, dot_fp32)
     tl.store(part_ptr + split * rank * columns + ranks[:, None] * columns + cols[None, :], acc,
              mask=(ranks[:, None] < rank) & (cols[None, :] < columns))
@@ -147,7 +163,27 @@ def _dot_fp32(x: torch.Tensor) -> bool:
 def _tiles(rank: int, row_tile: int, x: torch.Tensor) -> dict[str, Any]:
     """The compile-time settings every kernel takes: the tiles and the products' dtype."""
     return {"rank": rank, "rank_tile": _rank_tile(rank), "row_tile": row_tile,
-            "column_tile": COLUMNS, "dot_fp32": _dot_fp32(x)}
+            "column_tile": COLUMNS, "dot_fp32": _dot_fp32(x), "halves": DRAWS_PER_WORD,
+            "rounds": PHILOX_ROUNDS}
+
+
+def drawn_probability(p: float) -> float:
+    """The dropout probability the kernels draw: p to the nearest multiple of the draws' step
+    (1/65536 with two draws per word, 1/2**31 with one); kept values are scaled by its
+    complement, so their mean stays x's."""
+    levels = _draw_levels()
+    return round(p * levels) / levels
+
+
+def _draw_levels() -> int:
+    return 2**16 if DRAWS_PER_WORD == 2 else 2**31
+
+
+def _threshold_and_scale(p: float) -> tuple[int, float]:
+    """The kernels' arguments for dropout p: the least draw kept, and the kept values' scale."""
+    levels = _draw_levels()
+    threshold = round(p * levels)
+    return threshold, levels / (levels - threshold)
 
 
 def _splits(tokens: int, columns: int) -> int:
@@ -165,7 +201,7 @@ def dropped_lora_a(x: torch.Tensor, a: torch.Tensor, seed: torch.Tensor,
     rank = a.shape[0]
     h = x.new_empty((tokens, rank))
     _dropped_a_kernel[(triton.cdiv(tokens, FORWARD_ROWS),)](
-        x, a, h, seed, tokens, columns, p, 1.0 / (1.0 - p), **_tiles(rank, FORWARD_ROWS, x))
+        x, a, h, seed, tokens, columns, *_threshold_and_scale(p), **_tiles(rank, FORWARD_ROWS, x))
     return h
 
 
@@ -175,7 +211,7 @@ def dropped_lora_a_input_grad(g: torch.Tensor, a: torch.Tensor, seed: torch.Tens
     tokens, rank = g.shape
     grad = g.new_empty((tokens, columns))
     _input_grad_kernel[(triton.cdiv(tokens, ROWS), triton.cdiv(columns, COLUMNS))](
-        g, a, grad, seed, tokens, columns, p, 1.0 / (1.0 - p), **_tiles(rank, ROWS, g))
+        g, a, grad, seed, tokens, columns, *_threshold_and_scale(p), **_tiles(rank, ROWS, g))
     return grad
 
 
@@ -188,7 +224,7 @@ def dropped_lora_a_weight_grad(g: torch.Tensor, x: torch.Tensor, seed: torch.Ten
     rows_per_split = triton.cdiv(triton.cdiv(tokens, splits), ROWS) * ROWS
     parts = x.new_empty((splits, rank, columns), dtype=torch.float32)
     _weight_grad_kernel[(triton.cdiv(columns, COLUMNS), splits)](
-        g, x, parts, seed, tokens, columns, rows_per_split, p, 1.0 / (1.0 - p),
+        g, x, parts, seed, tokens, columns, rows_per_split, *_threshold_and_scale(p),
         **_tiles(rank, ROWS, x))
     return parts.sum(0)
 
@@ -262,7 +298,7 @@ def fuse_lora_dropout(model: Any) -> int:
         adapters: Any = module.lora_A
         for name, dropout in list(dropouts.items()):
             lora_a = adapters[name]
-            if (isinstance(dropout, torch.nn.Dropout) and dropout.p > 0
+            if (isinstance(dropout, torch.nn.Dropout) and 0 < dropout.p < 1
                     and name not in getattr(module, "lora_variant", {})  # DoRA and others
                     and type(lora_a) is torch.nn.Linear and lora_a.bias is None):
                 adapters[name] = DroppedLoraA(lora_a, dropout.p)

@@ -69,8 +69,8 @@ TOKEN_BUCKET = 512
 # them: each launch costs CPU time there, and the one unrecorded run with them was slower
 # (0.76x the seventh pass's figure, where the uncompiled recipe, bound by the same CPU, was 0.87x).
 LAYER_INDUCTOR_CONFIG: dict[str, Any] = {"combo_kernels": True}
-# Replayed layers draw LoRA's dropout inside its A product (webslm.fusedlora): 1.03x the tokens/s
-# of PEFT's dropout at 0.94x the peak memory (bench/RESULTS.md, ninth pass).
+# Replayed layers draw LoRA's dropout inside its A product (webslm.fusedlora): 1.05x the tokens/s
+# of PEFT's dropout at 0.92x the peak memory (bench/RESULTS.md, tenth pass).
 FUSED_LORA_DROPOUT = True
 # Causal varlen attention: a window reaching every earlier token and none after (torch >= 2.11).
 CAUSAL_WINDOW = (-1, 0)
