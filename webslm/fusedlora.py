@@ -171,19 +171,21 @@ def drawn_probability(p: float) -> float:
     """The dropout probability the kernels draw: p to the nearest multiple of the draws' step
     (1/65536 with two draws per word, 1/2**31 with one); kept values are scaled by its
     complement, so their mean stays x's."""
-    levels = _draw_levels()
-    return round(p * levels) / levels
+    return _threshold(p) / _draw_levels()
 
 
 def _draw_levels() -> int:
     return 2**16 if DRAWS_PER_WORD == 2 else 2**31
 
 
+def _threshold(p: float) -> int:
+    """The least draw kept under dropout p."""
+    return round(p * _draw_levels())
+
+
 def _threshold_and_scale(p: float) -> tuple[int, float]:
     """The kernels' arguments for dropout p: the least draw kept, and the kept values' scale."""
-    levels = _draw_levels()
-    threshold = round(p * levels)
-    return threshold, levels / (levels - threshold)
+    return _threshold(p), 1.0 / (1.0 - drawn_probability(p))
 
 
 def _splits(tokens: int, columns: int) -> int:
