@@ -9,9 +9,9 @@ rebuild in <= 1 s plus hashing (a hit re-hashes the cache entries it serves: tha
 too); hashing >= 0.8x the speed of sha256sum.
 
 The builds run in the toolchain image given (default: the one this checkout's lock names, made
-by `webslm toolchain`) on the model given (default: the real-tiny fixture model,
-<repo>/../shared/fixtures/real-tiny/model). Each stage is timed as the pipeline runs it, so the
-overlap bound comes from the stage times measured here, whatever the image.
+by `webslm toolchain`) on the model given (default: the real-tiny fixture's model,
+tests/fixtures/real-tiny/model). Each stage is timed as the pipeline runs it, so the overlap bound
+comes from the stage times measured here, whatever the image.
 Run: python bench/bench_build.py [--toolchain IMAGE] [--model PATH] [--hash-gib 1]
      [--weights-mib 256]
 Without the real image (it cannot be built on a machine without GitHub), time the pipeline's own
@@ -46,7 +46,7 @@ from webslm.spec import resolve_spec
 from webslm.toolchain import Toolchain, current_toolchain
 
 FILE_MIB = 128
-REAL_TINY_MODEL = checkout_path().parent / "shared" / "fixtures" / "real-tiny" / "model"
+REAL_TINY_MODEL = checkout_path("tests", "fixtures", "real-tiny", "model")
 CONTAINER_STAGES = ("convert_weight", "gen_config", "compile")
 
 
@@ -201,7 +201,7 @@ def run_benches(toolchain: Toolchain, model: Path, *, weights_mib: int, hash_gib
         missing = MissingEnvironment if model == REAL_TINY_MODEL else BadInput
         raise missing(f"no model at {model} (no config.json)",
                       "pass --model PATH, a local model folder (the default is the real-tiny "
-                      "fixture at <repo>/../shared/fixtures/real-tiny/model)")
+                      "fixture at <repo>/tests/fixtures/real-tiny/model)")
     print(f"machine: {os.cpu_count()} cores")
     with tempfile.TemporaryDirectory(prefix="webslm-bench-") as scratch:
         bench_overlap(Path(scratch), toolchain, model)

@@ -65,8 +65,8 @@ from webslm.training import (
 )
 
 # The tiny byte-level BPE tokenizer, chat template and generation config of the real-tiny fixture
-# (a tiny random Qwen2's), beside the checkout as in CI.
-TINY_MODEL = checkout_path().parent / "shared" / "fixtures" / "real-tiny" / "model"
+# (a tiny random Qwen2's), in the repository.
+TINY_MODEL = checkout_path("tests", "fixtures", "real-tiny", "model")
 QWEN25_05B = dict(  # Qwen/Qwen2.5-0.5B-Instruct config.json
     hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
     intermediate_size=4864, vocab_size=151936, tie_word_embeddings=True, rope_theta=1000000.0,
@@ -537,7 +537,7 @@ def write_base_model(folder: Path, model_config: dict) -> Path:
     """
     if not (TINY_MODEL / "tokenizer.json").is_file():
         sys.exit(f"bench_finetune: no tokenizer at {TINY_MODEL} (the real-tiny fixture, "
-                 "<repo>/../shared/fixtures/real-tiny); --e2e needs it for its base model")
+                 "<repo>/tests/fixtures/real-tiny); --e2e needs it for its base model")
     torch.manual_seed(0)
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
         model = AutoModelForCausalLM.from_config(Qwen2Config(**model_config),

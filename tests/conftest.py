@@ -48,7 +48,7 @@ if not gpu_present():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-REAL_TINY = REPO_ROOT.parent / "shared" / "fixtures" / "real-tiny"  # real MLC-LLM output
+REAL_TINY = REPO_ROOT / "tests" / "fixtures" / "real-tiny"  # real MLC-LLM output: see its README
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
@@ -174,6 +174,15 @@ def interrupt_when(ready: Callable[[], bool], within: float = 60,
 def digests(folder: Path) -> dict[str, str]:
     """Every file under a folder and its sha256 (what "untouched" and "the same bytes" compare)."""
     return hash_files(folder, list_files(folder))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def real_fixture_stays_unchanged() -> Iterator[None]:
+    """Tests read the committed real-tiny fixture in place; one that changes a file must copy it
+    first (writable_copy), or the next run compares against what the test wrote."""
+    before = digests(REAL_TINY)
+    yield
+    assert digests(REAL_TINY) == before, f"a test changed the committed fixture {REAL_TINY}"
 
 
 def unique_name(prefix: str) -> str:

@@ -1,6 +1,6 @@
 """`webslm check`: the browser model against its model in transformers.
 
-The dists are REAL MLC-LLM v0.19.0 output (../shared/fixtures/real-tiny, copied); the browser is
+The dists are REAL MLC-LLM v0.19.0 output (tests/fixtures/real-tiny, copied); the browser is
 real headless Chromium on the SwiftShader WebGPU adapter; transformers runs for real on CPU.
 """
 

@@ -1,4 +1,4 @@
-"""The stand-in toolchain against real MLC-LLM v0.19.0 output (../shared/fixtures/real-tiny).
+"""The stand-in toolchain against real MLC-LLM v0.19.0 output (tests/fixtures/real-tiny).
 
 The fixture holds the dists `webslm build` wrote for `real-tiny/model` with the real toolchain.
 Building the same model through the stand-in must give the same layout: file names, the
@@ -41,8 +41,8 @@ DERIVED = {"params_shard_0.bin", "ndarray-cache.json", "ndarray-cache-b16.json",
 @pytest.fixture(scope="module")
 def real_tiny() -> Path:
     if not (REAL_TINY / "model" / "model.safetensors").is_file():
-        pytest.fail(f"the real MLC-LLM fixture is missing: {REAL_TINY} (CI keeps ../shared/ "
-                    "beside the clone)")
+        pytest.fail(f"the real MLC-LLM fixture is missing: {REAL_TINY} (it is part of the "
+                    "repository: restore it with `git checkout -- tests/fixtures`)")
     return REAL_TINY
 
 

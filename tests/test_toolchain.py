@@ -75,30 +75,36 @@ def test_only_the_first_use_placeholder_is_left() -> None:
     assert "base_image" not in lock.data
 
 
-def _pins_table() -> list[tuple[str, str, str]]:
-    """(lock entry, value, status) of every row of ../shared/reference/pins.md with a value."""
-    pins = REPO.parent / "shared" / "reference" / "pins.md"
-    require(pins.is_file(), f"{pins} is absent (CI has it beside the clone)")
-    rows = []
-    for line in pins.read_text().splitlines():
-        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-        ticks = [re.findall(r"`([^`]+)`", cell) for cell in cells]
-        proven_or_inferred = len(cells) == 4 and cells[3].startswith(("proven", "inferred"))
-        if proven_or_inferred and ticks[0] and ticks[1]:
-            rows.append((ticks[0][0], ticks[1][0], cells[3]))
-    return rows
-
-
-def test_every_proven_and_inferred_pin_of_pins_md_is_in_the_lock() -> None:
+def test_every_pin_records_where_it_was_read_or_what_it_was_inferred_from() -> None:
+    """The evidence for each pin lives in the lock beside it: the pins read at a named source
+    are `proven:`, the four submodule commits that relax's own tree could not confirm are
+    `inferred:` and name the commit they were inferred from, and the one value no machine here
+    could resolve is the documented first-use placeholder."""
     lock = toolchain.load_lock()
-    rows = _pins_table()
-    assert len(rows) == 10
-    for entry, value, status in rows:
-        found = lock_module.value_at(lock.data, entry)
-        assert value in (found if isinstance(found, list) else [found]), entry
-        if entry.startswith("sources."):
-            assert (entry in lock.inferred) == status.startswith("inferred"), entry
-    assert len(lock.inferred) == 4
+    tvm = "sources.mlc-llm/3rdparty/tvm/3rdparty/"
+    inferred = {f"{tvm}{name}.commit" for name in ("dlpack", "dmlc-core", "rang", "libbacktrace")}
+    proven = {"rust.installer_sha256", "emscripten.emsdk_commit", "python.torch.sha256",
+              "sources.mlc-llm/3rdparty/tokenizers-cpp/msgpack.commit",
+              "sources.mlc-llm/3rdparty/tokenizers-cpp/sentencepiece.commit",
+              "sources.mlc-llm/3rdparty/xgrammar/3rdparty/dlpack.commit"}
+    assert set(lock.inferred) == inferred
+    assert set(lock.evidence) == inferred | proven
+    for pin, note in lock.evidence.items():
+        value = lock_module.value_at(lock.data, pin)
+        assert not lock_module.find_placeholders(value), pin  # evidence for a real value
+        assert len(note.partition(":")[2].split()) >= 5, (pin, note)  # names its source
+    for pin in inferred:  # ...and an inferred one, the commit it was inferred from
+        assert re.search(r"\b[0-9a-f]{8}\b", lock.evidence[pin]), pin
+    assert lock.first_use == ("cargo_vendor.tree_sha256",) and lock.unresolved == ()
+    assert "cargo_vendor.tree_sha256" in lock_module.FIRST_USE_ENTRIES
+
+
+@pytest.mark.parametrize("note", ["read somewhere", 7, "proven", "Inferred: x"])
+def test_an_evidence_note_that_says_neither_proven_nor_inferred_is_refused(
+        docker_dir: Path, note: object) -> None:
+    _rewrite_lock(docker_dir, lambda d: d["rust"].update({"evidence": note}))
+    with pytest.raises(BadInput, match="rust.installer_sha256.*proven: or inferred:"):
+        toolchain.load_lock(docker_dir)
 
 
 def test_patch_digests_in_the_lock_match_the_patch_files() -> None:
@@ -263,25 +269,31 @@ def test_build_with_placeholders_stops_with_exit_2(docker_dir: Path) -> None:
 
 
 def test_offline_build_passes_the_lock_checks_and_exits_3_naming_what_it_cannot_reach(
-        tmp_path: Path) -> None:
+        docker_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A machine without network (every connection refused through a dead proxy): exit 3, one
-    line naming the snapshot archive and the other hosts, nothing written, no build started."""
-    lock_before = (REPO / "docker" / toolchain.LOCK_NAME).read_bytes()
+    line naming the snapshot archive and the other hosts, nothing written, no build started.
+
+    The build context gets a file of its own, so its toolchain ID is one no engine holds an
+    image of: with the repository's ID, a prebuilt or pulled toolchain image would end the
+    build before it needs the network."""
+    (docker_dir / "build-ca" / "test-only-id").write_text(f"{tmp_path}\n")
+    lock_before = (docker_dir / toolchain.LOCK_NAME).read_bytes()
     dead = "http://127.0.0.1:9"
-    env = {**os.environ, "http_proxy": dead, "https_proxy": dead, "HTTP_PROXY": dead,
-           "HTTPS_PROXY": dead, "no_proxy": "", "NO_PROXY": "", "XDG_CACHE_HOME": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-m", "webslm", "toolchain", "build"], env=env,
-                            capture_output=True, text=True, check=False, cwd=REPO, timeout=300)
-    if "no Docker engine" in result.stderr:
-        require(False, "no Docker engine")
-    assert result.returncode == 3, result.stderr
-    line = result.stderr.strip()
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(name, dead)
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.setenv(name, "")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    with pytest.raises(MissingEnvironment) as raised:
+        build.ensure_toolchain_image(docker_dir=docker_dir)
+    line = raised.value.line()
+    require("no Docker engine" not in line, "no Docker engine")
     assert len(line.splitlines()) == 1 and "cannot reach" in line
     for host in ("snapshot.debian.org", "github.com", "static.rust-lang.org", "pypi.org",
                  "index.crates.io"):
         assert host in line, host
-    assert (REPO / "docker" / toolchain.LOCK_NAME).read_bytes() == lock_before
-    assert not (tmp_path / "webslm").exists()
+    assert (docker_dir / toolchain.LOCK_NAME).read_bytes() == lock_before
+    assert not (tmp_path / "xdg" / "webslm").exists()
 
 
 CARGO_LOCK = """# This file is automatically @generated by Cargo.

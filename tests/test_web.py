@@ -10,12 +10,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from browser.fakedist import add_weight_digests
-from conftest import REAL_TINY, REPO_ROOT, require, writable_copy
+from conftest import REAL_TINY, REPO_ROOT, require
 
 from webslm import webllm
 from webslm.files import sha256_file
-from webslm.provenance import sri
+from webslm.provenance import load_provenance, sri
 from webslm.toolchain import load_lock
 
 WEB = REPO_ROOT / "web"
@@ -114,13 +113,15 @@ def test_the_build_refuses_a_webllm_that_differs_from_the_lock(tmp_path: Path,
     assert not list(web.glob(".dist-*"))  # no half-written output
 
 
-def test_weight_digests_added_to_a_real_dist_match_its_files(tmp_path: Path) -> None:
-    """The real-tiny fixture's AppConfig predates `webslm.weights`; the helper that adds them
-    (for browser tests that load a copy of it) takes the build's own digests from provenance."""
-    fixture = REAL_TINY / "dist-q4f32_1"
-    require(fixture.is_dir(), f"the real-tiny fixture is missing ({fixture})")
-    dist = writable_copy(fixture, tmp_path / "qwen2-tiny")
-    add_weight_digests(dist)
-    [record] = json.loads((dist / "webllm-app-config.json").read_text())["model_list"]
-    weights = ("ndarray-cache.json", "params_shard_0.bin")
-    assert record["webslm"]["weights"] == {name: sri(sha256_file(dist / name)) for name in weights}
+def test_a_real_builds_weight_digests_match_its_files_and_provenance() -> None:
+    """The browser checks each shard against the AppConfig's `webslm.weights`: in what the real
+    toolchain built, those digests are the files' own and the provenance's."""
+    for folder in ("dist-q4f32_1", "dist-q4f16_1"):
+        dist = REAL_TINY / folder
+        require(dist.is_dir(), f"the real-tiny fixture is missing ({dist})")
+        [record] = json.loads((dist / "webllm-app-config.json").read_text())["model_list"]
+        subjects = load_provenance(dist / "provenance.json").subjects
+        weights = ("ndarray-cache.json", "params_shard_0.bin")
+        assert record["webslm"]["weights"] == {name: sri(sha256_file(dist / name))
+                                               for name in weights}
+        assert record["webslm"]["weights"] == {name: sri(subjects[name]) for name in weights}

@@ -1,8 +1,9 @@
 """The web client runs REAL MLC-LLM output in real headless Chromium (SwiftShader WebGPU).
 
-The dists are the shared fixture real-tiny (../shared/fixtures/real-tiny: what `webslm build` made
-with MLC-LLM v0.19.0), copied, served by the real `webslm serve` server. Unlike the stand-in browser
-tests (test_web_browser.py, test_web_chat.py), these load the real wasm and weights and generate.
+The dists are the fixture real-tiny (tests/fixtures/real-tiny: what `webslm build` made with
+MLC-LLM v0.19.0, its AppConfig with the weights' digests), copied, served by the real `webslm serve`
+server. Unlike the stand-in browser tests (test_web_browser.py, test_web_chat.py), these load the
+real wasm and weights and generate.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from browser.fakedist import add_weight_digests
 from browser.harness import Browser, Page, open_app, running_server
 from conftest import REAL_TINY, require, writable_copy
 
@@ -37,7 +37,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, list
     require(REAL_TINY.is_dir(), f"the real-tiny fixture is missing at {REAL_TINY}")
     dist = tmp_path_factory.mktemp("real") / "dist"
     for folder, served in (("dist-q4f32_1", "qwen2-tiny"), ("dist-q4f16_1", "qwen2-tiny-f16")):
-        add_weight_digests(writable_copy(REAL_TINY / folder, dist / served))
+        writable_copy(REAL_TINY / folder, dist / served)
     with running_server(Site(web=ensure_web_bundle(), models=find_models([dist]))) as served:
         yield served
 

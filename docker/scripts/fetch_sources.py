@@ -2,8 +2,9 @@
 """Fetch MLC-LLM and its submodules at the lock's commits into DEST, checking every commit.
 
 The root source is fetched by commit. Each submodule is fetched at the commit its parent's tree
-records (the gitlink), which must equal the lock's pin (an inferred pin, marked `evidence`, is
-checked the same way: a wrong one stops here, naming the entry and the commit found); a
+records (the gitlink), which must equal the lock's pin (an inferred pin, whose `evidence` note
+starts `inferred:`, is checked the same way: a wrong one stops here, naming the entry and the
+commit found); a
 placeholder pin accepts the gitlink and prints it (only with --allow-unpinned builds). `.git`
 folders are removed afterwards so no clone metadata (times, remotes) reaches the image.
 
@@ -59,7 +60,7 @@ def main(argv: list[str]) -> int:
                 print(f"UNPINNED {path}: using the parent's gitlink {recorded}")
                 commit = recorded
             elif commit != recorded:
-                kind = "inferred pin" if pin.get("evidence") else "pin"
+                kind = "inferred pin" if pin.get("evidence", "").startswith("inferred:") else "pin"
                 raise SystemExit(f"fetch_sources: lock entry sources.{path}.commit ({kind}) is "
                                  f"{commit}, but {parent} records {recorded}; run "
                                  f"`webslm toolchain refresh-lock` to correct it")

@@ -16,13 +16,11 @@ from typing import Any
 
 from webslm.files import canonical_json
 from webslm.layout import (
-    APP_CONFIG_FILE,
     CHAT_CONFIG_FILE,
-    PROVENANCE_FILE,
     package_library_path,
     weight_files,
 )
-from webslm.provenance import hash_files, list_files, load_provenance, sri
+from webslm.provenance import hash_files, list_files
 from webslm.toolchain import load_lock
 from webslm.webllm import (
     DEFAULT_BASE_URL,
@@ -89,20 +87,4 @@ def make_fake_dist(out: Path, name: str, quantization: str = "q4f32_1", *,
         toolchain_id=TOOLCHAIN_ID, system_prompt=system_prompt, finetune=finetune)
     write(folder / "webllm-app-config.json",
           render_app_config(app_config([model_record(facts, base_url)])))
-    return folder
-
-
-def add_weight_digests(folder: Path) -> Path:
-    """Record `webslm.weights` in a dist folder built before webslm recorded them; returns it.
-
-    For copies of the real-tiny fixture (/work/shared/fixtures/real-tiny), whose AppConfig
-    predates the weights check: the digests come from its provenance.json subjects, the sha256
-    the build computed of every file, so the record ends as a current build writes it.
-    """
-    digests = load_provenance(folder / PROVENANCE_FILE).subjects
-    config_path = folder / APP_CONFIG_FILE
-    config = json.loads(config_path.read_text())
-    for record in config["model_list"]:
-        record["webslm"]["weights"] = {n: sri(digests[n]) for n in weight_files(digests)}
-    config_path.write_text(canonical_json(config))
     return folder

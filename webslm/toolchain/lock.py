@@ -11,8 +11,10 @@ A value that could not be resolved on the machine that wrote the lock is an expl
 never a guess. `PLACEHOLDER:resolve-with-refresh-lock` needs `webslm toolchain refresh-lock` on a
 networked machine (or `--allow-unpinned`); `PLACEHOLDER:resolved-on-first-use` (the vendored
 crates, which upstream pins with no Cargo.lock) is resolved by the first `webslm toolchain` build,
-which writes it into the lock and says so. A pin with an `evidence` note is inferred, not read:
-the image build checks it and `refresh-lock` replaces it with the value read at the source.
+which writes it into the lock and says so. Where each pin was read is recorded beside it, in an
+`evidence` note starting `proven:` (read at the named source) or `inferred:` (the best evidence
+there is, not a direct read): the image build checks an inferred pin and `refresh-lock` replaces
+it with the value read at the source.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ SECCOMP_NAME = "seccomp-no-aslr.json"
 PATCHES_DIR = "patches"
 IMAGE_REPOSITORY = "webslm-toolchain"
 PLACEHOLDER_PREFIX = "PLACEHOLDER:"
+PROVEN, INFERRED = "proven:", "inferred:"
+EVIDENCE_KINDS = (PROVEN, INFERRED)
 PLACEHOLDER = PLACEHOLDER_PREFIX + "resolve-with-refresh-lock"
 FIRST_USE_PLACEHOLDER = PLACEHOLDER_PREFIX + "resolved-on-first-use"
 FIRST_USE_ENTRIES = ("cargo_vendor.tree_sha256",)
@@ -77,7 +81,8 @@ def find_placeholders(value: object, path: str = "") -> tuple[str, ...]:
 class SourcePin:
     """A git checkout at a pinned commit: `path` is where it lands under /src.
 
-    `evidence` is set when the commit is inferred rather than read at its parent (see pins.md).
+    `evidence` says where the commit was read (`proven: ...`) or what it was inferred from
+    (`inferred: ...`); a pin read at its parent's gitlink by refresh-lock needs none.
     """
 
     path: str
@@ -102,6 +107,7 @@ class ToolchainLock:
     sources: tuple[SourcePin, ...]
     patches: Mapping[str, str]
     placeholders: tuple[str, ...]
+    evidence: Mapping[str, str]
 
     @property
     def first_use(self) -> tuple[str, ...]:
@@ -115,7 +121,8 @@ class ToolchainLock:
 
     @property
     def inferred(self) -> tuple[str, ...]:
-        return tuple(f"sources.{pin.path}.commit" for pin in self.sources if pin.evidence)
+        """Pins that were not read at their source: the image build checks them."""
+        return tuple(pin for pin, note in self.evidence.items() if note.startswith(INFERRED))
 
     @property
     def digest(self) -> str:
@@ -147,6 +154,19 @@ def _check_pin(dotted: str, value: str, pattern: re.Pattern[str], what: str) -> 
                        f"write {what} or `{PLACEHOLDER}`")
 
 
+def _evidence(dotted: str, entry: Mapping[str, Any]) -> dict[str, str]:
+    """{pin: note} for an entry whose `evidence` says where its pin was read; BadInput if the
+    note does not say whether the pin is proven or inferred."""
+    note = entry.get("evidence")
+    if note is None:
+        return {}
+    if not isinstance(note, str) or not note.startswith(EVIDENCE_KINDS):
+        raise BadInput(f"toolchain lock: the evidence of `{dotted}` must start with "
+                       f"{' or '.join(EVIDENCE_KINDS)}: {note!r}",
+                       "say where the pin was read, or what it was inferred from")
+    return {dotted: note}
+
+
 def parse_lock(data: Mapping[str, Any]) -> ToolchainLock:
     """Validate the lock's shape and every pin's form; BadInput names the first bad entry."""
     if _need(data, "schema", int) != 1:
@@ -173,17 +193,21 @@ def parse_lock(data: Mapping[str, Any]) -> ToolchainLock:
                "a 40-hex commit")
     _check_pin("cargo_vendor.tree_sha256", _need(data, "cargo_vendor.tree_sha256", str), HEX64,
                "64 hex")
+    evidence = {**_evidence("rust.installer_sha256", _need(data, "rust", Mapping)),
+                **_evidence("emscripten.emsdk_commit", _need(data, "emscripten", Mapping)),
+                **_evidence("python.torch.sha256", _need(data, "python.torch", Mapping))}
     sources = []
     for path, entry in sorted(_need(data, "sources", Mapping).items()):
         repo = entry.get("repo") if isinstance(entry, Mapping) else None
         commit = entry.get("commit") if isinstance(entry, Mapping) else None
-        evidence = entry.get("evidence") if isinstance(entry, Mapping) else None
-        if not isinstance(repo, str) or not isinstance(commit, str) \
-                or not isinstance(evidence, str | None):
+        if not isinstance(repo, str) or not isinstance(commit, str):
             raise BadInput(f"toolchain lock: source {path} needs a repo and a commit",
                            "pin it by repository URL and commit (evidence: a note, optional)")
         _check_pin(f"sources.{path}.commit", commit, HEX40, "a 40-hex commit")
-        sources.append(SourcePin(path=path, repo=repo, commit=commit, evidence=evidence))
+        note = _evidence(f"sources.{path}.commit", entry)
+        evidence.update(note)
+        sources.append(SourcePin(path=path, repo=repo, commit=commit,
+                                 evidence=next(iter(note.values()), None)))
     if "mlc-llm" not in {pin.path for pin in sources}:
         raise BadInput("toolchain lock: `sources.mlc-llm` is missing", "pin MLC-LLM's commit")
     for name, entry in _need(data, "python.packages", Mapping).items():
@@ -220,6 +244,7 @@ def parse_lock(data: Mapping[str, Any]) -> ToolchainLock:
         sources=tuple(sources),
         patches=dict(patches),
         placeholders=placeholders,
+        evidence=evidence,
     )
 
 

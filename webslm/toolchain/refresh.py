@@ -20,6 +20,7 @@ from webslm.files import atomic_write_text
 from webslm.toolchain.lock import (
     DOCKER_DIR,
     LOCK_NAME,
+    PROVEN,
     find_placeholders,
     is_placeholder,
     load_lock,
@@ -178,8 +179,8 @@ def refresh_lock(docker_dir: Path = DOCKER_DIR, *, only_placeholders: bool = Tru
                  log: Any = sys.stderr) -> tuple[str, ...]:
     """Resolve what this machine can reach, write the lock atomically; return what is left.
 
-    Placeholders and inferred pins are resolved (an inferred pin that resolves loses its
-    `evidence` note: it is now read at the source); with only_placeholders=False, everything.
+    Placeholders and inferred pins are resolved (an inferred pin that resolves is now proven: its
+    `evidence` says it was read at the source); with only_placeholders=False, everything.
     """
     data = read_lock_json(docker_dir)
     data["patches"] = patch_digests(docker_dir)
@@ -197,8 +198,8 @@ def refresh_lock(docker_dir: Path = DOCKER_DIR, *, only_placeholders: bool = Tru
             old = value_at(data, dotted)
             _set(data, dotted, value)
             if dotted in inferred:
-                del data["sources"][dotted.removeprefix("sources.").removesuffix(".commit")][
-                    "evidence"]
+                entry = data["sources"][dotted.removeprefix("sources.").removesuffix(".commit")]
+                entry["evidence"] = f"{PROVEN} read at the source by refresh-lock"
             change = f"{old} -> {value}" if old != value else "unchanged"
             log.write(f"resolved {dotted} ({change})\n")
     lock = parse_lock(data)
