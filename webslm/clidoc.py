@@ -33,10 +33,11 @@ def _argument(action: argparse.Action) -> str:
     """How the argument is written on the command line: `--jobs JOBS`, `{build,id}`, `DIST ...`."""
     if action.choices is not None:
         value = "{" + ",".join(str(c) for c in action.choices) + "}"
+    elif action.metavar:
+        value = str(action.metavar)
     else:
-        value = str(action.metavar or action.dest.upper())
+        value = action.dest if not action.option_strings else action.dest.upper()
     if not action.option_strings:
-        value = action.metavar or (value if action.choices is not None else action.dest)
         return f"`{value} ...`" if action.nargs in ("*", "+") else f"`{value}`"
     names = ", ".join(action.option_strings)
     return f"`{names}`" if action.nargs == 0 else f"`{names} {value}`"
