@@ -76,7 +76,8 @@ class Tolerance:
     max_runtime_kl: float
 
 
-# Measured on real-tiny (README "Checking a build"), 4 prompts x 16 steps. Against the model:
+# Measured on real-tiny (docs/check.md, "Where the tolerances come from"), 4 prompts x 16 steps.
+# Against the model:
 # greedy 64/64, top-5 overlap mean 3.83 (q4f32_1 in the browser; 3.86 for q4f16_1 in transformers),
 # KL <= 3.6e-4; the same dist against a model with other weights (seed 1): top-5 overlap 1.0, KL
 # 0.026 -- a random tiny model's near-flat distribution keeps KL small, so top-5 overlap is what

@@ -140,11 +140,11 @@ def _need(data: Mapping[str, Any], dotted: str, kind: type | tuple[type, ...]) -
     for key in dotted.split("."):
         if not isinstance(value, Mapping) or key not in value:
             raise BadInput(f"toolchain lock: missing `{dotted}`",
-                           "restore it from git or see the README's toolchain section")
+                           "restore it from git or see docs/toolchain.md")
         value = value[key]
     if not isinstance(value, kind) or isinstance(value, bool):
         raise BadInput(f"toolchain lock: `{dotted}` has the wrong type",
-                       "see the README's toolchain section for the lock's format")
+                       "see docs/toolchain.md for the lock's format")
     return value
 
 
