@@ -19,10 +19,12 @@ import pytest
 from conftest import REAL_TINY, copy_model, digests, tasks_namespace
 from invoke import Program
 
+from webslm.cache import tree_digest
 from webslm.container import ContainerRun, Engine
 from webslm.errors import BadInput, StageFailed
-from webslm.files import sha256_bytes, sha256_file
+from webslm.files import canonical_json, sha256_bytes, sha256_file
 from webslm.hub import check_safetensors_header
+from webslm.normalize import load_config, normalize_config
 from webslm.pipeline import MODEL_MOUNT, BuildOptions, build_model, convert_command
 from webslm.provenance import list_files
 from webslm.safetensors_index import INDEX_FILE, index_text, needs_index, weight_map
@@ -64,13 +66,21 @@ def fixture_input_digest(dist: Path, name: str) -> str:
     raise AssertionError(f"{name} not in {dist}/provenance.json")
 
 
-def test_the_stage_index_has_the_bytes_the_real_build_used(real_tiny: Path) -> None:
-    """The fixture's dists were built with an index added by hand in MLC's own format; the one
-    the stage step writes from the safetensors header is byte-identical to it."""
-    header = check_safetensors_header(real_tiny / "model" / "model.safetensors")
+def test_the_stage_index_is_what_the_real_build_staged_and_converted(real_tiny: Path) -> None:
+    """The fixture's model has no index; the real build's stage step wrote one into its staged
+    copy and MLC-LLM's convert_weight read it. The staged folder's digest in the fixture's
+    provenance is that of the model's files, the normalized config and exactly the index bytes
+    the stage step writes from the safetensors header today."""
+    model = real_tiny / "model"
+    header = check_safetensors_header(model / "model.safetensors")
     text = index_text(weight_map({"model.safetensors": header}))
-    assert sha256_bytes(text.encode()) == fixture_input_digest(real_tiny / "dist-q4f32_1",
-                                                              INDEX_FILE)
+    staged = {**digests(model), INDEX_FILE: sha256_bytes(text.encode()),
+              "config.json": sha256_bytes(canonical_json(normalize_config(
+                  load_config(model / "config.json"), "qwen2").config).encode())}
+    for folder, _, _ in REAL_DISTS:
+        stages = read(real_tiny / folder / "provenance.json")["predicate"]["buildDefinition"][
+            "internalParameters"]["stages"]
+        assert stages["stage"]["output"] == tree_digest(staged), folder
     assert list(json.loads(text)["weight_map"]) == sorted(json.loads(text)["weight_map"])
 
 
