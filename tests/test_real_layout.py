@@ -104,7 +104,7 @@ def test_standin_convert_weight_fails_on_a_read_only_model_without_index(
     """As real v0.19.0 does: it tries to write the index next to the lone model.safetensors."""
     model = copy_model(real_tiny / "model", tmp_path / "model")
     spec = resolve_spec(model=str(model), quantization="q4f32_1", name="qwen2-tiny")
-    engine = Engine(standin)
+    engine = Engine(standin.stage_image())
     (tmp_path / "out").mkdir()
     job = ContainerRun(stage="convert_weight", model_id=spec.model_id,
                        argv=tuple(convert_command(spec.with_model_type("qwen2"),

@@ -14,9 +14,9 @@ from __future__ import annotations
 import pytest
 
 from webslm import toolchain
-from webslm.container import OUT_MOUNT, WORK_DIR, ContainerRun, Engine
+from webslm.container import OUT_MOUNT, WORK_DIR, ContainerRun, Engine, StageImage
 from webslm.errors import StageFailed
-from webslm.toolchain import Toolchain, build
+from webslm.toolchain import build
 
 pytestmark = pytest.mark.docker
 
@@ -109,10 +109,7 @@ def test_stage_containers_cannot_write_the_image(docker_engine, debian_base_imag
                                                  tmp_path) -> None:
     """The pipeline's container set-up (webslm.container.Engine) runs a stage with the image
     read-only, emscripten's frozen cache included: only /out and the work area are writable."""
-    image = Toolchain(id="0" * 64, image=debian_base_image, lock_digest="0" * 64,
-                      webllm_version="0.2.79", env={"EM_CACHE": "/opt/emscripten-cache"},
-                      seccomp_profile=None)
-    engine = Engine(image)
+    engine = Engine(StageImage(ref=debian_base_image, env={"EM_CACHE": "/opt/emscripten-cache"}))
 
     def stage(name: str, script: str) -> None:
         out = tmp_path / name

@@ -1,6 +1,9 @@
-"""The container stages' runtime: one Docker engine, the pinned toolchain image, and how a
-stage runs in it (read-only image, no network, bind mounts, labels that let a later build remove
-what a dead one left, and a stop switch that kills every stage at once).
+"""The container stages' runtime: one Docker engine, the image a stage runs in, and how a stage
+runs in it (read-only image, no network, bind mounts, labels that let a later build remove what a
+dead one left, and a stop switch that kills every stage at once).
+
+This is the lowest layer that touches Docker: it knows an image by its reference (`StageImage`),
+never the toolchain that names it (webslm.toolchain builds on this module, not the reverse).
 
 `Variation` is the set of conditions a verifying rebuild changes without changing what a stage is
 asked to do; the container honours every one of them.
@@ -15,13 +18,10 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from webslm.errors import MissingEnvironment, StageFailed
 from webslm.files import atomic_write_text, owner_alive, owner_token
-
-if TYPE_CHECKING:  # webslm.toolchain imports this module: for annotations only
-    from webslm.toolchain import Toolchain
 
 OUT_MOUNT = "/out"
 WORK_DIR = "/tmp"
@@ -29,6 +29,16 @@ DEFAULT_HOSTNAME = "webslm-build"
 LOG_TAIL_LINES = 3
 OWNER_LABEL = "webslm.owner"  # the building process's owner_token
 HOST_LABEL = "webslm.host"  # ... on this host (tokens mean nothing elsewhere)
+
+
+@dataclass(frozen=True)
+class StageImage:
+    """The image the container stages run in, with what every stage in it gets: the lock's
+    environment and the seccomp profile (None: Docker's default)."""
+
+    ref: str
+    env: Mapping[str, str]
+    seccomp_profile: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -122,25 +132,25 @@ class ContainerRun:
 
 
 class Engine:
-    """The Docker engine and the toolchain image the container stages run in."""
+    """The Docker engine and the image the container stages run in."""
 
-    def __init__(self, toolchain: Toolchain, variation: Variation | None = None, *,
+    def __init__(self, image: StageImage, variation: Variation | None = None, *,
                  cpus: float | None = None, memory: str | None = None) -> None:
-        self.toolchain = toolchain
+        self.image = image
         self.variation = variation or Variation()
         self.cpus, self.memory = cpus, memory
         self.client = docker_client()
         try:
-            image = image_id(self.client, toolchain.image)
+            found = image_id(self.client, image.ref)
         except Exception as error:  # the engine's errors, from a module loaded only with it
-            raise MissingEnvironment(f"the Docker engine failed to inspect {toolchain.image}: "
+            raise MissingEnvironment(f"the Docker engine failed to inspect {image.ref}: "
                                      f"{error}", "check `docker info`") from error
-        if image is None:
-            raise MissingEnvironment(f"toolchain image {toolchain.image} is not in the local "
+        if found is None:
+            raise MissingEnvironment(f"toolchain image {image.ref} is not in the local "
                                      "Docker engine", "run: invoke toolchain")
-        self.image_digest = image
-        self.seccomp = (toolchain.seccomp_profile.read_text(encoding="utf-8")
-                        if toolchain.seccomp_profile is not None else None)
+        self.image_digest = found
+        self.seccomp = (image.seccomp_profile.read_text(encoding="utf-8")
+                        if image.seccomp_profile is not None else None)
         self.lock = threading.Lock()
         self.running: list[Any] = []  # containers started and not yet removed
         self.stopping = False
@@ -182,9 +192,9 @@ class Engine:
         command = container_command(job.argv, no_aslr=self.seccomp is not None,
                                     umask=variation.umask)
         container = self.client.containers.create(
-            self.toolchain.image, command,
+            self.image.ref, command,
             user=f"{uid}:{gid}", working_dir=WORK_DIR,
-            environment=container_environment(self.toolchain.env, variation),
+            environment=container_environment(self.image.env, variation),
             network_disabled=True, network_mode="none",
             mounts=mounts, tmpfs={WORK_DIR: "rw,exec,mode=1777"},
             read_only=True,  # the image (emscripten's frozen cache included) is never written

@@ -409,7 +409,7 @@ class Build:
         model, digests = self.resolve()
         check_output_folder(self.options.out / self.spec.name, model.path)
         self.toolchain = chosen_or_current(self.options.toolchain)
-        self.engine = Engine(self.toolchain, self.options.variation,
+        self.engine = Engine(self.toolchain.stage_image(), self.options.variation,
                              cpus=self.options.cpus, memory=self.options.memory)
         if self.switch is not None:
             self.switch.attach(self.engine)

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from webslm.container import docker_client, image_exists
+from webslm.container import StageImage, docker_client, image_exists
 from webslm.toolchain.lock import (
     DOCKER_DIR,
     LOCK_NAME,
@@ -41,6 +41,10 @@ class Toolchain:
     webllm_version: str
     env: Mapping[str, str]
     seccomp_profile: Path | None
+
+    def stage_image(self) -> StageImage:
+        """What the container layer runs: the image with the lock's environment and profile."""
+        return StageImage(ref=self.image, env=self.env, seccomp_profile=self.seccomp_profile)
 
 
 def current_toolchain(docker_dir: Path = DOCKER_DIR) -> Toolchain:
