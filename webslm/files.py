@@ -20,7 +20,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from webslm.errors import BadInput, MissingEnvironment
 
@@ -46,6 +46,19 @@ def sha256_bytes(data: bytes) -> str:
 def canonical_json(value: Any) -> str:
     """Deterministic JSON: sorted keys, fixed separators, trailing newline."""
     return json.dumps(value, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+
+
+@contextlib.contextmanager
+def readable(path: Path) -> Iterator[BinaryIO]:
+    """A model file opened for reading; one line naming the file when it cannot be (exit 3:
+    the file is there, the environment does not let webslm read it)."""
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 (closed below)
+    except OSError as error:
+        raise MissingEnvironment(f"cannot read {path} ({error.strerror})",
+                                 "check the file's permissions") from error
+    with handle:
+        yield handle
 
 
 def read_json(path: Path, fix: str) -> Any:

@@ -8,18 +8,17 @@ pickle weights (unless the user says --allow-pickle). No trust_remote_code, ever
 
 from __future__ import annotations
 
-import contextlib
 import json
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-from webslm.errors import BadInput, MissingEnvironment
+from webslm.errors import BadInput
+from webslm.files import readable
 from webslm.hubapi import download_snapshot
 from webslm.normalize import load_config
-from webslm.safetensors_index import INDEX_FILE
+from webslm.safetensors_index import INDEX_FILE, read_weight_map
 from webslm.spec import BuildSpec, matching_model_type, mlc_model_type
 
 CONFIG_FILES = ("config.json", "generation_config.json", "webslm.json")
@@ -87,34 +86,6 @@ def check_safetensors_header(path: Path) -> dict[str, Any]:
                            "v0.19.0 cannot convert", "save the model in float32, float16 or "
                            "bfloat16 (e.g. model.to(torch.float16).save_pretrained(...))")
     return header
-
-
-@contextlib.contextmanager
-def readable(path: Path) -> Iterator[BinaryIO]:
-    """A model file opened for reading; one line naming the file when it cannot be (exit 3)."""
-    try:
-        handle = open(path, "rb")  # noqa: SIM115 (closed below)
-    except OSError as error:
-        raise MissingEnvironment(f"cannot read {path} ({error.strerror})",
-                                 "check the file's permissions") from error
-    with handle:
-        yield handle
-
-
-def read_weight_map(index: Path) -> dict[str, str]:
-    """The weight_map of a model.safetensors.index.json (tensor name -> shard file)."""
-    fix = "re-download the model or fix the index file"
-    with readable(index) as handle:
-        try:
-            document = json.loads(handle.read())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise BadInput(f"{index.name} is not valid JSON", fix) from error
-    weight_map = document.get("weight_map", {}) if isinstance(document, dict) else None
-    if not isinstance(weight_map, dict) or not all(
-            isinstance(v, str) for v in weight_map.values()):
-        raise BadInput(f"{index.name} is not a JSON object with a weight_map of shard names",
-                       fix)
-    return weight_map
 
 
 def _weight_files(folder: Path, names: list[str], allow_pickle: bool) -> list[str]:

@@ -10,15 +10,20 @@ instead, from the safetensors headers, so convert_weight finds it and never writ
 The bytes are exactly what v0.19.0 writes: `json.dump({"weight_map": ...}, indent=2)`, tensors in
 sorted order (safetensors' `keys()` order), no metadata, no trailing newline. Its order is also the
 order convert_weight loads, and so stores, the parameters in.
+
+A model that ships its own index is read here too (`read_weight_map`): the build checks that
+every shard it names is in the folder.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from webslm.errors import BadInput
+from webslm.files import readable
 
 INDEX_FILE = "model.safetensors.index.json"
 HEADER_METADATA = "__metadata__"
@@ -46,3 +51,20 @@ def weight_map(headers: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
 def index_text(tensor_files: Mapping[str, str]) -> str:
     """The index MLC-LLM v0.19.0 writes, for tensors in the given files."""
     return json.dumps({"weight_map": dict(sorted(tensor_files.items()))}, indent=2)
+
+
+def read_weight_map(index: Path) -> dict[str, str]:
+    """The weight_map of a model's own index (tensor name -> shard file): which shards the
+    folder must hold."""
+    fix = "re-download the model or fix the index file"
+    with readable(index) as handle:
+        try:
+            document = json.loads(handle.read())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise BadInput(f"{index.name} is not valid JSON", fix) from error
+    tensor_files = document.get("weight_map", {}) if isinstance(document, dict) else None
+    if not isinstance(tensor_files, dict) or not all(
+            isinstance(v, str) for v in tensor_files.values()):
+        raise BadInput(f"{index.name} is not a JSON object with a weight_map of shard names",
+                       fix)
+    return tensor_files
