@@ -83,7 +83,7 @@ def make_dist(root: Path, *, name: str = "tiny", quantization: str = "q4f32_1",
         chat_config_digest=outputs["mlc-chat-config.json"],
         library_digest=outputs[f"libs/{library}"],
         tokenizer_digests={n: outputs[n] for n in chat_config["tokenizer_files"]},
-        weight_digests={n: outputs[n] for n in layout.weight_files(outputs)},
+        weight_digests={n: outputs[n] for n in layout.package_weight_files(outputs)},
         weight_bytes=sum(map(len, shards.values())), webllm_version="0.2.79",
         toolchain_id=TOOLCHAIN_ID, system_prompt=system_prompt, finetune=None)
     record = webllm.model_record(facts, webllm.DEFAULT_BASE_URL)

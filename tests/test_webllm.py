@@ -7,7 +7,7 @@ import json
 import pytest
 
 from webslm.errors import BadInput
-from webslm.layout import weight_files
+from webslm.layout import package_weight_files
 from webslm.webllm import (
     DEFAULT_BASE_URL,
     AppConfig,
@@ -149,10 +149,11 @@ def test_a_library_outside_the_model_folder_has_no_path_in_it(model: str, model_
     assert record.library_path_in_folder() is None
 
 
-def test_weight_files_are_the_manifest_and_its_shards() -> None:
+def test_package_weight_files_are_the_manifest_and_its_shards() -> None:
     names = ["libs/x.wasm", "params_shard_1.bin", "ndarray-cache.json", "ndarray-cache-b16.json",
              "params_shard_0.bin", "tokenizer.json"]
-    assert weight_files(names) == ["ndarray-cache.json", "params_shard_0.bin", "params_shard_1.bin"]
+    assert package_weight_files(names) == ["ndarray-cache.json", "params_shard_0.bin",
+                                           "params_shard_1.bin"]
 
 
 def test_vram_estimate_grows_with_weights_context_and_f32() -> None:

@@ -30,6 +30,6 @@ def package_library_path(model_id: str) -> str:
     return f"{LIBS_DIR}/{library_name(model_id)}"
 
 
-def weight_files(names: Iterable[str]) -> list[str]:
+def package_weight_files(names: Iterable[str]) -> list[str]:
     """The files web-llm reads the weights from: ndarray-cache.json and the shards it lists."""
     return sorted(n for n in names if n == WEIGHTS_MANIFEST or n.startswith(SHARD_PREFIX))

@@ -21,7 +21,7 @@ from webslm.layout import (
     SHARD_PREFIX,
     library_name,
     package_library_path,
-    weight_files,
+    package_weight_files,
 )
 from webslm.provenance import hash_files
 from webslm.spec import is_f16
@@ -98,7 +98,7 @@ def write_package(final: Path, *, spec: BuildSpec, model: ResolvedModel,
             library_digest=outputs[lib_path],
             tokenizer_digests={n: outputs[n] for n in chat_config.tokenizer_files
                                if n in outputs},
-            weight_digests={n: outputs[n] for n in weight_files(outputs)},
+            weight_digests={n: outputs[n] for n in package_weight_files(outputs)},
             weight_bytes=sum((folder / n).stat().st_size
                              for n in outputs if n.startswith(SHARD_PREFIX)),
             webllm_version=toolchain.webllm_version, toolchain_id=toolchain.id,

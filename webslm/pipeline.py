@@ -149,7 +149,7 @@ class BuildResult:
 
 def model_weight_files(names: Sequence[str]) -> list[str]:
     """The model's input weight files (safetensors or pickle, and their index); the dist's
-    shards are layout.weight_files."""
+    shards are layout.package_weight_files."""
     return [n for n in names if n.endswith(WEIGHT_SUFFIXES) or n in WEIGHT_INDEXES]
 
 

@@ -18,7 +18,7 @@ from webslm.files import canonical_json
 from webslm.layout import (
     CHAT_CONFIG_FILE,
     package_library_path,
-    weight_files,
+    package_weight_files,
 )
 from webslm.provenance import hash_files, list_files
 from webslm.toolchain import load_lock
@@ -81,7 +81,7 @@ def make_fake_dist(out: Path, name: str, quantization: str = "q4f32_1", *,
         chat_config_digest=digests[CHAT_CONFIG_FILE],
         library_digest=digests[package_library_path(model_id)],
         tokenizer_digests={n: digests[n] for n in ("tokenizer.json", "tokenizer_config.json")},
-        weight_digests={n: digests[n] for n in weight_files(digests)},
+        weight_digests={n: digests[n] for n in package_weight_files(digests)},
         weight_bytes=shards * shard_bytes,
         webllm_version=webllm_version or load_lock().webllm_version,
         toolchain_id=TOOLCHAIN_ID, system_prompt=system_prompt, finetune=finetune)
