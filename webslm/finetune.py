@@ -41,13 +41,12 @@ from webslm.chatdata import (
 from webslm.checkout import checkout_path, require
 from webslm.errors import BadInput, MissingEnvironment, StageFailed
 from webslm.files import atomic_directory, atomic_write_text, canonical_json
-from webslm.hub import ResolvedModel, resolve_model
+from webslm.hub import FINETUNE_FILE, ResolvedModel, resolve_model
 from webslm.hubapi import push_folder
 from webslm.spec import resolve_spec
 
 TRAIN_SCRIPT = checkout_path("finetune", "train.py")
 ADAPTER_DIR = "adapter"
-METADATA_FILE = "webslm.json"
 PRECISIONS = ("bf16", "fp16", "fp32")
 PROBLEMS_SHOWN = 50  # data problems printed; the rest are counted
 COMPILE_CHOICES = ("auto", "on", "off")
@@ -252,13 +251,13 @@ def merge_command(base: str, adapter: Path, out: Path) -> int:
     """Merge an adapter trained anywhere; reuse its training record when webslm trained it."""
     adapter_config = check_adapter(adapter)
     resolved = _resolve_base(base)
-    record_path = adapter / METADATA_FILE
+    record_path = adapter / FINETUNE_FILE
     record = json.loads(record_path.read_text(encoding="utf-8")) if record_path.is_file() else {}
     recipe = record.get("recipe") or {k: adapter_config.get(k) for k in (
         "r", "lora_alpha", "lora_dropout", "target_modules")}
-    with atomic_directory(out, METADATA_FILE) as staging:
+    with atomic_directory(out, FINETUNE_FILE) as staging:
         _training().merge_into(resolved.path, adapter, staging)
-        atomic_write_text(staging / METADATA_FILE, canonical_json(metadata(
+        atomic_write_text(staging / FINETUNE_FILE, canonical_json(metadata(
             resolved, data_digest=record.get("data_digest"),
             system_prompt=record.get("system_prompt"), recipe=recipe)))
     print(f"merged model written to {out}")
@@ -317,12 +316,12 @@ def finetune(files: Sequence[Path], base: str, out: Path, recipe: Recipe, gpus: 
     if not examples:
         raise BadInput(f"no conversation has an assistant token within {recipe.max_seq_len} "
                        "tokens", "raise --max-seq-len or shorten the conversations")
-    with atomic_directory(out, METADATA_FILE) as staging:
+    with atomic_directory(out, FINETUNE_FILE) as staging:
         adapter_out = staging / ADAPTER_DIR
         _train(gpus, resolved.path, files, examples, recipe, adapter_out)
         record = metadata(resolved, data_digest=data.digest, system_prompt=data.system_prompt,
                           recipe={**recipe.to_json(), "gpus": gpus})
-        atomic_write_text(adapter_out / METADATA_FILE, canonical_json(record))
+        atomic_write_text(adapter_out / FINETUNE_FILE, canonical_json(record))
         _training().merge_into(resolved.path, adapter_out, staging)
-        atomic_write_text(staging / METADATA_FILE, canonical_json(record))
+        atomic_write_text(staging / FINETUNE_FILE, canonical_json(record))
     print(f"merged model written to {out} (adapter in {out / ADAPTER_DIR})")

@@ -21,7 +21,9 @@ from webslm.normalize import load_config
 from webslm.safetensors_index import INDEX_FILE, read_weight_map
 from webslm.spec import BuildSpec, matching_model_type, mlc_model_type
 
-CONFIG_FILES = ("config.json", "generation_config.json", "webslm.json")
+# What `webslm finetune`/`merge` made the model from; the build takes its system prompt.
+FINETUNE_FILE = "webslm.json"
+CONFIG_FILES = ("config.json", "generation_config.json", FINETUNE_FILE)
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json", "merges.txt",
     "added_tokens.json", "special_tokens_map.json", "chat_template.jinja",

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from webslm import provenance, webllm
 from webslm.files import atomic_directory, clone_or_copy, read_json_object
+from webslm.hub import FINETUNE_FILE, ResolvedModel
 from webslm.layout import (
     APP_CONFIG_FILE,
     CHAT_CONFIG_FILE,
@@ -27,12 +28,10 @@ from webslm.provenance import hash_files
 from webslm.spec import is_f16
 
 if TYPE_CHECKING:
-    from webslm.hub import ResolvedModel
     from webslm.spec import BuildSpec
     from webslm.toolchain import Toolchain
 
 GENERATION_CONFIG = "generation_config.json"
-FINETUNE_FILE = "webslm.json"
 
 
 @dataclass(frozen=True)

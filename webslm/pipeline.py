@@ -67,6 +67,7 @@ from webslm.files import (
     check_writable,
 )
 from webslm.hub import (
+    FINETUNE_FILE,
     PICKLE_INDEX_FILE,
     PICKLE_SUFFIXES,
     ResolvedModel,
@@ -79,7 +80,7 @@ from webslm.layout import (
     library_name,
 )
 from webslm.normalize import load_config, normalize_config
-from webslm.packaging import FINETUNE_FILE, StageFiles, write_package
+from webslm.packaging import StageFiles, write_package
 from webslm.provenance import hash_files, list_files
 from webslm.spec import BuildSpec
 from webslm.toolchain import Toolchain, chosen_or_current
