@@ -53,6 +53,9 @@ async function main() {
       legalComments: "linked",
       chunkNames: "chunk-[hash]",
       define: { __WEBLLM_VERSION__: JSON.stringify(version) },
+      // @mlc-ai/web-tokenizers reaches for Node's url and module only when it runs under Node.js
+      // (web-llm's own build ignores them the same way).
+      external: ["url", "module"],
       logLevel: "warning",
     });
     for (const file of STATIC_FILES) {

@@ -9,16 +9,21 @@ export const BENCHMARK = {
   maxTokens: 128,
 };
 
-/** The completion request: the shared system prompt and decoding, then the conversation. */
+/**
+ * The completion request: the shared system prompt and decoding, then the conversation (only
+ * role and content of each message). `settings.maxTokens`, when set, is the answer's budget.
+ */
 export function chatRequest(history, settings) {
   const system = settings.systemPrompt ? [{ role: "system", content: settings.systemPrompt }] : [];
-  return {
-    messages: [...system, ...history],
+  const request = {
+    messages: [...system, ...history.map(({ role, content }) => ({ role, content }))],
     stream: true,
     stream_options: { include_usage: true },
     temperature: settings.temperature,
     top_p: settings.top_p,
   };
+  if (settings.maxTokens) request.max_tokens = settings.maxTokens;
+  return request;
 }
 
 /** The benchmark request: fixed prompt, greedy, exactly BENCHMARK.maxTokens new tokens. */
@@ -33,7 +38,11 @@ export function benchmarkRequest() {
   };
 }
 
-/** {prefill, decode, promptTokens, completionTokens} from a usage chunk, or null without one. */
+/**
+ * {prefill, decode, promptTokens, completionTokens} from a usage chunk, or null without one.
+ * web-llm 0.2.79 reports as completion_tokens its decode steps (getCurRoundDecodingTotalTokens);
+ * the first token of an answer comes out of the prefill, so the answer holds one token more.
+ */
 export function speedOf(usage) {
   const extra = usage?.extra;
   if (!extra || typeof extra.decode_tokens_per_s !== "number") return null;
@@ -41,7 +50,7 @@ export function speedOf(usage) {
     prefill: extra.prefill_tokens_per_s,
     decode: extra.decode_tokens_per_s,
     promptTokens: usage.prompt_tokens,
-    completionTokens: usage.completion_tokens,
+    completionTokens: usage.completion_tokens + 1,
   };
 }
 

@@ -1,5 +1,9 @@
 // Conversations kept in this browser's IndexedDB, one list per model, so a chat survives a reload.
-// A conversation: {id, modelId, title, messages: [{role, content, speed?}], updated (ms)}.
+// A conversation: {id, modelId, title, messages, updated (ms), memoryStart}. A message is
+// {role: "user"|"assistant", content, speed?, generated?, failure?}: `generated` is the tokens
+// web-llm generated for an answer, `failure` ({headline, summary, detail, retry}) marks an answer
+// that failed, whose question stays so it can be retried. memoryStart is the index of the oldest
+// message the model saw in the last request (the turns before it no longer fit its memory).
 
 const DB_NAME = "webslm";
 const STORE = "conversations";
@@ -51,4 +55,26 @@ export async function saveConversation(conversation) {
 
 export async function deleteConversation(id) {
   await run("readwrite", (store) => store.delete(id));
+}
+
+/** {count, bytes} of every saved conversation (bytes: their JSON, about what the browser stores). */
+export async function conversationsSize() {
+  const all = await run("readonly", (store) => store.getAll());
+  return { count: all.length, bytes: all.reduce((sum, c) => sum + new Blob([JSON.stringify(c)]).size, 0) };
+}
+
+/** Removes every saved conversation of every model. */
+export async function deleteAllConversations() {
+  await run("readwrite", (store) => store.clear());
+}
+
+/** The conversation as a Markdown document: a title, then each turn under who said it. */
+export function conversationMarkdown(conversation, modelName, date) {
+  const lines = [`# ${conversation.title}`, "", `A conversation with ${modelName}, exported ${date.toISOString()}.`];
+  for (const message of conversation.messages) {
+    const who = message.role === "user" ? "You" : modelName;
+    const text = message.failure ? `*No answer: ${message.failure.headline}.*` : message.content;
+    lines.push("", `## ${who}`, "", text);
+  }
+  return lines.join("\n") + "\n";
 }

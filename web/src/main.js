@@ -3,18 +3,28 @@
 // Everything a model needs is checked before its engine starts (guards.js: web-llm version,
 // WebGPU, shader-f16; integrity.js: SRI hashes of the library, configs, tokenizer and every weight
 // shard). The AppConfig goes to the engine constructor (CreateWebWorkerMLCEngine's
-// engineConfig.appConfig), never to reload(). Conversations are kept per model in IndexedDB.
+// engineConfig.appConfig), never to reload(). Conversations are kept per model in IndexedDB,
+// settings per model in localStorage; every request is cut to fit the model's context window
+// (context.js), counted with the model's own tokenizer.
 import { CreateWebWorkerMLCEngine, hasModelInCache } from "@mlc-ai/web-llm";
 
 import { BENCHMARK, benchmarkRequest, chatRequest, formatSpeed, streamAnswer } from "./chat.js";
-import { deleteConversation, listConversations, newConversation, saveConversation } from "./conversations.js";
-import { describeAnswerFailure, describeLoadFailure } from "./failures.js";
+import {
+  contextWindowOf, defaultAnswerTokens, fitConversation, loadCounter, promptLimit,
+} from "./context.js";
+import {
+  conversationMarkdown, conversationsSize, deleteAllConversations, deleteConversation, listConversations,
+  newConversation, saveConversation,
+} from "./conversations.js";
+import { describeAnswerFailure, describeLoadFailure, questionTooLong } from "./failures.js";
 import { featureProblem, NO_WEBGPU, probeWebGPU, versionProblem } from "./guards.js";
 import { browserStore, integrityRefusal, verifyRecord, verifyShards, WEIGHTS_MANIFEST } from "./integrity.js";
-import { renderMarkdown } from "./markdown.js";
+import { streamingView } from "./markdown.js";
 import {
-  describeRecord, downloadBytes, fetchJson, formatMB, loadCatalog, pageOptions, samplingOf, systemPromptOf,
+  describeRecord, downloadBytes, fetchJson, formatMB, loadCatalog, movingRefNote, pageOptions, vramLabel,
 } from "./models.js";
+import { buildDefaults, clearSettings, loadSettings, saveSettings } from "./settings.js";
+import { editQuestion, renderMessages, speedLine } from "./transcript.js";
 import { BUILT_WEBLLM_VERSION } from "./version.js";
 
 const EXAMPLES = [
@@ -26,19 +36,25 @@ const SERVE_HINT = "Build one (invoke build) and serve it: invoke serve dist (th
   "webslm serve dist or webslm serve --dist dist), or open this page with ?config=<URL of a " +
   "webllm-app-config.json>.";
 const FOLLOW_SLACK_PX = 24;
+const WEBLLM_CACHES = ["webllm/model", "webllm/wasm", "webllm/config"];
 
 const $ = (id) => document.getElementById(id);
 const ui = {
   notice: $("notice"), modelA: $("model-a"), modelB: $("model-b"), modelBLabel: $("model-b-label"),
   compare: $("compare"), load: $("load"), downloadSize: $("download-size"), panes: $("panes"),
-  systemPrompt: $("system-prompt"), temperature: $("temperature"), topP: $("top-p"),
-  budget: $("sentence-budget"), form: $("ask"), question: $("question"), send: $("send"),
+  settings: $("settings"), systemPrompt: $("system-prompt"), temperature: $("temperature"), topP: $("top-p"),
+  maxTokens: $("max-tokens"), budget: $("sentence-budget"), resetSettings: $("reset-settings"),
+  form: $("ask"), question: $("question"), send: $("send"),
   stop: $("stop"), template: $("pane-template"), benchmark: $("benchmark"),
   benchmarkResult: $("benchmark-result"), benchmarkCopy: $("benchmark-copy"),
+  clearData: $("clear-data"), dataSizes: $("data-sizes"),
   confirm: $("confirm"), confirmText: $("confirm-text"),
 };
 
-const app = { gpu: null, entries: [], panes: [], sizes: new Map(), generating: false, shown: { a: "", b: "", compare: false } };
+const app = {
+  gpu: null, entries: [], panes: [], sizes: new Map(), generating: false,
+  shown: { a: "", b: "", compare: false }, defaults: null,
+};
 
 function showNotice(lines) {
   ui.notice.hidden = lines.length === 0;
@@ -60,12 +76,32 @@ function refusalOf(record) {
   return versionProblem(record, BUILT_WEBLLM_VERSION) ?? featureProblem(record, app.gpu);
 }
 
+/** Runs one piece of generation work at a time (an answer, a regeneration, the benchmark). */
+async function exclusive(work) {
+  if (app.generating) return;
+  app.generating = true;
+  updateControls();
+  try {
+    await work();
+  } finally {
+    app.generating = false;
+    updateControls();
+  }
+}
+
+/** The bytes of a checked file of a record, by its URL (from verifyRecord's result). */
+function checkedBytes(checked, url) {
+  return checked.verified.find((v) => v.target.url === url)?.bytes ?? null;
+}
+
 /** One model's column: its checks, its engine and its conversation. */
 class Pane {
   constructor(entry, title) {
     this.record = entry.record;
     this.engine = null;
     this.worker = null;
+    this.counter = null;
+    this.contextWindow = null;
     this.conversation = newConversation(this.record.model_id);
     this.follow = true;
     this.el = ui.template.content.firstElementChild.cloneNode(true);
@@ -77,15 +113,33 @@ class Pane {
     this.progress = find(".progress");
     this.progress.setAttribute("aria-label", `Loading ${this.record.model_id}`);
     this.transcript = find(".transcript");
+    this.jump = find(".jump-latest");
     this.history = find(".history");
+    const note = movingRefNote(entry, location.href);
+    find(".pin-note").hidden = !note;
+    find(".pin-note").textContent = note ?? "";
     this.history.addEventListener("change", () => this.openConversation(this.history.value));
     find(".new-chat").addEventListener("click", () => this.startConversation());
     find(".delete-chat").addEventListener("click", () => this.deleteCurrent());
+    find(".export-chat").addEventListener("click", () => this.exportCurrent());
     find(".retry").addEventListener("click", () => this.load());
+    this.jump.addEventListener("click", () => {
+      this.follow = true;
+      this.scrollToEnd();
+      this.transcript.focus();
+    });
     this.transcript.addEventListener("scroll", () => {
       const { scrollTop, clientHeight, scrollHeight } = this.transcript;
       this.follow = scrollTop + clientHeight >= scrollHeight - FOLLOW_SLACK_PX;
+      this.jump.hidden = this.follow;
     });
+    this.actions = {
+      edit: (i) => this.startEdit(i),
+      remove: (i) => this.deleteTurn(i),
+      copy: (i, button) => this.copyAnswer(i, button),
+      regenerate: (i) => exclusive(() => this.answerAt(i - 1, settings())),
+      retry: (i) => exclusive(() => this.answerAt(i - 1, settings())),
+    };
   }
 
   setState(state, message = "") {
@@ -96,13 +150,15 @@ class Pane {
     updateControls();
   }
 
-  /** Shows, in words, why the load failed at `step` (see describeLoadFailure), the raw error below. */
+  /** Shows why the load failed at `step` (see describeLoadFailure): headline, next step, Retry if it can help. */
   failLoad(error, step) {
-    const { summary, detail } = describeLoadFailure(this.record.model_id, error, step);
+    const failure = describeLoadFailure(this.record.model_id, error, step);
     this.progress.hidden = true;
-    this.setState("error", summary);
+    this.setState("error", failure.summary);
     this.failure.hidden = false;
-    this.el.querySelector(".failure-detail").textContent = detail;
+    this.el.querySelector(".failure-headline").textContent = failure.headline;
+    this.el.querySelector(".retry").hidden = !failure.retry;
+    this.el.querySelector(".failure-detail").textContent = failure.detail;
   }
 
   /** Checks every file against the build's hashes (weights shard by shard), then starts the engine. */
@@ -141,6 +197,7 @@ class Pane {
     const checkedText = `All ${formatMB(weights.bytes)} of weights match their recorded hashes ` +
       `(checked in ${weights.seconds.toFixed(1)} s).`;
     this.setState("loading", `${checkedText} Starting the engine…`);
+    await this.prepareCounting(checked);
     this.worker = new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
     const appConfig = { model_list: [this.record], useIndexedDBCache: false };
     let step = "library";
@@ -160,7 +217,22 @@ class Pane {
     }
     this.progress.hidden = true;
     this.setState("ready", `Ready. ${checkedText} Works offline from now on.`);
+    this.renderTranscript();
+    showAnswerBudget();
     ui.question.focus();
+  }
+
+  /** The context window and a prompt counter from the checked chat config and tokenizer files. */
+  async prepareCounting(checked) {
+    const folder = this.record.model;
+    const chatConfig = JSON.parse(new TextDecoder().decode(checkedBytes(checked, new URL("mlc-chat-config.json", folder).href)));
+    const tokenizerFiles = Object.fromEntries(Object.keys(this.record.integrity.tokenizer)
+      .map((name) => [name, checkedBytes(checked, new URL(name, folder).href)]));
+    this.contextWindow = contextWindowOf(this.record, chatConfig);
+    this.defaultSystem = chatConfig.conv_template.system_message ?? "";
+    this.counter = await loadCounter(chatConfig.conv_template, tokenizerFiles);
+    this.el.dataset.contextWindow = String(this.contextWindow);
+    this.el.dataset.exactCount = this.counter.exact ? "yes" : "no";
   }
 
   showWeightProgress(p) {
@@ -199,6 +271,7 @@ class Pane {
     if (!found) return;
     this.conversation = found;
     this.renderTranscript();
+    await this.fillHistory();
   }
 
   async startConversation() {
@@ -218,86 +291,161 @@ class Pane {
     await this.fillHistory();
   }
 
+  /** Saves the conversation as a Markdown file. */
+  exportCurrent() {
+    const markdown = conversationMarkdown(this.conversation, this.record.model_id, new Date());
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(new Blob([markdown], { type: "text/markdown" }));
+    link.download = `${this.conversation.title.replace(/[^\p{L}\p{N} _-]+/gu, "").trim() || "conversation"}.md`;
+    link.click();
+    setTimeout(() => URL.revokeObjectURL(link.href), 1000);
+  }
+
+  /** Saves the conversation (or forgets it once its last turn is deleted) and refreshes the list. */
+  async persist() {
+    if (this.conversation.messages.length) await saveConversation(this.conversation);
+    else await deleteConversation(this.conversation.id);
+    await this.fillHistory();
+  }
+
   renderTranscript() {
-    this.transcript.replaceChildren();
     if (!this.conversation.messages.length) {
-      const empty = ui.template.content.querySelector(".empty-state").cloneNode(true);
-      const list = empty.querySelector(".examples");
-      for (const text of EXAMPLES) {
-        const item = document.createElement("li");
-        const button = document.createElement("button");
-        button.type = "button";
-        button.className = "example";
-        button.textContent = text;
-        button.disabled = !this.engine;
-        button.addEventListener("click", () => {
-          ui.question.value = text;
-          ui.question.focus();
-        });
-        item.append(button);
-        list.append(item);
-      }
-      this.transcript.append(empty);
-      return;
+      this.transcript.replaceChildren(this.emptyState());
+    } else {
+      renderMessages(this.transcript, this.conversation, this.actions);
     }
-    for (const message of this.conversation.messages) this.addBubble(message.role, message.content, message.speed);
     this.follow = true;
     this.scrollToEnd();
+    updateControls();
   }
 
-  addBubble(role, text, speed = null) {
-    this.transcript.querySelector(".empty-state")?.remove();
-    const bubble = document.createElement("div");
-    bubble.className = `bubble ${role}`;
-    const body = document.createElement("div");
-    body.className = "body";
-    bubble.append(body);
-    if (role === "assistant") renderMarkdown(body, text);
-    else body.textContent = text;
-    if (speed) this.addSpeed(bubble, speed);
-    this.transcript.append(bubble);
-    this.scrollToEnd();
-    return bubble;
-  }
-
-  addSpeed(bubble, speed) {
-    const line = document.createElement("p");
-    line.className = "speed";
-    line.textContent = formatSpeed(speed);
-    bubble.append(line);
+  emptyState() {
+    const empty = ui.template.content.querySelector(".empty-state").cloneNode(true);
+    const list = empty.querySelector(".examples");
+    for (const text of EXAMPLES) {
+      const item = document.createElement("li");
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "example";
+      button.textContent = text;
+      button.disabled = !this.engine;
+      button.addEventListener("click", () => {
+        ui.question.value = text;
+        ui.question.focus();
+      });
+      item.append(button);
+      list.append(item);
+    }
+    return empty;
   }
 
   scrollToEnd() {
     if (this.follow) this.transcript.scrollTop = this.transcript.scrollHeight;
+    this.jump.hidden = this.follow;
   }
 
-  /** Streams one answer into the transcript; a failed answer leaves nothing in the history. */
-  async answer(question, settings) {
-    const history = this.conversation.messages.map(({ role, content }) => ({ role, content }));
-    const request = chatRequest([...history, { role: "user", content: question }], settings);
-    this.follow = true;
-    const asked = this.addBubble("user", question);
-    const bubble = this.addBubble("assistant", "");
-    const body = bubble.querySelector(".body");
-    this.setState("generating", "Answering…");
+  startEdit(i) {
+    if (app.generating) return;
+    const bubble = this.transcript.querySelector(`.bubble[data-index="${i}"]`);
+    editQuestion(bubble, this.conversation.messages[i].content,
+      (text) => exclusive(() => this.resend(i, text)), () => this.renderTranscript());
+    updateControls();
+  }
+
+  /** An edited question: it replaces the old one, and the answers after it go. */
+  async resend(i, text) {
+    this.conversation.messages.splice(i, Infinity, { role: "user", content: text });
+    this.conversation.memory = null;
+    await this.answerAt(i, settings());
+  }
+
+  /** Deletes the question at i and its answer. */
+  async deleteTurn(i) {
+    if (app.generating) return;
+    const next = this.conversation.messages[i + 1];
+    this.conversation.messages.splice(i, next?.role === "assistant" ? 2 : 1);
+    this.conversation.memory = null;
+    this.renderTranscript();
+    await this.persist();
+  }
+
+  async copyAnswer(i, button) {
     try {
-      const { text, speed } = await streamAnswer(this.engine, request, settings.budget, (t) => {
-        renderMarkdown(body, t);
-        this.scrollToEnd();
-      });
-      if (speed) this.addSpeed(bubble, speed);
-      this.conversation.messages.push({ role: "user", content: question }, { role: "assistant", content: text, speed });
-      this.setState("ready", "");
-      await saveConversation(this.conversation);
-      await this.fillHistory();
+      await navigator.clipboard.writeText(this.conversation.messages[i].content);
+      button.textContent = "Copied";
+    } catch {
+      button.textContent = "Copy failed: select the text";
+    }
+    setTimeout(() => { button.textContent = "Copy"; }, 2000);
+  }
+
+  /** The turns before message `end` the model can see again: questions with a good answer. */
+  turnsBefore(end) {
+    const turns = [];
+    const messages = this.conversation.messages;
+    for (let i = 0; i + 1 < end; i++) {
+      const [user, answer] = [messages[i], messages[i + 1]];
+      if (user.role === "user" && answer.role === "assistant" && !answer.failure) {
+        turns.push({ user, assistant: { role: "assistant", content: answer.content, generated: answer.generated }, index: i });
+        i += 1;
+      }
+    }
+    return turns;
+  }
+
+  async ask(question, shared) {
+    this.conversation.messages.push({ role: "user", content: question });
+    await this.answerAt(this.conversation.messages.length - 1, shared);
+  }
+
+  /**
+   * Answers the question at index `at` (its answer, if any, is replaced; what follows stays),
+   * sending the system prompt, as many of the latest turns as fit the context window, and the
+   * question. A failed answer stays in the conversation with its question, to retry.
+   */
+  async answerAt(at, shared) {
+    const messages = this.conversation.messages;
+    const question = messages[at];
+    const answerTokens = shared.maxTokens ?? defaultAnswerTokens(this.contextWindow);
+    const limit = promptLimit(this.contextWindow, answerTokens);
+    const fit = fitConversation({ system: shared.systemPrompt, turns: this.turnsBefore(at), question, questionIndex: at },
+      this.counter.count, limit);
+    const replaced = messages[at + 1]?.role === "assistant" ? 1 : 0;
+    if (fit.tooLong) {
+      messages.splice(at + 1, replaced, { role: "assistant", content: "", failure: questionTooLong(fit.tooLong, limit) });
+      this.finishAnswer(messages[at + 1].failure.summary);
+      await this.persist();
+      return;
+    }
+    this.conversation.memory = { start: fit.firstKept, window: this.contextWindow };
+    messages.splice(at + 1, replaced, { role: "assistant", content: "" });
+    this.follow = true;
+    this.renderTranscript();
+    const bubble = this.transcript.querySelector(`.bubble[data-index="${at + 1}"]`);
+    this.el.dataset.promptEstimate = String(fit.promptTokens);
+    this.setState("generating", "Answering…");
+    const view = streamingView(bubble.querySelector(".body"), () => this.scrollToEnd());
+    const request = chatRequest(fit.messages, { ...shared, maxTokens: answerTokens });
+    try {
+      const { text, speed } = await streamAnswer(this.engine, request, shared.budget, (t) => view.show(t));
+      await view.finish(text);
+      messages[at + 1] = { role: "assistant", content: text, speed, generated: speed?.completionTokens };
+      if (speed) bubble.append(speedLine(speed));
+      this.el.dataset.promptTokens = String(speed?.promptTokens ?? "");
+      this.finishAnswer("");
     } catch (error) {
       const failure = describeAnswerFailure(error);
-      bubble.remove();
-      asked.classList.add("failed");
-      this.setState("ready", failure.summary);
-      this.status.classList.add("error");
-      this.status.title = failure.detail;
+      messages[at + 1] = { role: "assistant", content: "", failure };
+      this.finishAnswer(failure.summary);
     }
+    await this.persist();
+  }
+
+  /** Back to ready after an answer, showing the conversation with each message's actions. */
+  finishAnswer(problem) {
+    this.setState("ready", problem);
+    if (problem) this.status.classList.add("error");
+    this.renderTranscript();
   }
 
   /** The fixed benchmark on this pane's engine; not part of the conversation. */
@@ -329,14 +477,26 @@ function selectedEntries() {
   return chosen.filter(Boolean);
 }
 
-/** Defaults from the build: sampling of the first model, the training system prompt. */
-function applyDefaults(entries) {
-  const records = entries.map((e) => e.record);
-  const tuned = records.find((r) => r.webslm?.finetune) ?? records[0];
-  const sampling = samplingOf(records[0]);
-  ui.systemPrompt.value = systemPromptOf(tuned) ?? "";
-  ui.temperature.value = sampling.temperature;
-  ui.topP.value = sampling.top_p;
+/** The settings of the selected models: saved for the first one, else the build's defaults. */
+function applySettings(entries) {
+  app.defaults = buildDefaults(entries.map((e) => e.record));
+  showSettings(loadSettings(localStorage, entries[0].record.model_id, app.defaults));
+}
+
+function showSettings(values) {
+  ui.systemPrompt.value = values.systemPrompt;
+  ui.temperature.value = values.temperature;
+  ui.topP.value = values.top_p;
+  ui.maxTokens.value = values.maxTokens ?? "";
+  ui.budget.value = values.budget ?? "";
+}
+
+/** What an empty field means once a model is loaded: the automatic answer budget, the template's system prompt. */
+function showAnswerBudget() {
+  const windows = app.panes.map((p) => p.contextWindow).filter(Boolean);
+  ui.maxTokens.placeholder = windows.length ? `auto (${defaultAnswerTokens(Math.min(...windows))})` : "auto";
+  const system = app.panes.find((p) => p.defaultSystem)?.defaultSystem;
+  ui.systemPrompt.placeholder = system ? `(empty: the model's own, "${system}")` : "(none)";
 }
 
 /** Bytes a first load of a record downloads (weight shards plus library), or null if unknown. */
@@ -378,7 +538,8 @@ async function renderPanes() {
     const refusal = refusalOf(pane.record);
     pane.setState(refusal ? "refused" : "idle", refusal ?? "Press Load to start.");
   }
-  applyDefaults(entries);
+  if (entries.length) applySettings(entries);
+  showAnswerBudget();
   await Promise.all(app.panes.map((p) => p.restore()));
   const idle = app.panes.filter((p) => p.el.dataset.state === "idle");
   const cached = await Promise.all(idle.map((p) => isCached(p.record).catch(() => false)));
@@ -405,22 +566,37 @@ function updateControls() {
   ui.send.disabled = !ready || app.generating;
   ui.stop.disabled = !app.generating;
   ui.benchmark.disabled = !ready || app.generating;
+  ui.clearData.disabled = app.generating || busy;
   for (const pane of app.panes) {
+    const empty = !pane.conversation.messages.length;
     for (const button of pane.el.querySelectorAll(".example")) button.disabled = !pane.engine || app.generating;
+    for (const button of pane.el.querySelectorAll(".action")) {
+      const needsEngine = !button.matches(".copy-answer, .delete-turn, .cancel-edit");
+      button.disabled = app.generating || (needsEngine && !pane.engine);
+    }
     pane.el.querySelector(".new-chat").disabled = app.generating;
-    pane.el.querySelector(".delete-chat").disabled = app.generating || !pane.conversation.messages.length;
+    pane.el.querySelector(".delete-chat").disabled = app.generating || empty;
+    pane.el.querySelector(".export-chat").disabled = empty;
     pane.history.disabled = app.generating;
   }
 }
 
+/** The settings as the form holds them, kept for each selected model. */
 function settings() {
-  const budget = Number.parseInt(ui.budget.value, 10);
+  const number = (input) => Number.parseInt(input.value, 10);
+  const positive = (value) => (Number.isFinite(value) && value > 0 ? value : null);
   return {
     systemPrompt: ui.systemPrompt.value.trim() || null,
     temperature: Number.parseFloat(ui.temperature.value),
     top_p: Number.parseFloat(ui.topP.value),
-    budget: Number.isFinite(budget) && budget > 0 ? budget : null,
+    maxTokens: positive(number(ui.maxTokens)),
+    budget: positive(number(ui.budget)),
   };
+}
+
+function keepSettings() {
+  const values = settings();
+  saveSettings(localStorage, app.panes.map((p) => p.record.model_id), { ...values, systemPrompt: ui.systemPrompt.value });
 }
 
 async function ask(event) {
@@ -430,39 +606,68 @@ async function ask(event) {
   const ready = app.panes.filter((p) => p.engine);
   if (!question || !ready.length) return;
   ui.question.value = "";
-  app.generating = true;
-  updateControls();
   ui.question.focus();
   const shared = settings();
-  await Promise.all(ready.map((pane) => pane.answer(question, shared)));
-  app.generating = false;
-  updateControls();
+  await exclusive(() => Promise.all(ready.map((pane) => pane.ask(question, shared))));
 }
 
 async function benchmark() {
-  if (app.generating) return;
-  app.generating = true;
-  updateControls();
-  ui.benchmarkResult.hidden = false;
-  ui.benchmarkResult.textContent = "Running…";
-  const lines = [`webslm speed benchmark: ${BENCHMARK.maxTokens} tokens, web-llm ${BUILT_WEBLLM_VERSION}, ` +
-    `GPU ${app.gpu.description}`];
-  for (const pane of app.panes.filter((p) => p.engine)) {
-    const speed = await pane.benchmark();
-    lines.push(speed
-      ? `${pane.record.model_id}: ${formatSpeed(speed)} (prompt ${speed.promptTokens} tokens, ${speed.completionTokens} generated)`
-      : `${pane.record.model_id}: failed`);
+  await exclusive(async () => {
+    ui.benchmarkResult.hidden = false;
+    ui.benchmarkResult.textContent = "Running…";
+    const lines = [`webslm speed benchmark: ${BENCHMARK.maxTokens} tokens, web-llm ${BUILT_WEBLLM_VERSION}, ` +
+      `GPU ${app.gpu.description}`];
+    for (const pane of app.panes.filter((p) => p.engine)) {
+      const speed = await pane.benchmark();
+      lines.push(speed
+        ? `${pane.record.model_id}: ${formatSpeed(speed)} (prompt ${speed.promptTokens} tokens, ${speed.completionTokens} generated)`
+        : `${pane.record.model_id}: failed`);
+    }
+    ui.benchmarkResult.textContent = lines.join("\n");
+    ui.benchmarkCopy.hidden = false;
+  });
+}
+
+/** {count, bytes} of the models web-llm keeps in Cache Storage. */
+async function cachedModelsSize() {
+  let bytes = 0;
+  for (const name of WEBLLM_CACHES) {
+    if (!(await caches.has(name))) continue;
+    const cache = await caches.open(name);
+    for (const request of await cache.keys()) bytes += (await (await cache.match(request)).blob()).size;
   }
-  ui.benchmarkResult.textContent = lines.join("\n");
-  ui.benchmarkCopy.hidden = false;
-  app.generating = false;
-  updateControls();
+  return bytes;
+}
+
+async function showDataSizes() {
+  const [chats, models] = await Promise.all([conversationsSize(), cachedModelsSize()]);
+  ui.dataSizes.textContent = `This browser holds ${chats.count} saved ${chats.count === 1 ? "chat" : "chats"} ` +
+    `(${formatMB(chats.bytes)}) and ${formatMB(models)} of downloaded models.`;
+  return { chats, models };
+}
+
+/** Deletes every chat, downloaded model and saved setting of this page, after asking. */
+async function clearAllData() {
+  const { chats, models } = await showDataSizes();
+  const ok = await confirmed(`Delete all data of this page from this browser: ${chats.count} saved ` +
+    `${chats.count === 1 ? "chat" : "chats"} (${formatMB(chats.bytes)}), ${formatMB(models)} of downloaded ` +
+    "models and your settings? Models download again on the next Load.");
+  if (!ok) return;
+  for (const pane of app.panes) pane.dispose();
+  app.panes = [];
+  await deleteAllConversations();
+  await Promise.all(WEBLLM_CACHES.map((name) => caches.delete(name)));
+  clearSettings(localStorage);
+  await renderPanes();
+  await showDataSizes();
 }
 
 function optionLabel(entry) {
   const size = app.sizes.get(entry.record.model_id);
   const parts = [entry.record.model_id];
-  if (size != null) parts.push(formatMB(size));
+  if (size != null) parts.push(`${formatMB(size)} download`);
+  const vram = vramLabel(entry.record);
+  if (vram) parts.push(vram);
   if (refusalOf(entry.record)) parts.push("won't run in this browser");
   return parts.join(" · ");
 }
@@ -497,6 +702,32 @@ async function selectionChanged() {
   await renderPanes();
 }
 
+function listen() {
+  for (const control of [ui.modelA, ui.modelB, ui.compare]) control.addEventListener("change", selectionChanged);
+  ui.load.addEventListener("click", () => loadPanes(app.panes.filter((p) => p.el.dataset.state === "idle")));
+  ui.form.addEventListener("submit", ask);
+  ui.stop.addEventListener("click", () => app.panes.forEach((p) => p.stop()));
+  ui.benchmark.addEventListener("click", benchmark);
+  ui.benchmarkCopy.addEventListener("click", async () => {
+    await navigator.clipboard.writeText(ui.benchmarkResult.textContent).catch(() => {});
+    ui.benchmarkCopy.textContent = "Copied";
+  });
+  for (const input of [ui.systemPrompt, ui.temperature, ui.topP, ui.maxTokens, ui.budget]) {
+    input.addEventListener("change", keepSettings);
+  }
+  ui.resetSettings.addEventListener("click", () => {
+    showSettings(app.defaults);
+    keepSettings();
+  });
+  ui.settings.addEventListener("toggle", () => { if (ui.settings.open) showDataSizes(); });
+  ui.clearData.addEventListener("click", clearAllData);
+  ui.question.addEventListener("keydown", (event) => {
+    if (event.key !== "Enter" || event.shiftKey || event.isComposing || event.keyCode === 229) return;
+    event.preventDefault();
+    if (!app.generating) ask(event);
+  });
+}
+
 async function boot() {
   const options = pageOptions(location.href);
   const [gpu, catalog] = await Promise.all([probeWebGPU(), loadCatalog(options, fetchJson)]);
@@ -514,20 +745,7 @@ async function boot() {
   fillSelect(ui.modelB, app.entries, options.b ?? otherB?.record.model_id);
   ui.compare.checked = options.compare && app.entries.length > 0;
   ui.modelBLabel.hidden = !ui.compare.checked;
-  for (const control of [ui.modelA, ui.modelB, ui.compare]) control.addEventListener("change", selectionChanged);
-  ui.load.addEventListener("click", () => loadPanes(app.panes.filter((p) => p.el.dataset.state === "idle")));
-  ui.form.addEventListener("submit", ask);
-  ui.stop.addEventListener("click", () => app.panes.forEach((p) => p.stop()));
-  ui.benchmark.addEventListener("click", benchmark);
-  ui.benchmarkCopy.addEventListener("click", async () => {
-    await navigator.clipboard.writeText(ui.benchmarkResult.textContent).catch(() => {});
-    ui.benchmarkCopy.textContent = "Copied";
-  });
-  ui.question.addEventListener("keydown", (event) => {
-    if (event.key !== "Enter" || event.shiftKey || event.isComposing || event.keyCode === 229) return;
-    event.preventDefault();
-    if (!app.generating) ask(event);
-  });
+  listen();
   if (app.entries.length) await renderPanes();
   updateControls();
   document.body.dataset.ready = "yes";

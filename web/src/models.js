@@ -27,21 +27,55 @@ export function pageOptions(href) {
 }
 
 const PINNED = /\/resolve\/[0-9a-f]{40}\/$/;
+const REF = /\/resolve\/([^/]+)\//;
+const COMMIT = /^[0-9a-f]{40}$/;
 
 /** Whether a model folder URL names a commit (`…/resolve/<40 hex>/`), not a branch. */
 export function isPinned(modelUrl) {
   return typeof modelUrl === "string" && PINNED.test(modelUrl);
 }
 
+/** The branch or tag a `…/resolve/<ref>/…` URL reads from, or null (a commit, or no such part). */
+export function movingRef(url) {
+  const ref = typeof url === "string" ? REF.exec(url)?.[1] : null;
+  return ref && !COMMIT.test(ref) ? decodeURIComponent(ref) : null;
+}
+
+/** Whether both the model folder and the model library of a record name a commit. */
+export function recordPinned(record) {
+  return isPinned(record.model) && typeof record.model_lib === "string" &&
+    record.model_lib.startsWith(record.model);
+}
+
 /** An unpinned record moved to the folder its AppConfig was read from; a pinned one kept (pure). */
 export function relocateRecord(record, configUrl) {
   const folder = new URL("./", configUrl).href;
-  if (typeof record.model !== "string" || record.model === folder || isPinned(record.model)) return record;
+  if (typeof record.model !== "string" || record.model === folder || recordPinned(record)) return record;
   const lib = record.model_lib;
   const relocatedLib = typeof lib === "string" && lib.startsWith(record.model)
     ? folder + lib.slice(record.model.length)
     : lib;
   return { ...record, model: folder, model_lib: relocatedLib };
+}
+
+/**
+ * Why what runs may change under the user, or null: an AppConfig from another site read from a
+ * branch (`…/resolve/main/…`) names the hashes the page checks against, so whoever can push to
+ * that branch decides what runs. Models served by this page's own server are the user's own.
+ */
+export function movingRefNote(entry, pageUrl) {
+  if (new URL(entry.configUrl).origin === new URL(pageUrl).origin) return null;
+  const ref = movingRef(entry.configUrl);
+  if (ref) {
+    return `This model's config is read from the branch "${ref}" (${entry.configUrl}): whoever can ` +
+      "change that branch decides which files the page checks and runs. For a fixed version, open " +
+      "the share link `webslm publish` printed (its config URL names a commit).";
+  }
+  if (!recordPinned(entry.record)) {
+    return `This model's files are not pinned to a commit (${entry.record.model_lib}): they may change ` +
+      "after you check them. Publish it with `webslm publish` for commit-pinned URLs.";
+  }
+  return null;
 }
 
 /** The JSON at url, revalidated with the server (a rebuilt dist keeps its URLs); throws on HTTP errors. */
@@ -114,6 +148,13 @@ export function samplingOf(record) {
 export function downloadBytes(ndarrayCache, libraryBytes) {
   const shards = (ndarrayCache?.records ?? []).reduce((sum, shard) => sum + (shard.nbytes ?? 0), 0);
   return shards + libraryBytes;
+}
+
+/** "needs ~950 MB of GPU memory" from a record's vram_required_MB, or null when it records none. */
+export function vramLabel(record) {
+  const mb = record.vram_required_MB;
+  if (typeof mb !== "number" || !(mb > 0)) return null;
+  return `needs ~${formatMB(mb * MB)} of GPU memory`;
 }
 
 export function formatMB(bytes) {

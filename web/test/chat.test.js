@@ -33,6 +33,13 @@ test("the request carries the system prompt, the decoding and the whole conversa
   assert.equal(chatRequest(history, { ...settings, systemPrompt: null }).messages.length, 3);
 });
 
+test("the answer's budget goes out as max_tokens; only role and content of each message are sent", () => {
+  const history = [{ role: "user", content: "Hi", generated: 3, failed: null }];
+  const request = chatRequest(history, { ...settings, maxTokens: 256 });
+  assert.equal(request.max_tokens, 256);
+  assert.deepEqual(request.messages.at(-1), { role: "user", content: "Hi" });
+});
+
 test("tokens stream to the page as they arrive", async () => {
   const shown = [];
   const e = engine(["Hel", "lo", " there."]);
@@ -54,7 +61,8 @@ test("the sentence budget interrupts the engine and cuts the answer", async () =
 test("prefill and decode speeds come from the final usage chunk", async () => {
   const usage = { prompt_tokens: 12, completion_tokens: 3, extra: { prefill_tokens_per_s: 512.34, decode_tokens_per_s: 41 } };
   const { speed } = await streamAnswer(engine(["a", "b"], usage), chatRequest([], settings), null, () => {});
-  assert.deepEqual(speed, { prefill: 512.34, decode: 41, promptTokens: 12, completionTokens: 3 });
+  // web-llm counts decode steps; the first token came from the prefill: 3 steps, 4 tokens.
+  assert.deepEqual(speed, { prefill: 512.34, decode: 41, promptTokens: 12, completionTokens: 4 });
   assert.equal(formatSpeed(speed), "prefill 512.3 tokens/s · decode 41.0 tokens/s");
 });
 

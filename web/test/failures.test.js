@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { describeAnswerFailure, describeLoadFailure } from "../src/failures.js";
+import { describeAnswerFailure, describeLoadFailure, questionTooLong } from "../src/failures.js";
 
 test("a load failure names the model and the step in words, keeping the raw error as detail", () => {
   const cases = [
@@ -40,4 +40,29 @@ test("a failed answer says so in words", () => {
   assert.equal(detail, "TypeError: Cannot read properties of undefined");
   const lost = describeAnswerFailure(new Error("Device was lost: out of memory"));
   assert.match(lost.summary, /^No answer: the GPU ran out of memory or stopped responding/);
+});
+
+test("no Retry where retrying cannot help: files an old webslm built, a library that will not start", () => {
+  const old = new Error("tiny-q4f32_1 records no digests of its weight shards in its webllm-app-config.json " +
+    "(webslm.weights), so its weights cannot be checked; rebuild it with `invoke build`");
+  const outdated = describeLoadFailure("tiny-q4f32_1", old, "check");
+  assert.equal(outdated.headline, "Built by an older webslm");
+  assert.match(outdated.summary, /Rebuild it with the current webslm \(invoke build\), then reload this page\.$/);
+  assert.equal(outdated.retry, false);
+  const library = describeLoadFailure("tiny-q4f32_1", new WebAssembly.CompileError("expected magic word"), "library");
+  assert.equal(library.retry, false);
+  assert.equal(describeLoadFailure("tiny-q4f32_1", new TypeError("Failed to fetch"), "check").retry, true);
+});
+
+test("each answer failure has its own headline and next step", () => {
+  const overflow = describeAnswerFailure(new Error("Prompt tokens exceed context window size: number of prompt " +
+    "tokens: 9891; context window size: 4096"));
+  assert.equal(overflow.headline, "The conversation no longer fits the model's memory");
+  assert.equal(overflow.retry, false);
+  assert.equal(describeAnswerFailure(new Error("Device was lost")).retry, false);
+  const other = describeAnswerFailure(new TypeError("x"));
+  assert.deepEqual([other.headline, other.retry], ["The model stopped with an error", true]);
+  const long = questionTooLong(5000, 3056);
+  assert.match(long.summary, /5000 tokens, and at most 3056 fit/);
+  assert.equal(long.retry, false);
 });

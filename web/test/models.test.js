@@ -2,7 +2,8 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import {
-  DEFAULT_SAMPLING, downloadBytes, formatMB, isPinned, loadCatalog, pageOptions, relocateRecord, samplingOf, systemPromptOf,
+  DEFAULT_SAMPLING, downloadBytes, formatMB, isPinned, loadCatalog, movingRef, movingRefNote, pageOptions, recordPinned,
+  relocateRecord, samplingOf, systemPromptOf, vramLabel,
 } from "../src/models.js";
 
 const built = {
@@ -78,4 +79,37 @@ test("the first-load size is the weight shards plus the library", () => {
   assert.equal(bytes, 5 * 1048576);
   assert.equal(formatMB(bytes), "5.0 MB");
   assert.equal(formatMB(300 * 1048576), "300 MB");
+});
+
+test("a record counts as pinned only when its model library is pinned too", () => {
+  const commit = "0123456789abcdef0123456789abcdef01234567";
+  const folder = `https://hub.example/org/tiny/resolve/${commit}/`;
+  const record = { model: folder, model_id: "tiny-q4f32_1", model_lib: `${folder}libs/tiny-q4f32_1-webgpu.wasm` };
+  assert.equal(recordPinned(record), true);
+  const libOnMain = { ...record, model_lib: "https://hub.example/org/tiny/resolve/main/libs/tiny-q4f32_1-webgpu.wasm" };
+  assert.equal(recordPinned(libOnMain), false);
+  const config = "https://hub.example/org/tiny/resolve/main/webllm-app-config.json";
+  assert.notEqual(relocateRecord(libOnMain, config), libOnMain, "an unpinned library is not trusted as pinned");
+});
+
+test("the page says when a config from another site is read from a moving ref", () => {
+  const commit = "0123456789abcdef0123456789abcdef01234567";
+  const folder = `https://hub.example/org/tiny/resolve/${commit}/`;
+  const record = { model: folder, model_id: "tiny-q4f32_1", model_lib: `${folder}libs/x.wasm` };
+  const page = "http://127.0.0.1:8000/";
+  assert.equal(movingRef("https://hub.example/org/tiny/resolve/main/webllm-app-config.json"), "main");
+  assert.equal(movingRef(`${folder}webllm-app-config.json`), null);
+  const onMain = movingRefNote({ record, configUrl: "https://hub.example/org/tiny/resolve/main/webllm-app-config.json" }, page);
+  assert.match(onMain, /read from the branch "main"/);
+  assert.equal(movingRefNote({ record, configUrl: `${folder}webllm-app-config.json` }, page), null);
+  assert.match(movingRefNote({ record: { ...record, model_lib: "https://hub.example/x.wasm" }, configUrl: `${folder}webllm-app-config.json` }, page),
+    /not pinned to a commit/);
+  // a model this page's own server serves (webslm serve) is the user's own: no note
+  assert.equal(movingRefNote({ record: built, configUrl: "http://127.0.0.1:8000/models/tiny/resolve/main/webllm-app-config.json" }, page), null);
+});
+
+test("the picker's GPU memory figure comes from vram_required_MB", () => {
+  assert.equal(vramLabel({ vram_required_MB: 944.62 }), "needs ~945 MB of GPU memory");
+  assert.equal(vramLabel({ vram_required_MB: 5.04 }), "needs ~5.0 MB of GPU memory");
+  assert.equal(vramLabel({}), null);
 });
