@@ -257,16 +257,123 @@ def test_a_failed_load_says_what_failed_and_offers_retry(browser: Browser, serve
     page.shot("load-failed-retry")
 
 
-def test_a_failed_answer_leaves_no_empty_turn_in_the_next_request(browser: Browser,
+def test_a_failed_answer_keeps_its_question_and_offers_retry_there(browser: Browser,
                                                                   server: str) -> None:
     page = loaded(browser, server)
-    ask(page, "please fail")
-    assert page.text(".pane .status").startswith("No answer: the model stopped with an error.")
-    assert js(page, "document.querySelectorAll('.bubble.assistant').length") == 0
+    ask(page, "a flaky question")
+    failed = ".bubble.assistant.failed"
+    assert js(page, f"document.querySelectorAll('{failed}').length") == 1
+    assert page.text(".bubble.user .body") == "a flaky question"  # the question stays
+    assert page.text(f"{failed} .failure-headline") == "The model stopped with an error"
+    assert page.text(f"{failed} .failure-summary").startswith(
+        "No answer: the model stopped with an error. Press Retry")
+    # The raw error is on the page (a disclosure any keyboard or touch user can open), not a tooltip.
+    page.click(selector=f"{failed} .failure-details summary")
+    assert "Cannot read properties of undefined" in page.text(f"{failed} .failure-detail")
+    assert js(page, "document.querySelector('.pane .status').title") == ""
+    page.shot("answer-failed")
+    # A failed turn is never sent again as history.
     ask(page, "and now?")
-    last = requests(page)[-1]
-    assert [(m["role"], m["content"]) for m in last["messages"]] == [
+    assert [(m["role"], m["content"]) for m in requests(page)[-1]["messages"]] == [
         ("system", "Answer briefly."), ("user", "and now?")]
+    # Retry answers that question again, in its place; the turns after it stay.
+    page.click(selector=f"{failed} .retry-answer")
+    page.wait_for(IDLE, 30000)
+    page.wait_for(f"document.querySelectorAll('{failed}').length === 0")
+    retried = requests(page)[-1]
+    assert [(m["role"], m["content"]) for m in retried["messages"]] == [
+        ("system", "Answer briefly."), ("user", "a flaky question")]
+    bubbles = js(page, "[...document.querySelectorAll('.bubble .body')].map(b => b.innerText)")
+    assert bubbles == ["a flaky question", "You asked: a flaky question (turn 1).",
+                       "and now?", "You asked: and now? (turn 1)."]
+
+
+def test_an_answer_that_cannot_be_retried_offers_no_retry(browser: Browser, server: str) -> None:
+    page = loaded(browser, server)
+    ask(page, "please fail")  # "fail" always fails: Retry is offered (a new try may work)...
+    assert js(page, "document.querySelectorAll('.bubble.failed .retry-answer').length") == 1
+    # ...but a question that alone does not fit the model's memory (512 tokens, 128 for the
+    # answer) cannot be helped by retrying: it says what to do instead.
+    ask(page, "x" * 2000)
+    last = ".bubble.failed:last-child"
+    assert page.text(f"{last} .failure-headline") == "Your message is too long for this model"
+    assert "Shorten it (Edit), or lower Max answer tokens" in page.text(f"{last} .failure-summary")
+    assert js(page, f"document.querySelectorAll('{last} .retry-answer').length") == 0
+    assert not [r for r in requests(page) if "x" * 2000 in json.dumps(r)]  # never sent
+
+
+# ---------------------------------------------------------------------------- 5b. per message
+
+
+def test_regenerate_edit_copy_and_delete_a_turn(browser: Browser, server: str) -> None:
+    page = loaded(browser, server)
+    page.grant(permissions=["clipboard-read", "clipboard-write"])
+    for question in ("first question", "Answer in markdown", "third question"):
+        ask(page, question)
+    texts = "[...document.querySelectorAll('.bubble .body')].map(b => b.innerText)"
+    # Only the last answer can be regenerated; it is asked again with the same history.
+    assert js(page, "document.querySelectorAll('.regenerate').length") == 1
+    before = len(requests(page))
+    page.click(selector=".regenerate")
+    page.wait_for(IDLE, 30000)
+    assert len(requests(page)) == before + 1
+    again = requests(page)[-1]
+    assert [m["content"] for m in again["messages"]][-1] == "third question"
+    assert len(again["messages"]) == 6  # system + 2 turns + the question
+    assert js(page, "document.querySelectorAll('.bubble').length") == 6
+    # Copy gives the answer's Markdown, not its rendered text.
+    page.click(selector=".bubble.assistant[data-index='3'] .copy-answer")
+    assert js(page, "navigator.clipboard.readText()").startswith("Here is a **plan** with *emphasis*")
+    # Editing the first question replaces it and drops every answer after it.
+    page.click(selector=".bubble.user[data-index='0'] .edit")
+    page.fill(selector=".edit-question textarea", text="an edited question")
+    page.click(selector=".edit-question button[type=submit]")
+    page.wait_for(IDLE, 30000)
+    page.wait_for("document.querySelectorAll('.bubble').length === 2")
+    assert js(page, texts) == ["an edited question", "You asked: an edited question (turn 1)."]
+    assert [m["content"] for m in requests(page)[-1]["messages"]] == [
+        "Answer briefly.", "an edited question"]
+    # Deleting a turn removes the question and its answer, in the page and in the browser.
+    ask(page, "second turn")
+    page.click(selector=".bubble.user[data-index='0'] .delete-turn")
+    page.wait_for("document.querySelectorAll('.bubble').length === 2")
+    assert js(page, texts) == ["second turn", "You asked: second turn (turn 2)."]
+    page.goto(url=server + "?a=tiny-q4f32_1")
+    page.wait_for(READY, 30000)
+    assert js(page, texts) == ["second turn", "You asked: second turn (turn 2)."]
+
+
+def test_a_long_chat_sends_what_fits_and_shows_where_memory_begins(browser: Browser,
+                                                                   server: str) -> None:
+    """The stand-in model's window is 512 tokens (128 kept for the answer); its tokenizer file is
+    a stand-in web-tokenizers cannot read, so the page counts UTF-8 bytes (test_web_real.py runs
+    the real tokenizer)."""
+    page = loaded(browser, server)
+    assert js(page, "document.querySelector('.pane').dataset.contextWindow") == "512"
+    assert js(page, "document.querySelector('.pane').dataset.exactCount") == "no"
+    questions = [f"question {n}: " + " ".join(["words"] * 15) for n in range(8)]
+    for question in questions:
+        ask(page, question)
+    sent = requests(page)
+    first = [m["content"] for m in sent[0]["messages"]]
+    assert first == ["Answer briefly.", questions[0]]
+    last = sent[-1]
+    assert last["max_tokens"] == 128
+    contents = [m["content"] for m in last["messages"]]
+    # The system prompt and the question always go; the oldest turns went first.
+    assert contents[0] == "Answer briefly." and contents[-1] == questions[-1]
+    assert questions[0] not in contents
+    kept = [q for q in questions if q in contents]
+    assert kept == questions[len(questions) - len(kept):] and 1 <= len(kept) < len(questions)
+    estimate = int(js(page, "document.querySelector('.pane').dataset.promptEstimate"))
+    assert estimate <= 512 - 128
+    # The divider sits right above the oldest question the model saw.
+    divider = js(page, """(() => { const d = document.querySelector('.memory-start');
+        return [d.innerText, d.nextElementSibling.querySelector('.body').innerText]; })()""")
+    assert divider[0].startswith("The model's memory begins here")
+    assert "(512 tokens)" in divider[0]
+    assert divider[1] == kept[0]
+    page.shot("memory-divider")
 
 
 # ---------------------------------------------------------------------------- 6. picker, examples
@@ -277,8 +384,9 @@ def test_the_picker_shows_sizes_and_marks_refused_models(browser: Browser, serve
     options = js(page, "[...document.querySelectorAll('#model-a option')]"
                        ".map(o => [o.value, o.text])")
     labels = dict(options)
-    assert labels["tiny-q4f32_1"] == "tiny-q4f32_1 · 0.1 MB"
-    assert labels["a-old-q4f32_1"] == "a-old-q4f32_1 · 0.1 MB · won't run in this browser"
+    vram = "needs ~0.9 MB of GPU memory"  # the record's vram_required_MB
+    assert labels["tiny-q4f32_1"] == f"tiny-q4f32_1 · 0.1 MB download · {vram}"
+    assert labels["a-old-q4f32_1"] == f"a-old-q4f32_1 · 0.1 MB download · {vram} · won't run in this browser"
     assert labels["tiny16-q4f16_1"].endswith("won't run in this browser")  # no shader-f16 here
     assert options[0][0] == "a-old-q4f32_1"
     # The first model that runs here is preselected, not the refused first one.
@@ -450,3 +558,166 @@ def test_with_no_models_the_page_says_which_serve_commands_work(browser: Browser
     assert "invoke serve dist" in notice
     assert "webslm serve --dist dist" in notice and "webslm serve dist" in notice
     assert re.search(r"Could not read the models index .*nothing\.json: HTTP 404", notice)
+
+
+# ---------------------------------------------------------------------------- 11. the window
+
+
+SIZES = {"desktop": (1280, 800), "phone": (390, 844)}
+LAYOUT_JS = """(() => {
+    const box = (s) => document.querySelector(s).getBoundingClientRect();
+    const t = document.querySelector('.transcript');
+    return {pageScrolls: document.documentElement.scrollHeight > window.innerHeight
+                         || document.documentElement.scrollWidth > window.innerWidth,
+            composerBottom: box('#ask').bottom, height: window.innerHeight,
+            transcriptHeight: box('.transcript').height,
+            transcriptScrolls: t.scrollHeight > t.clientHeight,
+            overflow: getComputedStyle(t).overflowY}; })()"""
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_the_chat_fills_the_window_with_one_scroll_area(browser: Browser, server: str,
+                                                        size: str) -> None:
+    width, height = SIZES[size]
+    page = browser.page(webgpu=True)
+    page.viewport(width=width, height=height)
+    page.goto(url=server + "?a=tiny-q4f32_1")
+    page.wait_for("document.body.dataset.ready === 'yes'")
+    page.click(selector="#load")
+    page.wait_for(READY, 30000)
+    for question in ("a long answer please", "a table please", "more words"):
+        ask(page, question)
+    layout = js(page, LAYOUT_JS)
+    # The page itself never scrolls; the conversation does, and the composer sits at the bottom.
+    assert layout["pageScrolls"] is False, layout
+    assert layout["transcriptScrolls"] is True and layout["overflow"] == "auto", layout
+    assert layout["height"] - 20 <= layout["composerBottom"] <= layout["height"], layout
+    assert layout["transcriptHeight"] > 0.45 * height, layout  # most of the screen is the chat
+    # Scrolled up, a button leads back to the latest message.
+    jump = ".jump-latest"
+    assert js(page, f"document.querySelector('{jump}').hidden") is True
+    js(page, "(() => { const t = document.querySelector('.transcript'); t.scrollTop = 0;"
+             " t.dispatchEvent(new Event('scroll')); })()")
+    assert js(page, f"document.querySelector('{jump}').hidden") is False
+    page.shot(f"jump-to-latest-{size}")
+    page.click(selector=jump)
+    assert js(page, "(() => { const t = document.querySelector('.transcript');"
+                    " return t.scrollTop + t.clientHeight >= t.scrollHeight - 30; })()") is True
+    assert js(page, f"document.querySelector('{jump}').hidden") is True
+
+
+def test_tables_are_styled_and_code_is_highlighted_from_this_origin(browser: Browser,
+                                                                    server: str) -> None:
+    page = loaded(browser, server)
+    ask(page, "a table please")
+    cell = js(page, """(() => { const c = getComputedStyle(document.querySelector('.bubble td'));
+        return [c.borderTopWidth, c.borderTopStyle, parseFloat(c.paddingLeft)]; })()""")
+    assert cell[0] == "1px" and cell[1] == "solid" and cell[2] >= 6
+    rows = js(page, "[...document.querySelectorAll('.bubble tr')].map(r => r.innerText)")
+    assert len(rows) == 3
+    page.wait_for("document.querySelector('.bubble pre code').dataset.highlighted === 'yes'")
+    keyword = js(page, "getComputedStyle(document.querySelector('.hljs-keyword')).color")
+    plain = js(page, "getComputedStyle(document.querySelector('.bubble pre code')).color")
+    assert keyword != plain
+    origin = server.rstrip("/")
+    assert [r["url"] for r in page.log()["requests"] if not r["url"].startswith(origin)
+            and not r["url"].startswith(("blob:", "data:"))] == []
+    page.shot("table-and-code")
+
+
+# ---------------------------------------------------------------------------- 12. bugs
+
+
+def test_delete_chat_works_after_new_chat_and_picking_a_saved_one(browser: Browser,
+                                                                  server: str) -> None:
+    page = loaded(browser, server)
+    ask(page, "keep this one")
+    page.click(selector=".new-chat")
+    assert js(page, "document.querySelector('.delete-chat').disabled") is True  # nothing to delete
+    saved = js(page, "[...document.querySelectorAll('.history option')]"
+                     ".find(o => o.text === 'keep this one').value")
+    js(page, f"(() => {{ const s = document.querySelector('.history'); s.value = '{saved}';"
+             " s.dispatchEvent(new Event('change')); })()")
+    page.wait_for("document.querySelectorAll('.bubble').length === 2")
+    page.wait_for("!document.querySelector('.delete-chat').disabled")
+
+
+# ---------------------------------------------------------------------------- 13. settings, data
+
+
+def test_settings_are_kept_per_model_across_reloads(browser: Browser, server: str) -> None:
+    page = loaded(browser, server)
+    page.click(selector="#settings summary")
+    assert js(page, "document.getElementById('system-prompt').value") == "Answer briefly."
+    assert js(page, "document.getElementById('max-tokens').placeholder") == "auto (128)"
+    for field, value in (("#system-prompt", "Talk like a pirate."), ("#temperature", "1.1"),
+                         ("#top-p", "0.5"), ("#max-tokens", "64")):
+        page.fill(selector=field, text=value)
+        js(page, f"document.querySelector('{field}').dispatchEvent(new Event('change'))")
+    ask(page, "hello")
+    sent = requests(page)[-1]
+    assert (sent["messages"][0]["content"], sent["temperature"], sent["top_p"],
+            sent["max_tokens"]) == ("Talk like a pirate.", 1.1, 0.5, 64)
+    page.goto(url=server + "?a=tiny-ft-q4f32_1")  # another model: its own build's defaults
+    page.wait_for("document.body.dataset.ready === 'yes'")
+    assert js(page, "document.getElementById('system-prompt').value") == FINETUNE["system_prompt"]
+    assert js(page, "document.getElementById('temperature').value") == "0.6"
+    page.goto(url=server + "?a=tiny-q4f32_1")
+    page.wait_for("document.body.dataset.ready === 'yes'")
+    values = js(page, "['system-prompt', 'temperature', 'top-p', 'max-tokens']"
+                      ".map(id => document.getElementById(id).value)")
+    assert values == ["Talk like a pirate.", "1.1", "0.5", "64"]
+    page.click(selector="#settings summary")
+    page.click(selector="#reset-settings")
+    assert js(page, "document.getElementById('system-prompt').value") == "Answer briefly."
+
+
+def test_export_and_clear_all_data(browser: Browser, server: str) -> None:
+    page = loaded(browser, server)
+    ask(page, "Answer in markdown")
+    saved = page.download(selector=".export-chat")
+    assert saved["name"] == "Answer in markdown.md"
+    assert saved["text"].startswith("# Answer in markdown\n\nA conversation with tiny-q4f32_1")
+    assert "## You\n\nAnswer in markdown\n\n## tiny-q4f32_1\n\nHere is a **plan**" in saved["text"]
+    page.click(selector="#settings summary")
+    page.wait_for("document.getElementById('data-sizes').textContent !== ''")
+    sizes = page.text("#data-sizes")
+    assert re.fullmatch(r"This browser holds 1 saved chat \(0\.0 MB\) and 0\.1 MB of downloaded "
+                        r"models\.", sizes), sizes
+    page.click(selector="#clear-data")
+    page.wait_for("document.getElementById('confirm').open")
+    assert "1 saved chat" in page.text("#confirm-text")
+    assert "0.1 MB of downloaded models" in page.text("#confirm-text")
+    page.click(selector="#confirm-ok")
+    page.wait_for("document.getElementById('data-sizes').textContent.includes('holds 0 saved')")
+    assert page.text("#data-sizes") == \
+        "This browser holds 0 saved chats (0.0 MB) and 0.0 MB of downloaded models."
+    assert js(page, """(async () => { let n = 0; for (const name of await caches.keys())
+        n += (await (await caches.open(name)).keys()).length; return n; })()""") == 0
+    assert js(page, "document.querySelectorAll('.bubble').length") == 0
+    assert js(page, "document.querySelector('.pane').dataset.state") == "idle"  # download again
+
+
+# ---------------------------------------------------------------------------- 14. axe, screenshots
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_axe_finds_nothing_and_screenshots_at_both_sizes(browser: Browser, server: str,
+                                                         scheme: str) -> None:
+    page = browser.page(webgpu=True)
+    page.media(colorScheme=scheme)
+    page.goto(url=server + "?a=tiny-q4f32_1")
+    page.wait_for("document.body.dataset.ready === 'yes'")
+    assert page.axe() == []
+    page.click(selector="#load")
+    page.wait_for(READY, 30000)
+    for question in ("Answer in markdown", "a table please", "a flaky one"):
+        ask(page, question)
+    assert page.axe() == []
+    for size, (width, height) in SIZES.items():
+        page.viewport(width=width, height=height)
+        page.shot(f"chat-{size}-{width}x{height}-{scheme}")
+    page.click(selector="#settings summary")
+    page.wait_for("document.getElementById('data-sizes').textContent !== ''")
+    assert page.axe() == []
+    page.shot(f"settings-{scheme}")

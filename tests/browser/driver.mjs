@@ -8,12 +8,17 @@
 //      log {page} -> {console, errors, requests} · close {page}
 //      viewport {page, width, height} · media {page, colorScheme} · press {page, key}
 //      type {page, text} · grant {page, permissions}
+//      download {page, selector} -> {name, text} (clicks, returns the file the page saved)
+//      axe {page} -> axe-core's violations [{id, impact, help, targets}] (axe-core from web/node_modules)
 // One browser per launch-flag set (with or without the SwiftShader WebGPU adapter); each page
 // gets a fresh context, so Cache Storage never leaks between tests.
+import { readFileSync } from "node:fs";
+import { createRequire } from "node:module";
 import { createInterface } from "node:readline";
 
 import { launchChromium } from "../../web/chromium.mjs";
 
+const AXE = createRequire(new URL("../../web/package.json", import.meta.url)).resolve("axe-core/axe.min.js");
 const browsers = new Map();
 const pages = new Map();
 let nextPage = 1;
@@ -56,6 +61,19 @@ const ops = {
   grant: async ({ page, permissions }) => {
     const { page: p, context } = pages.get(page);
     await context.grantPermissions(permissions, { origin: new URL(p.url()).origin });
+  },
+  download: async ({ page, selector }) => {
+    const p = pages.get(page).page;
+    const [download] = await Promise.all([p.waitForEvent("download"), p.click(selector)]);
+    return { name: download.suggestedFilename(), text: readFileSync(await download.path(), "utf8") };
+  },
+  axe: async ({ page }) => {
+    const p = pages.get(page).page;
+    await p.addScriptTag({ path: AXE });
+    const result = await p.evaluate(() => globalThis.axe.run(document));
+    return result.violations.map((v) => ({
+      id: v.id, impact: v.impact, help: v.help, targets: v.nodes.map((n) => n.target.join(" ")),
+    }));
   },
   log: async ({ page }) => {
     const { console: messages, errors, requests } = pages.get(page);

@@ -7,6 +7,8 @@
 //   "long"     -> 80 numbered lines, slowly, to test following the stream
 //   "slow"     -> a few tokens 600 ms apart (time for a test to act while it streams)
 //   "fail"     -> an error before any token
+//   "flaky"    -> an error the first time a question is asked, an answer after that
+//   "table"    -> Markdown with a GFM table and a JavaScript code block
 //   otherwise  -> "You asked: <question> (turn N)."
 // Model ids containing "broken" fail to load with a raw TypeError, as a crashing engine would.
 // Every request is logged to the console as "scripted-engine request <JSON>".
@@ -19,7 +21,13 @@ const MARKDOWN = [
   "<img src=x onerror=\"self.__xss = 1\"><script>self.__xss = 2</script>",
   "<a href=\"javascript:alert(1)\">bad link</a> done.",
 ];
+const TABLE = [
+  "| Model | Size |\n|---|---|\n| tiny | 0.1 MB |\n| base | 950 MB |\n\n",
+  "```javascript\nconst answer = 42; // the answer\n```\n",
+];
 const SPEED = { prefill_tokens_per_s: 321.5, decode_tokens_per_s: 45.5 };
+
+const asked = new Set();
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -27,8 +35,13 @@ function tokensFor(request) {
   const last = [...request.messages].reverse().find((m) => m.role === "user")?.content ?? "";
   const turn = request.messages.filter((m) => m.role === "user").length;
   if (request.max_tokens && request.ignore_eos) return { tokens: Array(request.max_tokens).fill("tok "), delay: 0 };
+  if (/flaky/i.test(last) && !asked.has(last)) {
+    asked.add(last);
+    return { error: new TypeError("Cannot read properties of undefined (reading 'logits')") };
+  }
   if (/fail/i.test(last)) return { error: new TypeError("Cannot read properties of undefined (reading 'logits')") };
   if (/markdown/i.test(last)) return { tokens: MARKDOWN, delay: 20 };
+  if (/table/i.test(last)) return { tokens: TABLE, delay: 20 };
   if (/long/i.test(last)) return { tokens: Array.from({ length: 80 }, (_, i) => `Line ${i + 1} of a long answer.\n\n`), delay: 60 };
   if (/slow/i.test(last)) return { tokens: ["Slow ", "answer ", "in ", "parts."], delay: 600 };
   return { tokens: ["You ", "asked: ", last, ` (turn ${turn}).`], delay: 15 };
@@ -67,7 +80,9 @@ class ScriptedEngine {
         sent += 1;
         yield { choices: [{ index: 0, delta: { role: "assistant", content: token }, finish_reason: null }] };
       }
-      yield { choices: [], usage: { prompt_tokens: 12, completion_tokens: sent, total_tokens: 12 + sent, extra: SPEED } };
+      // As web-llm 0.2.79: completion_tokens counts decode steps, one fewer than the tokens sent.
+      const steps = Math.max(0, sent - 1);
+      yield { choices: [], usage: { prompt_tokens: 12, completion_tokens: steps, total_tokens: 12 + steps, extra: SPEED } };
     })();
   }
 

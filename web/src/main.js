@@ -413,7 +413,7 @@ class Pane {
     const replaced = messages[at + 1]?.role === "assistant" ? 1 : 0;
     if (fit.tooLong) {
       messages.splice(at + 1, replaced, { role: "assistant", content: "", failure: questionTooLong(fit.tooLong, limit) });
-      this.finishAnswer(messages[at + 1].failure.summary);
+      this.finishAnswer(messages[at + 1].failure.headline);
       await this.persist();
       return;
     }
@@ -436,14 +436,15 @@ class Pane {
     } catch (error) {
       const failure = describeAnswerFailure(error);
       messages[at + 1] = { role: "assistant", content: "", failure };
-      this.finishAnswer(failure.summary);
+      this.finishAnswer(failure.headline);
     }
     await this.persist();
   }
 
-  /** Back to ready after an answer, showing the conversation with each message's actions. */
+  /** Back to ready after an answer, showing the conversation with each message's actions; a
+   * failure's headline is announced in the status, its next step and detail are on the answer. */
   finishAnswer(problem) {
-    this.setState("ready", problem);
+    this.setState("ready", problem ? `No answer: ${problem}. See the answer below.` : "");
     if (problem) this.status.classList.add("error");
     this.renderTranscript();
   }
@@ -511,7 +512,7 @@ async function downloadSizeOf(record) {
 }
 
 async function isCached(record) {
-  const library = await (await caches.open("webllm/wasm")).match(record.model_lib);
+  const library = await caches.match(record.model_lib, { cacheName: "webllm/wasm" });
   return Boolean(library) && (await hasModelInCache(record.model_id, { model_list: [record] }));
 }
 
