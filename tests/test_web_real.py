@@ -103,3 +103,42 @@ def test_the_real_f16_model_is_refused_before_its_library_is_fetched(
     assert not [r for r in page.log()["requests"]
                 if r["url"].endswith(".wasm") and r["method"] != "HEAD"]
     page.shot("real-f16-refused")
+
+
+def test_a_conversation_longer_than_the_window_keeps_working(browser: Browser, server) -> None:
+    """Three questions of ~1,800 tokens against the 4,096-token window: the third no longer fits
+    with the whole conversation, so its request carries the latest turn that fits, counted with
+    the model's own tokenizer, and the page shows where the model's memory begins. (Before, the
+    page sent the whole history, and web-llm refused every request once it passed the window.)"""
+    base, _ = server
+    page = open_app(browser, f"{base}?a={F32_ID}")
+    page.click(selector="#settings summary")
+    page.fill(selector="#max-tokens", text="48")
+    page.click(selector="#load")
+    page.wait_for(SETTLED, LOAD_TIMEOUT_MS)
+    assert pane(page)["state"] == "ready", pane(page)
+    facts = "document.querySelector('.pane').dataset"
+    assert page.eval(js=f"{facts}.contextWindow") == "4096"
+    assert page.eval(js=f"{facts}.exactCount") == "yes"  # web-llm's tokenizer, not a byte bound
+    sentence = "The keeper climbed the stairs of the old lighthouse and looked out over the sea. "
+    counts = []
+    for n in range(3):
+        page.fill(selector="#question", text=f"Question {n}: " + sentence * 31)
+        page.click(selector="#send")
+        page.wait_for("document.querySelector('.pane').dataset.state === 'ready' && "
+                      "!document.getElementById('send').disabled", LOAD_TIMEOUT_MS)
+        assert page.eval(js="document.querySelectorAll('.bubble.failed').length") == 0, \
+            page.text(".bubble.failed")
+        counts.append((int(page.eval(js=f"{facts}.promptEstimate")),
+                       int(page.eval(js=f"{facts}.promptTokens"))))
+    # The first request is the question alone: the page's count is web-llm's, token for token.
+    assert counts[0][0] == counts[0][1], counts
+    # Every request fits the window with room for the 48-token answer.
+    assert all(estimate <= 4096 - 48 for estimate, _ in counts), counts
+    divider = page.eval(js="""(() => { const d = document.querySelector('.memory-start');
+        return d && [d.innerText, Number(d.nextElementSibling.dataset.index)]; })()""")
+    assert divider and "(4,096 tokens)" in divider[0], divider
+    assert divider[1] == 2  # right above the second question: the first turn no longer fits
+    assert page.eval(js="document.querySelectorAll('.bubble.assistant').length") == 3
+    print("prompt tokens (page estimate, web-llm usage) per request:", counts)
+    page.shot("real-model-long-conversation")

@@ -116,7 +116,10 @@ export async function loadCounter(conversationTemplate, tokenizerFiles) {
     ? conversationTemplate
     : { ...PLAIN_TEMPLATE, system_message: conversationTemplate?.system_message ?? "" };
   try {
-    const { Tokenizer } = await import("@mlc-ai/web-tokenizers");
+    // A UMD file in a "type": "module" package: bundled as ESM it takes its browser-global branch
+    // and defines globalThis.tokenizers (web-llm's rollup build turns it into CommonJS instead).
+    const tokenizers = await import("@mlc-ai/web-tokenizers");
+    const { Tokenizer } = tokenizers.Tokenizer ? tokenizers : globalThis.tokenizers;
     const json = tokenizerFiles["tokenizer.json"];
     const model = tokenizerFiles["tokenizer.model"];
     const tokenizer = json ? await Tokenizer.fromJSON(json) : model ? await Tokenizer.fromSentencePiece(model) : null;
