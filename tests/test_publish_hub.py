@@ -23,6 +23,7 @@ import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 from typing import Any
 
 import httpx2
@@ -299,6 +300,11 @@ def test_publish_uploads_the_package_then_an_app_config_pinned_to_it(
 
     assert f"package commit:      {first['oid']}" in out
     assert f"AppConfig + card:    {second['oid']}" in out
+    # The share link opens the web client on the AppConfig of the final commit, not on main.
+    [link] = [line.split()[-1] for line in out.splitlines() if "share link:" in line]
+    query = parse_qs(urlsplit(link).query)
+    assert link.startswith("http://127.0.0.1:8000/?config=")
+    assert query["config"] == [f"{HUB}/{REPO}/resolve/{second['oid']}/{APP_CONFIG_FILE}"]
 
 
 def test_publishing_again_to_an_existing_repo_pins_the_new_app_config_to_the_files(

@@ -25,6 +25,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from urllib.parse import urlencode
 
 from huggingface_hub import CommitOperationAdd, HfApi, constants
 
@@ -50,6 +51,7 @@ from webslm.webllm import (
 DEFAULT_ENDPOINT = "https://huggingface.co"
 MODEL_CARD_FILE = "README.md"
 DRY_RUN_COMMIT = "<commit>"
+WEB_CLIENT_URL = "http://127.0.0.1:8000/"  # where `webslm serve` serves the web client by default
 REPO_PART = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
 
 
@@ -168,6 +170,12 @@ def check_repo_id(repo: str) -> str:
 def resolve_url(endpoint: str, repo: str, commit: str) -> str:
     """The folder URL of a repo at a commit; contains `/resolve/`, so web-llm appends nothing."""
     return f"{endpoint.rstrip('/')}/{repo}/resolve/{commit}/"
+
+
+def share_link(config_url: str) -> str:
+    """The web client's address with `?config=` naming a (commit-pinned) AppConfig URL: the page of
+    `webslm serve` at its default address; the query works on any copy of the web client."""
+    return f"{WEB_CLIENT_URL}?{urlencode({'config': config_url})}"
 
 
 def rewrite_app_config(app_config: AppConfig, model_url: str) -> AppConfig:
@@ -394,12 +402,14 @@ def publish_command(dist: Path, repo: str, private: bool, dry_run: bool) -> int:
         api = HfApi(token=token)
         done = publish(package, repo, private=private, api=api, redactor=redactor)
     files = resolve_url(api.endpoint, repo, done.package_commit)
+    pinned_config = f"{resolve_url(api.endpoint, repo, done.final_commit)}{APP_CONFIG_FILE}"
     print(redactor.redact("\n".join([
         f"published {dist} to {api.endpoint}/{repo}",
         f"  package commit:      {done.package_commit}",
         f"  AppConfig + card:    {done.final_commit}",
-        f"  AppConfig:           {resolve_url(api.endpoint, repo, done.final_commit)}"
-        f"{APP_CONFIG_FILE}",
+        f"  AppConfig:           {pinned_config}",
         f"  model_lib:           {files}{record_library_path(package.record)}",
+        f"  share link:          {share_link(pinned_config)}",
+        "                       (its config URL names a commit: what it loads never changes)",
     ])))
     return 0
