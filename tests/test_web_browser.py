@@ -44,6 +44,10 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Site:
     tampered = make_fake_dist(dist, "tampered")
     with open(tampered / "libs" / "tampered-q4f32_1-webgpu.wasm", "ab") as library:
         library.write(b"\0")
+    vintage = make_fake_dist(dist, "vintage")  # as webslm wrote it before recording webslm.weights
+    config = json.loads((vintage / "webllm-app-config.json").read_text())
+    del config["model_list"][0]["webslm"]["weights"]
+    (vintage / "webllm-app-config.json").write_text(json.dumps(config))
     return Site(web=ensure_web_bundle(), models=find_models([dist]))
 
 
@@ -76,7 +80,7 @@ def test_the_page_loads_without_console_errors(browser: Browser, server) -> None
     assert [m for m in log["console"] if m["type"] == "error"] == []
     options = page.eval(js="[...document.querySelectorAll('#model-a option')].map(o => o.value)")
     assert options == ["oldrt-q4f32_1", "tampered-q4f32_1", "tiny-q4f32_1", "tiny-ft-q4f32_1",
-                       "tiny16-q4f16_1"]
+                       "tiny16-q4f16_1", "vintage-q4f32_1"]
     assert "Try one of these" in page.text(".empty-state")
     # oldrt (first) is refused, so the first model that can run is preselected instead.
     assert page.eval(js="document.getElementById('model-a').value") == "tampered-q4f32_1"
@@ -133,12 +137,15 @@ def test_the_engine_gets_the_appconfig_and_fetches_from_the_served_urls(
                                           .map(r => r.url).sort())()""")
     assert folder + "ndarray-cache.json" in weights and folder + "params_shard_0.bin" in weights
     # ...and the engine took them: instantiating the stand-in's empty module is what failed,
-    # said in words, with Retry and the raw error kept as a detail.
+    # said in words with what to do, the raw error kept as a detail; no Retry, which would load
+    # the same library again.
     [pane] = pane_states(page)
     assert pane["state"] == "error", pane
     assert pane["status"].startswith(
         "Could not load tiny-q4f32_1: the model library would not start")
-    assert page.eval(js="getComputedStyle(document.querySelector('.retry')).display") != "none"
+    assert pane["status"].endswith("Rebuild the model (invoke build), then reload this page.")
+    assert page.text(".failure-headline") == "The model library would not start"
+    assert page.eval(js="getComputedStyle(document.querySelector('.retry')).display") == "none"
     assert page.eval(js="document.querySelector('.failure').hidden") is False
     assert "TypeError" in page.eval(js="document.querySelector('.failure-detail').textContent")
     page.shot("engine-constructed")
@@ -155,6 +162,21 @@ def test_a_tampered_library_is_refused_before_the_engine_starts(browser: Browser
     assert "does not match the hash its build recorded" in pane["status"]
     assert base + "worker.js" not in requested(page)
     page.shot("tampered-refused")
+
+
+def test_a_model_an_older_webslm_built_says_to_rebuild_it_not_retry(browser: Browser,
+                                                                    server) -> None:
+    base, _ = server
+    page = open_app(browser, base + "?a=vintage-q4f32_1")
+    page.click(selector="#load")
+    page.wait_for(SETTLED, 30000)
+    [pane] = pane_states(page)
+    assert pane["state"] == "error"
+    assert page.text(".failure-headline") == "Built by an older webslm"
+    assert pane["status"].endswith(
+        "Rebuild it with the current webslm (invoke build), then reload this page.")
+    assert page.eval(js="getComputedStyle(document.querySelector('.retry')).display") == "none"
+    page.shot("older-build")
 
 
 def test_a_model_built_for_another_webllm_is_refused(browser: Browser, server) -> None:
@@ -273,6 +295,10 @@ def test_a_published_model_loads_from_its_commit_not_from_main(
         [f"{pinned}ndarray-cache.json", *(f"{pinned}params_shard_{i}.bin" for i in range(3)),
          f"{pinned}tokenizer.json", f"{pinned}tokenizer_config.json"])
     assert cached_urls(page, "webllm/wasm") == [f"{pinned}libs/pub-q4f32_1-webgpu.wasm"]
+    # Its config came from another site's branch: the page says so, and what to open instead.
+    note = page.text(".pin-note")
+    assert note.startswith(f'This model\'s config is read from the branch "main" ({configs["pub"]})')
+    assert "the share link `webslm publish` printed" in note
     page.shot("published-pinned")
 
 
@@ -287,6 +313,9 @@ def test_a_tampered_weight_shard_is_refused_and_never_cached(
         "match the hash its build recorded")
     assert shard not in cached_urls(page, "webllm/model")
     assert scripted_server + "worker.js" not in requested(page)  # the engine never started
+    assert pane["status"].endswith("Pick another model above; if you built this one, rebuild it "
+                                   "(invoke build) and reload this page; if it was shared with "
+                                   "you, ask for it to be published again.")
     page.shot("tampered-shard-refused")
 
 

@@ -212,7 +212,9 @@ export async function verifyShards(record, manifestBytes, store, onProgress = ()
 export function integrityRefusal(record, failures) {
   return (
     `Refusing to load ${record.model_id}: ${failures.join("; ")}. The files were changed after ` +
-    "the build or the download is corrupt; rebuild the model or download the dist folder again."
+    "the build or the download is corrupt, so nothing of it was kept or run. Pick another model " +
+    "above; if you built this one, rebuild it (invoke build) and reload this page; if it was shared " +
+    "with you, ask for it to be published again."
   );
 }
 
