@@ -297,7 +297,8 @@ def test_a_published_model_loads_from_its_commit_not_from_main(
     assert cached_urls(page, "webllm/wasm") == [f"{pinned}libs/pub-q4f32_1-webgpu.wasm"]
     # Its config came from another site's branch: the page says so, and what to open instead.
     note = page.text(".pin-note")
-    assert note.startswith(f'This model\'s config is read from the branch "main" ({configs["pub"]})')
+    assert note.startswith(
+        f'This model\'s config is read from the branch "main" ({configs["pub"]})')
     assert "the share link `webslm publish` printed" in note
     page.shot("published-pinned")
 

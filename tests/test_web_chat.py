@@ -267,7 +267,7 @@ def test_a_failed_answer_keeps_its_question_and_offers_retry_there(browser: Brow
     assert page.text(f"{failed} .failure-headline") == "The model stopped with an error"
     assert page.text(f"{failed} .failure-summary").startswith(
         "No answer: the model stopped with an error. Press Retry")
-    # The raw error is on the page (a disclosure any keyboard or touch user can open), not a tooltip.
+    # The raw error is on the page (a disclosure keyboard and touch users can open), not a tooltip.
     page.click(selector=f"{failed} .failure-details summary")
     assert "Cannot read properties of undefined" in page.text(f"{failed} .failure-detail")
     assert js(page, "document.querySelector('.pane .status').title") == ""
@@ -323,7 +323,8 @@ def test_regenerate_edit_copy_and_delete_a_turn(browser: Browser, server: str) -
     assert js(page, "document.querySelectorAll('.bubble').length") == 6
     # Copy gives the answer's Markdown, not its rendered text.
     page.click(selector=".bubble.assistant[data-index='3'] .copy-answer")
-    assert js(page, "navigator.clipboard.readText()").startswith("Here is a **plan** with *emphasis*")
+    copied = js(page, "navigator.clipboard.readText()")
+    assert copied.startswith("Here is a **plan** with *emphasis*")
     # Editing the first question replaces it and drops every answer after it.
     page.click(selector=".bubble.user[data-index='0'] .edit")
     page.fill(selector=".edit-question textarea", text="an edited question")
@@ -386,7 +387,8 @@ def test_the_picker_shows_sizes_and_marks_refused_models(browser: Browser, serve
     labels = dict(options)
     vram = "needs ~0.9 MB of GPU memory"  # the record's vram_required_MB
     assert labels["tiny-q4f32_1"] == f"tiny-q4f32_1 · 0.1 MB download · {vram}"
-    assert labels["a-old-q4f32_1"] == f"a-old-q4f32_1 · 0.1 MB download · {vram} · won't run in this browser"
+    assert labels["a-old-q4f32_1"] == \
+        f"a-old-q4f32_1 · 0.1 MB download · {vram} · won't run in this browser"
     assert labels["tiny16-q4f16_1"].endswith("won't run in this browser")  # no shader-f16 here
     assert options[0][0] == "a-old-q4f32_1"
     # The first model that runs here is preselected, not the refused first one.
