@@ -72,6 +72,15 @@ def requested(page: Page) -> list[str]:
     return [r["url"] for r in page.log()["requests"] if r["method"] == "GET"]
 
 
+def load_settled(browser: Browser, url: str) -> tuple[Page, dict[str, str]]:
+    """The page at url after pressing Load, once its one pane has settled, and that pane."""
+    page = open_app(browser, url)
+    page.click(selector="#load")
+    page.wait_for(SETTLED, 30000)
+    [pane] = pane_states(page)
+    return page, pane
+
+
 def test_the_page_loads_without_console_errors(browser: Browser, server) -> None:
     base, _ = server
     page = open_app(browser, base)
@@ -153,10 +162,7 @@ def test_the_engine_gets_the_appconfig_and_fetches_from_the_served_urls(
 
 def test_a_tampered_library_is_refused_before_the_engine_starts(browser: Browser, server) -> None:
     base, _ = server
-    page = open_app(browser, base + "?a=tampered-q4f32_1")
-    page.click(selector="#load")
-    page.wait_for(SETTLED, 30000)
-    [pane] = pane_states(page)
+    page, pane = load_settled(browser, base + "?a=tampered-q4f32_1")
     assert pane["state"] == "refused"
     assert pane["status"].startswith("Refusing to load tampered-q4f32_1: the model library")
     assert "does not match the hash its build recorded" in pane["status"]
@@ -167,10 +173,7 @@ def test_a_tampered_library_is_refused_before_the_engine_starts(browser: Browser
 def test_a_model_an_older_webslm_built_says_to_rebuild_it_not_retry(browser: Browser,
                                                                     server) -> None:
     base, _ = server
-    page = open_app(browser, base + "?a=vintage-q4f32_1")
-    page.click(selector="#load")
-    page.wait_for(SETTLED, 30000)
-    [pane] = pane_states(page)
+    page, pane = load_settled(browser, base + "?a=vintage-q4f32_1")
     assert pane["state"] == "error"
     assert page.text(".failure-headline") == "Built by an older webslm"
     assert pane["status"].endswith(
@@ -270,19 +273,10 @@ def cached_urls(page: Page, cache: str) -> list[str]:
                                          .map(r => r.url).sort())()""")
 
 
-def load_published(browser: Browser, app: str, config: str) -> tuple[Page, dict[str, str]]:
-    """The page after pressing Load on the model of a published AppConfig, and its pane."""
-    page = open_app(browser, app + f"?config={config}")
-    page.click(selector="#load")
-    page.wait_for(SETTLED, 30000)
-    [pane] = pane_states(page)
-    return page, pane
-
-
 def test_a_published_model_loads_from_its_commit_not_from_main(
         browser: Browser, scripted_server: str, hub) -> None:
     base, configs = hub
-    page, pane = load_published(browser, scripted_server, configs["pub"])
+    page, pane = load_settled(browser, f"{scripted_server}?config={configs['pub']}")
     assert pane["state"] == "ready", pane
     assert pane["status"].startswith("Ready. All 0.1 MB of weights match their recorded hashes")
     pinned = f"{base}org/pub/resolve/{COMMIT}/"
@@ -306,7 +300,7 @@ def test_a_published_model_loads_from_its_commit_not_from_main(
 def test_a_tampered_weight_shard_is_refused_and_never_cached(
         browser: Browser, scripted_server: str, hub) -> None:
     base, configs = hub
-    page, pane = load_published(browser, scripted_server, configs["evil"])
+    page, pane = load_settled(browser, f"{scripted_server}?config={configs['evil']}")
     shard = f"{base}org/evil/resolve/{COMMIT}/params_shard_1.bin"
     assert pane["state"] == "refused", pane
     assert pane["status"].startswith(

@@ -428,7 +428,7 @@ def test_speeds_in_both_panes_and_a_copyable_benchmark(browser: Browser, server:
     for model in ("tiny-q4f32_1", "tiny-ft-q4f32_1"):
         assert (f"{model}: prefill 321.5 tokens/s · decode 45.5 tokens/s "
                 "(prompt 12 tokens, 128 generated)") in result
-    bench = [r for r in requests(page) if r.get("max_tokens")]
+    bench = [r for r in requests(page) if r.get("ignore_eos")]
     assert len(bench) == 2 and all(r["max_tokens"] == 128 and r["ignore_eos"] for r in bench)
     assert js(page, "document.querySelectorAll('.bubble').length") == 4  # not part of the chat
     page.shot("compare-speeds-1200")

@@ -58,9 +58,9 @@ let highlighter = null;
 async function highlightCode(target) {
   const blocks = [...target.querySelectorAll("pre code")];
   if (!blocks.length) return;
-  highlighter ??= import("highlight.js/lib/common").then((module) => module.default);
-  const hljs = await highlighter;
-  for (const code of blocks) if (code.isConnected && !code.dataset.highlighted) hljs.highlightElement(code);
+  highlighter ??= import("highlight.js/lib/common").then((module) => module.default, () => null);
+  const hljs = await highlighter;  // null when the chunk could not load: the code stays plain
+  for (const code of blocks) if (hljs && code.isConnected && !code.dataset.highlighted) hljs.highlightElement(code);
 }
 
 /** Shows a finished Markdown answer in `target`, code highlighted. */
