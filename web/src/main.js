@@ -444,7 +444,7 @@ class Pane {
   /** Back to ready after an answer, showing the conversation with each message's actions; a
    * failure's headline is announced in the status, its next step and detail are on the answer. */
   finishAnswer(problem) {
-    this.setState("ready", problem ? `No answer: ${problem}. See the answer below.` : "");
+    this.setState("ready", problem ? `${problem} (see the answer below).` : "");
     if (problem) this.status.classList.add("error");
     this.renderTranscript();
   }
