@@ -547,3 +547,78 @@ def test_the_crates_stage_vendors_at_the_committed_cargo_lock() -> None:
     assert f"COPY {Path(lock_module.CARGO_LOCKFILE).parent}/" in crates
     assert "cargo vendor --locked" in crates and "tree_digest.py" in crates
     assert "COPY --from=crates /src/vendor /src/vendor" in dockerfile
+
+
+def _compile_bytecode(folder: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(REPO / "docker/scripts/compile_bytecode.py"),
+                           str(folder)], capture_output=True, text=True, check=True,
+                          env={**os.environ, **env})
+
+
+def _pyc_files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*.pyc")}
+
+
+def test_the_image_bytecode_is_byte_identical_whatever_the_mtimes_and_hash_seed(
+        tmp_path: Path) -> None:
+    """docker/scripts/compile_bytecode.py, the image's step, twice over the same venv path:
+    other source mtimes, another hash seed, pip's timestamp-based .pyc left in between; the
+    .pyc files come out byte for byte the same, hash-based and unchecked (PEP 552)."""
+    package = tmp_path / "venv" / "lib" / "site-packages" / "pkg"
+    sources = {"__init__.py": "from pkg.tables import NAMES\nVALUE = 1\n",
+               "tables.py": "NAMES = frozenset({'alpha', 'beta', 'gamma', 'delta', 'epsilon'})\n"
+                            "def known(name):\n    return name in {'alpha', 'beta', 'zeta'}\n",
+               "sub/__init__.py": "", "sub/deep.py": "import os\nPATH = os.sep.join('ab')\n"}
+
+    def write_sources(mtime: int) -> None:
+        for name, text in sources.items():
+            (package / name).parent.mkdir(parents=True, exist_ok=True)
+            (package / name).write_text(text)
+            os.utime(package / name, (mtime, mtime))
+
+    write_sources(1_000_000_000)
+    (package / "broken.py").write_text("def broken(:\n")
+    first = _compile_bytecode(tmp_path / "venv", PYTHONHASHSEED="1")
+    built = _pyc_files(tmp_path / "venv")
+    write_sources(1_700_000_000)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(package)], check=False)
+    _compile_bytecode(tmp_path / "venv", PYTHONHASHSEED="random")
+    assert _pyc_files(tmp_path / "venv") == built
+    assert len(built) == len(sources)  # one per source, pip's timestamp .pyc gone, no broken
+    for data in built.values():
+        assert int.from_bytes(data[4:8], "little") == 0b01  # hash-based, source never checked
+    assert f"skipped (does not compile): {package / 'broken.py'}" in first.stdout
+
+
+def test_python_loads_the_image_bytecode_without_reading_the_source(tmp_path: Path) -> None:
+    """A stage imports the compiled packages from their .pyc: a source edited afterwards is not
+    even looked at (the image is read-only, so nothing edits one there)."""
+    package = tmp_path / "site" / "pkg"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("VALUE = 1\n")
+    _compile_bytecode(tmp_path / "site")
+    (package / "__init__.py").write_text("VALUE = 2\n")
+    out = subprocess.run([sys.executable, "-c", "import pkg; print(pkg.VALUE)"],
+                         capture_output=True, text=True, check=True, cwd=tmp_path / "site",
+                         env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}).stdout
+    assert out.strip() == "1"
+
+
+def test_compile_bytecode_refuses_a_missing_folder_in_one_line(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, str(REPO / "docker/scripts/compile_bytecode.py"),
+                           str(tmp_path / "absent")], capture_output=True, text=True, check=False)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert f"no such folder: {tmp_path / 'absent'}" in done.stderr
+
+
+def test_the_venv_ships_reproducible_bytecode_compiled_after_every_install() -> None:
+    """pip compiles nothing (its .pyc are timestamp-based); compile_bytecode.py compiles the
+    whole venv after the last install, and nothing removes the result before the final stage
+    copies the venv."""
+    dockerfile = (REPO / "docker" / "Dockerfile").read_text()
+    mlc = dockerfile[dockerfile.index("AS mlc\n"):dockerfile.index("AS wasm\n")]
+    installs = re.findall(r"pip install[^&]*", mlc)
+    assert len(installs) == 3 and all("--no-compile" in step for step in installs)
+    step = "/opt/venv/bin/python3 /opt/webslm/scripts/compile_bytecode.py /opt/venv"
+    assert mlc.rindex("pip install") < mlc.index(step)
+    assert "__pycache__" not in mlc and "COPY --from=mlc /opt/venv /opt/venv" in dockerfile
