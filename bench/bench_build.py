@@ -1,7 +1,10 @@
-"""Build pipeline: sequential against overlapped cold builds, cache hits, hashing vs sha256sum.
+"""Build pipeline: stage start overhead, sequential against overlapped cold builds, cache hits,
+hashing vs sha256sum.
 
-Side by side: a cold build one stage after another against the build graph; a cache-hit rebuild
-against a cold build; provenance hashing against sha256sum.
+Side by side: what each container stage pays before its tool works (the container and the
+tool's imports), with the image's bytecode and with its packages' bytecode removed; a cold build
+one stage after another against the build graph; a cache-hit rebuild against a cold build;
+provenance hashing against sha256sum.
 
 Goals: the overlapped cold build (convert_weight beside gen_config -> compile) bounded by its
 longer branch, i.e. <= ~0.55x the sequential one at the real stage proportions; a cache-hit
@@ -24,9 +27,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import io
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import tempfile
 import time
@@ -38,16 +43,22 @@ import numpy
 from safetensors.numpy import save_file
 
 from webslm.checkout import checkout_path
+from webslm.container import ContainerRun, Engine
 from webslm.errors import BadInput, MissingEnvironment, exit_on_error
 from webslm.packaging import copy_files
 from webslm.pipeline import BuildOptions, BuildResult, Display, build_model
 from webslm.provenance import hash_files, list_files
 from webslm.spec import resolve_spec
-from webslm.toolchain import Toolchain, current_toolchain
+from webslm.toolchain import Toolchain, current_toolchain, docker_client, image_exists
 
 FILE_MIB = 128
 REAL_TINY_MODEL = checkout_path("tests", "fixtures", "real-tiny", "model")
 CONTAINER_STAGES = ("convert_weight", "gen_config", "compile")
+# Run in the image, as root, to make it again without the bytecode of its Python's packages
+# (what the image shipped before issue 31): the bench's "none" column.
+STRIP_BYTECODE = ("import pathlib, shutil, site; caches = [cache for folder in "
+                  "site.getsitepackages() for cache in pathlib.Path(folder).rglob('__pycache__')]; "
+                  "[shutil.rmtree(cache) for cache in caches]")
 
 
 class StageClock(Display):
@@ -82,6 +93,56 @@ def add_weights(model: Path, mib: int) -> None:
         rows = mib * 1024
         data = numpy.frombuffer(os.urandom(rows * 1024), dtype=numpy.uint8).reshape(rows, 1024)
         save_file({"bench.padding.weight": data}, str(model / "model-padding.safetensors"))
+
+
+def image_without_bytecode(client: Any, image: str) -> str:
+    """Tag of IMAGE with every __pycache__ of its Python's site-packages removed (built once)."""
+    tag = f"webslm-bench-nobytecode:{str(client.images.get(image).id).split(':')[-1][:12]}"
+    if not image_exists(client, tag):
+        dockerfile = (f"FROM {image}\nUSER 0\n"
+                      f"RUN {json.dumps(['python3', '-c', STRIP_BYTECODE])}\n")
+        client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True,
+                            forcerm=True)
+    return tag
+
+
+def start_seconds(engine: Engine, scratch: Path, argv: tuple[str, ...]) -> float:
+    """Wall time of one stage container running ARGV, started as the pipeline starts a stage."""
+    output = Path(tempfile.mkdtemp(prefix="start-", dir=scratch))
+    job = ContainerRun(stage="start", model_id="bench", argv=argv, inputs={}, output=output,
+                       log=output.with_suffix(".log"))
+    return timed(lambda: engine.run(job))[0]
+
+
+def bench_stage_start(scratch: Path, toolchain: Toolchain, repeats: int) -> None:
+    """Each stage's overhead before its tool works: `mlc_llm STAGE --help` in a stage container
+    (start, interpreter, the imports up to parsing its arguments), in the image as built and
+    without its packages' bytecode; medians of interleaved runs."""
+    shipped = toolchain.stage_image()
+    engines = {"with": Engine(shipped)}
+    client = docker_client()
+    stripped = image_without_bytecode(client, toolchain.image)
+    try:
+        engines["without"] = Engine(dataclasses.replace(shipped, ref=stripped))
+        commands = {"container alone": ("true",),
+                    **{stage: ("mlc_llm", stage, "--help") for stage in CONTAINER_STAGES}}
+        runs: dict[tuple[str, str], list[float]] = {}
+        for _ in range(repeats):
+            for label, argv in commands.items():
+                for variant, engine in engines.items():
+                    runs.setdefault((label, variant), []).append(
+                        start_seconds(engine, scratch, argv))
+    finally:
+        client.images.remove(stripped)
+    median = {key: statistics.median(times) for key, times in runs.items()}
+    print(f"== stage start overhead ({toolchain.image}; median of {repeats} starts each; "
+          "`mlc_llm STAGE --help` run as the pipeline runs a stage: the container, the "
+          "interpreter and the imports up to parsing its arguments)")
+    print(f"{'':22}{'bytecode':>10}{'none':>10}{'none/bytecode':>15}")
+    for label in commands:
+        bytecode, none = median[(label, "with")], median[(label, "without")]
+        print(f"{label if label == 'container alone' else 'start ' + label:22}"
+              f"{bytecode:8.3f} s{none:8.3f} s{none / bytecode:14.2f}x")
 
 
 def bench_overlap(scratch: Path, toolchain: Toolchain, model: Path) -> None:
@@ -195,8 +256,12 @@ def bench_hashing(scratch: Path, gib: float) -> None:
           f"{theirs / ours_single:.2f}x sha256sum")
 
 
-def run_benches(toolchain: Toolchain, model: Path, *, weights_mib: int, hash_gib: float) -> None:
+def run_benches(toolchain: Toolchain, model: Path, *, weights_mib: int, hash_gib: float,
+                start_repeats: int) -> None:
     """Every figure of this bench, side by side, with builds in TOOLCHAIN from MODEL."""
+    if start_repeats < 1:
+        raise BadInput(f"--start-repeats {start_repeats} is no count of starts",
+                       "pass --start-repeats 1 or more")
     if not (model / "config.json").is_file():
         missing = MissingEnvironment if model == REAL_TINY_MODEL else BadInput
         raise missing(f"no model at {model} (no config.json)",
@@ -204,6 +269,7 @@ def run_benches(toolchain: Toolchain, model: Path, *, weights_mib: int, hash_gib
                       "fixture at <repo>/tests/fixtures/real-tiny/model)")
     print(f"machine: {os.cpu_count()} cores")
     with tempfile.TemporaryDirectory(prefix="webslm-bench-") as scratch:
+        bench_stage_start(Path(scratch), toolchain, start_repeats)
         bench_overlap(Path(scratch), toolchain, model)
         bench_rebuild(Path(scratch), toolchain, model, weights_mib)
         bench_hashing(Path(scratch), hash_gib)
@@ -218,6 +284,9 @@ def options_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--weights-mib", type=int, default=256,
                         help="MiB of random weights added to a copy of the model, as one more "
                              "safetensors file, for the rebuild figures (0: the model as it is)")
+    parser.add_argument("--start-repeats", type=int, default=5,
+                        help="starts of each stage container, with and without bytecode, for the "
+                             "start overhead medians")
     return parser
 
 
@@ -232,7 +301,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         toolchain = current_toolchain()
         if args.toolchain:
             toolchain = dataclasses.replace(toolchain, image=args.toolchain)
-        run_benches(toolchain, args.model, weights_mib=args.weights_mib, hash_gib=args.hash_gib)
+        run_benches(toolchain, args.model, weights_mib=args.weights_mib, hash_gib=args.hash_gib,
+                    start_repeats=args.start_repeats)
 
     exit_on_error("bench_build", bench)
 

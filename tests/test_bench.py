@@ -82,6 +82,9 @@ def test_a_missing_model_or_dist_is_one_line_and_exit_2(tmp_path: Path) -> None:
     build = run("bench/bench_build.py", "--model", str(tmp_path / "nothing"))
     assert build.returncode == 2, build.stderr
     assert build.stderr.count("\n") == 1 and "pass --model PATH" in build.stderr
+    starts = run("bench/bench_build.py", "--start-repeats", "0")
+    assert starts.returncode == 2, starts.stderr
+    assert starts.stderr.count("\n") == 1 and "pass --start-repeats 1 or more" in starts.stderr
     web = run("bench/bench_web_integrity.py", "--dist", str(tmp_path / "nothing"))
     assert web.returncode == 2, web.stderr
     assert web.stderr.count("\n") == 1 and "is not a folder" in web.stderr
@@ -99,9 +102,10 @@ def test_bench_build_without_the_toolchain_image_says_so(docker_engine) -> None:
 @pytest.mark.docker
 def test_the_standin_build_bench_prints_every_figure(standin_image: str) -> None:
     done = run("-m", "tests.standin.bench_build", "--time-scale", "0", "--hash-gib", "0.01",
-               "--weights-mib", "1", timeout=600)
+               "--weights-mib", "1", "--start-repeats", "1", timeout=600)
     assert done.returncode == 0, done.stderr
-    assert printed(done.stdout, "sequential", "overlapped (graph)", "overlapped/sequential",
+    assert printed(done.stdout, "container alone", "start convert_weight", "start gen_config",
+                   "start compile", "sequential", "overlapped (graph)", "overlapped/sequential",
                    "cache-hit rebuild", "rebuild - hashing", "sha256sum", "webslm (parallel)")
 
 

@@ -598,6 +598,7 @@ def test_python_loads_the_image_bytecode_without_reading_the_source(tmp_path: Pa
     (package / "__init__.py").write_text("VALUE = 1\n")
     _compile_bytecode(tmp_path / "site")
     (package / "__init__.py").write_text("VALUE = 2\n")
+    os.utime(package / "__init__.py", (2_000_000_000, 2_000_000_000))
     out = subprocess.run([sys.executable, "-c", "import pkg; print(pkg.VALUE)"],
                          capture_output=True, text=True, check=True, cwd=tmp_path / "site",
                          env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}).stdout

@@ -1,5 +1,6 @@
-"""The Debian-only stage of docker/Dockerfile built for real, and the seccomp profile that lets
-stages turn address-space randomization off.
+"""The Debian-only stages of docker/Dockerfile built for real (base and fetch; the image's
+bytecode step run in them), and the seccomp profile that lets stages turn address-space
+randomization off.
 
 The product installs the lock's exact versions from the snapshot archive, which this machine cannot
 reach. The live mirror moves (a lock version disappears when Debian updates it), so this test asks
@@ -33,6 +34,12 @@ def live_versions(docker_engine, live_base) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def base_stage(docker_engine, live_base, live_versions: dict[str, str]) -> str:
     return build.ensure_stage(docker_engine, "base", base=live_base, apt_packages=live_versions)
+
+
+@pytest.fixture(scope="session")
+def fetch_stage(docker_engine, live_base, live_versions: dict[str, str]) -> str:
+    """The base stage plus the build context's scripts, as every fetching stage starts."""
+    return build.ensure_stage(docker_engine, "fetch", base=live_base, apt_packages=live_versions)
 
 
 def _run(client, image: str, script: str, **options) -> str:
@@ -80,6 +87,21 @@ def test_base_stage_carries_the_determinism_settings(docker_engine, base_stage: 
         assert f"{key}={value}" in env
     assert any(e.startswith("CFLAGS=-ffile-prefix-map=") for e in env)
     assert any(e.startswith("EMCC_CFLAGS=-ffile-prefix-map=") for e in env)
+
+
+def test_the_image_bytecode_step_gives_two_venvs_byte_identical_pyc(docker_engine,
+                                                                   fetch_stage: str) -> None:
+    """The Dockerfile's bytecode step (compile_bytecode.py, as the image's stages hold it) over
+    a venv of the image's Python (pip and setuptools) at /opt/venv, as in the image, in two
+    containers whose sources have other mtimes and other hash seeds: the same .pyc bytes."""
+    script = ("python3 -m venv /opt/venv && find /opt/venv -name '*.py' -exec touch -d @{} {{}} + "
+              "&& /opt/venv/bin/python3 /opt/webslm/scripts/compile_bytecode.py /opt/venv >&2 "
+              "&& cd /opt/venv && find . -name '*.pyc' -print0 | sort -z | xargs -0 sha256sum")
+    first = _run(docker_engine, fetch_stage, script.format(1_000_000_000),
+                 environment={"PYTHONHASHSEED": "1"})
+    second = _run(docker_engine, fetch_stage, script.format(1_700_000_000),
+                  environment={"PYTHONHASHSEED": "random"})
+    assert first == second and first.count("\n") > 500
 
 
 def test_seccomp_profile_lets_setarch_turn_aslr_off(docker_engine, debian_base_image: str) -> None:

@@ -39,7 +39,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         sleep = ",".join(f"{stage}:{t:.3f}" for stage, t in seconds.items())
         toolchain = standin_toolchain(ensure_standin_image(client, base),
                                       WEBSLM_STANDIN_SLEEP=sleep)
-        run_benches(toolchain, args.model, weights_mib=args.weights_mib, hash_gib=args.hash_gib)
+        run_benches(toolchain, args.model, weights_mib=args.weights_mib, hash_gib=args.hash_gib,
+                    start_repeats=args.start_repeats)
 
     exit_on_error("tests.standin.bench_build", bench)
 
