@@ -1,5 +1,4 @@
-"""Build pipeline: stage start overhead, sequential against overlapped cold builds, cache hits,
-hashing vs sha256sum.
+"""Build pipeline: stage starts, sequential vs overlapped cold builds, cache hits, hashing.
 
 Side by side: what each container stage pays before its tool works (the container and the
 tool's imports), with the image's bytecode and with its packages' bytecode removed; a cold build
@@ -16,7 +15,7 @@ by `webslm toolchain`) on the model given (default: the real-tiny fixture's mode
 tests/fixtures/real-tiny/model). Each stage is timed as the pipeline runs it, so the overlap bound
 comes from the stage times measured here, whatever the image.
 Run: python bench/bench_build.py [--toolchain IMAGE] [--model PATH] [--hash-gib 1]
-     [--weights-mib 256]
+     [--weights-mib 256] [--start-repeats 5]
 Without the real image (it cannot be built on a machine without GitHub), time the pipeline's own
 work in the TEST STAND-IN image, stages sleeping the real stage times:
      python -m tests.standin.bench_build [--time-scale 0.25]
