@@ -124,6 +124,7 @@ def test_lock_formatting_and_key_order_do_not_change_the_id(docker_dir: Path) ->
 
 @pytest.mark.parametrize("relative", ["Dockerfile", "seccomp-no-aslr.json",
                                       "scripts/apply_patches.py",
+                                      "scripts/compile_bytecode.py",
                                       "patches/01_codegen_vm_sorted_functions.py",
                                       "build-ca/README.md"])
 def test_a_changed_byte_in_any_context_file_changes_the_id(docker_dir: Path,
