@@ -84,7 +84,7 @@ def own_model_code(model: Path) -> None:
     (dtype("C64"), "dtype 'C64'"),
     (dtype("Q3_K"), "dtype 'Q3_K'"),
     (index_not_an_object, "is not a JSON object with a weight_map"),
-    (index_not_json, "model.safetensors.index.json is not valid JSON"),
+    (index_not_json, "model.safetensors.index.json: it is not valid JSON"),
 ])
 def test_bad_models_fail_in_one_line_and_write_nothing(
         no_toolchain_needed: None, tiny_qwen2: Path, tmp_path: Path, spoil, message: str,

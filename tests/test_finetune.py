@@ -484,9 +484,9 @@ def test_finetune_flags_reach_the_recipe(tiny_qwen2: Path, tmp_path: Path,
                                                                                       1.0)
     assert recipe_from_args(build_parser().parse_args(["finetune", "--data", "x"])) == Recipe()
     data = write_data(tmp_path / "chat.jsonl", repeat=1)
-    for flags, message in ((["--global-batch", "0"], "--global-batch must be positive"),
+    for flags, message in ((["--global-batch", "0"], "--global-batch: '0' is not a whole number"),
                            (["--gpus", "3"], "does not split evenly over 3"),
-                           (["--activation-budget", "0"], "--activation-budget 0.0 is outside")):
+                           (["--activation-budget", "0"], "--activation-budget: '0' is not")):
         out = tmp_path / "out"
         assert main(["finetune", "--data", str(data), "--base", str(tiny_qwen2),
                      "--out", str(out), *flags]) == 2

@@ -103,7 +103,7 @@ def test_pickle_weights_are_refused_unless_allowed(tiny_qwen2, tmp_path) -> None
         (lambda m: (m / "model.safetensors").unlink(), "no weights"),
         (lambda m: (m / "model.safetensors").write_bytes(b"\xff" * 8 + b"{}"), "header length"),
         (lambda m: (m / "model.safetensors").write_bytes(
-            (20).to_bytes(8, "little") + b'{"w": {"dtype": "F3' + b"\0" * 16), "not JSON"),
+            (20).to_bytes(8, "little") + b'{"w": {"dtype": "F3' + b"\0" * 16), "not valid JSON"),
         (lambda m: (m / "config.json").write_text('{"model_type": "t5"}'),
          "unsupported architecture"),
     ],

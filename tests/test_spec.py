@@ -143,8 +143,8 @@ def test_spec_errors_that_used_to_pass_or_crash(tiny_qwen2: Path, tmp_path: Path
     loop.symlink_to(loop)
     cases = [
         (["--model", str(loop)], "cannot be resolved (a symbolic link loop?)"),
-        (["--model", str(tiny_qwen2), "--context-window-size", "0"], "must be positive"),
-        (["--model", str(tiny_qwen2), "--prefill-chunk-size", "0"], "must be positive"),
+        (["--model", str(tiny_qwen2), "--context-window-size", "0"], "'0' is not a whole number"),
+        (["--model", str(tiny_qwen2), "--prefill-chunk-size", "0"], "'0' is not a whole number"),
         (["--model", str(tiny_qwen2), "--model-type", "llama"],
          "--model-type llama does not match the model's config.json (qwen2)"),
     ]

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
+import os
 import re
 import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, requires
 from pathlib import Path
 from types import FrameType
@@ -25,11 +28,13 @@ from webslm.errors import BadInput, MissingEnvironment, Terminated, WebslmError
 from webslm.files import canonical_json
 from webslm.finetune import BITS_CHOICES, COMPILE_CHOICES, Recipe
 from webslm.normalize import normalize_path
+from webslm.serve import MAX_PORT
 from webslm.spec import (
     DEFAULT_CONTEXT_WINDOW,
     DEFAULT_PREFILL_CHUNK,
     DEFAULT_PRESET,
     DEFAULT_QUANTIZATION,
+    MAX_CONTEXT_WINDOW,
     PRESETS,
     resolve_spec,
 )
@@ -47,6 +52,68 @@ class _Parser(argparse.ArgumentParser):
         raise BadInput(message, f"see `{self.prog} --help`")
 
 
+# --------------------------------------------------------------------- numbers on the command line
+# Checked as argparse parses them (type=), so a bad number stops the command before anything
+# runs or is looked up (the Docker engine, the toolchain image, a model).
+
+MIN_MEMORY = 6 << 20  # the smallest memory limit Docker accepts
+MEMORY_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+_MEMORY = re.compile(r"(\d+(?:\.\d+)?)([bkmg]?)b?", re.IGNORECASE)
+MAX_INT32 = (1 << 31) - 1  # torch's and WebGPU's sizes and counts
+MAX_SEED = (1 << 32) - 1  # NumPy's seeds are 32-bit
+MAX_EPOCHS = 10_000  # far more passes than a fine-tune needs; the step count stays exact
+
+
+@dataclass(frozen=True)
+class Number:
+    """An argparse type: a finite number of `kind` from `low` (or above it) to `high`."""
+
+    kind: type[int] | type[float]
+    low: float
+    high: float | None = None
+    above_low: bool = False  # `low` itself is refused
+
+    def describe(self) -> str:
+        what = "whole number" if self.kind is int else "number"
+        if self.low == 0 and self.above_low and self.high is None:
+            return f"a positive {what}"
+        lowest = f"above {_shown(self.low)}" if self.above_low else f"from {_shown(self.low)}"
+        highest = "" if self.high is None else \
+            f" and at most {_shown(self.high)}" if self.above_low else f" to {_shown(self.high)}"
+        return f"a {what} {lowest}{highest}"
+
+    def __call__(self, text: str) -> int | float:
+        try:
+            value = self.kind(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and (value > self.low if self.above_low else value >= self.low)
+                and (self.high is None or value <= self.high)):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {self.describe()}")
+        return value
+
+
+def _shown(bound: float) -> str:
+    return str(int(bound)) if float(bound).is_integer() else str(bound)
+
+
+POSITIVE = Number(float, 0, above_low=True)
+COUNT = Number(int, 1, MAX_INT32)
+TOKENS = Number(int, 1, MAX_CONTEXT_WINDOW)
+
+
+def memory_size(text: str) -> int:
+    """An argparse type: a Docker memory limit (`8g`, `512m`, bytes) as bytes, at least 6 MiB."""
+    matched = _MEMORY.fullmatch(text.strip())
+    size = (int(float(matched.group(1)) * MEMORY_UNITS[matched.group(2).lower()])
+            if matched else 0)
+    if not MIN_MEMORY <= size < 1 << 63:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a memory size of at least 6m (a number of bytes, or with the unit "
+            "k, m or g, e.g. 8g)")
+    return size
+
+
 def _spec_options(parser: argparse.ArgumentParser, *, several_presets: bool = False) -> None:
     source = parser.add_mutually_exclusive_group()
     preset_help = "preset name" + (" (comma-separated for several)" if several_presets else "")
@@ -57,10 +124,10 @@ def _spec_options(parser: argparse.ArgumentParser, *, several_presets: bool = Fa
     parser.add_argument("--conv-template", help="MLC conversation template")
     parser.add_argument("--quantization", help=f"MLC quantization (default {DEFAULT_QUANTIZATION})")
     parser.add_argument("--name", help="name of the packaged model (default: from preset/model)")
-    parser.add_argument("--context-window-size", type=int, metavar="TOKENS",
+    parser.add_argument("--context-window-size", type=TOKENS, metavar="TOKENS",
                         help="longest context, in tokens, the browser's KV cache holds "
                              f"(default {DEFAULT_CONTEXT_WINDOW})")
-    parser.add_argument("--prefill-chunk-size", type=int, metavar="TOKENS",
+    parser.add_argument("--prefill-chunk-size", type=TOKENS, metavar="TOKENS",
                         help="tokens of a prompt read in one pass (default: the smaller of "
                              f"{DEFAULT_PREFILL_CHUNK} and the context window)")
     parser.add_argument("--system-prompt", help="system message of the chat template (default: "
@@ -226,12 +293,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"output folder (default {DEFAULT_DIST})")
     build.add_argument("--base-url", help="absolute URL the dist folder is served from")
     build.add_argument("--no-cache", action="store_true", help="ignore the stage cache")
-    build.add_argument("--jobs", type=int, default=1,
+    build.add_argument("--jobs", type=COUNT, default=1,
                        help="models built at once (default %(default)s)")
     build.add_argument("--allow-pickle", action="store_true", help="accept pickle .bin weights")
-    build.add_argument("--cpus", type=float, help="CPU limit per stage container (a model's "
-                       "two branches run in two containers at once)")
-    build.add_argument("--memory", help="memory limit per stage container, e.g. 8g")
+    build.add_argument("--cpus", type=Number(float, 0.01, os.cpu_count() or 1),
+                       help="CPU limit per stage container, up to this machine's CPU count (a "
+                            "model's two branches run in two containers at once)")
+    build.add_argument("--memory", type=memory_size,
+                       help="memory limit per stage container, e.g. 8g (at least 6m)")
     build.add_argument("--check", action="store_true",
                        help="run `webslm check` on each built model against its model")
 
@@ -252,10 +321,10 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--artifact", required=True, help="path or URL of the artifact")
     audit.add_argument("--provenance", help="path or URL of provenance.json")
     audit.add_argument("--report", help="write report.json and report.md into this folder")
-    audit.add_argument("--max-download-mib", type=int, default=MAX_DOWNLOAD_MIB,
+    audit.add_argument("--max-download-mib", type=COUNT, default=MAX_DOWNLOAD_MIB,
                        help="largest file an http(s) download may be (default "
                             f"{MAX_DOWNLOAD_MIB})")
-    audit.add_argument("--download-timeout", type=float,
+    audit.add_argument("--download-timeout", type=POSITIVE,
                        default=DOWNLOAD_TIMEOUT_S, metavar="SECONDS",
                        help="deadline for all downloads together (default "
                             f"{DOWNLOAD_TIMEOUT_S:.0f})")
@@ -277,32 +346,35 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--out", default="finetuned",
                           help="folder for the merged model, the adapter in its adapter/ "
                                "(default %(default)s; replaced only if webslm wrote it)")
-    finetune.add_argument("--epochs", type=float, default=Recipe.epochs,
+    finetune.add_argument("--epochs", type=Number(float, 0, MAX_EPOCHS, above_low=True),
+                          default=Recipe.epochs,
                           help="passes over the data (default %(default)s)")
-    finetune.add_argument("--lr", type=float, default=Recipe.learning_rate,
+    finetune.add_argument("--lr", type=POSITIVE, default=Recipe.learning_rate,
                           help="peak learning rate (default %(default)s)")
-    finetune.add_argument("--lora-r", type=int, default=Recipe.lora_r,
+    finetune.add_argument("--lora-r", type=COUNT, default=Recipe.lora_r,
                           help="LoRA rank (default %(default)s)")
-    finetune.add_argument("--lora-alpha", type=int, default=Recipe.lora_alpha,
+    finetune.add_argument("--lora-alpha", type=COUNT, default=Recipe.lora_alpha,
                           help="LoRA alpha: the adapter's output is scaled by alpha/r "
                                "(default %(default)s)")
-    finetune.add_argument("--max-seq-len", type=int, default=Recipe.max_seq_len, metavar="TOKENS",
+    finetune.add_argument("--max-seq-len", type=COUNT, default=Recipe.max_seq_len,
+                          metavar="TOKENS",
                           help="conversations are cut to this many tokens (default %(default)s)")
     finetune.add_argument("--bits", type=int, choices=BITS_CHOICES, default=Recipe.bits,
                           help="16: LoRA; 4: QLoRA, a 4-bit base on a CUDA GPU "
                                "(default %(default)s)")
-    finetune.add_argument("--seed", type=int, default=Recipe.seed,
+    finetune.add_argument("--seed", type=Number(int, 0, MAX_SEED), default=Recipe.seed,
                           help="seed of the adapter's start and the data order (default "
                                "%(default)s)")
-    finetune.add_argument("--gpus", type=int, default=1,
+    finetune.add_argument("--gpus", type=COUNT, default=1,
                           help="GPUs to train on, through torchrun (default %(default)s)")
-    finetune.add_argument("--global-batch", type=int, default=Recipe.global_batch,
+    finetune.add_argument("--global-batch", type=COUNT, default=Recipe.global_batch,
                           help="conversations per optimizer step, over all GPUs (default "
                                "%(default)s)")
     finetune.add_argument("--compile", choices=COMPILE_CHOICES, default=Recipe.compile_layers,
                           help="torch.compile the decoder layers (default %(default)s: on a GPU, "
                                "long runs)")
-    finetune.add_argument("--activation-budget", type=float, metavar="SHARE",
+    finetune.add_argument("--activation-budget", type=Number(float, 0, 1, above_low=True),
+                          metavar="SHARE",
                           default=Recipe.activation_budget,
                           help="share of each layer's activations a compiled one-GPU run keeps, "
                                "recomputing the rest (default %(default)s; 1 keeps all: faster, "
@@ -325,7 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a dist folder to serve (repeatable); the same as a positional DIST")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default "
                        "%(default)s: this machine only)")
-    serve.add_argument("--port", type=int, default=8000, help="port (default %(default)s)")
+    serve.add_argument("--port", type=Number(int, 0, MAX_PORT), default=8000,
+                       help="port (default %(default)s)")
 
     publish = command("publish", _cmd_publish, "upload a dist folder to a Hugging Face repo")
     publish.add_argument("dist", help="a dist folder `webslm build` wrote (model folder)")

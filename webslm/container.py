@@ -135,7 +135,7 @@ class Engine:
     """The Docker engine and the image the container stages run in."""
 
     def __init__(self, image: StageImage, variation: Variation | None = None, *,
-                 cpus: float | None = None, memory: str | None = None) -> None:
+                 cpus: float | None = None, memory: int | None = None) -> None:
         self.image = image
         self.variation = variation or Variation()
         self.cpus, self.memory = cpus, memory

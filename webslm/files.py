@@ -28,6 +28,9 @@ HASH_CHUNK = 1 << 20
 AT_FDCWD = -100
 RENAME_EXCHANGE = 2  # linux/fs.h
 FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
+# Deeper than any config, header or record webslm reads (those nest a few levels), and far
+# below Python's recursion limit, so code that walks a parsed value never meets it.
+MAX_JSON_DEPTH = 64
 
 
 def sha256_file(path: Path) -> str:
@@ -61,25 +64,53 @@ def readable(path: Path) -> Iterator[BinaryIO]:
         yield handle
 
 
+def nests_deeper_than(value: Any, limit: int) -> bool:
+    """Whether a parsed JSON value has containers more than `limit` levels deep; walked one
+    level at a time, without recursion."""
+    level = [value] if isinstance(value, dict | list) else []
+    for _ in range(limit):
+        level = [child for item in level
+                 for child in (item.values() if isinstance(item, dict) else item)
+                 if isinstance(child, dict | list)]
+        if not level:
+            return False
+    return True
+
+
+def parse_json(data: bytes | str, source: str, fix: str) -> Any:
+    """The JSON value in text that came from outside (a file, a download); BadInput naming
+    `source` when it is not UTF-8 JSON or nests deeper than MAX_JSON_DEPTH.
+
+    The one parser of untrusted JSON: Python's raises RecursionError on deep nesting, and a value
+    nested just below that limit would raise it later, wherever it is walked or written out."""
+    try:
+        value = json.loads(data.decode("utf-8") if isinstance(data, bytes) else data)
+    except UnicodeDecodeError as error:
+        raise BadInput(f"cannot read {source}: it is not valid JSON (not UTF-8)", fix) from error
+    except json.JSONDecodeError as error:
+        raise BadInput(f"cannot read {source}: it is not valid JSON ({error})", fix) from error
+    except RecursionError as error:
+        raise BadInput(f"cannot read {source}: its JSON nests too deeply", fix) from error
+    if nests_deeper_than(value, MAX_JSON_DEPTH):
+        raise BadInput(f"cannot read {source}: its JSON nests deeper than {MAX_JSON_DEPTH} "
+                       "levels", fix)
+    return value
+
+
 def read_json(path: Path, fix: str) -> Any:
     """The JSON value in a file; BadInput (with `fix` as the hint) when it is missing or not JSON.
 
     The one reader of the JSON files webslm and its users write: every format module reads
     through it (or read_json_object), so a bad file reads the same wherever it is met."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError as error:
         raise BadInput(f"{path} is missing", fix) from error
     except IsADirectoryError as error:
         raise BadInput(f"{path} is a folder, not a JSON file", fix) from error
     except OSError as error:
         raise BadInput(f"cannot read {path} ({error.strerror})", fix) from error
-    except UnicodeDecodeError as error:
-        raise BadInput(f"cannot read {path}: it is not valid JSON (not UTF-8)", fix) from error
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise BadInput(f"cannot read {path}: it is not valid JSON ({error})", fix) from error
+    return parse_json(data, str(path), fix)
 
 
 def read_json_object(path: Path, fix: str) -> dict[str, Any]:

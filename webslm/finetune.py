@@ -40,7 +40,7 @@ from webslm.chatdata import (
 )
 from webslm.checkout import checkout_path, require
 from webslm.errors import BadInput, MissingEnvironment, StageFailed
-from webslm.files import atomic_directory, atomic_write_text, canonical_json
+from webslm.files import atomic_directory, atomic_write_text, canonical_json, read_json_object
 from webslm.hub import FINETUNE_FILE, ResolvedModel, resolve_model
 from webslm.hubapi import push_folder
 from webslm.spec import resolve_spec
@@ -111,7 +111,7 @@ def check_recipe(recipe: Recipe) -> None:
     if recipe.bits not in BITS_CHOICES:
         raise BadInput(f"--bits {recipe.bits} is not supported", "pass 16 (LoRA) or 4 (QLoRA)")
     for name in ("epochs", "learning_rate", "lora_r", "lora_alpha", "max_seq_len", "global_batch"):
-        if getattr(recipe, name) <= 0:
+        if not getattr(recipe, name) > 0:  # NaN too
             flag = "--" + name.replace("_", "-").replace("learning-rate", "lr")
             raise BadInput(f"{flag} must be positive", f"pass a value above 0 for {flag}")
     if recipe.precision not in ("auto", *PRECISIONS):
@@ -227,7 +227,7 @@ def check_adapter(adapter: Path) -> dict[str, Any]:
         raise BadInput(f"{adapter} has no adapter_model.safetensors"
                        + (" (only a pickle .bin, which can run code)" if pickled else ""),
                        "save the adapter with safe_serialization=True")
-    config: dict[str, Any] = json.loads(config_path.read_text(encoding="utf-8"))
+    config = read_json_object(config_path, "point at a saved PEFT adapter")
     if config.get("peft_type") != "LORA":
         raise BadInput(f"{adapter} is a {config.get('peft_type')} adapter, not LoRA",
                        "merge a LoRA adapter")
@@ -252,7 +252,8 @@ def merge_command(base: str, adapter: Path, out: Path) -> int:
     adapter_config = check_adapter(adapter)
     resolved = _resolve_base(base)
     record_path = adapter / FINETUNE_FILE
-    record = json.loads(record_path.read_text(encoding="utf-8")) if record_path.is_file() else {}
+    record = (read_json_object(record_path, "restore the training record webslm wrote")
+              if record_path.is_file() else {})
     recipe = record.get("recipe") or {k: adapter_config.get(k) for k in (
         "r", "lora_alpha", "lora_dropout", "target_modules")}
     with atomic_directory(out, FINETUNE_FILE) as staging:

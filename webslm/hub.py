@@ -8,14 +8,13 @@ pickle weights (unless the user says --allow-pickle). No trust_remote_code, ever
 
 from __future__ import annotations
 
-import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from webslm.errors import BadInput
-from webslm.files import readable
+from webslm.files import parse_json, readable
 from webslm.hubapi import download_snapshot
 from webslm.normalize import load_config
 from webslm.safetensors_index import INDEX_FILE, read_weight_map
@@ -66,10 +65,8 @@ def check_safetensors_header(path: Path) -> dict[str, Any]:
         if header_len > min(size - 8, MAX_SAFETENSORS_HEADER):
             raise BadInput(f"corrupt safetensors header in {path.name}: header length "
                            f"{header_len} exceeds the file", fix)
-        try:
-            header = json.loads(handle.read(header_len))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise BadInput(f"corrupt safetensors header in {path.name}: not JSON", fix) from error
+        header = parse_json(handle.read(header_len), f"the safetensors header of {path.name}",
+                            fix)
     if not isinstance(header, dict):
         raise BadInput(f"corrupt safetensors header in {path.name}: not an object", fix)
     data_size = size - 8 - header_len

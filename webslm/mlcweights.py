@@ -16,7 +16,6 @@ What the files hold (MLC-LLM v0.19.0 convert_weight, read by TVM's web runtime):
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from webslm.errors import BadInput
+from webslm.files import read_json
 from webslm.layout import WEIGHTS_MANIFEST
 
 BF16_IN_F32 = "f32-to-bf16"
@@ -73,16 +73,16 @@ class ParamRecord:
 def read_ndarray_cache(dist: Path) -> tuple[ParamRecord, ...]:
     """The parameter records of a dist's ndarray-cache.json, in file order."""
     path = dist / WEIGHTS_MANIFEST
+    fix = "pass a dist folder made by `webslm build`"
+    cache = read_json(path, fix)
     try:
-        cache = json.loads(path.read_text())
         return tuple(
             ParamRecord(name=p["name"], shape=tuple(p["shape"]), dtype=p["dtype"],
                         format=p["format"], nbytes=p["nbytes"], byte_offset=p["byteOffset"],
                         shard=shard["dataPath"])
             for shard in cache["records"] for p in shard["records"])
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise BadInput(f"{path} is not an MLC ndarray-cache.json ({error})",
-                       "pass a dist folder made by `webslm build`") from error
+    except (ValueError, KeyError, TypeError) as error:
+        raise BadInput(f"{path} is not an MLC ndarray-cache.json ({error})", fix) from error
 
 
 def decode_array(record: ParamRecord, data: bytes) -> np.ndarray:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from webslm.errors import BadInput
-from webslm.files import atomic_write_text, check_writable
+from webslm.files import atomic_write_text, check_writable, read_json_object
 
 # Model types whose MLC-LLM v0.19.0 config needs a RoPE base; it silently defaults when absent.
 NEEDS_ROPE_BASE = frozenset({"qwen2", "llama", "mistral", "phi3", "gemma", "gemma2"})
@@ -120,14 +120,7 @@ def config_path_of(path: Path) -> Path:
 
 
 def load_config(path: Path) -> dict[str, Any]:
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise BadInput(f"{path} is not valid JSON ({error.__class__.__name__})",
-                       "pass a Hugging Face config.json") from error
-    if not isinstance(config, dict):
-        raise BadInput(f"{path} is not a JSON object", "pass a Hugging Face config.json")
-    return config
+    return read_json_object(path, "pass a Hugging Face config.json")
 
 
 def in_place_target(source: Path) -> Path:

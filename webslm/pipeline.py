@@ -109,7 +109,7 @@ class BuildOptions:
     use_cache: bool = True
     allow_pickle: bool = False
     cpus: float | None = None
-    memory: str | None = None
+    memory: int | None = None  # bytes
     toolchain: Toolchain | None = None  # None: webslm.toolchain.current_toolchain()
     cache_dir: Path | None = None  # None: $XDG_CACHE_HOME/webslm
     variation: Variation = field(default_factory=Variation)

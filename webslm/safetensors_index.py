@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from webslm.errors import BadInput
-from webslm.files import readable
+from webslm.files import parse_json, readable
 
 INDEX_FILE = "model.safetensors.index.json"
 HEADER_METADATA = "__metadata__"
@@ -58,10 +58,7 @@ def read_weight_map(index: Path) -> dict[str, str]:
     folder must hold."""
     fix = "re-download the model or fix the index file"
     with readable(index) as handle:
-        try:
-            document = json.loads(handle.read())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise BadInput(f"{index.name} is not valid JSON", fix) from error
+        document = parse_json(handle.read(), index.name, fix)
     tensor_files = document.get("weight_map", {}) if isinstance(document, dict) else None
     if not isinstance(tensor_files, dict) or not all(
             isinstance(v, str) for v in tensor_files.values()):

@@ -42,6 +42,7 @@ AUTO = "auto"
 DEFAULT_QUANTIZATION = "q4f16_1"
 DEFAULT_CONTEXT_WINDOW = 4096
 DEFAULT_PREFILL_CHUNK = 1024
+MAX_CONTEXT_WINDOW = (1 << 31) - 1  # WebGPU has no 64-bit integers: sizes are 32-bit there
 
 # The conversation template a model type gets when the user names none.
 DEFAULT_CONV_TEMPLATE: dict[str, str] = {
@@ -274,8 +275,9 @@ def resolve_spec(
     window = DEFAULT_CONTEXT_WINDOW if context_window_size is None else context_window_size
     chunk = (min(DEFAULT_PREFILL_CHUNK, window) if prefill_chunk_size is None
              else prefill_chunk_size)
-    if window <= 0 or chunk <= 0:
-        raise BadInput("context window and prefill chunk sizes must be positive", "pass e.g. 4096")
+    if not (0 < window <= MAX_CONTEXT_WINDOW and 0 < chunk <= MAX_CONTEXT_WINDOW):
+        raise BadInput("context window and prefill chunk sizes must be from 1 to "
+                       f"{MAX_CONTEXT_WINDOW}", "pass e.g. 4096")
     if chunk > window:
         raise BadInput(f"prefill chunk size {chunk} exceeds the context window {window}",
                        "pass a --prefill-chunk-size no larger than --context-window-size")

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import re
 import tarfile
 from collections.abc import Iterator, Mapping
@@ -32,7 +31,13 @@ from typing import Any
 from webslm.baseimage import BaseRecipe
 from webslm.checkout import checkout_path, require
 from webslm.errors import BadInput
-from webslm.files import canonical_json, read_json_object, sha256_bytes, sha256_file
+from webslm.files import (
+    canonical_json,
+    parse_json,
+    read_json_object,
+    sha256_bytes,
+    sha256_file,
+)
 
 DOCKER_DIR = checkout_path("docker")
 LOCK_NAME = "toolchain.lock.json"
@@ -299,7 +304,7 @@ def _context_entries(docker_dir: Path) -> Iterator[tuple[str, bytes, int]]:
         mode = 0o755 if path.stat().st_mode & 0o111 else 0o644
         data = path.read_bytes()
         if name == LOCK_NAME:
-            data = canonical_json(json.loads(data)).encode()
+            data = canonical_json(parse_json(data, str(path), "restore docker/ from git")).encode()
         yield name, data, mode
 
 

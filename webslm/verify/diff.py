@@ -4,7 +4,6 @@ output differs, and an explanation of a differing file (diffoscope, else offsets
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -12,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from webslm.errors import BadInput
+from webslm.files import parse_json
 from webslm.layout import APP_CONFIG_FILE, CHAT_CONFIG_FILE
 from webslm.provenance import (
     sri,
@@ -185,9 +186,9 @@ def plain_difference(expected: Path, got: Path) -> str:
              f"  got:      {bytes_around(got, offset)}"]
     if expected.suffix == ".json":
         try:
-            keys = json_differences(json.loads(expected.read_bytes()),
-                                    json.loads(got.read_bytes()))
-        except (ValueError, UnicodeDecodeError):
+            keys = json_differences(parse_json(expected.read_bytes(), str(expected), ""),
+                                    parse_json(got.read_bytes(), str(got), ""))
+        except BadInput:
             keys = ["(one side is not valid JSON)"]
         shown = ", ".join(keys[:JSON_KEYS_SHOWN])
         more = f" and {len(keys) - JSON_KEYS_SHOWN} more" if len(keys) > JSON_KEYS_SHOWN else ""

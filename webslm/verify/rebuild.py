@@ -5,7 +5,6 @@ subject and stage output with what was shipped.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -18,7 +17,7 @@ from webslm import checkout
 from webslm.cache import default_cache_dir
 from webslm.container import Variation
 from webslm.errors import BadInput
-from webslm.files import sha256_file
+from webslm.files import parse_json, sha256_file
 from webslm.hub import resolve_model
 from webslm.pipeline import STAGES, BuildOptions, BuildResult, build_model
 from webslm.provenance import (
@@ -54,8 +53,8 @@ VERIFY_HOSTNAME = "webslm-verify"
 def lock_digest_of(text: bytes) -> str | None:
     """A lock file's digest (webslm.toolchain.lock.lock_digest); None if it is not JSON."""
     try:
-        data = json.loads(text)
-    except (ValueError, UnicodeDecodeError):
+        data = parse_json(text, LOCK_DEPENDENCY, "")
+    except BadInput:
         return None
     return lock_digest(data)
 
