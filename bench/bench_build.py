@@ -43,7 +43,8 @@ from safetensors.numpy import save_file
 
 from webslm.checkout import checkout_path
 from webslm.container import ContainerRun, Engine
-from webslm.errors import BadInput, MissingEnvironment, exit_on_error
+from webslm.crash import exit_on_error
+from webslm.errors import BadInput, MissingEnvironment
 from webslm.packaging import copy_files
 from webslm.pipeline import BuildOptions, BuildResult, Display, build_model
 from webslm.provenance import hash_files, list_files

@@ -48,6 +48,7 @@ from transformers import (
 
 from webslm.chatdata import TokenizedExample
 from webslm.checkout import checkout_path
+from webslm.crash import exit_on_error
 from webslm.cudagraphs import CudaGraphRecording
 from webslm.finetune import (
     COMPILE_MIN_STEPS,
@@ -709,4 +710,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_on_error("bench_finetune", main)

@@ -27,7 +27,8 @@ from pathlib import Path
 
 from webslm.chromium import CHROMIUM, browser_missing
 from webslm.cli import DEFAULT_DIST
-from webslm.errors import BadInput, StageFailed, exit_on_error
+from webslm.crash import exit_on_error
+from webslm.errors import BadInput, StageFailed
 from webslm.layout import APP_CONFIG_FILE, SHARD_PREFIX
 from webslm.provenance import list_files
 from webslm.serve import (

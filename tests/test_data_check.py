@@ -162,7 +162,7 @@ def test_without_the_finetune_extra_it_says_what_to_install(tmp_path: Path, tiny
     data = write(tmp_path / "ok.jsonl", [chat(("user", "Hi"), ("assistant", "Hello"))])
     filled = [a.format(data=data, model=tiny_qwen2, out=tmp_path / "out") for a in argv]
     blocked = ("import sys; sys.modules['torch'] = sys.modules['transformers'] = None; "
-               "from webslm.cli import run; sys.argv[0] = 'webslm'; run()")
+               "from webslm.launch import run; sys.argv[0] = 'webslm'; run()")
     done = subprocess.run([sys.executable, "-c", blocked, *filled], capture_output=True,
                           text=True, timeout=300, check=False)
     assert done.returncode == 3, done.stderr

@@ -4,14 +4,27 @@ a crash log that holds the traceback (exit 1)."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
+from browser.fakedist import make_fake_dist
 
+from webslm.cache import StageCache, StageKey
 from webslm.cli import main
-from webslm.errors import BadInput
+from webslm.crash import TRACEBACK_SWITCH, exit_on_error
+from webslm.errors import BadInput, MissingEnvironment
+from webslm.files import atomic_directory
+from webslm.serve import Site, find_models, serving_in_thread
 from webslm.toolchain import lock as toolchain_lock
 from webslm.webllm import read_app_config, read_chat_config
 
@@ -150,3 +163,195 @@ def test_good_numbers_are_parsed_as_their_kind() -> None:
     assert (args.cpus, args.memory, args.context_window_size, args.jobs) == (1, 512 << 20,
                                                                             8192, 2)
     assert build_parser().parse_args(["build", "--memory", "8GB"]).memory == 8 << 30
+
+
+# ---------------------------------------------------------------------------- serve
+
+
+def test_serve_logs_one_short_line_for_an_aborted_download(tmp_path: Path, capfd) -> None:
+    dist = tmp_path / "dist"
+    make_fake_dist(dist, "tiny")
+    (dist / "tiny" / "params_shard_0.bin").write_bytes(bytes(32 << 20))  # more than a socket holds
+    web = tmp_path / "web"
+    web.mkdir()
+    log: list[str] = []
+    with serving_in_thread(Site(web=web, models=find_models([dist])), log=log.append) as server:
+        for _ in range(3):
+            client = socket.create_connection(("127.0.0.1", server.server_port), timeout=10)
+            client.sendall(b"GET /models/tiny/resolve/main/params_shard_0.bin HTTP/1.1\r\n"
+                           b"Host: x\r\n\r\n")
+            client.recv(4096)
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            client.close()  # a reset: the server's next write fails
+        deadline = time.monotonic() + 10
+        while sum("closed the connection" in line for line in log) < 3 \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+    aborted = [line for line in log if "closed the connection" in line]
+    assert len(aborted) == 3 and all("\n" not in line for line in aborted), log
+    assert "GET /models/tiny/resolve/main/params_shard_0.bin" in aborted[0]
+    assert len(log) == 6  # per download: its access line and the one abort line
+    assert "Traceback" not in capfd.readouterr().err
+
+
+# ---------------------------------------------------------------------------- the file system
+
+
+class FullDisk:
+    """A file opened for writing on a full disk: every write fails with ENOSPC."""
+
+    def __init__(self, fd: int, *args, **kwargs) -> None:
+        self.fd = fd
+
+    def __enter__(self) -> FullDisk:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        os.close(self.fd)
+
+    def write(self, data) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_full_disk_under_out_is_exit_3_naming_the_folder(tiny_qwen2: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             capsys) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.setattr("webslm.files.os.fdopen", FullDisk)
+    assert main(["normalize", str(tiny_qwen2), "--out", str(out)]) == 3
+    assert f"no space left in {out} (No space left on device)" in one_line_error(capsys)
+    assert list(out.iterdir()) == []  # nothing half-written
+
+
+def test_a_full_disk_while_a_folder_is_written_leaves_nothing(tmp_path: Path) -> None:
+    final = tmp_path / "out" / "model"
+    with pytest.raises(MissingEnvironment, match=f"no space left in {final.parent}"):
+        with atomic_directory(final, "provenance.json") as staging:
+            (staging / "half.bin").write_bytes(b"x")
+            no_space()
+    assert list(final.parent.iterdir()) == []
+
+
+def test_a_full_cache_is_exit_3_naming_it_and_keeps_no_half_entry(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = StageCache(tmp_path / "cache")
+    output = tmp_path / "output"
+    output.mkdir()
+    (output / "f").write_text("x")
+    key = StageKey(stage="stage", toolchain_id="t", inputs={}, arguments=())
+    monkeypatch.setattr("webslm.cache.os.replace", no_space)
+    with pytest.raises(MissingEnvironment, match=f"no space left in {cache.root}"):
+        cache.store(key, output, {"f": "digest"})
+    assert cache._read(key) is None and list(cache.scratch.iterdir()) == []
+
+
+def test_a_full_disk_met_anywhere_else_is_exit_3(monkeypatch: pytest.MonkeyPatch,
+                                                 capsys) -> None:
+    monkeypatch.setattr("webslm.cli._cmd_spec", no_space)
+    assert main(["spec"]) == 3
+    assert "no space left on the device" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("argv", [["normalize", "{long}"],
+                                  ["build", "--model", "{model}", "--out", "{long}"],
+                                  ["data", "check", "{long}/chat.jsonl"],
+                                  ["verify", "{long}"]])
+def test_a_name_too_long_is_bad_input(no_toolchain_needed: None, tiny_qwen2: Path,
+                                      tmp_path: Path, capsys, argv: list[str]) -> None:
+    long = str(tmp_path / ("a" * 300))
+    assert main([word.format(long=long, model=tiny_qwen2) for word in argv]) == 2
+    assert "too long" in one_line_error(capsys)
+
+
+# ---------------------------------------------------------------------------- the unforeseen
+
+
+def crash(args) -> int:
+    raise ZeroDivisionError(f"bug near {TOKEN}\nsecond line")
+
+
+TOKEN = "hf_" + "x" * 34
+
+
+def test_a_bug_is_one_line_naming_a_crash_log_without_the_token(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv(TRACEBACK_SWITCH, raising=False)
+    monkeypatch.setattr("webslm.cli._cmd_spec", crash)
+    assert main(["spec"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and TOKEN not in err, err
+    assert err.startswith("webslm: internal error (ZeroDivisionError: bug near *** second line)")
+    [log] = (tmp_path / "xdg" / "webslm" / "crash").iterdir()
+    assert f"the traceback is in {log} (set {TRACEBACK_SWITCH}=1 to print it)" in err
+    text = log.read_text()
+    assert "Traceback (most recent call last)" in text and "in crash" in text
+    assert TOKEN not in text and (log.stat().st_mode & 0o777) == 0o600
+
+
+def test_the_switch_prints_the_traceback_instead(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv(TRACEBACK_SWITCH, "1")
+    monkeypatch.setattr("webslm.cli._cmd_spec", crash)
+    assert main(["spec"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "in crash" in err and TOKEN not in err
+    assert not (tmp_path / "xdg" / "webslm" / "crash").exists()
+
+
+def test_without_a_writable_cache_the_log_goes_to_the_temporary_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    monkeypatch.delenv(TRACEBACK_SWITCH, raising=False)
+    monkeypatch.setattr("webslm.cli._cmd_spec", crash)
+    assert main(["spec"]) == 1
+    assert f"the traceback is in {tmp_path / 'tmp' / 'webslm-crash'}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("error, code, line", [
+    (ZeroDivisionError("x"), 1, "bench_x: internal error (ZeroDivisionError: x)"),
+    (BadInput("no such model", "pass another"), 2, "bench_x: error: no such model; pass another"),
+    (KeyboardInterrupt(), 130, "bench_x: interrupted"),
+])
+def test_bench_scripts_end_the_same_way(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys,
+                                        error: BaseException, code: int, line: str) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv(TRACEBACK_SWITCH, raising=False)
+
+    def fails() -> None:
+        raise error
+
+    with pytest.raises(SystemExit) as ended:
+        exit_on_error("bench_x", fails)
+    err = capsys.readouterr().err
+    assert ended.value.code == code and err.startswith(line) and err.count("\n") == 1, err
+
+
+def test_ctrl_c_while_starting_is_one_line_and_exit_130(tmp_path: Path) -> None:
+    """Ctrl-C while webslm.cli's imports load (stood in by an import that is interrupted)."""
+    shadow = tmp_path / "shadow" / "huggingface_hub"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise KeyboardInterrupt\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(shadow.parent), str(REPO)])}
+    done = subprocess.run([sys.executable, "-m", "webslm", "spec"], env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 130
+    assert done.stderr == "webslm: interrupted while starting; nothing was done\n"
+
+
+def test_invoke_tasks_end_the_same_way() -> None:
+    done = subprocess.run([sys.executable, "-m", "invoke", "build", "--cpus", "nan"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2
+    assert done.stderr == ("webslm: error: argument --cpus: 'nan' is not a number from 0.01 to "
+                           f"{os.cpu_count()}; see `webslm build --help`\n")

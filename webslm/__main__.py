@@ -1,5 +1,5 @@
 """`python -m webslm` is the `webslm` command."""
 
-from webslm.cli import run
+from webslm.launch import run
 
 run()

@@ -27,7 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from webslm.files import canonical_json, new_scratch_folder, remove_dead_scratch, sha256_bytes
+from webslm.files import (
+    canonical_json,
+    new_scratch_folder,
+    remove_dead_scratch,
+    sha256_bytes,
+    space_in,
+)
 from webslm.provenance import hash_files, list_files
 
 ENTRY_FILE = "entry.json"
@@ -127,22 +133,23 @@ class StageCache:
         When another build stored the same key first, its entry wins (equal keys mean equal
         work) and ours is dropped.
         """
-        self.stages.mkdir(parents=True, exist_ok=True)
-        staging = self.scratch_folder("entry")
-        try:
-            os.replace(output, staging / OUTPUT_DIR)
-            output.mkdir()  # the caller's folder stays, empty, for the caller to remove
-            make_read_only(staging / OUTPUT_DIR)
-            entry = {"key": key.material(), "files": dict(sorted(files.items()))}
-            (staging / ENTRY_FILE).write_text(canonical_json(entry), encoding="utf-8")
-            os.chmod(staging, 0o755)
+        with space_in(self.root):
+            self.stages.mkdir(parents=True, exist_ok=True)
+            staging = self.scratch_folder("entry")
             try:
-                os.rename(staging, self.stages / key.digest)
-            except OSError:
-                if self._read(key) is None:
-                    raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+                os.replace(output, staging / OUTPUT_DIR)
+                output.mkdir()  # the caller's folder stays, empty, for the caller to remove
+                make_read_only(staging / OUTPUT_DIR)
+                entry = {"key": key.material(), "files": dict(sorted(files.items()))}
+                (staging / ENTRY_FILE).write_text(canonical_json(entry), encoding="utf-8")
+                os.chmod(staging, 0o755)
+                try:
+                    os.rename(staging, self.stages / key.digest)
+                except OSError:
+                    if self._read(key) is None:
+                        raise
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
         stored = self._read(key)
         assert stored is not None
         return stored

@@ -24,6 +24,7 @@ from pathlib import Path
 from types import FrameType
 
 from webslm import bench, finetune, pipeline, publish, serve, verify
+from webslm.crash import ending
 from webslm.errors import BadInput, MissingEnvironment, Terminated, WebslmError
 from webslm.files import canonical_json
 from webslm.finetune import BITS_CHOICES, COMPILE_CHOICES, Recipe
@@ -471,7 +472,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         missing = (error.name or "").split(".")[0]
         extra = optional_extra(missing, args.command)
         if extra is None:
-            raise
+            return ending("webslm", error)
         absent = MissingEnvironment(f"`webslm {args.command}` needs {missing}, which is not "
                                     f"installed", f"pip install 'webslm[{extra}]' "
                                     f"(or -e '.[{extra}]' in a checkout)")
@@ -484,8 +485,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("webslm: terminated (SIGTERM); outputs already in place are unchanged",
               file=sys.stderr)
         return Terminated.exit_code
+    except Exception as error:  # noqa: BLE001 - a full disk, a bug: one line, never a traceback
+        return ending("webslm", error)
 
-
-def run() -> None:
-    """Console-script entry point."""
-    sys.exit(main())

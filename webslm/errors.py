@@ -6,8 +6,7 @@
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable
+import errno
 
 
 class WebslmError(Exception):
@@ -50,11 +49,17 @@ class Terminated(BaseException):
     exit_code = 143  # 128 + SIGTERM, as a shell reports it
 
 
-def exit_on_error(program: str, action: Callable[[], object]) -> None:
-    """Run ACTION; an error of webslm's ends the program with its one line and exit code (for
-    scripts outside the CLI: the benchmarks in bench/)."""
-    try:
-        action()
-    except WebslmError as error:
-        print(f"{program}: error: {error.line()}", file=sys.stderr)
-        sys.exit(error.exit_code)
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def from_os_error(error: OSError) -> WebslmError | None:
+    """The error an OSError is to a user, where it is the machine's state or the user's input
+    rather than a bug: a full disk or quota (exit 3), a name too long (exit 2); else None."""
+    where = f" ({error.filename})" if error.filename else ""
+    if error.errno in NO_SPACE:
+        return MissingEnvironment(f"no space left on the device{where}",
+                                  "free some space, or choose a folder on another disk")
+    if error.errno == errno.ENAMETOOLONG:
+        return BadInput(f"a file name is too long for the file system{where}",
+                        "choose a shorter path")
+    return None

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from webslm.errors import BadInput, MissingEnvironment
+from webslm.errors import NO_SPACE, BadInput, MissingEnvironment
 
 HASH_CHUNK = 1 << 20
 AT_FDCWD = -100
@@ -121,19 +121,34 @@ def read_json_object(path: Path, fix: str) -> dict[str, Any]:
     return value
 
 
+@contextlib.contextmanager
+def space_in(folder: Path) -> Iterator[None]:
+    """While writing under `folder`: a full disk or quota is MissingEnvironment naming the
+    folder (exit 3), not an OSError deep in a copy."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in NO_SPACE:
+            raise
+        raise MissingEnvironment(f"no space left in {folder} ({error.strerror})",
+                                 "free some space there, or choose a folder on another disk") \
+            from error
+
+
 def atomic_write_text(path: Path, text: str, mode: int = 0o644) -> None:
     """Write text to path through a temporary sibling and a rename; the file gets `mode`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with space_in(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+            os.chmod(tmp, mode)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
 
 
 def clone_or_copy(source: Path, target: Path) -> None:
@@ -277,21 +292,22 @@ def atomic_directory(final: Path, marker: str) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     recover_directory(final)
     token = owner_token()
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.{token}.", suffix=".tmp",
-                                    dir=final.parent))
-    try:
-        yield staging
-        os.chmod(staging, 0o755)
-        check_replaceable(final, marker)
-        if not final.exists():
-            os.rename(staging, final)
-        elif exchange(staging, final):
-            shutil.rmtree(staging, ignore_errors=True)  # now the old copy; the swap is done
-        else:
-            retired = final.with_name(f".{final.name}.old-{token}")
-            os.rename(final, retired)
-            os.rename(staging, final)
-            shutil.rmtree(retired, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with space_in(final.parent):
+        staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.{token}.", suffix=".tmp",
+                                        dir=final.parent))
+        try:
+            yield staging
+            os.chmod(staging, 0o755)
+            check_replaceable(final, marker)
+            if not final.exists():
+                os.rename(staging, final)
+            elif exchange(staging, final):
+                shutil.rmtree(staging, ignore_errors=True)  # now the old copy; the swap is done
+            else:
+                retired = final.with_name(f".{final.name}.old-{token}")
+                os.rename(final, retired)
+                os.rename(staging, final)
+                shutil.rmtree(retired, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise

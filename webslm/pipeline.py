@@ -65,6 +65,7 @@ from webslm.files import (
     canonical_json,
     check_replaceable,
     check_writable,
+    space_in,
 )
 from webslm.hub import (
     FINETUNE_FILE,
@@ -492,7 +493,8 @@ def scratch_area(options: BuildOptions, cache: StageCache) -> Iterator[Path]:
     so finished outputs are renamed into the cache rather than copied)."""
     folder = cache.scratch_folder("build", options.variation.work_root)
     try:
-        yield folder
+        with space_in(folder.parent):
+            yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from webslm.checkout import checkout_path, require
+from webslm.crash import unforeseen
 from webslm.errors import BadInput, MissingEnvironment, StageFailed
 from webslm.files import canonical_json
 from webslm.layout import APP_CONFIG_FILE
@@ -226,6 +227,16 @@ class SiteHandler(BaseHTTPRequestHandler):
     server: SiteServer
     protocol_version = "HTTP/1.1"
 
+    def handle(self) -> None:
+        """The requests of one connection. A client that goes away mid-answer (a cancelled
+        download, a closed tab) is normal: one short log line, not a traceback."""
+        try:
+            super().handle()
+        except ConnectionError as error:  # BrokenPipeError, ConnectionResetError, ...
+            asked = getattr(self, "requestline", "") or "its request"
+            self.log_message("closed the connection during %s (%s)", asked,
+                             type(error).__name__)
+
     def do_GET(self) -> None:
         self.respond(send_body=True)
 
@@ -310,6 +321,11 @@ class SiteServer(ThreadingHTTPServer):
     def url(self) -> str:
         """The address to open (with the port the system chose when asked for port 0)."""
         return f"http://{self.server_address[0]!s}:{self.server_port}/"
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A request that failed in a way nobody foresaw (a bug): one line naming the crash
+        log, and the server keeps serving the other requests."""
+        unforeseen("webslm serve", sys.exc_info()[1] or RuntimeError("unknown error"))
 
 
 def check_port(port: int) -> None:

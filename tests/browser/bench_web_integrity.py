@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bench.bench_web_integrity import report, runs_parser
 from tests.browser.fakedist import make_fake_dist
-from webslm.errors import exit_on_error
+from webslm.crash import exit_on_error
 
 MIB = 1024 * 1024
 

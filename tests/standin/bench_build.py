@@ -16,7 +16,7 @@ from bench.bench_build import options_parser, run_benches
 from tests.standin.image import ensure_standin_image, standin_toolchain
 from webslm.baseimage import LIVE_MIRROR, ensure_base_image
 from webslm.cache import default_cache_dir
-from webslm.errors import exit_on_error
+from webslm.crash import exit_on_error
 from webslm.toolchain import docker_client, load_lock
 
 REAL_STAGE_SECONDS = {"convert_weight": 37.0, "gen_config": 0.5, "compile": 39.0}
