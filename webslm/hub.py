@@ -80,7 +80,7 @@ def check_safetensors_header(path: Path) -> dict[str, Any]:
             raise BadInput(f"corrupt safetensors header in {path.name}: tensor {name!r} lies "
                            "outside the file or its data_offsets are not two integers", fix)
         dtype = entry.get("dtype")
-        if dtype not in CONVERTIBLE_DTYPES:
+        if not isinstance(dtype, str) or dtype not in CONVERTIBLE_DTYPES:
             raise BadInput(f"tensor {name!r} in {path.name} has dtype {dtype!r}, which MLC-LLM "
                            "v0.19.0 cannot convert", "save the model in float32, float16 or "
                            "bfloat16 (e.g. model.to(torch.float16).save_pretrained(...))")

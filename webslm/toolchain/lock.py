@@ -153,8 +153,8 @@ def _need(data: Mapping[str, Any], dotted: str, kind: type | tuple[type, ...]) -
     return value
 
 
-def _check_pin(dotted: str, value: str, pattern: re.Pattern[str], what: str) -> None:
-    if not is_placeholder(value) and not pattern.match(value):
+def _check_pin(dotted: str, value: object, pattern: re.Pattern[str], what: str) -> None:
+    if not isinstance(value, str) or not is_placeholder(value) and not pattern.match(value):
         raise BadInput(f"toolchain lock: `{dotted}` is not {what} nor a placeholder: {value!r}",
                        f"write {what} or `{PLACEHOLDER}`")
 
