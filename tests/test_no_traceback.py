@@ -138,7 +138,6 @@ def test_merge_refuses_a_malformed_adapter_folder(tiny_qwen2: Path, tmp_path: Pa
     ["finetune", "--data", "x", "--lr", "nan"], ["finetune", "--data", "x", "--epochs", "1e308"],
     ["finetune", "--data", "x", "--seed", "99999999999999999999"],
     ["finetune", "--data", "x", "--activation-budget", "nan"],
-    ["serve", "--port", "1e3"],
 ])
 def test_a_bad_number_stops_before_anything_runs(no_toolchain_needed: None, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch, capsys,

@@ -302,7 +302,7 @@ NUMERIC_FLAGS = [["build", "--cpus"], ["build", "--memory"], ["build", "--jobs"]
                  ["audit", "--artifact", "x", "--max-download-mib"],
                  ["finetune", "--data", "x", "--lr"], ["finetune", "--data", "x", "--epochs"],
                  ["finetune", "--data", "x", "--seed"], ["finetune", "--data", "x", "--lora-r"],
-                 ["finetune", "--data", "x", "--activation-budget"], ["serve", "--port"]]
+                 ["finetune", "--data", "x", "--activation-budget"]]
 number_texts = st.one_of(
     st.text(max_size=12),
     st.floats().map(repr), st.integers().map(str),

@@ -29,7 +29,6 @@ from webslm.errors import BadInput, MissingEnvironment, Terminated, WebslmError
 from webslm.files import canonical_json
 from webslm.finetune import BITS_CHOICES, COMPILE_CHOICES, Recipe
 from webslm.normalize import normalize_path
-from webslm.serve import MAX_PORT
 from webslm.spec import (
     DEFAULT_CONTEXT_WINDOW,
     DEFAULT_PREFILL_CHUNK,
@@ -398,8 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a dist folder to serve (repeatable); the same as a positional DIST")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default "
                        "%(default)s: this machine only)")
-    serve.add_argument("--port", type=Number(int, 0, MAX_PORT), default=8000,
-                       help="port (default %(default)s)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default %(default)s)")
 
     publish = command("publish", _cmd_publish, "upload a dist folder to a Hugging Face repo")
     publish.add_argument("dist", help="a dist folder `webslm build` wrote (model folder)")
