@@ -25,7 +25,7 @@ from types import FrameType
 
 from webslm import bench, finetune, pipeline, publish, serve, verify
 from webslm.crash import ending
-from webslm.errors import BadInput, MissingEnvironment, Terminated, WebslmError
+from webslm.errors import INTERRUPTED, BadInput, MissingEnvironment, Terminated, WebslmError
 from webslm.files import canonical_json
 from webslm.finetune import BITS_CHOICES, COMPILE_CHOICES, Recipe
 from webslm.normalize import normalize_path
@@ -478,7 +478,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return absent.exit_code
     except KeyboardInterrupt:
         print("webslm: interrupted; outputs already in place are unchanged", file=sys.stderr)
-        return 130
+        return INTERRUPTED
     except Terminated:
         print("webslm: terminated (SIGTERM); outputs already in place are unchanged",
               file=sys.stderr)

@@ -24,9 +24,8 @@ from huggingface_hub import get_token
 
 from webslm import __version__
 from webslm.cache import default_cache_dir
-from webslm.errors import Terminated, WebslmError, from_os_error
+from webslm.errors import INTERRUPTED, Terminated, WebslmError, from_os_error
 from webslm.hubapi import Redactor
-from webslm.launch import INTERRUPTED
 
 TRACEBACK_SWITCH = "WEBSLM_TRACEBACK"
 CRASH_FOLDER = "crash"

@@ -49,6 +49,7 @@ class Terminated(BaseException):
     exit_code = 143  # 128 + SIGTERM, as a shell reports it
 
 
+INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT, as a shell reports it
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 

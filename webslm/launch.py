@@ -1,6 +1,6 @@
 """The `webslm` command's entry point (the console script and `python -m webslm`).
 
-It imports nothing of its own at the top: loading webslm.cli and the packages under it takes a
+It imports only the error kinds at the top: loading webslm.cli and the packages under it takes a
 moment, and Ctrl-C in that moment must end like Ctrl-C at any other time, in one line with exit
 130, not with the traceback of an interrupted import.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
+from webslm.errors import INTERRUPTED
 
 
 def run() -> None:
