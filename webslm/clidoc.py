@@ -17,7 +17,9 @@ _HEADER = f"""# CLI reference
 
 Every command of `webslm` is also an Invoke task of the same name, with the same flags, defaults
 and exit codes (`webslm data check` is `invoke data-check`). Exit codes: 0 ok, 1 a stage or tool
-failed, 2 bad input, 3 missing environment, 130 / 143 stopped by Ctrl-C / SIGTERM.
+failed (or a bug: one line naming its crash log), 2 bad input, 3 missing environment, 130 / 143
+stopped by Ctrl-C / SIGTERM. A number a flag cannot take (`--cpus nan`, `--memory 1m`) is exit 2
+before anything runs.
 
 This page is generated from the parser in `webslm/cli.py` (`{REGENERATE}`);
 a test fails when it is out of date.
