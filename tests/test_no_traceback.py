@@ -271,26 +271,29 @@ def test_a_name_too_long_is_bad_input(no_toolchain_needed: None, tiny_qwen2: Pat
 
 
 def crash(args) -> int:
-    raise ZeroDivisionError(f"bug near {TOKEN}\nsecond line")
+    raise ZeroDivisionError(f"bug near {TOKEN}\nsecond line {SECRET}")
 
 
-TOKEN = "hf_" + "x" * 34
+TOKEN = "hf_" + "x" * 34  # token-shaped
+SECRET = "an-unshaped-secret-token"  # the user's token, shaped like nothing
 
 
 def test_a_bug_is_one_line_naming_a_crash_log_without_the_token(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.setenv("HF_TOKEN", SECRET)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.delenv(TRACEBACK_SWITCH, raising=False)
     monkeypatch.setattr("webslm.cli._cmd_spec", crash)
     assert main(["spec"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err and TOKEN not in err, err
-    assert err.startswith("webslm: internal error (ZeroDivisionError: bug near *** second line)")
+    assert err.startswith("webslm: internal error (ZeroDivisionError: bug near *** second line "
+                          "***)")
     [log] = (tmp_path / "xdg" / "webslm" / "crash").iterdir()
     assert f"the traceback is in {log} (set {TRACEBACK_SWITCH}=1 to print it)" in err
     text = log.read_text()
     assert "Traceback (most recent call last)" in text and "in crash" in text
-    assert TOKEN not in text and (log.stat().st_mode & 0o777) == 0o600
+    assert TOKEN not in text and SECRET not in text and (log.stat().st_mode & 0o777) == 0o600
 
 
 def test_the_switch_prints_the_traceback_instead(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

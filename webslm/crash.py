@@ -20,12 +20,10 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from huggingface_hub import get_token
-
 from webslm import __version__
 from webslm.cache import default_cache_dir
 from webslm.errors import INTERRUPTED, Terminated, WebslmError, from_os_error
-from webslm.hubapi import Redactor
+from webslm.hubapi import Redactor, hub_token
 
 TRACEBACK_SWITCH = "WEBSLM_TRACEBACK"
 CRASH_FOLDER = "crash"
@@ -49,35 +47,37 @@ def crash_report(program: str, error: BaseException, redactor: Redactor) -> str:
 
 def write_crash_log(text: str) -> Path | None:
     """A new file (readable by its owner only) holding `text`; None when no folder takes it."""
-    name = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}.log"
+    prefix = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}-"
     for folder in crash_folders():
         try:
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-            path = folder / name
-            with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w",
-                      encoding="utf-8") as handle:
-                handle.write(text)
-            return path
+            fd, name = tempfile.mkstemp(prefix=prefix, suffix=".log", dir=folder)  # mode 0600
         except OSError:
             continue
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+            return Path(name)
+        except OSError:
+            os.unlink(name)
     return None
 
 
-def stored_token() -> str | None:
-    """The Hugging Face token to keep out of the log; None when there is none or it cannot be
+def stored_token() -> str:
+    """The Hugging Face token to keep out of the log; "" when there is none or it cannot be
     read (a crash report must not crash)."""
-    with contextlib.suppress(OSError):
-        return get_token()
-    return None
+    with contextlib.suppress(WebslmError, OSError):
+        return hub_token()
+    return ""
 
 
 def unforeseen(program: str, error: BaseException) -> int:
     """Report an exception nobody foresaw (a bug) in one line naming its crash log; exit 1."""
-    redactor = Redactor(tuple(t for t in (stored_token(),) if t))
+    redactor = Redactor((stored_token(),))
     if os.environ.get(TRACEBACK_SWITCH, "") not in ("", "0"):
         sys.stderr.write(redactor.redact("".join(traceback.format_exception(error))))
         return 1
-    what = " ".join(f"{type(error).__name__}: {error}".split())
+    what = redactor.redact(" ".join(f"{type(error).__name__}: {error}".split()))
     if len(what) > MESSAGE_CHARS:
         what = what[:MESSAGE_CHARS - 1] + "…"
     log = write_crash_log(crash_report(program, error, redactor))
