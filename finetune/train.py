@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from webslm.chatdata import load_tokenizer, tokenize_all
-from webslm.errors import exit_on_error
+from webslm.crash import exit_on_error
 from webslm.finetune import Recipe, checked_data
 from webslm.training import train_adapter
 

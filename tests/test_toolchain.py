@@ -282,7 +282,7 @@ def test_offline_build_passes_the_lock_checks_and_exits_3_naming_what_it_cannot_
     dead = "http://127.0.0.1:9"
     env = {**os.environ, "http_proxy": dead, "https_proxy": dead, "HTTP_PROXY": dead,
            "HTTPS_PROXY": dead, "no_proxy": "", "NO_PROXY": "", "XDG_CACHE_HOME": str(tmp_path)}
-    build_offline = ("import sys; from pathlib import Path; from webslm.errors import "
+    build_offline = ("import sys; from pathlib import Path; from webslm.crash import "
                      "exit_on_error; from webslm.toolchain.build import ensure_toolchain_image; "
                      "exit_on_error('webslm', lambda: ensure_toolchain_image("
                      "docker_dir=Path(sys.argv[1])))")
