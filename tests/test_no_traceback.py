@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from browser.fakedist import make_fake_dist
+from conftest import REAL_TINY, writable_copy
 
 from webslm.cache import StageCache, StageKey
 from webslm.cli import main
@@ -79,6 +80,16 @@ def test_deep_provenance_is_bad_input(tmp_path: Path, capsys) -> None:
     (tmp_path / "provenance.json").write_bytes(DEEP)
     assert main(["verify", str(tmp_path)]) == 2
     assert "provenance.json: its JSON nests too deeply" in one_line_error(capsys)
+
+
+def test_a_deep_app_config_is_refused_by_publish_and_fails_verify(tmp_path: Path, capsys) -> None:
+    dist = writable_copy(REAL_TINY / "dist-q4f32_1", tmp_path / "dist")
+    (dist / "webllm-app-config.json").write_bytes(DEEP)
+    assert main(["publish", str(dist), "--repo", "owner/name", "--dry-run"]) == 2
+    assert "webllm-app-config.json: its JSON nests too deeply" in one_line_error(capsys)
+    assert main(["verify", str(dist)]) == 1  # a shipped file that is not what was built
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err and "webllm-app-config.json" in err
 
 
 @pytest.mark.parametrize("reader", [read_app_config, read_chat_config])
