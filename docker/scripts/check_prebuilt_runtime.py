@@ -24,8 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tvm.contrib import emcc
 from tvm._ffi.libinfo import find_lib_path
+from tvm.contrib import emcc
 
 TVM_RUNTIMES = ("wasm_runtime.bc", "tvmjs_support.bc", "webgpu_runtime.bc")
 MODEL_SOURCE = 'extern "C" int TVMFuncFree(void*);\n' \
