@@ -140,13 +140,17 @@ def test_an_anchor_found_twice_is_refused(tvm_tree: Path) -> None:
 
 
 
-# A stand-in emcc: records its command line beside itself and writes the output file.
-RECORDING_EMCC = """\
+# A stand-in emcc: logs each command line beside itself (a JSON list a line) and writes as its
+# output its inputs' bytes joined, so two links of inputs with equal bytes write equal outputs.
+STANDIN_EMCC = """\
 import json, sys
 from pathlib import Path
 args = sys.argv[1:]
-Path(args[args.index("-o") + 1]).write_bytes(b"\\0asm")
-Path(sys.argv[0]).with_name("emcc-argv.json").write_text(json.dumps(args))
+out = args[args.index("-o") + 1]
+inputs = [Path(a) for a in args if a != out and a.endswith((".cc", ".bc", ".o"))]
+Path(out).write_bytes(b"|".join(path.read_bytes() for path in inputs))
+with open(Path(sys.argv[0]).with_name("emcc-calls.jsonl"), "a") as log:
+    log.write(json.dumps(args) + "\\n")
 """
 
 # The two parts of tvm._ffi that emcc.py imports; TVM looks in TVM_LIBRARY_PATH first.
@@ -159,35 +163,54 @@ TVM_FFI = {
                            "    return [os.path.join(os.environ['TVM_LIBRARY_PATH'], name)]\n",
 }
 LINK = ("import sys; from tvm.contrib import emcc; "
-        "emcc.create_tvmjs_wasm(sys.argv[1], sys.argv[2:4], cc=sys.argv[4], libs=[sys.argv[5]])")
+        "emcc.create_tvmjs_wasm(sys.argv[1], sys.argv[2:4], libs=[sys.argv[4]])")
 
 
-def _link_command(tree: Path, work: Path, prebuilt: bool) -> list[str]:
-    """The emcc command line `create_tvmjs_wasm` of `tree` runs for a model's two objects, with
-    the runtimes' bitcode in `work` (and their prebuilt objects beside it when `prebuilt`)."""
-    runtimes = work / "runtimes"
-    runtimes.mkdir(parents=True)
-    for name in (*TVM_RUNTIMES, MLC_RUNTIME):
-        (runtimes / f"{name}.bc").write_bytes(b"BC")
-        if prebuilt:
-            (runtimes / f"{name}.o").write_bytes(b"\0asm")
+def _toolchain(tree: Path, work: Path, objects: str | None) -> dict[str, str]:
+    """Stand-ins for what compile's link finds, in `work`: TVM's package with `tree`'s emcc.py,
+    the TVM runtimes' bitcode in runtimes/ and MLC's in mlc/web/dist/wasm/ (each runtime's bytes
+    "<name> code"), prebuilt objects beside them holding "<name> <objects>" unless `objects` is
+    None, and emcc; returns the environment a link runs in."""
+    folders = {work / "runtimes": TVM_RUNTIMES, work / "mlc/web/dist/wasm": (MLC_RUNTIME,)}
+    for folder, names in folders.items():
+        folder.mkdir(parents=True)
+        for name in names:
+            (folder / f"{name}.bc").write_text(f"{name} code")
+            if objects is not None:
+                (folder / f"{name}.o").write_text(f"{name} {objects}")
     package = work / "package"
     for relative, text in {**TVM_FFI, "tvm/contrib/emcc.py": (tree / EMCC_PY).read_text()}.items():
         (package / relative).parent.mkdir(parents=True, exist_ok=True)
         (package / relative).write_text(text)
     emcc = work / "bin" / "emcc"
     emcc.parent.mkdir()
-    emcc.write_text(f"#!{sys.executable}\n{RECORDING_EMCC}")
+    emcc.write_text(f"#!{sys.executable}\n{STANDIN_EMCC}")
     emcc.chmod(0o755)
+    return {"PYTHONPATH": str(package), "TVM_LIBRARY_PATH": str(work / "runtimes"),
+            "MLC_LLM_SOURCE_DIR": str(work / "mlc"), "PATH": f"{emcc.parent}:/usr/bin:/bin"}
+
+
+def _emcc_calls(work: Path) -> list[list[str]]:
+    log = work / "bin" / "emcc-calls.jsonl"
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def _link_command(tree: Path, work: Path, prebuilt: bool) -> list[str]:
+    """The emcc command line `create_tvmjs_wasm` of `tree` runs for a model's two objects, with
+    the runtimes' bitcode in `work` (and their prebuilt objects beside it when `prebuilt`)."""
+    env = _toolchain(tree, work, "code" if prebuilt else None)
+    for name in ("lib0.bc", "devc.bc"):
+        (work / name).write_text(name)
     subprocess.run([sys.executable, "-c", LINK, str(work / "out.wasm"), str(work / "lib0.bc"),
-                    str(work / "devc.bc"), str(emcc), str(runtimes / f"{MLC_RUNTIME}.bc")],
-                   env={"PYTHONPATH": str(package), "TVM_LIBRARY_PATH": str(runtimes)},
-                   check=True)
-    return json.loads((work / "bin" / "emcc-argv.json").read_text())
+                    str(work / "devc.bc"), f"{env['MLC_LLM_SOURCE_DIR']}/web/dist/wasm/"
+                    f"{MLC_RUNTIME}.bc"], env=env, check=True)
+    [command] = _emcc_calls(work)
+    return command
 
 
 def _as_prebuilt(command: list[str], work: Path) -> list[str]:
-    runtime = {str(work / "runtimes" / f"{name}.bc") for name in (*TVM_RUNTIMES, MLC_RUNTIME)}
+    runtime = {str(work / "runtimes" / f"{name}.bc") for name in TVM_RUNTIMES}
+    runtime.add(str(work / "mlc/web/dist/wasm" / f"{MLC_RUNTIME}.bc"))
     return [arg[:-len(".bc")] + ".o" if arg in runtime else arg for arg in command]
 
 
@@ -198,10 +221,9 @@ def test_the_patched_link_takes_the_prebuilt_runtime_objects(tvm_tree: Path,
     original = _link_command(tvm_tree, tmp_path / "original", prebuilt=True)
     assert _apply(tvm_tree).returncode == 0
     patched = _link_command(tvm_tree, tmp_path / "patched", prebuilt=True)
-    runtimes = tmp_path / "patched" / "runtimes"
-    for name in (*TVM_RUNTIMES, MLC_RUNTIME):
-        assert str(runtimes / f"{name}.o") in patched
-        assert str(runtimes / f"{name}.bc") not in patched
+    runtimes = [tmp_path / "patched" / "runtimes" / name for name in TVM_RUNTIMES]
+    for runtime in [*runtimes, tmp_path / "patched/mlc/web/dist/wasm" / MLC_RUNTIME]:
+        assert f"{runtime}.o" in patched and f"{runtime}.bc" not in patched
     assert patched[-2:] == [str(tmp_path / "patched" / "lib0.bc"),
                             str(tmp_path / "patched" / "devc.bc")]
     expected = _as_prebuilt(original, tmp_path / "original")
@@ -217,3 +239,34 @@ def test_without_prebuilt_objects_the_patched_link_is_the_original(tvm_tree: Pat
     patched = _link_command(tvm_tree, tmp_path / "patched", prebuilt=False)
     assert patched == [arg.replace(str(tmp_path / "original"), str(tmp_path / "patched"))
                        for arg in original]
+
+
+CHECK = REPO / "docker" / "scripts" / "check_prebuilt_runtime.py"
+
+
+def _check(tvm_tree: Path, work: Path, objects: str) -> subprocess.CompletedProcess[str]:
+    assert _apply(tvm_tree).returncode == 0
+    env = _toolchain(tvm_tree, work, objects)
+    return subprocess.run([sys.executable, str(CHECK)], env=env, capture_output=True, text=True,
+                          check=False)
+
+
+def test_the_image_check_links_once_with_the_objects_and_once_with_the_bitcode(
+        tvm_tree: Path, tmp_path: Path) -> None:
+    result = _check(tvm_tree, tmp_path, objects="code")
+    assert result.returncode == 0, result.stderr
+    assert "prebuilt runtime objects: wall" in result.stdout and "runtime bitcode:" in result.stdout
+    compile_model, prebuilt, bitcode = _emcc_calls(tmp_path)
+    assert "-emit-llvm" in compile_model and "-c" in compile_model
+    runtimes = [arg for arg in prebuilt if Path(arg).stem in (*TVM_RUNTIMES, MLC_RUNTIME)]
+    assert len(runtimes) == 4 and all(arg.endswith(".o") for arg in runtimes)
+    runtimes = [arg for arg in bitcode if Path(arg).stem in (*TVM_RUNTIMES, MLC_RUNTIME)]
+    assert len(runtimes) == 4 and all(arg.endswith(".bc") for arg in runtimes)
+    assert prebuilt[-1] == bitcode[-1] and prebuilt[-1].endswith("model.bc")
+
+
+def test_the_image_check_fails_when_the_objects_link_to_other_bytes(tvm_tree: Path,
+                                                                    tmp_path: Path) -> None:
+    result = _check(tvm_tree, tmp_path, objects="stale code")
+    assert result.returncode == 1
+    assert "link to another wasm than the bitcode" in result.stderr
