@@ -109,7 +109,7 @@ def test_an_evidence_note_that_says_neither_proven_nor_inferred_is_refused(
 
 def test_patch_digests_in_the_lock_match_the_patch_files() -> None:
     assert lock_module.patch_mismatches(toolchain.load_lock()) == ()
-    assert len(toolchain.load_lock().patches) == 2
+    assert len(toolchain.load_lock().patches) == 3
 
 
 def test_lock_formatting_and_key_order_do_not_change_the_id(docker_dir: Path) -> None:
@@ -540,6 +540,25 @@ def test_the_image_ships_a_frozen_prebuilt_emscripten_cache() -> None:
     assert final.index("USER 1000:1000") > frozen
     script = (REPO / "docker/scripts/warm_emscripten_cache.py").read_text()
     assert "create_tvmjs_wasm(" in script and "mlc_wasm_runtime.bc" in script
+
+
+def test_the_image_ships_each_runtime_prebuilt_beside_its_bitcode() -> None:
+    """The wasm stage compiles each of the four runtimes' bitcode once to an object beside it,
+    with the flags create_tvmjs_wasm's link compiles bitcode with; the final stage ships the
+    objects where compile finds the bitcode, requires them, and proves (with a frozen cache) that
+    they link to the same wasm as the bitcode."""
+    dockerfile = (REPO / "docker" / "Dockerfile").read_text()
+    wasm = dockerfile[dockerfile.index("AS wasm\n"):dockerfile.index(f"AS {build.FINAL_STAGE}\n")]
+    assert 'emcc -O3 -std=c++17 -c "${bc}" -o "${bc%.bc}.o"' in wasm
+    loop = wasm[wasm.index("for bc in") + len("for bc in"):wasm.index("; do", wasm.index("for bc"))]
+    assert [path.rsplit("/", 1)[-1] for path in loop.replace("\\", " ").split()] == [
+        "mlc_wasm_runtime.bc", "wasm_runtime.bc", "tvmjs_support.bc", "webgpu_runtime.bc"]
+    final = _final_stage(dockerfile)
+    assert "/src/mlc-llm/web/dist/wasm/mlc_wasm_runtime.o /opt/mlc-llm/web/dist/wasm/" in final
+    assert "COPY --from=wasm /src/mlc-llm/3rdparty/tvm/web/dist/wasm/ /opt/tvm/build/" in final
+    assert 'test -s "${bc}" && test -s "${bc%.bc}.o" || exit 1' in final
+    check = final.index("RUN python3 /opt/webslm/scripts/check_prebuilt_runtime.py")
+    assert final.index("ENV EM_FROZEN_CACHE=1") < check < final.index("USER 1000:1000")
 
 
 def test_the_crates_stage_vendors_at_the_committed_cargo_lock() -> None:

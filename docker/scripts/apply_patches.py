@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""Apply the determinism patches in PATCH_DIR to the TVM tree at TVM_DIR.
+"""Apply the TVM patches in PATCH_DIR (determinism; the prebuilt runtime link) to TVM_DIR.
 
 Each patch module names a FILE and EDITS, pairs of (exact anchor, replacement). An edit whose
 replacement is already present is skipped (the script is idempotent); otherwise its anchor must
 occur exactly once, or the build stops: the pinned tree differs from the code the patch was
-written for, and a silently unpatched compiler would write non-reproducible wasm.
+written for, and a silently unpatched compiler would write non-reproducible wasm (or link
+slowly).
 
 usage: apply_patches.py PATCH_DIR TVM_DIR      exit 0 applied/already applied, 1 anchor missing
 """

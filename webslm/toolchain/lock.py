@@ -2,7 +2,7 @@
 
 `docker/toolchain.lock.json` is the one source of truth for every input of the image (the Debian
 snapshot the base root filesystem is made from and every apt version, Rust, emsdk, MLC-LLM and
-submodule commits, vendored crates, Python wheels, determinism patches). The toolchain ID is a
+submodule commits, vendored crates, Python wheels, TVM patches). The toolchain ID is a
 sha256 over the canonical lock (so key order and whitespace do not matter), the base image's recipe
 (webslm.baseimage) and every file of the build context (docker/), so a changed byte anywhere is a
 new image tag `webslm-toolchain:<first 12 hex>`.
@@ -274,7 +274,7 @@ def load_lock(docker_dir: Path = DOCKER_DIR) -> ToolchainLock:
 
 
 def patch_digests(docker_dir: Path = DOCKER_DIR) -> dict[str, str]:
-    """sha256 of each determinism patch in docker/patches, by file name."""
+    """sha256 of each TVM patch in docker/patches, by file name."""
     return {p.name: sha256_file(p) for p in sorted((docker_dir / PATCHES_DIR).glob("*.py"))}
 
 
