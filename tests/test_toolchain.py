@@ -643,3 +643,14 @@ def test_the_venv_ships_reproducible_bytecode_compiled_after_every_install() -> 
     step = "/opt/venv/bin/python3 /opt/webslm/scripts/compile_bytecode.py /opt/venv"
     assert mlc.rindex("pip install") < mlc.index(step)
     assert "__pycache__" not in mlc and "COPY --from=mlc /opt/venv /opt/venv" in dockerfile
+
+
+def test_emscriptens_bytecode_is_the_reproducible_kind_too() -> None:
+    """emcc's first run in the emsdk stage writes timestamp-based .pyc files; the stage compiles
+    /opt/emsdk with compile_bytecode.py after it, so the final image copies only the
+    unchecked-hash kind."""
+    dockerfile = (REPO / "docker" / "Dockerfile").read_text()
+    emsdk = dockerfile[dockerfile.index("AS emsdk\n"):dockerfile.index("AS sources\n")]
+    step = "python3 /opt/webslm/scripts/compile_bytecode.py /opt/emsdk"
+    assert emsdk.rindex("emcc --version") < emsdk.index(step)
+    assert "COPY --from=emsdk /opt/emsdk /opt/emsdk" in dockerfile
