@@ -156,6 +156,46 @@ def test_merge_refuses_bad_adapters(tiny_qwen2: Path, finetuned: Path, tmp_path:
     assert not (tmp_path / "o").exists()
 
 
+def refuse_to_load(*args: object, **kwargs: object) -> None:
+    raise AssertionError("the model was loaded before the output folder was checked")
+
+
+def test_merge_never_writes_over_the_adapter_it_merges(tiny_qwen2: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setattr(training, "merge_into", refuse_to_load)
+    out = tmp_path / "ft"
+    adapter = out / "adapter"
+    adapter.mkdir(parents=True)
+    (out / "webslm.json").write_text("{}")  # an earlier webslm result: replaceable
+    (adapter / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 4}')
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights")
+    for target, relation in ((out, "contains"), (adapter, "is"), (adapter / "sub", "is inside")):
+        assert main(["merge", "--base", str(tiny_qwen2), "--adapter", str(adapter),
+                     "--out", str(target)]) == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and f"{relation} the adapter folder" in error
+    assert main(["merge", "--base", str(tiny_qwen2), "--adapter", str(adapter),
+                 "--out", str(tiny_qwen2)]) == 2
+    assert "is the base model folder" in capsys.readouterr().err
+    assert sorted(p.name for p in adapter.iterdir()) == ["adapter_config.json",
+                                                         "adapter_model.safetensors"]
+
+
+def test_finetune_never_writes_over_its_data(tiny_qwen2: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setattr(training, "train_adapter", refuse_to_load)
+    out = tmp_path / "ft"
+    out.mkdir()
+    (out / "webslm.json").write_text("{}")
+    data = write_data(out / "chat.jsonl", repeat=1)
+    assert main(["finetune", "--data", str(data), "--base", str(tiny_qwen2),
+                 "--out", str(out)]) == 2
+    assert "contains the data file" in capsys.readouterr().err
+    assert data.is_file()
+
+
 def test_failed_finetune_leaves_no_output(tiny_qwen2: Path, tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     def broken_merge(*args: object) -> None:

@@ -18,7 +18,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -239,6 +239,26 @@ def check_replaceable(final: Path, marker: str) -> None:
     if final.is_dir() and not (final / marker).is_file() and any(final.iterdir()):
         raise BadInput(f"{final} is a folder webslm did not write (it has no {marker}); "
                        "webslm never replaces it", "move it away or choose another output folder")
+
+
+def relation(path: Path, other: Path) -> str | None:
+    """How `path` lies against `other` once both are resolved: "is", "is inside", "contains",
+    or None when they are apart."""
+    mine, theirs = path.resolve(), other.resolve()
+    if mine == theirs:
+        return "is"
+    if theirs in mine.parents:
+        return "is inside"
+    return "contains" if mine in theirs.parents else None
+
+
+def check_apart(output: Path, inputs: Sequence[tuple[str, Path]], fix: str) -> None:
+    """BadInput when an output folder is, lies inside or contains one of the named inputs:
+    replacing it would delete (or write into) what the command reads."""
+    for what, source in inputs:
+        found = relation(output, source)
+        if found is not None:
+            raise BadInput(f"the output folder {output} {found} the {what} {source}", fix)
 
 
 def check_writable(folder: Path) -> None:

@@ -40,7 +40,13 @@ from webslm.chatdata import (
 )
 from webslm.checkout import checkout_path, require
 from webslm.errors import BadInput, MissingEnvironment, StageFailed
-from webslm.files import atomic_directory, atomic_write_text, canonical_json, read_json_object
+from webslm.files import (
+    atomic_directory,
+    atomic_write_text,
+    canonical_json,
+    check_apart,
+    read_json_object,
+)
 from webslm.hub import FINETUNE_FILE, ResolvedModel, resolve_model
 from webslm.hubapi import push_folder
 from webslm.spec import resolve_spec
@@ -247,10 +253,17 @@ def _resolve_base(base: str) -> ResolvedModel:
     return resolve_model(resolve_spec(model=base))
 
 
+def check_output_apart(out: Path, inputs: Sequence[tuple[str, Path]]) -> None:
+    """The output folder is replaced whole: it may not be, hold or lie inside what the command
+    reads (`merge --adapter ft/adapter --out ft` would delete the adapter it merges)."""
+    check_apart(out, inputs, "pass an --out outside the base model, the adapter and the data")
+
+
 def merge_command(base: str, adapter: Path, out: Path) -> int:
     """Merge an adapter trained anywhere; reuse its training record when webslm trained it."""
     adapter_config = check_adapter(adapter)
     resolved = _resolve_base(base)
+    check_output_apart(out, [("adapter folder", adapter), ("base model folder", resolved.path)])
     record_path = adapter / FINETUNE_FILE
     record = (read_json_object(record_path, "restore the training record webslm wrote")
               if record_path.is_file() else {})
@@ -311,6 +324,8 @@ def finetune(files: Sequence[Path], base: str, out: Path, recipe: Recipe, gpus: 
     batch_split(recipe, gpus)
     data = checked_data(files)
     resolved = _resolve_base(base)
+    check_output_apart(out, [("base model folder", resolved.path),
+                             *[("data file", path) for path in files]])
     examples = tokenize_all(load_tokenizer(resolved.path), data, recipe.max_seq_len)
     for line in summary_lines(data, examples, recipe.max_seq_len):
         print(line)

@@ -63,6 +63,7 @@ from webslm.container import (
 from webslm.errors import BadInput, StageFailed, WebslmError
 from webslm.files import (
     canonical_json,
+    check_apart,
     check_replaceable,
     check_writable,
     space_in,
@@ -210,12 +211,8 @@ def check_output_folder(final: Path, model: Path) -> None:
     """The dist folder may not be the model folder, inside it or around it (the swap would
     delete the model), nor a file or a folder webslm did not write; its parent must be
     writable. All before any container starts."""
-    out, source = final.resolve(), model.resolve()
-    relation = ("is" if out == source else "is inside" if source in out.parents
-                else "contains" if out in source.parents else None)
-    if relation is not None:
-        raise BadInput(f"the output folder {final} {relation} the model folder {model}",
-                       "pass an --out (or --name) outside the model folder")
+    check_apart(final, [("model folder", model)],
+                "pass an --out (or --name) outside the model folder")
     check_replaceable(final, PROVENANCE_FILE)
     check_writable(final.parent)
 
