@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from webslm.cli import main
+from webslm.hub import check_model_folder
+from webslm.modelfiles import is_sentencepiece_model
 from webslm.pipeline import BuildOptions, build_many
 from webslm.spec import resolve_spec
 
@@ -73,7 +75,35 @@ def own_model_code(model: Path) -> None:
     (model / "config.json").write_text(json.dumps(config))
 
 
+PEM_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUA\n" \
+          "-----END OPENSSH PRIVATE KEY-----\n"
+
+
+def linked_outside(name: str):
+    """`name` in the model folder becomes a symbolic link to a private key beside it."""
+    def spoil(model: Path) -> None:
+        key = model.parent / "id_rsa"
+        key.write_text(PEM_KEY)
+        (model / name).unlink(missing_ok=True)
+        (model / name).symlink_to(key)
+    return spoil
+
+
+def replaced_by(name: str, data: bytes):
+    def spoil(model: Path) -> None:
+        (model / name).write_bytes(data)
+    return spoil
+
+
 @pytest.mark.parametrize("spoil, message", [
+    (linked_outside("merges.txt"), "merges.txt is a symbolic link to"),
+    (linked_outside("tokenizer.model"), "tokenizer.model is a symbolic link to"),
+    (linked_outside("tokenizer_config.json"), "tokenizer_config.json is a symbolic link to"),
+    (replaced_by("tokenizer.model", PEM_KEY.encode()), "is not a SentencePiece model"),
+    (replaced_by("merges.txt", PEM_KEY.encode()), "is not a BPE merges file"),
+    (replaced_by("merges.txt", b"\x00\xff\xfe"), "is not UTF-8 text"),
+    (replaced_by("tokenizer_config.json", PEM_KEY.encode()), "is not valid JSON"),
+    (replaced_by("chat_template.jinja", PEM_KEY.encode()), "is not a Jinja chat template"),
     (without_config, "has no config.json"),
     (unsupported_architecture, "unsupported architecture"),
     (corrupt_safetensors_header, "corrupt safetensors header"),
@@ -98,6 +128,32 @@ def test_bad_models_fail_in_one_line_and_write_nothing(
     assert message in error
     assert not out.exists()
     assert not (tmp_path / "xdg" / "webslm" / "stages").exists()
+
+
+def test_links_inside_the_folder_are_followed(no_toolchain_needed: None, tiny_qwen2: Path,
+                                             tmp_path: Path) -> None:
+    model = Path(shutil.copytree(tiny_qwen2, tmp_path / "model"))
+    (model / "real").mkdir()
+    (model / "tokenizer.json").rename(model / "real" / "tokenizer.json")
+    (model / "tokenizer.json").symlink_to(Path("real") / "tokenizer.json")
+    assert check_model_folder(model)[1] == check_model_folder(tiny_qwen2)[1]
+
+
+def sentencepiece_bytes(*pieces: str) -> bytes:
+    """A SentencePiece ModelProto as protobuf writes it: pieces {piece, score}, trainer_spec."""
+    def field(number: int, payload: bytes) -> bytes:
+        return bytes([number << 3 | 2, len(payload)]) + payload
+    return b"".join(field(1, field(1, p.encode()) + b"\x15\x00\x00\x80\xbf")
+                    for p in pieces) + field(2, b"\x30\x01")
+
+
+def test_a_sentencepiece_model_is_told_from_other_files() -> None:
+    model = sentencepiece_bytes("<unk>", "\u2581the", "a")
+    assert is_sentencepiece_model(model)
+    assert not is_sentencepiece_model(model[:-1])  # cut short
+    assert not is_sentencepiece_model(PEM_KEY.encode())
+    assert not is_sentencepiece_model(b"")
+    assert not is_sentencepiece_model(sentencepiece_bytes()[0:0] + b"\x12\x02\x30\x01")
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -233,8 +233,18 @@ def _mismatch_the_pin(dist: Path) -> str:
     return "says webllm_version '0.2.80' but provenance.json says '0.2.79'"
 
 
+def _link_outside(dist: Path) -> str:
+    """A shipped file that is a link to a file outside the dist (with the very same bytes, so
+    every digest still matches): its target would be uploaded from wherever it is."""
+    outside = dist.parent / "elsewhere.json"
+    (dist / "tokenizer_config.json").rename(outside)
+    (dist / "tokenizer_config.json").symlink_to(outside)
+    return "tokenizer_config.json is a symbolic link to .*elsewhere.json, outside"
+
+
 @pytest.mark.parametrize("damage", [_break_by_removing, _break_by_editing, _break_by_adding,
-                                    _break_the_app_config, _drop_provenance, _mismatch_the_pin])
+                                    _break_the_app_config, _drop_provenance, _mismatch_the_pin,
+                                    _link_outside])
 def test_a_dist_folder_that_is_not_what_was_built_is_bad_input(
         dist: Path, damage: Any, capsys: pytest.CaptureFixture[str]) -> None:
     expected = damage(dist)

@@ -261,6 +261,16 @@ def check_apart(output: Path, inputs: Sequence[tuple[str, Path]], fix: str) -> N
             raise BadInput(f"the output folder {output} {found} the {what} {source}", fix)
 
 
+def check_links(folder: Path, names: Sequence[str], roots: Sequence[Path], fix: str) -> None:
+    """BadInput naming the first file under `folder` that resolves (through symbolic links)
+    outside every one of `roots`: copying it would ship a file from elsewhere (~/.ssh/id_rsa)."""
+    for name in names:
+        target = (folder / name).resolve()
+        if not any(target == root or root in target.parents for root in roots):
+            raise BadInput(f"{folder / name} is a symbolic link to {target}, outside "
+                           f"{folder}", fix)
+
+
 def check_writable(folder: Path) -> None:
     """BadInput when `folder` is or lies inside a file; MissingEnvironment (exit 3) when files
     cannot be created where it is (or would be made). Creates nothing."""

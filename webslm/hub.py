@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from webslm.errors import BadInput
-from webslm.files import parse_json, readable
+from webslm.files import check_links, parse_json, readable
 from webslm.hubapi import download_snapshot
+from webslm.modelfiles import check_model_file
 from webslm.normalize import load_config
 from webslm.safetensors_index import INDEX_FILE, read_weight_map
 from webslm.spec import BuildSpec, matching_model_type, mlc_model_type
@@ -132,9 +133,23 @@ def check_model_folder(folder: Path, *, allow_pickle: bool = False) -> tuple[str
     if not any(n in ("tokenizer.json", "tokenizer.model") for n in names):
         raise BadInput(f"{folder} has no tokenizer (tokenizer.json or tokenizer.model)",
                        "add the model's tokenizer files")
-    weights = _weight_files(folder, names, allow_pickle)
     kept = [n for n in names if n in CONFIG_FILES or n in TOKENIZER_FILES]
-    return model_type, tuple(sorted(set(kept + weights)))
+    used = sorted(set(kept + _weight_files(folder, names, allow_pickle)))
+    check_links(folder, used, link_roots(folder), "copy the real file into the model folder "
+                "(a link may point only inside it, or into the blobs/ of the Hugging Face "
+                "cache its snapshot is in)")
+    for name in kept:
+        check_model_file(folder / name)
+    return model_type, tuple(used)
+
+
+def link_roots(folder: Path) -> tuple[Path, ...]:
+    """Where a model folder's files may really be: inside the folder and, for a Hugging Face
+    cache snapshot (`<repo>/snapshots/<commit>`, all symbolic links), its repo's `blobs/`."""
+    real = folder.resolve()
+    if real.parent.name == "snapshots":
+        return real, real.parent.parent / "blobs"
+    return (real,)
 
 
 def resolve_model(spec: BuildSpec, *, allow_pickle: bool = False,

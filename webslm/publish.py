@@ -30,6 +30,7 @@ from urllib.parse import urlencode
 from huggingface_hub import CommitOperationAdd, HfApi, constants
 
 from webslm.errors import BadInput
+from webslm.files import check_links
 from webslm.hubapi import Redactor, hub_call, hub_token, redacted_logs
 from webslm.layout import (
     APP_CONFIG_FILE,
@@ -126,6 +127,8 @@ def read_package(dist: Path) -> DistPackage:
     app_config = read_app_config(dist / APP_CONFIG_FILE)
     record = check_app_config(app_config)
     expected = dict(provenance.subjects)
+    check_links(dist, list_files(dist), (dist.resolve(),),
+                f"replace the link with the file itself, or {REBUILD}")
     present = set(list_files(dist)) - {PROVENANCE_FILE, APP_CONFIG_FILE}
     missing = sorted(set(expected) - present)
     if missing:
