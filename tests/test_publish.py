@@ -323,6 +323,19 @@ def test_log_records_are_redacted_while_publishing(caplog: pytest.LogCaptureFixt
     assert caplog.records[-1].getMessage() == "after: unchanged"
 
 
+@pytest.mark.parametrize("token", [FAKE_TOKEN, "s3cret-value-1234"])
+@pytest.mark.parametrize("repo", ["{token}/x", "{token}/../x"])
+def test_the_token_never_reaches_the_output_whatever_field_carries_it(
+        built: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        token: str, repo: str) -> None:
+    monkeypatch.setenv("HF_TOKEN", token)
+    code = main(["publish", str(built), "--repo", repo.format(token=token), "--dry-run"])
+    assert code == (2 if ".." in repo else 0)
+    captured = capsys.readouterr()
+    assert token not in captured.out + captured.err
+    assert "***" in captured.out + captured.err
+
+
 @pytest.mark.parametrize("field, value", [
     ("predicate", []), ("subject", ["params_shard_0.bin"]), ("externalParameters", "spec"),
     ("resolvedDependencies", [1]), ("internalParameters", [])])

@@ -29,6 +29,7 @@ from webslm.errors import INTERRUPTED, BadInput, MissingEnvironment, Terminated,
 from webslm.files import canonical_json
 from webslm.finetune import BITS_CHOICES, COMPILE_CHOICES, Recipe
 from webslm.normalize import normalize_path
+from webslm.redaction import redacted_output
 from webslm.spec import (
     DEFAULT_CONTEXT_WINDOW,
     DEFAULT_PREFILL_CHUNK,
@@ -460,7 +461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit code. Errors become one line on stderr."""
     args = argparse.Namespace(command="")
     try:
-        with sigterm_unwinds():
+        with sigterm_unwinds(), redacted_output():
             args = build_parser().parse_args(argv)
             return int(args.handler(args))
     except WebslmError as error:

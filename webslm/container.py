@@ -22,6 +22,7 @@ from typing import Any
 
 from webslm.errors import MissingEnvironment, StageFailed
 from webslm.files import atomic_write_text, owner_alive, owner_token
+from webslm.redaction import redact
 
 OUT_MOUNT = "/out"
 WORK_DIR = "/tmp"
@@ -227,7 +228,7 @@ class Engine:
         if self.stopping:
             raise StageStopped(job.stage)
         job.log.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(job.log, "$ " + " ".join(command) + "\n" + logs)
+        atomic_write_text(job.log, redact("$ " + " ".join(command) + "\n" + logs))
         code = int(status.get("StatusCode", 1))
         if code != 0:
             raise StageFailed(f"{job.stage} failed for {job.model_id} (exit {code}): "

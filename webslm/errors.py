@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import errno
 
+from webslm.redaction import redact
+
 
 class WebslmError(Exception):
     """Base error: carries a one-line message and the exit code the CLI returns."""
@@ -20,8 +22,9 @@ class WebslmError(Exception):
         super().__init__(self.line())
 
     def line(self) -> str:
+        """The one line printed and reported, with any Hub token in it redacted."""
         text = f"{self.what}; {self.fix}" if self.fix else self.what
-        return " ".join(text.split())
+        return redact(" ".join(text.split()))
 
 
 class StageFailed(WebslmError):

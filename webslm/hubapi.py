@@ -4,18 +4,15 @@ resolve downloads a model snapshot (download_snapshot), audit one file at a pinn
 (download_file), publish makes commits through HfApi with hub_call, and finetune --push uploads
 its folder (push_folder). Here, and only here, Hub
 failures become one-line webslm errors with the exit code their cause deserves (what the user
-named: 2; the network, the Hub or the token: 3), and the token never reaches a message or a log
-(Redactor, redacted_logs).
+named: 2; the network, the Hub or the token: 3), and the token in use is remembered so that
+webslm.redaction keeps it out of every message and log.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import re
-import traceback
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,58 +29,13 @@ from huggingface_hub.errors import (
 )
 
 from webslm.errors import BadInput, MissingEnvironment, StageFailed, WebslmError
+from webslm.redaction import Redactor, redacted_logs, remember_secret
 
 LOGIN_HINT = "run `hf auth login` with a write token, or set HF_TOKEN"
-TOKEN_SHAPES = re.compile(r"\b(?:hf_|api_org_)[A-Za-z0-9]{20,}|(?i:bearer)\s+[^\s'\"]+")
-REDACTED = "***"
 DETAIL_CHARS = 300
 
 
 # ---------------------------------------------------------------------------- the token
-
-
-@dataclass(frozen=True)
-class Redactor:
-    """Replaces the token, and anything shaped like a Hugging Face token, with ***."""
-
-    secrets: tuple[str, ...] = ()
-
-    def redact(self, text: str) -> str:
-        for secret in self.secrets:
-            if secret:
-                text = text.replace(secret, REDACTED)
-        return TOKEN_SHAPES.sub(
-            lambda m: REDACTED if not m.group().lower().startswith("bearer")
-            else m.group().split()[0] + " " + REDACTED, text)
-
-    def scrub(self, record: logging.LogRecord) -> logging.LogRecord:
-        """A log record whose message and traceback text are redacted (arguments merged in)."""
-        try:
-            message = record.getMessage()
-        except Exception:  # noqa: BLE001 - a malformed %-format: keep the template only
-            message = str(record.msg)
-        record.msg, record.args = self.redact(message), ()
-        if record.exc_info:
-            record.exc_text = self.redact("".join(traceback.format_exception(*record.exc_info)))
-            record.exc_info = None
-        if record.stack_info:
-            record.stack_info = self.redact(record.stack_info)
-        return record
-
-
-@contextlib.contextmanager
-def redacted_logs(redactor: Redactor) -> Iterator[None]:
-    """While inside, every log record made by any logger is redacted as it is created."""
-    previous = logging.getLogRecordFactory()
-
-    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
-        return redactor.scrub(previous(*args, **kwargs))
-
-    logging.setLogRecordFactory(factory)
-    try:
-        yield
-    finally:
-        logging.setLogRecordFactory(previous)
 
 
 def hub_token() -> str:
@@ -92,6 +44,7 @@ def hub_token() -> str:
     if not token:
         raise MissingEnvironment("no Hugging Face token found (HF_TOKEN is unset and no login "
                                  "is stored)", LOGIN_HINT)
+    remember_secret(token)
     return token
 
 

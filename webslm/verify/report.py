@@ -12,6 +12,7 @@ from webslm.files import (
     atomic_write_text,
     canonical_json,
 )
+from webslm.redaction import redact
 from webslm.verify.diff import Check, Row, StageDifference
 
 REPORT_JSON = "report.json"
@@ -188,6 +189,6 @@ def report_markdown(report: Report) -> str:
 
 
 def write_report(report: Report, folder: Path) -> None:
-    """report.json and report.md, each written whole."""
-    atomic_write_text(folder / REPORT_JSON, canonical_json(report_json(report)))
-    atomic_write_text(folder / REPORT_MARKDOWN, report_markdown(report))
+    """report.json and report.md, each written whole (and redacted: CI publishes them)."""
+    atomic_write_text(folder / REPORT_JSON, redact(canonical_json(report_json(report))))
+    atomic_write_text(folder / REPORT_MARKDOWN, redact(report_markdown(report)))
