@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from webslm import hubapi, layout, publish, webllm
+from webslm import layout, publish, redaction, webllm
 from webslm.cli import main
 from webslm.errors import BadInput
 from webslm.files import canonical_json
@@ -299,7 +299,7 @@ def test_sizes_are_printed_exactly() -> None:
 
 
 def test_redactor_removes_the_token_and_anything_shaped_like_one() -> None:
-    redactor = hubapi.Redactor(("s3cret-value",))
+    redactor = redaction.Redactor(("s3cret-value",))
     text = (f"Authorization: Bearer {FAKE_TOKEN}; token={FAKE_TOKEN}; api_org_"
             + "x" * 30 + " and s3cret-value; bearer s3cret-value")
     clean = redactor.redact(text)
@@ -310,8 +310,8 @@ def test_redactor_removes_the_token_and_anything_shaped_like_one() -> None:
 
 def test_log_records_are_redacted_while_publishing(caplog: pytest.LogCaptureFixture) -> None:
     logger = logging.getLogger("huggingface_hub.test")
-    redactor = hubapi.Redactor((FAKE_TOKEN,))
-    with caplog.at_level(logging.DEBUG), hubapi.redacted_logs(redactor):
+    redactor = redaction.Redactor((FAKE_TOKEN,))
+    with caplog.at_level(logging.DEBUG), redaction.redacted_logs(redactor):
         logger.warning("sending %s", {"authorization": f"Bearer {FAKE_TOKEN}"})
         try:
             raise RuntimeError(f"server said {FAKE_TOKEN}")

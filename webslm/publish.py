@@ -31,7 +31,7 @@ from huggingface_hub import CommitOperationAdd, HfApi, constants
 
 from webslm.errors import BadInput
 from webslm.files import check_links
-from webslm.hubapi import Redactor, hub_call, hub_token, redacted_logs
+from webslm.hubapi import hub_call, hub_token
 from webslm.layout import (
     APP_CONFIG_FILE,
     CHAT_CONFIG_FILE,
@@ -40,6 +40,7 @@ from webslm.layout import (
     WEIGHTS_MANIFEST,
 )
 from webslm.provenance import Provenance, hash_files, list_files, load_provenance
+from webslm.redaction import Redactor, redacted_logs
 from webslm.webllm import (
     REBUILD,
     SHADER_F16,
