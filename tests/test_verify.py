@@ -24,6 +24,7 @@ from webslm.cli import main
 from webslm.errors import BadInput, MissingEnvironment
 from webslm.files import canonical_json
 from webslm.provenance import parse_provenance, sri, statement
+from webslm.spec import resolve_spec
 from webslm.toolchain import Toolchain
 from webslm.verify import diff, fetching, rebuild
 from webslm.verify import report as reports
@@ -31,6 +32,7 @@ from webslm.webllm import AppConfig
 
 A, B, C = "a" * 64, "b" * 64, "c" * 64
 STANDIN_LOCK = {"webllm": {"version": "0.2.79"}, "source_date_epoch": 1}
+SPEC = resolve_spec(preset="qwen2.5-0.5b", name="m").to_json()
 
 
 def lock_digest(lock: dict) -> str:
@@ -40,8 +42,8 @@ def lock_digest(lock: dict) -> str:
 def a_statement(**changes: object) -> dict:
     values = dict(
         outputs={"libs/m-webgpu.wasm": A, "mlc-chat-config.json": B},
-        spec={"model": "/models/m", "name": "m"},
-        model={"id": "/models/m", "revision": None, "source": "local"},
+        spec={**SPEC, "model": "./models/m"},
+        model={"id": "./models/m", "revision": None, "source": "local"},
         inputs={"config.json": C}, toolchain_id=A, image="webslm-toolchain:x",
         image_digest="sha256:" + B, lock_digest=lock_digest(STANDIN_LOCK), webllm_version="0.2.79",
         stages={"compile": {"cache_key": A, "output": B}},
@@ -118,6 +120,33 @@ def test_verify_of_a_broken_provenance_exits_2(tmp_path: Path,
     (tmp_path / "provenance.json").write_text("{not json")
     assert main(["verify", str(tmp_path)]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("name", "../../../../tmp/x", "invalid name '../../../../tmp/x'"),
+    ("quantization", "q4f16_1; rm -rf /", "unknown quantization 'q4f16_1; rm -rf /'"),
+    ("model_type", "qwen2 --help", "unknown model type"),
+    ("conv_template", "$(id)", "unknown conversation template"),
+    ("revision", "main; rm -rf /", "invalid revision"),
+    ("model", "/etc", "neither a Hugging Face id nor a relative folder path"),
+    ("context_window_size", "4096", "is not an integer"),
+    ("prefill_chunk_size", 10 ** 6, "exceeds the context window"),
+    ("system_prompt", ["not", "text"], "is not text"),
+])
+def test_verify_and_audit_check_the_recorded_spec_as_the_cli_checks_flags(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], field: str, value: object,
+        message: str) -> None:
+    document = a_statement()
+    document["predicate"]["buildDefinition"]["externalParameters"]["spec"][field] = value
+    dist = tmp_path / "dist"
+    dist.mkdir()
+    (dist / "provenance.json").write_text(canonical_json(document))
+    (dist / "mlc-chat-config.json").write_text("{}")
+    for argv in (["verify", str(dist)],
+                 ["audit", "--artifact", str(dist / "mlc-chat-config.json")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err and "its spec" in err
 
 
 # ---------------------------------------------------------------------------- comparing

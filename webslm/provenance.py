@@ -26,6 +26,7 @@ from typing import Any
 from webslm.errors import BadInput
 from webslm.files import canonical_json, read_json, sha256_file
 from webslm.layout import APP_CONFIG_FILE, PROVENANCE_FILE
+from webslm.spec import BuildSpec
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
@@ -121,7 +122,7 @@ class Provenance:
     """A provenance statement as verify, audit and publish read it, checked on the way in."""
 
     subjects: Mapping[str, str]  # file name -> sha256 hex
-    spec: Mapping[str, Any]
+    spec: BuildSpec  # checked as the CLI checks its flags (spec.validate_spec)
     model: Mapping[str, Any]  # {"id", "revision", "source": "hub" | "local"}
     inputs: Mapping[str, str]  # model file name -> sha256 hex
     toolchain_id: str
@@ -145,7 +146,7 @@ def parse_provenance(statement: Any, where: str, fix: str = NOT_A_STATEMENT_FIX)
         subjects = {str(s["name"]): str(s["digest"]["sha256"]) for s in statement["subject"]}
         definition = statement["predicate"]["buildDefinition"]
         external = definition["externalParameters"]
-        spec, model = dict(external["spec"]), dict(external["model"])
+        recorded_spec, model = dict(external["spec"]), dict(external["model"])
         dependencies = {str(d["name"]): d for d in definition["resolvedDependencies"]}
         internal = definition.get("internalParameters", {})
         stages = internal.get("stages", {})
@@ -164,6 +165,10 @@ def parse_provenance(statement: Any, where: str, fix: str = NOT_A_STATEMENT_FIX)
     bad_digests = [n for n, d in {**subjects, **inputs}.items() if not HEX64.match(d)]
     if not subjects or bad_digests:
         raise bad("no subjects" if not subjects else f"bad sha256 for {bad_digests[0]}")
+    try:
+        spec = BuildSpec.from_json(recorded_spec)
+    except BadInput as error:
+        raise bad(f"its spec: {error.what}") from error
     return Provenance(subjects=subjects, spec=spec, model=model, inputs=inputs,
                       toolchain_id=toolchain_id, lock_digest=lock_digest,
                       image_digest=str(image) if image else None, stages=stage_records,

@@ -223,7 +223,7 @@ def card_facts(package: DistPackage) -> CardFacts:
         source_model=str(model.get("id", "")),
         source_revision=model.get("revision"),
         source_kind=str(model.get("source", "")),
-        quantization=str(provenance.spec.get("quantization", "")),
+        quantization=provenance.spec.quantization,
         shader_f16=SHADER_F16 in record.required_features,
         toolchain_id=toolchain_id,
         lock_digest=provenance.lock_digest,

@@ -108,7 +108,7 @@ class RedactedStream:
 def redacted_output() -> Iterator[None]:
     """While a command runs: stdout, stderr and every log record are redacted."""
     streams = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = RedactedStream(sys.stdout), RedactedStream(sys.stderr)  # type: ignore[assignment]
+    sys.stdout, sys.stderr = RedactedStream(sys.stdout), RedactedStream(sys.stderr)
     try:
         with redacted_logs(Redactor()):
             yield

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ DEFAULT_CONV_TEMPLATE: dict[str, str] = {
 }
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+_REVISION = re.compile(r"^(?!.*\.\.)[A-Za-z0-9_.][A-Za-z0-9_./+-]{0,254}$")
 
 
 @dataclass(frozen=True)
@@ -104,11 +106,13 @@ class BuildSpec:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> BuildSpec:
+    def from_json(cls, data: Mapping[str, Any]) -> BuildSpec:
+        """A spec read back (from a provenance), checked exactly as the CLI checks its flags."""
         try:
-            return cls(**data)
+            spec = cls(**data)
         except TypeError as error:
             raise BadInput(f"not a webslm build spec: {error}", "rebuild it with webslm") from error
+        return validate_spec(spec)
 
     def with_model_type(self, model_type: str) -> BuildSpec:
         """The spec once `auto` is resolved from the model's config.json."""
@@ -265,30 +269,60 @@ def resolve_spec(
         _check_choice("conversation template", chosen_template, CONV_TEMPLATES)
     elif chosen_type != AUTO:
         chosen_template = default_conv_template(chosen_type)
-    chosen_quant = _check_choice(
-        "quantization", quantization or DEFAULT_QUANTIZATION, QUANTIZATIONS)
-
-    chosen_name = name or base_name
-    if not _NAME.match(chosen_name):
-        raise BadInput(f"invalid name {chosen_name!r}",
-                       "use letters, digits, '.', '_' and '-' (at most 96, starting alphanumeric)")
     window = DEFAULT_CONTEXT_WINDOW if context_window_size is None else context_window_size
     chunk = (min(DEFAULT_PREFILL_CHUNK, window) if prefill_chunk_size is None
              else prefill_chunk_size)
+    return validate_spec(BuildSpec(
+        model=source,
+        revision=revision,
+        model_type=chosen_type,
+        conv_template=chosen_template,
+        quantization=quantization or DEFAULT_QUANTIZATION,
+        name=name or base_name,
+        context_window_size=window,
+        prefill_chunk_size=chunk,
+        system_prompt=system_prompt,
+    ))
+
+
+def _check_type(field: str, value: Any, kind: type) -> None:
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise BadInput(f"the spec's {field} {value!r} is not "
+                       f"{'an integer' if kind is int else 'text'}", "rebuild it with webslm")
+
+
+def validate_spec(spec: BuildSpec) -> BuildSpec:
+    """The spec when every field is one the CLI accepts, else BadInput naming the field: the
+    one check of a spec, whether it came from flags or from a provenance someone handed us
+    (a name like `../../x` or a quantization like `q4f16_1; rm -rf /` never reaches a path or
+    a container's arguments)."""
+    for field, kind in (("model", str), ("model_type", str), ("conv_template", str),
+                        ("quantization", str), ("name", str), ("context_window_size", int),
+                        ("prefill_chunk_size", int)):
+        _check_type(field, getattr(spec, field), kind)
+    for field in ("revision", "system_prompt"):
+        if getattr(spec, field) is not None:
+            _check_type(field, getattr(spec, field), str)
+    if not (_HUB_ID.match(spec.model) or spec.model == ".."
+            or spec.model.startswith(("./", "../"))):
+        raise BadInput(f"model {spec.model!r} is neither a Hugging Face id nor a relative "
+                       "folder path", "pass ORG/NAME or a local folder")
+    if spec.revision is not None and not _REVISION.match(spec.revision):
+        raise BadInput(f"invalid revision {spec.revision!r}",
+                       "pass a branch, tag or commit of the model repo after @")
+    if spec.model_type != AUTO:
+        _check_choice("model type", spec.model_type, MODEL_TYPES)
+    if spec.conv_template != AUTO:
+        _check_choice("conversation template", spec.conv_template, CONV_TEMPLATES)
+    _check_choice("quantization", spec.quantization, QUANTIZATIONS)
+    if not _NAME.match(spec.name):
+        raise BadInput(f"invalid name {spec.name!r}",
+                       "use letters, digits, '.', '_' and '-' (at most 96, starting alphanumeric)")
+    window, chunk = spec.context_window_size, spec.prefill_chunk_size
     if not (0 < window <= MAX_CONTEXT_WINDOW and 0 < chunk <= MAX_CONTEXT_WINDOW):
         raise BadInput("context window and prefill chunk sizes must be from 1 to "
                        f"{MAX_CONTEXT_WINDOW}", "pass e.g. 4096")
     if chunk > window:
         raise BadInput(f"prefill chunk size {chunk} exceeds the context window {window}",
                        "pass a --prefill-chunk-size no larger than --context-window-size")
-    return BuildSpec(
-        model=source,
-        revision=revision,
-        model_type=chosen_type,
-        conv_template=chosen_template,
-        quantization=chosen_quant,
-        name=chosen_name,
-        context_window_size=window,
-        prefill_chunk_size=chunk,
-        system_prompt=system_prompt,
-    )
+    return spec

@@ -26,7 +26,7 @@ from webslm.provenance import (
     hash_files,
     parse_provenance,
 )
-from webslm.spec import BuildSpec
+from webslm.spec import BuildSpec, validate_spec
 from webslm.toolchain import Toolchain, chosen_or_current
 from webslm.toolchain.lock import lock_digest
 from webslm.verify.diff import (
@@ -136,13 +136,13 @@ def allow_pickle(provenance: Provenance) -> bool:
 
 def rebuild_spec(provenance: Provenance) -> BuildSpec:
     """The spec the provenance records, pinned to the model revision it resolved."""
-    spec = BuildSpec.from_json(dict(provenance.spec))
+    spec = provenance.spec
     if provenance.model.get("source") == "hub":
         revision = provenance.model.get("revision")
         if not revision:
             raise BadInput("the provenance names a Hub model without its resolved revision",
                            "rebuild it with webslm, which records the commit")
-        spec = replace(spec, revision=str(revision))
+        spec = validate_spec(replace(spec, revision=str(revision)))
     return spec
 
 
@@ -202,7 +202,7 @@ def shipped_report(command: str, target: str, provenance: Provenance, where: str
     """Step 1, which needs no toolchain: each shipped file's digest against the provenance."""
     digests = {n: sha256_file(p) if p is not None else None for n, p in shipped.items()}
     return Report(command=command, target=target, provenance=where,
-                  model_id=str(provenance.spec.get("model_id", "")),
+                  model_id=provenance.spec.model_id,
                   toolchain_id=provenance.toolchain_id, conditions={},
                   rows=tuple(compare_files(provenance.subjects, digests, {})),
                   checks=tuple(checks))
