@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from conftest import http_server, require, serving, write_hub_repo
+from test_publish import TOOLCHAIN_ID, make_dist
 
 from webslm.cli import main
 from webslm.errors import BadInput, MissingEnvironment
@@ -187,26 +188,73 @@ def test_the_first_differing_stage_follows_build_order() -> None:
 
 
 def test_app_config_integrity_is_checked_against_the_subjects() -> None:
-    subjects = {"mlc-chat-config.json": A, "libs/m-webgpu.wasm": B, "tokenizer.json": C}
+    subjects = {"mlc-chat-config.json": A, "libs/m-webgpu.wasm": B, "tokenizer.json": C,
+                "ndarray-cache.json": C, "params_shard_0.bin": A}
+    provenance = parse_provenance(a_statement(outputs=subjects, toolchain_id=A), "p.json")
     record: dict[str, Any] = {
-        "model": "https://x/m/resolve/main/", "model_id": "m",
+        "model": "https://x/m/resolve/main/", "model_id": "m-q4f16_1",
         "model_lib": "https://x/m/resolve/main/libs/m-webgpu.wasm",
         "integrity": {"config": sri(A), "model_lib": sri(B),
                       "tokenizer": {"tokenizer.json": sri(C)}},
-        "webslm": {"toolchain_id": A}}
-    genuine = AppConfig.from_json({"model_list": [record]})
-    assert all(c.ok for c in diff.app_config_checks(genuine, subjects, A))
-    forged = AppConfig.from_json({"model_list": [
-        {**record, "integrity": {**record["integrity"], "model_lib": sri(C)}}]})
-    failed = [c.name for c in diff.app_config_checks(forged, subjects, B) if not c.ok]
-    assert failed == ["webllm-app-config.json m integrity.model_lib",
-                      "webllm-app-config.json m toolchain_id"]
-    elsewhere = AppConfig.from_json({"model_list": [
+        "webslm": {"toolchain_id": A, "weights": {"ndarray-cache.json": sri(C),
+                                                  "params_shard_0.bin": sri(A)}}}
+
+    def failed(changes: dict[str, Any]) -> list[str]:
+        config = AppConfig.from_json({"model_list": [{**record, **changes}]})
+        return [c.name for c in diff.app_config_checks(config, provenance) if not c.ok]
+
+    assert failed({}) == []
+    assert failed({"integrity": {**record["integrity"], "model_lib": sri(C)},
+                   "webslm": {**record["webslm"], "toolchain_id": B}}) == [
+        "webllm-app-config.json m-q4f16_1 integrity.model_lib",
+        "webllm-app-config.json m-q4f16_1 toolchain_id"]
+    outside = AppConfig.from_json({"model_list": [
         {**record, "model_lib": "https://elsewhere/libs/m-webgpu.wasm"}]})
-    outside = [c for c in diff.app_config_checks(elsewhere, subjects, A) if not c.ok]
-    assert [c.name for c in outside] == ["webllm-app-config.json m integrity.model_lib"]
-    assert outside[0].detail.endswith(
+    refused = [c for c in diff.app_config_checks(outside, provenance) if not c.ok]
+    assert [c.name for c in refused] == ["webllm-app-config.json m-q4f16_1 integrity.model_lib"]
+    assert refused[0].detail.endswith(
         "is not the provenance's digest of https://elsewhere/libs/m-webgpu.wasm")
+    for weights in ({"ndarray-cache.json": sri(C), "params_shard_0.bin": sri(B)},
+                    {"ndarray-cache.json": sri(C)},
+                    {**record["webslm"]["weights"], "params_shard_9.bin": sri(A)}):
+        assert failed({"webslm": {**record["webslm"], "weights": weights}}) == [
+            "webllm-app-config.json m-q4f16_1 webslm.weights"]
+    assert failed({"model_id": "other-q4f16_1"}) == [
+        "webllm-app-config.json other-q4f16_1 model_id"]
+    empty = AppConfig.from_json({"model_list": []})
+    assert [c.ok for c in diff.app_config_checks(empty, provenance)] == [False]
+
+
+def _forge_a_weight_digest(config: dict[str, Any]) -> None:
+    config["model_list"][0]["webslm"]["weights"]["params_shard_1.bin"] = sri(A)
+
+
+def _empty_the_model_list(config: dict[str, Any]) -> None:
+    config["model_list"] = []
+
+
+def _name_another_model(config: dict[str, Any]) -> None:
+    config["model_list"][0]["model_id"] = "other-q4f32_1"
+
+
+@pytest.mark.parametrize("forge", [_forge_a_weight_digest, _empty_the_model_list,
+                                   _name_another_model, None])
+def test_verify_step_one_refuses_an_app_config_the_provenance_does_not_back(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], forge: Any) -> None:
+    dist = make_dist(tmp_path)
+    assert main(["verify", str(dist)]) == 2  # intact: only the rebuild's toolchain differs
+    assert "shipped files do not match" not in capsys.readouterr().err
+    app_config = dist / "webllm-app-config.json"
+    if forge is None:
+        app_config.unlink()
+    else:
+        config = json.loads(app_config.read_text())
+        forge(config)
+        app_config.write_text(canonical_json(config))
+    assert main(["verify", str(dist)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "shipped files do not match the provenance" in err
+    assert main(["publish", str(dist), "--repo", "alice/x", "--dry-run"]) == 2
 
 
 # ---------------------------------------------------------------------------- explaining
@@ -429,15 +477,15 @@ def test_verify_refuses_model_files_other_than_the_recorded_ones(
     shutil.copytree(tiny_qwen2, model)
     spec = resolve_spec(model=str(model), name="m")
     resolved = resolve_model(spec)
-    dist = tmp_path / "dist" / "m"
-    dist.mkdir(parents=True)
-    (dist / "lib.wasm").write_bytes(b"\0asm")
+    dist = make_dist(tmp_path / "dist", name="m", quantization=spec.quantization)
+    outputs = json.loads((dist / "provenance.json").read_text())["subject"]
     (dist / "provenance.json").write_text(canonical_json(a_statement(
         spec=spec.to_json(), inputs=hash_files(resolved.path, resolved.files),
-        outputs=hash_files(dist, ["lib.wasm"]))))
+        outputs={s["name"]: s["digest"]["sha256"] for s in outputs},
+        toolchain_id=TOOLCHAIN_ID)))
     (model / "tokenizer_config.json").write_text("{}")
     monkeypatch.setattr("webslm.toolchain.current_toolchain",
-                        lambda: a_toolchain(A, lock_digest(STANDIN_LOCK)))
+                        lambda: a_toolchain(TOOLCHAIN_ID, lock_digest(STANDIN_LOCK)))
     assert main(["verify", str(dist)]) == 2
     err = capsys.readouterr().err
     assert f"the model files at {model} are not the ones the provenance names " \

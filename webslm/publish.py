@@ -41,6 +41,7 @@ from webslm.layout import (
 )
 from webslm.provenance import Provenance, hash_files, list_files, load_provenance
 from webslm.redaction import Redactor, redacted_logs
+from webslm.verify.diff import app_config_checks
 from webslm.webllm import (
     REBUILD,
     SHADER_F16,
@@ -150,6 +151,10 @@ def read_package(dist: Path) -> DistPackage:
     if changed:
         raise BadInput(f"{_listing(changed)} in {dist} changed since the build "
                        f"(sha256 differs from {PROVENANCE_FILE})", REBUILD)
+    failed = [c for c in app_config_checks(app_config, provenance) if not c.ok]
+    if failed:  # what verify's step 1 refuses
+        raise BadInput(f"{APP_CONFIG_FILE} does not match {PROVENANCE_FILE}: {failed[0].name} "
+                       f"({failed[0].detail})", REBUILD)
     names = sorted([*expected, PROVENANCE_FILE])
     digests = {**actual, **hash_files(dist, [PROVENANCE_FILE])}
     files = tuple(PackageFile(n, (dist / n).stat().st_size, digests[n]) for n in names)

@@ -13,10 +13,8 @@ from typing import Any
 
 from webslm.errors import BadInput
 from webslm.files import parse_json
-from webslm.layout import APP_CONFIG_FILE, CHAT_CONFIG_FILE
-from webslm.provenance import (
-    sri,
-)
+from webslm.layout import APP_CONFIG_FILE, CHAT_CONFIG_FILE, package_weight_files
+from webslm.provenance import Provenance, sri
 from webslm.webllm import AppConfig
 
 PACKAGE_STAGE = "package"
@@ -100,13 +98,21 @@ class Check:
     detail: str
 
 
-def app_config_checks(app_config: AppConfig, subjects: Mapping[str, str],
-                      toolchain_id: str) -> list[Check]:
-    """The AppConfig is not a subject (it depends on the base URL), but its integrity hashes
-    must be those of the subjects, or a browser would load something else."""
+def app_config_checks(app_config: AppConfig, provenance: Provenance) -> list[Check]:
+    """What the browser trusts must be what the provenance says: the AppConfig is not a subject
+    (it depends on the base URL), but it must name this model, its integrity hashes must be
+    the subjects' and its `webslm.weights` (which our client checks each shard against) the
+    digests of every weight file, or a browser would load something else."""
+    subjects = provenance.subjects
+    if not app_config.records:
+        return [Check(f"{APP_CONFIG_FILE} model_list", False, "it names no model")]
+    weights = {name: sri(subjects[name]) for name in package_weight_files(subjects)}
     checks = []
     for record in app_config.records:
         model_id = record.model_id or "?"
+        checks.append(Check(f"{APP_CONFIG_FILE} {model_id} model_id",
+                            record.model_id == provenance.spec.model_id,
+                            f"the provenance built {provenance.spec.model_id}"))
         integrity = record.integrity
         # A library outside the model folder is named by its URL, which is no subject: it fails.
         library = record.library_path_in_folder() or record.model_lib
@@ -120,9 +126,14 @@ def app_config_checks(app_config: AppConfig, subjects: Mapping[str, str],
             checks.append(Check(f"{APP_CONFIG_FILE} {model_id} integrity.{what}", ok,
                                 f"{name}: {value}" if ok else
                                 f"{value} is not the provenance's digest of {name}"))
+        differ = sorted(n for n in set(weights) | set(record.webslm.weights)
+                        if weights.get(n) != record.webslm.weights.get(n))
+        checks.append(Check(f"{APP_CONFIG_FILE} {model_id} webslm.weights", not differ,
+                            f"not the provenance's digests of {', '.join(differ[:3])}" if differ
+                            else f"{len(weights)} weight files"))
         recorded = record.webslm.toolchain_id
         checks.append(Check(f"{APP_CONFIG_FILE} {model_id} toolchain_id",
-                            recorded == toolchain_id, f"{recorded}"))
+                            recorded == provenance.toolchain_id, f"{recorded}"))
     return checks
 
 
