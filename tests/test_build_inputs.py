@@ -51,6 +51,33 @@ def rewrite_header(model: Path, change) -> None:
     weights.write_bytes(struct.pack("<Q", len(encoded)) + encoded + data[8 + length:])
 
 
+def rewrite_whole_header(model: Path, change) -> None:
+    """Apply `change` to model.safetensors' whole JSON header (tensor name -> entry)."""
+    weights = model / "model.safetensors"
+    data = weights.read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + length])
+    change({k: v for k, v in header.items() if k != "__metadata__"})
+    encoded = json.dumps(header).encode()
+    weights.write_bytes(struct.pack("<Q", len(encoded)) + encoded + data[8 + length:])
+
+
+def shape_larger_than_its_bytes(model: Path) -> None:
+    rewrite_header(model, lambda t: t.update(shape=[d * 2 for d in t["shape"]] or [2]))
+
+
+def shape_not_a_list(model: Path) -> None:
+    rewrite_header(model, lambda t: t.update(shape="64"))
+
+
+def overlapping_offsets(model: Path) -> None:
+    def overlap(tensors: dict) -> None:
+        first, second = sorted(tensors.values(), key=lambda t: t["data_offsets"])[:2]
+        second.update(data_offsets=first["data_offsets"], shape=first["shape"],
+                      dtype=first["dtype"])
+    rewrite_whole_header(model, overlap)
+
+
 def offsets_not_integers(model: Path) -> None:
     rewrite_header(model, lambda t: t.update(data_offsets=[0.0, "8"]))
 
@@ -110,6 +137,9 @@ def replaced_by(name: str, data: bytes):
     (pickle_weights, "pickle weights"),
     (own_model_code, "auto_map"),
     (offsets_not_integers, "data_offsets are not two integers"),
+    (shape_larger_than_its_bytes, "bytes but its data_offsets span"),
+    (shape_not_a_list, "not a list of sizes"),
+    (overlapping_offsets, "overlap"),
     (dtype("F64"), "dtype 'F64', which MLC-LLM v0.19.0 cannot convert"),
     (dtype("C64"), "dtype 'C64'"),
     (dtype("Q3_K"), "dtype 'Q3_K'"),

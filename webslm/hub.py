@@ -8,6 +8,7 @@ pickle weights (unless the user says --allow-pickle). No trust_remote_code, ever
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +34,10 @@ PICKLE_INDEX_FILE = "pytorch_model.bin.index.json"
 PICKLE_PATTERNS = ("pytorch_model*.bin", PICKLE_INDEX_FILE)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
-# safetensors dtypes MLC-LLM v0.19.0's loader converts (numpy-backed; no F64/complex/FP8).
-CONVERTIBLE_DTYPES = frozenset({"F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL"})
+# safetensors dtypes MLC-LLM v0.19.0's loader converts (numpy-backed; no F64/complex/FP8), and
+# the bytes of one element of each.
+DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+               "BOOL": 1}
 
 
 @dataclass(frozen=True)
@@ -81,10 +84,25 @@ def check_safetensors_header(path: Path) -> dict[str, Any]:
             raise BadInput(f"corrupt safetensors header in {path.name}: tensor {name!r} lies "
                            "outside the file or its data_offsets are not two integers", fix)
         dtype = entry.get("dtype")
-        if not isinstance(dtype, str) or dtype not in CONVERTIBLE_DTYPES:
+        if not isinstance(dtype, str) or dtype not in DTYPE_BYTES:
             raise BadInput(f"tensor {name!r} in {path.name} has dtype {dtype!r}, which MLC-LLM "
                            "v0.19.0 cannot convert", "save the model in float32, float16 or "
                            "bfloat16 (e.g. model.to(torch.float16).save_pretrained(...))")
+        shape = entry.get("shape")
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            raise BadInput(f"corrupt safetensors header in {path.name}: tensor {name!r} has "
+                           f"shape {shape!r}, not a list of sizes", fix)
+        size = DTYPE_BYTES[dtype] * math.prod(shape)
+        if offsets[1] - offsets[0] != size:
+            raise BadInput(f"corrupt safetensors header in {path.name}: tensor {name!r} "
+                           f"({dtype} {shape}) needs {size} bytes but its data_offsets span "
+                           f"{offsets[1] - offsets[0]}", fix)
+    spans = sorted(tuple(entry["data_offsets"]) + (name,) for name, entry in header.items()
+                   if name != "__metadata__")
+    for (_, end, first), (start, _, second) in zip(spans, spans[1:], strict=False):
+        if start < end:
+            raise BadInput(f"corrupt safetensors header in {path.name}: tensors {first!r} and "
+                           f"{second!r} overlap", fix)
     return header
 
 
