@@ -567,6 +567,39 @@ def test_audit_of_an_unreachable_hub_is_one_line_without_retry_noise(tmp_path: P
         "cache; connect to the network, or download it first with network access"]
 
 
+def test_a_dripping_server_cannot_keep_audit_past_its_deadline(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """One byte every 50 ms (each read is quick, the whole is 30 s): --download-timeout is a
+    deadline for the whole download, not for each read."""
+    with scripted_server(announced=600, chunks=(b"x",) * 600, pause_s=0.05) as base:
+        started = time.monotonic()
+        assert main(["audit", "--artifact", f"{base}/m/libs/m.wasm",
+                     "--download-timeout", "2"]) == 3
+        took = time.monotonic() - started
+    assert "ran past the audit's deadline" in capsys.readouterr().err
+    assert took < 3.5, f"the download went on for {took:.1f} s"
+
+
+def test_audit_of_a_silent_hub_ends_at_its_deadline(tmp_path: Path) -> None:
+    """A Hub that accepts connections and never answers: huggingface_hub's timeouts and retries
+    would take far longer; --download-timeout bounds the whole call."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        env = {**os.environ, "HF_HOME": str(tmp_path / "hf"),
+               "HF_ENDPOINT": f"http://127.0.0.1:{silent.getsockname()[1]}"}
+        command = [sys.executable, "-m", "webslm", "audit", "--artifact",
+                   "hf://alice/tiny@main/libs/tiny.wasm", "--download-timeout"]
+        timings = []
+        for timeout in ("0.1", "3"):  # the first measures the start-up
+            started = time.monotonic()
+            done = subprocess.run([*command, timeout], capture_output=True, text=True, env=env,
+                                  timeout=300, check=False)
+            timings.append(time.monotonic() - started)
+            assert done.returncode == 3 and "ran past the audit's deadline" in done.stderr
+    assert timings[1] - timings[0] < 3 + 1.5, timings
+
+
 @pytest.mark.parametrize("command", ["verify", "audit"])
 def test_a_report_folder_that_cannot_be_written_is_exit_3(
         tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str]) -> None:

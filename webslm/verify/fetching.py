@@ -9,19 +9,21 @@ import os
 import posixpath
 import re
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from webslm.errors import BadInput, MissingEnvironment
 from webslm.hubapi import CacheMiss, EntryMissing, download_file
 from webslm.layout import PROVENANCE_FILE
 
+T = TypeVar("T")
 HTTP_TIMEOUT_S = 60  # per read
 COPY_CHUNK = 1 << 20
 DOWNLOAD_TIMEOUT_S = 3600.0  # per audit, all downloads together (audit --download-timeout)
@@ -76,26 +78,6 @@ class NotCached(NotThere):
     """Internal: offline, and the looked-for Hub file is not in the local cache."""
 
 
-def _hub_commit(downloaded: Path) -> str | None:
-    """The commit a huggingface_hub cache path sits under (`.../snapshots/<commit>/...`)."""
-    parts = downloaded.parts
-    return parts[parts.index("snapshots") + 1] if "snapshots" in parts else None
-
-
-def fetch_hub(file: HubFile, *, searching: bool = False) -> Fetched:
-    """hf_hub_download at the file's revision; the result names the commit it resolved to.
-
-    While searching, a file missing from an offline cache is NotCached rather than an error."""
-    try:
-        path = download_file(file.repo_id, file.path, file.revision, searching=searching)
-    except CacheMiss as error:
-        raise NotCached(file.location) from error
-    except EntryMissing as error:
-        raise NotThere(file.location) from error
-    commit = _hub_commit(path) or file.revision
-    return Fetched(path, replace(file, revision=commit).location, file.path)
-
-
 @dataclass(frozen=True)
 class DownloadLimits:
     """How much an audit may download: bytes per file, and a deadline for all of it."""
@@ -117,10 +99,57 @@ class DownloadLimits:
             return HTTP_TIMEOUT_S
         left = self.deadline - time.monotonic()
         if left <= 0:
-            raise MissingEnvironment(f"downloading {url} ran past the audit's deadline",
-                                     "pass a larger --download-timeout, or download the file "
-                                     "and pass its path")
+            raise self.past_deadline(url)
         return min(left, HTTP_TIMEOUT_S)
+
+    def past_deadline(self, url: str) -> MissingEnvironment:
+        return MissingEnvironment(f"downloading {url} ran past the audit's deadline",
+                                  "pass a larger --download-timeout, or download the file and "
+                                  "pass its path")
+
+    def bound(self, url: str, download: Callable[[], T]) -> T:
+        """`download()`, given up at the deadline however it waits (huggingface_hub's retries,
+        a server that drips bytes): it runs in a daemon thread that is abandoned then."""
+        if self.deadline is None:
+            return download()
+        outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                outcome["value"] = download()
+            except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
+                outcome["error"] = error
+
+        worker = threading.Thread(target=run, name="webslm-download", daemon=True)
+        worker.start()
+        worker.join(max(0.0, self.deadline - time.monotonic()))
+        if worker.is_alive():
+            raise self.past_deadline(url)
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["value"]
+
+
+def _hub_commit(downloaded: Path) -> str | None:
+    """The commit a huggingface_hub cache path sits under (`.../snapshots/<commit>/...`)."""
+    parts = downloaded.parts
+    return parts[parts.index("snapshots") + 1] if "snapshots" in parts else None
+
+
+def fetch_hub(file: HubFile, limits: DownloadLimits, *, searching: bool = False) -> Fetched:
+    """hf_hub_download at the file's revision, within the limits' deadline; the result names
+    the commit it resolved to.
+
+    While searching, a file missing from an offline cache is NotCached rather than an error."""
+    try:
+        path = limits.bound(file.location, lambda: download_file(
+            file.repo_id, file.path, file.revision, searching=searching))
+    except CacheMiss as error:
+        raise NotCached(file.location) from error
+    except EntryMissing as error:
+        raise NotThere(file.location) from error
+    commit = _hub_commit(path) or file.revision
+    return Fetched(path, replace(file, revision=commit).location, file.path)
 
 
 def _copy_limited(response: Any, handle: Any, url: str, limits: DownloadLimits) -> None:
@@ -134,7 +163,7 @@ def _copy_limited(response: Any, handle: Any, url: str, limits: DownloadLimits) 
         raise too_big
     received = 0
     while True:
-        chunk = response.read(COPY_CHUNK)  # each read waits at most HTTP_TIMEOUT_S
+        chunk = response.read1(COPY_CHUNK)  # what has arrived: a drip cannot stall the check
         limits.seconds_left(url)
         if not chunk:
             break
@@ -149,7 +178,11 @@ def _copy_limited(response: Any, handle: Any, url: str, limits: DownloadLimits) 
 
 def fetch_http(url: str, into: Path, limits: DownloadLimits | None = None) -> Fetched:
     """Download a URL into a fresh file under `into` (written whole, within the limits)."""
-    limits = limits or DownloadLimits()
+    chosen = limits or DownloadLimits()
+    return chosen.bound(url, lambda: _download(url, into, chosen))
+
+
+def _download(url: str, into: Path, limits: DownloadLimits) -> Fetched:
     target_dir = Path(tempfile.mkdtemp(prefix="fetch-", dir=into))
     name = Path(urllib.parse.urlparse(url).path).name or "download"
     target = target_dir / name
@@ -175,7 +208,7 @@ def fetch(location: str, into: Path, limits: DownloadLimits | None = None) -> Fe
     hub = parse_hub_location(location)
     try:
         if hub is not None:
-            return fetch_hub(hub)
+            return fetch_hub(hub, limits or DownloadLimits())
         if is_url(location):
             return fetch_http(location, into, limits)
     except NotThere as error:
@@ -212,7 +245,7 @@ def find_provenance(artifact: Fetched, given: str | None, into: Path,
         hub = parse_hub_location(candidate)
         try:
             if hub is not None:
-                return fetch_hub(hub, searching=True)
+                return fetch_hub(hub, limits or DownloadLimits(), searching=True)
             if is_url(candidate):
                 return fetch_http(candidate, into, limits)
         except NotCached:
