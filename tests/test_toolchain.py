@@ -522,6 +522,23 @@ def test_a_wrong_inferred_pin_fails_at_fetch_and_refresh_lock_corrects_it(
     assert (tmp_path / "src2" / "mlc-llm/3rdparty/dep/a.txt").read_text() == "two\n"
 
 
+def test_refresh_lock_that_cannot_reach_a_source_exits_3(
+        docker_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Offline: every pin it tries fails. That is a missing environment, not success."""
+    unreachable = (tmp_path / "nowhere").as_uri()
+
+    def offline_sources(data: dict) -> None:
+        data["sources"] = {
+            "mlc-llm": {"repo": unreachable, "commit": "a" * 40},
+            "mlc-llm/3rdparty/dep": {"repo": unreachable, "commit": "b" * 40,
+                                     "evidence": "inferred: test"}}
+    _rewrite_lock(docker_dir, offline_sources)
+    assert refresh.refresh_command(docker_dir) == 3
+    err = capsys.readouterr().err
+    assert "1 pins are not resolved: sources.mlc-llm/3rdparty/dep.commit" in err
+    assert toolchain.load_lock(docker_dir).inferred == ("sources.mlc-llm/3rdparty/dep.commit",)
+
+
 def _final_stage(dockerfile: str) -> str:
     return dockerfile[dockerfile.index(f"AS {build.FINAL_STAGE}\n"):]
 

@@ -177,11 +177,13 @@ def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
 
 def refresh_lock(docker_dir: Path = DOCKER_DIR, *, only_placeholders: bool = True,
                  log: Any = sys.stderr) -> tuple[str, ...]:
-    """Resolve what this machine can reach, write the lock atomically; return what is left.
+    """Resolve what this machine can reach, write the lock atomically; return what is left:
+    the placeholders, and every pin whose resolution failed (offline, say).
 
     Placeholders and inferred pins are resolved (an inferred pin that resolves is now proven: its
     `evidence` says it was read at the source); with only_placeholders=False, everything.
     """
+    failed: list[str] = []
     data = read_lock_json(docker_dir)
     data["patches"] = patch_digests(docker_dir)
     inferred = set(parse_lock(data).inferred)
@@ -194,6 +196,7 @@ def refresh_lock(docker_dir: Path = DOCKER_DIR, *, only_placeholders: bool = Tru
                 value = resolve()
             except Exception as error:  # noqa: BLE001 (network, git, registry: keep the placeholder)
                 log.write(f"unresolved {dotted}: {type(error).__name__}: {error}\n")
+                failed.append(dotted)
                 continue
             old = value_at(data, dotted)
             _set(data, dotted, value)
@@ -204,15 +207,18 @@ def refresh_lock(docker_dir: Path = DOCKER_DIR, *, only_placeholders: bool = Tru
             log.write(f"resolved {dotted} ({change})\n")
     lock = parse_lock(data)
     atomic_write_text(docker_dir / LOCK_NAME, json.dumps(data, indent=2) + "\n")
-    return lock.unresolved
+    return tuple(dict.fromkeys([*lock.unresolved, *failed]))
 
 
-def refresh_command() -> int:
-    left = refresh_lock()
-    if load_lock().first_use:
+def refresh_command(docker_dir: Path = DOCKER_DIR) -> int:
+    """`toolchain refresh-lock`: exit 3 (missing environment) while any pin is left unresolved,
+    whether a placeholder or a pin this machine could not reach."""
+    left = refresh_lock(docker_dir)
+    if load_lock(docker_dir).first_use:
         sys.stderr.write("webslm: the vendored crates are pinned by the first `webslm toolchain` "
                          "build\n")
     if left:
-        sys.stderr.write(f"webslm: {len(left)} placeholders remain: {', '.join(left)}\n")
+        sys.stderr.write(f"webslm: {len(left)} pins are not resolved: {', '.join(left)}; run "
+                         "refresh-lock again where their sources can be reached\n")
         return MissingEnvironment.exit_code
     return 0
