@@ -384,6 +384,21 @@ def test_a_patch_edited_without_refreshing_the_lock_stops_the_build(docker_dir: 
         build.ensure_toolchain_image(allow_unpinned=True, docker_dir=docker_dir)
 
 
+@pytest.mark.parametrize("flag", ["--pull", "--push"])
+@pytest.mark.parametrize("ref", ["UPPER/case", "ghcr.io/o/t:", "Bad Ref!!", "a/b:c:d"])
+def test_a_malformed_image_reference_is_bad_input_before_the_engine(
+        flag: str, ref: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Whether or not the image is present (then --pull is never needed): a bad REF is exit 2."""
+    def no_engine() -> None:
+        raise AssertionError("the Docker engine was asked")
+
+    monkeypatch.setattr(build, "docker_client", no_engine)
+    assert main(["toolchain", flag, ref]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{flag} {ref!r} is not an image reference" in err
+
+
 def test_registry_refs_get_the_id_as_tag_unless_they_name_one() -> None:
     ident = "0123456789ab" + "c" * 52
     assert build.registry_ref("ghcr.io/o/webslm-toolchain", ident) == \

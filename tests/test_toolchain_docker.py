@@ -12,12 +12,14 @@ new tag, so a cached image never stands in for a build that would fail today."""
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from webslm import toolchain
 from webslm.container import OUT_MOUNT, WORK_DIR, ContainerRun, Engine, StageImage
-from webslm.errors import StageFailed
-from webslm.toolchain import build
+from webslm.errors import MissingEnvironment, StageFailed
+from webslm.toolchain import Toolchain, build
 
 pytestmark = pytest.mark.docker
 
@@ -145,3 +147,19 @@ def test_stage_containers_cannot_write_the_image(docker_engine, debian_base_imag
         with pytest.raises(StageFailed):
             stage(f"write-{len(target)}", f"mkdir -p {target}/new")
         assert "Read-only file system" in (tmp_path / f"write-{len(target)}.log").read_text()
+
+
+def test_a_push_to_an_unreachable_registry_is_missing_environment(docker_engine,
+                                                                  debian_base_image: str) -> None:
+    """The real engine pushing a real image to a registry that is not there: exit 3."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    image = Toolchain(id="0" * 64, image=debian_base_image, lock_digest="", webllm_version="",
+                      env={}, seccomp_profile=None)
+    target = f"127.0.0.1:{port}/webslm-push-test"
+    try:
+        with pytest.raises(MissingEnvironment, match=f"push to {target}:000000000000 failed"):
+            build.push_image(docker_engine, target, image)
+    finally:
+        docker_engine.images.remove(f"{target}:000000000000")  # the tag this test made

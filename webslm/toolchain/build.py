@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import urllib.error
 from collections.abc import Callable, Mapping
@@ -46,6 +47,25 @@ FINAL_STAGE = "toolchain"
 BUILD_CA_ENV = "WEBSLM_BUILD_CA_BUNDLE"
 CRATES_INDEX = "https://index.crates.io/config.json"
 REACH_TIMEOUT_S = 20
+
+
+# distribution/reference's grammar (what `docker pull` accepts):
+# [domain[:port]/]path[:tag][@digest], where a first part is a domain only with a "." or a port,
+# or as localhost.
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_LABEL = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
+_DOMAIN = rf"(?:(?:localhost|{_LABEL}(?:\.{_LABEL})+)(?::[0-9]+)?/|{_LABEL}:[0-9]+/)?"
+IMAGE_REFERENCE = re.compile(
+    rf"{_DOMAIN}{_COMPONENT}(?:/{_COMPONENT})*(?::[\w][\w.-]{{0,127}})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?")
+
+
+def check_reference(flag: str, ref: str) -> str:
+    """REF when it is an image reference Docker accepts, else BadInput (before any engine)."""
+    if not IMAGE_REFERENCE.fullmatch(ref) or len(ref) > 255:
+        raise BadInput(f"{flag} {ref!r} is not an image reference",
+                       f"pass e.g. {flag} ghcr.io/OWNER/webslm-toolchain[:TAG] (lower-case path)")
+    return ref
 
 
 def registry_ref(ref: str, identifier: str) -> str:
@@ -146,10 +166,13 @@ def push_image(client: Any, ref: str, toolchain: Toolchain) -> str:
     full = registry_ref(ref, toolchain.id)
     repository, _, tag = full.rpartition(":")
     client.images.get(toolchain.image).tag(repository, tag)
-    for chunk in client.images.push(repository, tag=tag, stream=True, decode=True):
-        if "error" in chunk:
-            raise StageFailed(f"push to {full} failed: {chunk['error']}",
-                              "log in to the registry (docker login) and retry")
+    fix = "check that the registry is reachable and that you are logged in (docker login)"
+    try:
+        for chunk in client.images.push(repository, tag=tag, stream=True, decode=True):
+            if "error" in chunk:  # the registry cannot be reached, or refused us
+                raise MissingEnvironment(f"push to {full} failed: {chunk['error']}", fix)
+    except docker.errors.APIError as error:
+        raise MissingEnvironment(f"push to {full} failed: {error.explanation}", fix) from error
     return full
 
 
@@ -255,6 +278,9 @@ def ensure_toolchain_image(*, pull: str | None = None, push: str | None = None,
     naming what does not), then the base root filesystem from the snapshot, the first-use pins
     (written into docker/), and the image.
     """
+    for flag, ref in (("--pull", pull), ("--push", push)):
+        if ref is not None:
+            check_reference(flag, ref)
     lock = load_lock(docker_dir)
     stale = patch_mismatches(lock, docker_dir)
     if stale:
