@@ -600,6 +600,17 @@ def test_audit_of_a_silent_hub_ends_at_its_deadline(tmp_path: Path) -> None:
     assert timings[1] - timings[0] < 3 + 1.5, timings
 
 
+@pytest.mark.parametrize("inside", [".", "reports"])
+def test_a_report_folder_inside_the_dist_is_refused(tmp_path: Path, inside: str,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    dist = make_dist(tmp_path)
+    before = sorted(p.name for p in dist.rglob("*"))
+    assert main(["verify", str(dist), "--report", str(dist / inside)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pass a --report folder outside the dist" in err
+    assert sorted(p.name for p in dist.rglob("*")) == before
+
+
 @pytest.mark.parametrize("command", ["verify", "audit"])
 def test_a_report_folder_that_cannot_be_written_is_exit_3(
         tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str]) -> None:

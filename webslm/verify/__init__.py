@@ -36,6 +36,7 @@ from pathlib import Path
 from webslm.errors import BadInput, StageFailed, WebslmError
 from webslm.files import (
     check_writable,
+    relation,
     sha256_file,
 )
 from webslm.layout import APP_CONFIG_FILE, PROVENANCE_FILE
@@ -160,6 +161,10 @@ def failure_reported(command: str, target: str, report_dir: Path | None) -> Iter
 def verify_command(dist: Path, report_dir: Path | None,
                    settings: RebuildSettings | None = None) -> int:
     """`webslm verify DIST [--report DIR]`."""
+    if report_dir is not None and relation(report_dir, dist) in ("is", "is inside"):
+        raise BadInput(f"the report folder {report_dir} {relation(report_dir, dist)} the dist "
+                       f"folder {dist}: the report would become part of what it verifies",
+                       "pass a --report folder outside the dist")
     with failure_reported("verify", str(dist), report_dir):
         first, provenance, shipped = verify_dist(dist)
     build_folder = dist.resolve().parent.parent  # `--out DIR` wrote DIR/<name>
