@@ -190,6 +190,29 @@ def test_a_symlinked_config_is_refused_and_stays_a_link(
     assert (model / "config.json").is_symlink() and shared.read_bytes() == original
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file to another user")
+def test_normalizing_in_place_as_root_keeps_the_files_owner_and_group(tiny_models,
+                                                                       tmp_path: Path) -> None:
+    target = shutil.copytree(tiny_models["qwen2"], tmp_path / "model")
+    os.chown(target / "config.json", 4321, 8765)
+    assert main(["normalize", str(target)]) == 0
+    assert "rope_theta" in saved_config(target)
+    found = os.stat(target / "config.json")
+    assert (found.st_uid, found.st_gid) == (4321, 8765)
+
+
+def test_a_hard_linked_config_is_refused_like_a_symlinked_one(
+        tiny_models, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = shutil.copytree(tiny_models["qwen2"], tmp_path / "model")
+    os.link(target / "config.json", tmp_path / "other-name.json")
+    original = (target / "config.json").read_bytes()
+    assert main(["normalize", str(target)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "hard links" in error and "--out" in error
+    assert os.stat(target / "config.json").st_nlink == 2
+    assert (tmp_path / "other-name.json").read_bytes() == original
+
+
 def test_out_inside_a_file_is_bad_input(tiny_models, tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "file").write_text("x")

@@ -135,14 +135,18 @@ def space_in(folder: Path) -> Iterator[None]:
             from error
 
 
-def atomic_write_text(path: Path, text: str, mode: int = 0o644) -> None:
-    """Write text to path through a temporary sibling and a rename; the file gets `mode`."""
+def atomic_write_text(path: Path, text: str, mode: int = 0o644,
+                      owner: tuple[int, int] | None = None) -> None:
+    """Write text to path through a temporary sibling and a rename; the file gets `mode` (and
+    `owner`, a uid and gid, when given: a file replaced in place keeps its owner)."""
     with space_in(path.parent):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 handle.write(text)
+            if owner is not None:
+                os.chown(tmp, *owner)
             os.chmod(tmp, mode)
             os.replace(tmp, path)
         except BaseException:

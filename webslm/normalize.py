@@ -131,6 +131,11 @@ def in_place_target(source: Path) -> Path:
         raise BadInput(f"{source} is a symbolic link to {source.resolve()}; normalizing in place "
                        "would replace the link with a file",
                        f"pass --out DIR, or normalize {source.resolve()} itself")
+    links = source.stat().st_nlink
+    if links > 1:
+        raise BadInput(f"{source} is one of {links} hard links to the same file; normalizing in "
+                       "place would break the link (the other names would keep the old config)",
+                       "pass --out DIR, or copy the file first")
     if not source.stat().st_mode & 0o222:
         raise BadInput(f"{source} is read-only; normalize leaves read-only files alone",
                        "pass --out DIR to write the normalized config elsewhere, or make it "
@@ -139,8 +144,8 @@ def in_place_target(source: Path) -> Path:
 
 
 def normalize_path(path: Path, out: Path | None = None) -> NormalizeResult:
-    """Normalize a model folder's config.json in place (atomically, keeping its mode) or into
-    `out`/config.json."""
+    """Normalize a model folder's config.json in place (atomically, keeping its mode, owner and
+    group) or into `out`/config.json."""
     source = config_path_of(Path(path))
     normalized = normalize_config(load_config(source))
     mode = stat.S_IMODE(source.stat().st_mode)
@@ -156,5 +161,11 @@ def normalize_path(path: Path, out: Path | None = None) -> NormalizeResult:
             return NormalizeResult(config_path=target, changes=())
         in_place_target(source)
     text = json.dumps(normalized.config, indent=2, ensure_ascii=False) + "\n"
-    atomic_write_text(target, text, mode=mode)
+    owner = None if out is not None else (source.stat().st_uid, source.stat().st_gid)
+    try:
+        atomic_write_text(target, text, mode=mode, owner=owner)
+    except PermissionError as error:
+        raise BadInput(f"cannot give the rewritten {target} its owner and group back "
+                       f"({error.strerror})", "pass --out DIR, or normalize as its owner") \
+            from error
     return NormalizeResult(config_path=target, changes=normalized.changes)
