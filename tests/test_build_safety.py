@@ -11,6 +11,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import copy_model, digests, interrupt_when
@@ -228,6 +229,29 @@ def test_a_swap_killed_between_renames_is_restored_by_the_next_run(tmp_path: Pat
     recover_directory(final)
     assert (final / PROVENANCE_FILE).is_file()
     assert sorted(p.name for p in final.parent.iterdir()) == ["tiny"]
+
+
+def test_sigterm_between_the_fallback_renames_leaves_the_old_dist_in_place(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the file system has no atomic exchange: SIGTERM after the old copy moved aside and
+    before the new one moved in. The CLI then says outputs in place are unchanged: so they are."""
+    final = tmp_path / "tiny"
+    with atomic_directory(final, PROVENANCE_FILE) as folder:
+        (folder / PROVENANCE_FILE).write_text("old")
+    rename = os.rename
+
+    def terminated_before_the_new_copy(source: Any, target: Any) -> None:
+        if Path(target) == final and Path(source).name.endswith(".tmp"):  # the new copy
+            raise Terminated()
+        rename(source, target)
+
+    monkeypatch.setattr(files, "exchange", lambda first, second: False)
+    monkeypatch.setattr(os, "rename", terminated_before_the_new_copy)
+    with pytest.raises(Terminated), atomic_directory(final, PROVENANCE_FILE) as folder:
+        (folder / PROVENANCE_FILE).write_text("new")
+    monkeypatch.undo()
+    assert (final / PROVENANCE_FILE).read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny"]
 
 
 def test_the_dist_never_goes_missing_while_it_is_replaced(tmp_path: Path) -> None:

@@ -317,9 +317,10 @@ def atomic_directory(final: Path, marker: str) -> Iterator[Path]:
     """Yield a temporary folder beside `final`; on success it replaces `final` whole.
 
     `final` may only be absent, empty, or a folder webslm wrote (holding `marker`). The swap is
-    one atomic exchange where the OS has it; elsewhere a kill between the two renames is undone
-    by the next run (recover_directory). On any exception the temporary folder is removed and
-    `final` is left as it was.
+    one atomic exchange where the OS has it; elsewhere SIGTERM or Ctrl-C between the two renames
+    puts the old copy back at once, and a SIGKILL there is undone by the next run
+    (recover_directory). On any exception the temporary folder is removed and `final` is left
+    as it was.
     """
     check_replaceable(final, marker)
     check_writable(final.parent)
@@ -339,8 +340,13 @@ def atomic_directory(final: Path, marker: str) -> Iterator[Path]:
                 shutil.rmtree(staging, ignore_errors=True)  # now the old copy; the swap is done
             else:
                 retired = final.with_name(f".{final.name}.old-{token}")
-                os.rename(final, retired)
-                os.rename(staging, final)
+                try:
+                    os.rename(final, retired)
+                    os.rename(staging, final)
+                except BaseException:  # SIGTERM or Ctrl-C between the renames: the old copy
+                    if retired.exists() and not final.exists():  # goes back, as the CLI says
+                        os.rename(retired, final)
+                    raise
                 shutil.rmtree(retired, ignore_errors=True)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
