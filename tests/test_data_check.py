@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -87,6 +88,23 @@ def test_empty_and_missing_files(tmp_path: Path, capsys: pytest.CaptureFixture) 
     assert "does not exist" in capsys.readouterr().err
     assert main(["data", "check", str(tmp_path)]) == 2
     assert f"data file {tmp_path} is a folder, not a file" in capsys.readouterr().err
+
+
+def test_a_fifo_is_named_for_what_it_is(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    fifo = tmp_path / "chat.jsonl"
+    os.mkfifo(fifo)
+    assert main(["data", "check", str(fifo)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"data file {fifo} is not a regular file (a FIFO" in err
+
+
+def test_bad_utf8_is_reported_at_its_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data = tmp_path / "bad.jsonl"
+    good = chat(("user", "Hi"), ("assistant", "Hello")).encode()
+    data.write_bytes(good + b"\n" + good + b"\n" + b'{"x": "ab\xff"}\n')
+    assert main(["data", "check", str(data)]) == 2
+    first = capsys.readouterr().err.splitlines()[0]
+    assert first == f"{data}:3: not UTF-8 text (invalid start byte at byte 10 of the line)"
 
 
 def test_several_system_prompts_warn_but_pass(tmp_path: Path,

@@ -112,15 +112,21 @@ def is_unicode_text(text: str) -> bool:
 
 def _read_file(path: Path) -> tuple[list[Conversation], list[Problem]]:
     if not path.is_file():
-        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        what = ("is a folder, not a file" if path.is_dir()
+                else "is not a regular file (a FIFO, socket or device)" if path.exists()
+                else "does not exist")
         raise BadInput(f"data file {path} {what}", "pass an existing chat JSONL file")
     conversations: list[Conversation] = []
     problems: list[Problem] = []
+    raw = path.read_bytes()
     try:
         # JSONL lines end at "\n" only: U+2028 and friends are valid inside JSON strings
-        lines = path.read_text(encoding="utf-8").split("\n")
+        lines = raw.decode("utf-8").split("\n")
     except UnicodeDecodeError as error:
-        return [], [Problem(path, 0, f"not UTF-8 text ({error.reason} at byte {error.start})")]
+        line_start = raw.rfind(b"\n", 0, error.start) + 1
+        return [], [Problem(path, raw.count(b"\n", 0, error.start) + 1,
+                            f"not UTF-8 text ({error.reason} at byte "
+                            f"{error.start - line_start + 1} of the line)")]
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
