@@ -23,7 +23,8 @@ from pathlib import Path
 from webslm import __version__
 from webslm.cache import default_cache_dir
 from webslm.errors import INTERRUPTED, Terminated, WebslmError, from_os_error
-from webslm.hubapi import Redactor, hub_token
+from webslm.hubapi import hub_token
+from webslm.redaction import Redactor
 
 TRACEBACK_SWITCH = "WEBSLM_TRACEBACK"
 CRASH_FOLDER = "crash"
