@@ -84,16 +84,12 @@ def find_placeholders(value: object, path: str = "") -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class SourcePin:
-    """A git checkout at a pinned commit: `path` is where it lands under /src.
-
-    `evidence` says where the commit was read (`proven: ...`) or what it was inferred from
-    (`inferred: ...`); a pin read at its parent's gitlink by refresh-lock needs none.
-    """
+    """A git checkout at a pinned commit: `path` is where it lands under /src (where the commit
+    was read is in ToolchainLock.evidence)."""
 
     path: str
     repo: str
     commit: str
-    evidence: str | None = None
 
 
 @dataclass(frozen=True)
@@ -112,7 +108,7 @@ class ToolchainLock:
     sources: tuple[SourcePin, ...]
     patches: Mapping[str, str]
     placeholders: tuple[str, ...]
-    evidence: Mapping[str, str]
+    evidence: Mapping[str, str]  # dotted pin -> its `proven:` or `inferred:` note
 
     @property
     def first_use(self) -> tuple[str, ...]:
@@ -209,10 +205,8 @@ def parse_lock(data: Mapping[str, Any]) -> ToolchainLock:
             raise BadInput(f"toolchain lock: source {path} needs a repo and a commit",
                            "pin it by repository URL and commit (evidence: a note, optional)")
         _check_pin(f"sources.{path}.commit", commit, HEX40, "a 40-hex commit")
-        note = _evidence(f"sources.{path}.commit", entry)
-        evidence.update(note)
-        sources.append(SourcePin(path=path, repo=repo, commit=commit,
-                                 evidence=next(iter(note.values()), None)))
+        evidence.update(_evidence(f"sources.{path}.commit", entry))
+        sources.append(SourcePin(path=path, repo=repo, commit=commit))
     if "mlc-llm" not in {pin.path for pin in sources}:
         raise BadInput("toolchain lock: `sources.mlc-llm` is missing", "pin MLC-LLM's commit")
     for name, entry in _need(data, "python.packages", Mapping).items():
