@@ -307,6 +307,26 @@ def test_a_bug_is_one_line_naming_a_crash_log_without_the_token(
     assert TOKEN not in text and SECRET not in text and (log.stat().st_mode & 0o777) == 0o600
 
 
+def test_a_bug_naming_a_non_utf8_file_still_gets_its_crash_log(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd) -> None:
+    """A file name that is not UTF-8 reaches Python as lone surrogates; the log keeps them
+    escaped rather than failing to write and ending in the traceback it was to hold."""
+    name = os.fsdecode(b"model-\xff")
+
+    def crash_on_path(args) -> int:
+        raise ZeroDivisionError(f"bug near {name}")
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv(TRACEBACK_SWITCH, raising=False)
+    monkeypatch.setattr("webslm.cli._cmd_spec", crash_on_path)
+    assert main(["spec"]) == 1
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    [log] = (tmp_path / "xdg" / "webslm" / "crash").iterdir()
+    assert f"the traceback is in {log}" in err
+    assert "bug near model-\\udcff" in log.read_text(encoding="utf-8")
+
+
 def test_the_switch_prints_the_traceback_instead(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                  capsys) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))

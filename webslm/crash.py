@@ -55,12 +55,13 @@ def write_crash_log(text: str) -> Path | None:
             fd, name = tempfile.mkstemp(prefix=prefix, suffix=".log", dir=folder)  # mode 0600
         except OSError:
             continue
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        try:  # backslashreplace: a path from a non-UTF-8 file name holds lone surrogates
+            with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as handle:
                 handle.write(text)
             return Path(name)
         except OSError:
-            os.unlink(name)
+            with contextlib.suppress(OSError):
+                os.unlink(name)
     return None
 
 
