@@ -434,6 +434,26 @@ def test_speeds_in_both_panes_and_a_copyable_benchmark(browser: Browser, server:
     page.shot("compare-speeds-1200")
 
 
+def test_copy_figures_says_whether_the_copy_worked(browser: Browser, server: str) -> None:
+    """Copied when the clipboard takes the figures; where the browser refuses it, the button says
+    so and the figures are selected for Ctrl+C (the button said "Copied" either way)."""
+    page = loaded(browser, server)
+    page.grant(permissions=["clipboard-read", "clipboard-write"])
+    page.click(selector="#settings summary")
+    page.click(selector="#benchmark")
+    page.wait_for("!document.getElementById('benchmark-copy').hidden", 30000)
+    figures = page.text("#benchmark-result")
+    page.click(selector="#benchmark-copy")
+    page.wait_for("document.getElementById('benchmark-copy').textContent === 'Copied'")
+    assert js(page, "navigator.clipboard.readText()") == figures
+    page.wait_for("document.getElementById('benchmark-copy').textContent === 'Copy figures'", 5000)
+    js(page, "navigator.clipboard.writeText = () => Promise.reject(new Error('denied'))")
+    page.click(selector="#benchmark-copy")
+    page.wait_for("document.getElementById('benchmark-copy').textContent !== 'Copy figures'")
+    assert page.text("#benchmark-copy") == "Select and copy (Ctrl+C)"
+    assert js(page, "getSelection().toString()") == figures
+
+
 # ---------------------------------------------------------------------------- 8. layout
 
 

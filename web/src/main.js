@@ -9,6 +9,7 @@
 import { CreateWebWorkerMLCEngine, hasModelInCache } from "@mlc-ai/web-llm";
 
 import { BENCHMARK, benchmarkRequest, chatRequest, formatSpeed, streamAnswer } from "./chat.js";
+import { copyText } from "./clipboard.js";
 import {
   contextWindowOf, defaultAnswerTokens, fitConversation, loadCounter, promptLimit,
 } from "./context.js";
@@ -369,14 +370,8 @@ class Pane {
     await this.persist();
   }
 
-  async copyAnswer(i, button) {
-    try {
-      await navigator.clipboard.writeText(this.conversation.messages[i].content);
-      button.textContent = "Copied";
-    } catch {
-      button.textContent = "Copy failed: select the text";
-    }
-    setTimeout(() => { button.textContent = "Copy"; }, 2000);
+  copyAnswer(i, button) {
+    return copyText(this.conversation.messages[i].content, button, "Copy", button.closest(".bubble").querySelector(".body"));
   }
 
   /** The turns before message `end` the model can see again: questions with a good answer. */
@@ -629,7 +624,7 @@ async function benchmark() {
   });
 }
 
-/** {count, bytes} of the models web-llm keeps in Cache Storage. */
+/** Bytes of the models web-llm keeps in Cache Storage. */
 async function cachedModelsSize() {
   let bytes = 0;
   for (const name of WEBLLM_CACHES) {
@@ -709,10 +704,8 @@ function listen() {
   ui.form.addEventListener("submit", ask);
   ui.stop.addEventListener("click", () => app.panes.forEach((p) => p.stop()));
   ui.benchmark.addEventListener("click", benchmark);
-  ui.benchmarkCopy.addEventListener("click", async () => {
-    await navigator.clipboard.writeText(ui.benchmarkResult.textContent).catch(() => {});
-    ui.benchmarkCopy.textContent = "Copied";
-  });
+  ui.benchmarkCopy.addEventListener("click",
+    () => copyText(ui.benchmarkResult.textContent, ui.benchmarkCopy, "Copy figures", ui.benchmarkResult));
   for (const input of [ui.systemPrompt, ui.temperature, ui.topP, ui.maxTokens, ui.budget]) {
     input.addEventListener("change", keepSettings);
   }

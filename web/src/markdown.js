@@ -7,6 +7,8 @@
 import DOMPurify from "dompurify";
 import { marked } from "marked";
 
+import { copyText } from "./clipboard.js";
+
 const PURIFY = {
   USE_PROFILES: { html: true },
   FORBID_TAGS: ["img", "picture", "video", "audio", "source", "iframe", "form", "input", "button", "style", "svg", "math"],
@@ -25,20 +27,6 @@ export function markdownHtml(text) {
   return DOMPurify.sanitize(marked.parse(text, { gfm: true, breaks: true, async: false }), PURIFY);
 }
 
-async function copyText(text, button) {
-  try {
-    await navigator.clipboard.writeText(text);
-    button.textContent = "Copied";
-  } catch {
-    button.textContent = "Select and copy (Ctrl+C)";
-    const range = document.createRange();
-    range.selectNodeContents(button.parentElement.querySelector("code") ?? button.parentElement);
-    getSelection().removeAllRanges();
-    getSelection().addRange(range);
-  }
-  setTimeout(() => { button.textContent = "Copy"; }, 2000);
-}
-
 /** A "Copy" button on each code block of a rendered answer. */
 function addCopyButtons(target) {
   for (const pre of target.querySelectorAll("pre")) {
@@ -47,7 +35,8 @@ function addCopyButtons(target) {
     button.className = "copy-code";
     button.textContent = "Copy";
     button.setAttribute("aria-label", "Copy this code");
-    button.addEventListener("click", () => copyText(pre.querySelector("code")?.textContent ?? pre.textContent, button));
+    const code = pre.querySelector("code") ?? pre;
+    button.addEventListener("click", () => copyText(code.textContent, button, "Copy", code));
     pre.prepend(button);
   }
 }
