@@ -96,7 +96,8 @@ def add_weights(model: Path, mib: int) -> None:
 
 
 def image_without_bytecode(client: Any, image: str) -> str:
-    """Tag of IMAGE with every __pycache__ of its Python's site-packages removed (built once)."""
+    """Tag of IMAGE with every __pycache__ of its Python's site-packages removed (built here, or
+    the one a killed run left; bench_stage_start removes it when done)."""
     tag = f"webslm-bench-nobytecode:{str(client.images.get(image).id).split(':')[-1][:12]}"
     if not image_exists(client, tag):
         dockerfile = (f"FROM {image}\nUSER 0\n"
