@@ -1,9 +1,10 @@
 // Conversations kept in this browser's IndexedDB, one list per model, so a chat survives a reload.
-// A conversation: {id, modelId, title, messages, updated (ms), memoryStart}. A message is
+// A conversation: {id, modelId, title, messages, updated (ms), memory}. A message is
 // {role: "user"|"assistant", content, speed?, generated?, failure?}: `generated` is the tokens
 // web-llm generated for an answer, `failure` ({headline, summary, detail, retry}) marks an answer
-// that failed, whose question stays so it can be retried. memoryStart is the index of the oldest
-// message the model saw in the last request (the turns before it no longer fit its memory).
+// that failed, whose question stays so it can be retried. memory ({start, window}, or null once
+// turns are edited or deleted) is where the last request began: `start` the index of the oldest
+// message the model saw (the turns before it no longer fit its memory), `window` its context window.
 
 const DB_NAME = "webslm";
 const STORE = "conversations";
