@@ -694,6 +694,21 @@ def test_settings_are_kept_per_model_across_reloads(browser: Browser, server: st
     assert js(page, "document.getElementById('system-prompt').value") == "Answer briefly."
 
 
+def test_an_emptied_number_field_sends_the_builds_default(browser: Browser, server: str) -> None:
+    """A temperature or top p cleared (or typed out of range) asks with the build's value: the
+    request carried NaN, which web-llm's range check lets through to its sampler."""
+    page = loaded(browser, server)
+    page.click(selector="#settings summary")
+    defaults = js(page, "['temperature', 'top-p']"
+                        ".map(id => Number(document.getElementById(id).value))")
+    for field, value in (("#temperature", ""), ("#top-p", "7")):
+        page.fill(selector=field, text=value)
+        js(page, f"document.querySelector('{field}').dispatchEvent(new Event('change'))")
+    ask(page, "hello")
+    sent = requests(page)[-1]
+    assert [sent["temperature"], sent["top_p"]] == defaults == [0.6, 0.9]
+
+
 def test_export_and_clear_all_data(browser: Browser, server: str) -> None:
     page = loaded(browser, server)
     ask(page, "Answer in markdown")

@@ -24,7 +24,7 @@ import { streamingView } from "./markdown.js";
 import {
   describeRecord, downloadBytes, fetchJson, formatMB, loadCatalog, movingRefNote, pageOptions, vramLabel,
 } from "./models.js";
-import { buildDefaults, clearSettings, loadSettings, saveSettings } from "./settings.js";
+import { buildDefaults, clearSettings, loadSettings, mergeSettings, saveSettings } from "./settings.js";
 import { editQuestion, renderMessages, speedLine } from "./transcript.js";
 import { BUILT_WEBLLM_VERSION } from "./version.js";
 
@@ -577,17 +577,19 @@ function updateControls() {
   }
 }
 
-/** The settings as the form holds them, kept for each selected model. */
+/**
+ * The settings as the form holds them, kept for each selected model. A temperature or top p left
+ * empty or out of range is the build's default (mergeSettings), never NaN in a request.
+ */
 function settings() {
-  const number = (input) => Number.parseInt(input.value, 10);
-  const positive = (value) => (Number.isFinite(value) && value > 0 ? value : null);
-  return {
-    systemPrompt: ui.systemPrompt.value.trim() || null,
+  const whole = (input) => (input.value.trim() === "" ? null : Number.parseInt(input.value, 10));
+  const form = mergeSettings(app.defaults, {
     temperature: Number.parseFloat(ui.temperature.value),
     top_p: Number.parseFloat(ui.topP.value),
-    maxTokens: positive(number(ui.maxTokens)),
-    budget: positive(number(ui.budget)),
-  };
+    maxTokens: whole(ui.maxTokens),
+    budget: whole(ui.budget),
+  });
+  return { ...form, systemPrompt: ui.systemPrompt.value.trim() || null };
 }
 
 function keepSettings() {
