@@ -29,8 +29,9 @@ from webslm import finetune
 from webslm.chatdata import read_chat_data
 from webslm.cli import build_parser, main
 from webslm.errors import BadInput, WebslmError
-from webslm.hub import check_safetensors_header, read_weight_map
+from webslm.hub import check_safetensors_header
 from webslm.provenance import load_provenance, statement
+from webslm.safetensors_index import read_weight_map
 from webslm.serve import Site, find_models, serving_in_thread
 from webslm.toolchain.lock import LOCK_NAME, load_lock
 from webslm.webllm import read_app_config, read_chat_config
