@@ -537,6 +537,23 @@ def test_a_wrong_inferred_pin_fails_at_fetch_and_refresh_lock_corrects_it(
     assert (tmp_path / "src2" / "mlc-llm/3rdparty/dep/a.txt").read_text() == "two\n"
 
 
+def test_refresh_lock_proves_an_inferred_pin_outside_the_sources(docker_dir: Path,
+                                                                 tmp_path: Path) -> None:
+    """Any pin may carry `inferred:` evidence, not only a source's commit: once refresh-lock
+    reads it at its source, its note says so (emsdk's tag read from a local repository)."""
+    emsdk = tmp_path / "repos" / "emsdk"
+    commit = _fake_repo(emsdk, {"emsdk": "#!/bin/sh\n"}, {})
+    version = toolchain.load_lock(docker_dir).emscripten_version
+    _git("tag", version, cwd=emsdk)
+    _rewrite_lock(docker_dir, lambda d: d["emscripten"].update(
+        {"emsdk_repo": emsdk.as_uri(), "emsdk_commit": "0" * 40, "evidence": "inferred: test"}))
+    assert toolchain.load_lock(docker_dir).inferred == ("emscripten.emsdk_commit",)
+    refresh.refresh_lock(docker_dir, log=io.StringIO())
+    fixed = toolchain.load_lock(docker_dir)
+    assert fixed.data["emscripten"]["emsdk_commit"] == commit and fixed.inferred == ()
+    assert fixed.evidence["emscripten.emsdk_commit"].startswith("proven:")
+
+
 def test_refresh_lock_that_cannot_reach_a_source_exits_3(
         docker_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Offline: every pin it tries fails. That is a missing environment, not success."""

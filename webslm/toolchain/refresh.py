@@ -201,7 +201,7 @@ def refresh_lock(docker_dir: Path = DOCKER_DIR, *, only_placeholders: bool = Tru
             old = value_at(data, dotted)
             _set(data, dotted, value)
             if dotted in inferred:
-                entry = data["sources"][dotted.removeprefix("sources.").removesuffix(".commit")]
+                entry = value_at(data, dotted.rpartition(".")[0])  # the pin's own object
                 entry["evidence"] = f"{PROVEN} read at the source by refresh-lock"
             change = f"{old} -> {value}" if old != value else "unchanged"
             log.write(f"resolved {dotted} ({change})\n")
