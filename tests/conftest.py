@@ -194,9 +194,15 @@ def containers_of(engine: Any, model_id: str) -> list[Any]:
     return engine.containers.list(all=True, filters={"label": f"webslm.model_id={model_id}"})
 
 
+def running(engine: Any, filters: dict[str, str]) -> list[Any]:
+    """The running containers that match, listed sparse: without inspecting each one, which a
+    finishing stage can remove in between (a 404 that would kill a watcher thread)."""
+    return engine.containers.list(filters=filters, sparse=True)
+
+
 def running_stages(engine: Any, model_id: str) -> set[str]:
-    return {c.labels["webslm.stage"] for c in
-            engine.containers.list(filters={"label": f"webslm.model_id={model_id}"})}
+    return {c.attrs["Labels"]["webslm.stage"]  # a sparse listing's labels: no inspect
+            for c in running(engine, {"label": f"webslm.model_id={model_id}"})}
 
 
 def copy_model(source: Path, target: Path) -> Path:

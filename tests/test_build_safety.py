@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import copy_model, digests, interrupt_when
+from conftest import copy_model, digests, interrupt_when, running
 from docker.errors import NotFound
 from standin.image import standin_toolchain
 
@@ -164,12 +164,6 @@ def test_a_cache_removes_scratch_of_dead_processes_only(tmp_path: Path,
 
 
 # ---------------------------------------------------------------------------- stopping
-
-
-def running(engine, filters: dict) -> list:
-    """The running containers that match, listed sparse: without inspecting each one, which a
-    finishing stage can remove in between (a 404 that would kill the watcher thread)."""
-    return engine.containers.list(filters=filters, sparse=True)
 
 
 @pytest.mark.docker
