@@ -22,6 +22,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -229,7 +230,8 @@ def timed_run(command: list[str], env: dict[str, str]) -> tuple[int, float, dict
     """Run a command; (exit code, wall seconds, seconds from start at which each phase's line
     appeared on stdout, stdout lines). Phases: "tokens" (data checked and tokenized), "trained"
     (model loaded and trained, adapter saved), "merged" (the end)."""
-    marks = {"tokens": " tokens (", "trained": "trained ", "merged": "merged model written"}
+    marks = {"tokens": re.compile(r"\d+ tokens \("), "trained": re.compile("trained "),
+             "merged": re.compile("merged model written")}  # each at a line's start
     seen: dict[str, float] = {}
     lines = []
     start = time.perf_counter()
@@ -238,8 +240,8 @@ def timed_run(command: list[str], env: dict[str, str]) -> tuple[int, float, dict
         assert process.stdout is not None and process.stderr is not None
         for line in process.stdout:
             lines.append(line.rstrip("\n"))
-            for phase, text in marks.items():
-                if text in line and phase not in seen:
+            for phase, start_of_line in marks.items():
+                if start_of_line.match(line) and phase not in seen:
                     seen[phase] = time.perf_counter() - start
         errors = process.stderr.read()
     wall = time.perf_counter() - start
