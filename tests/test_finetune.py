@@ -660,3 +660,11 @@ def test_a_compiled_run_keeps_its_caches_and_marks_its_shape(
         build(dataclasses.replace(recipe, compile_layers="auto"))
         build(dataclasses.replace(recipe, compile_layers="auto", lora_r=8))
     assert weighed == [False, True, False]
+
+
+def test_the_base_model_trains_with_the_recipes_own_layers(tiny_qwen2: Path) -> None:
+    """transformers (>= 5.25, with the `kernels` package it requires) loads models to swap
+    layers for Hub kernels when they train on a GPU: code the recipe never measured, fetched at
+    train(), and an error offline (seen on the H100, bench/raw/issue32/1-gpu-tests.log)."""
+    model = training.load_base_model(tiny_qwen2, "fp32", Recipe())
+    assert model.use_kernels is False
