@@ -1,83 +1,59 @@
-"""LoRA SFT throughput and peak GPU memory: webslm's recipe against the plain recipe, Qwen2.5-0.5B.
+"""LoRA SFT speed and peak GPU memory: webslm's recipe against the plain recipe, Qwen2.5-0.5B.
 
-The model is the Qwen2.5-0.5B architecture (its real config) with random weights; the data is
-synthetic chat examples (seeded lengths 64..1024 tokens, the first ~30% of each a prompt), the same
-for every variant. Each variant trains through webslm.training.build_trainer, the code
-`webslm finetune` runs, so "ours" is the product's recipe (webslm.finetune.Recipe defaults).
-Tokens are real (non-pad) tokens; model FLOPs count what a LoRA step must compute: forward 2N and
-input-gradient 2N per token for the frozen linear layers (4N, not the 6N of full training: frozen
-weights get no weight gradient), the LM head only on the tokens that carry loss (TRL's fused head
-skips the rest), 3x the causal attention forward, and nothing for padding or recomputation.
-Tokens/s is the steady state: the timed steps that recorded no CUDA graph, on the GPU's clock
-(`steady_steps`); the whole timed window, recordings included, is printed beside it.
+Two measurements. Steady state (the default): each variant (a `Recipe`, maybe with a `Trial`)
+trains a fresh model for a few steps in this process, through the harness (finetune_harness.py:
+the model, the data, the clocks, the FLOPs, the tables); "ours" is the product's recipe on a
+compiled run. End to end (`--e2e`): what a user waits for, `webslm finetune` from process start
+to merged checkpoint in fresh processes, on the starter file and on generated sets of 1,000 and
+10,000 conversations, with whole-run tokens/s and MFU (compiling, recording, loading, merging
+counted). Never quote the steady state without the whole run beside it.
 
 Run: `python bench/bench_finetune.py` (one GPU); data-parallel scaling: `python -m
 torch.distributed.run --standalone --nproc_per_node 2 bench/bench_finetune.py --variants eager,ours`
 (strong: same global batch) and the same with `--global-batch 32` (weak: 16 per GPU); end to end:
-`python bench/bench_finetune.py --e2e finetune/data/medical.jsonl` (wall time of `webslm finetune`
-from process start to merged checkpoint, on a random Qwen2.5-0.5B-shaped base it writes first).
+`python bench/bench_finetune.py --e2e` (`--e2e-plan` says which sets, runs and epochs).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import gc
-import itertools
 import json
 import math
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from unittest import mock
 
 import torch
-from tokenizers import Tokenizer, models
-from transformers import (
-    AutoModelForCausalLM,
-    PreTrainedTokenizerFast,
-    Qwen2Config,
-    TrainerCallback,
-    set_seed,
+from finetune_harness import (
+    H100_BF16_PEAK,
+    QWEN25_05B,
+    TINY_MODEL,
+    Trial,
+    measured_matmul_peak,
+    print_table,
+    run_variant,
+    synthetic_examples,
+    training_flops_per_token,
+    write_base_model,
 )
 
-from webslm.chatdata import TokenizedExample
+from webslm.chatdata import Conversation, load_tokenizer, read_chat_data, tokenize_conversation
 from webslm.checkout import checkout_path
 from webslm.crash import exit_on_error
-from webslm.cudagraphs import CudaGraphRecording
-from webslm.finetune import (
-    COMPILE_MIN_STEPS,
-    Recipe,
-    finetune,
-    logging_interval,
-    pick_precision,
-)
-from webslm.training import (
-    attention_for,
-    build_trainer,
-    decoder_stack,
-    load_base_model,
-    master_weight_dtype,
-)
+from webslm.finetune import finetune
+from webslm.recipe import Recipe
 
-# The tiny byte-level BPE tokenizer, chat template and generation config of the real-tiny fixture
-# (a tiny random Qwen2's), in the repository.
-TINY_MODEL = checkout_path("tests", "fixtures", "real-tiny", "model")
-QWEN25_05B = dict(  # Qwen/Qwen2.5-0.5B-Instruct config.json
-    hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-    intermediate_size=4864, vocab_size=151936, tie_word_embeddings=True, rope_theta=1000000.0,
-    max_position_embeddings=32768, rms_norm_eps=1e-6, hidden_act="silu", bos_token_id=151643,
-    eos_token_id=151645,
-)
 PLAIN = Recipe(micro_batch=2, padding_free=False, assistant_only_loss=False,
                gradient_checkpointing=False, precision="fp16", compile_layers="off")
 OURS = Recipe()
-LONG_RUN = dataclasses.replace(OURS, compile_layers="on")  # Recipe() on >= COMPILE_MIN_STEPS steps
+LONG_RUN = dataclasses.replace(OURS, compile_layers="on")  # Recipe() where "auto" compiles
 # The third pass's default: compiled layers, each checkpointed whole, no CUDA graphs.
 THIRD_PASS = dataclasses.replace(LONG_RUN, activation_budget=None, cuda_graphs=False)
 VARIANTS = {  # Liger patches transformers' RoPE module-wide: the variants with it run last
@@ -154,470 +130,216 @@ class HeadGradInForward(torch.autograd.Function):
         return (hidden_grad, *[None] * 8)
 
 
-# Settings tried beside the default recipe: Inductor's config, and module constants of webslm
-# (webslm.training's are read when the trainer is built and while it trains; webslm.fusedlora's
-# at each kernel launch).
-TRIALS: dict[str, tuple[dict, dict[str, dict]]] = {
-    "ours-head-grad-in-forward": ({}, {"webslm.training": {
+TRIALS = {  # run on the long-run recipe
+    "ours-head-grad-in-forward": Trial(constants={"webslm.training": {
         "ChunkedLogProbFunction": HeadGradInForward}}),
-    "ours-cdt": ({"coordinate_descent_tuning": True}, {}),
-    "ours-peft-dropout": ({}, {"webslm.training": {"FUSED_LORA_DROPOUT": False}}),  # 8th pass
-    "ours-head76k": ({}, {"webslm.training": {"HEAD_TILE": 151936 // 2}}),
-    "ours-bucket1024": ({}, {"webslm.training": {"TOKEN_BUCKET": 1024}}),
-    "ours-no-combo": ({}, {"webslm.training": {"LAYER_INDUCTOR_CONFIG": {}}}),
-    "ours-seventh": ({}, {"webslm.training": {"TOKEN_BUCKET": 1024,  # the seventh pass's default
-                                              "LAYER_INDUCTOR_CONFIG": {}}}),
+    "ours-cdt": Trial(inductor={"coordinate_descent_tuning": True}),
+    "ours-peft-dropout": Trial(constants={"webslm.training": {"FUSED_LORA_DROPOUT": False}}),
+    "ours-head76k": Trial(constants={"webslm.training": {"HEAD_TILE": 151936 // 2}}),
+    "ours-bucket1024": Trial(constants={"webslm.training": {"TOKEN_BUCKET": 1024}}),
+    "ours-no-combo": Trial(constants={"webslm.training": {"LAYER_INDUCTOR_CONFIG": {}}}),
+    "ours-seventh": Trial(constants={"webslm.training": {  # the seventh pass's default
+        "TOKEN_BUCKET": 1024, "LAYER_INDUCTOR_CONFIG": {}}}),
     # the ninth pass's default: one 31-bit draw per Philox word, 10 rounds
-    "ours-ninth": ({}, {"webslm.fusedlora": {"DRAWS_PER_WORD": 1, "PHILOX_ROUNDS": 10}}),
-    "ours-philox10": ({}, {"webslm.fusedlora": {"PHILOX_ROUNDS": 10}}),
-    "ours-31bit": ({}, {"webslm.fusedlora": {"DRAWS_PER_WORD": 1}}),
+    "ours-ninth": Trial(constants={"webslm.fusedlora": {"DRAWS_PER_WORD": 1,
+                                                        "PHILOX_ROUNDS": 10}}),
+    "ours-philox10": Trial(constants={"webslm.fusedlora": {"PHILOX_ROUNDS": 10}}),
+    "ours-31bit": Trial(constants={"webslm.fusedlora": {"DRAWS_PER_WORD": 1}}),
 }
 VARIANTS.update({name: LONG_RUN for name in TRIALS})
 VARIANTS.update({f"ours-budget{share}": dataclasses.replace(LONG_RUN, activation_budget=share)
                  for share in (0.35, 0.4)})
 DEFAULT_VARIANTS = "plain,eager,compiled,ours,ours-budget0.5,ours-keep-all"
-# Every variant logs as a run long enough to compile does (the runs timed here are short).
-LONG_RUN_LOGGING = logging_interval(COMPILE_MIN_STEPS)
-H100_BF16_PEAK = 989e12  # dense bf16, H100 SXM datasheet
 
-
-def synthetic_examples(count: int, seed: int = 0) -> list[TokenizedExample]:
-    """Chat-like examples: log-normal lengths (median ~400 tokens) clipped to 64..1024."""
-    rng = random.Random(seed)
-    examples = []
-    for _ in range(count):
-        length = int(min(1024, max(64, rng.lognormvariate(math.log(400), 0.6))))
-        prompt = max(8, int(length * rng.uniform(0.15, 0.45)))
-        ids = tuple(rng.randrange(151643) for _ in range(length))
-        examples.append(TokenizedExample(ids, (0,) * prompt + (1,) * (length - prompt)))
-    return examples
-
-
-def pad_tokenizer():
-    """The trainer needs a tokenizer only for its pad token; the data is already token ids."""
-    tokenizer = Tokenizer(models.WordLevel({"<|endoftext|>": 0, "<unk>": 1}, unk_token="<unk>"))
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<|endoftext|>",
-                                   unk_token="<unk>")
-
-
-def training_flops_per_token(config: dict, mean_sq_len: float, mean_len: float,
-                             loss_fraction: float) -> float:
-    """LoRA-step model FLOPs per real token (see the module docstring).
-
-    `loss_fraction`: the share of tokens whose next token carries loss, the only ones the LM head
-    projects.
-    """
-    d, layers = config["hidden_size"], config["num_hidden_layers"]
-    kv = d // config["num_attention_heads"] * config["num_key_value_heads"]
-    linear = layers * (2 * d * d + 2 * d * kv + 3 * d * config["intermediate_size"])
-    linear += config["vocab_size"] * d * loss_fraction  # lm_head
-    attention_fwd_per_token = layers * 2 * d * (mean_sq_len / mean_len)  # causal: 2 s^2 d / s
-    return 4 * linear + 3 * attention_fwd_per_token
-
-
-def measured_matmul_peak() -> float:
-    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(20):
-        a @ b
-    torch.cuda.synchronize()
-    return 20 * 2 * 8192**3 / (time.perf_counter() - start)
-
-
-@dataclasses.dataclass(frozen=True)
-class Mark:
-    """A point in a timed run: wall clock, optimizer step, CUDA-graph recordings so far (count
-    and seconds), real tokens so far, and a CUDA event on the training stream (None on a CPU)."""
-
-    seconds: float
-    step: int
-    recordings: int
-    recording_seconds: float
-    tokens: int
-    event: torch.cuda.Event | None
-
-
-def steady_steps(marks: list[Mark]) -> list[tuple[int, float]]:
-    """(real tokens, seconds) of each timed step that recorded no CUDA graph, timed by the
-    GPU's clock (the events' spacing: the stream's time, idle time included) where there is one.
-
-    A long run records its few row shapes early and then only replays. Taking a recording's
-    own seconds out of the wall clock instead overstated tokens/s by up to 15%: the CPU waits
-    there for steps already queued on the GPU, whose time went out with it (bench/RESULTS.md,
-    eighth pass).
-    """
-    steps = []
-    for before, after in itertools.pairwise(marks):
-        if after.recordings != before.recordings:
-            continue
-        seconds = (before.event.elapsed_time(after.event) / 1e3
-                   if before.event is not None and after.event is not None
-                   else after.seconds - before.seconds)
-        steps.append((after.tokens - before.tokens, seconds))
-    return steps
-
-
-def all_processes(count: int) -> int:
-    """`count` summed over every process of a distributed run."""
-    total = torch.tensor(count, dtype=torch.int64)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        total = total.cuda()
-        torch.distributed.all_reduce(total)
-    return int(total)
-
-
-def timed_loss(log_history: list[dict], warmup: int) -> float:
-    """Mean training loss over the steps after `warmup`, each log weighted by the steps it
-    averages (runs modelled as long ones log every few steps)."""
-    logged = [(e["step"], e["loss"]) for e in log_history if "loss" in e]
-    weighted = [(step - before, loss) for (before, _), (step, loss)
-                in zip([(0, 0.0), *logged[:-1]], logged, strict=True) if step > warmup]
-    return sum(n * loss for n, loss in weighted) / max(1, sum(n for n, _ in weighted))
-
-
-class StepTimer(TrainerCallback):
-    """Trainer callback: marks the end of warm-up, every timed step and the end (as step numbers).
-
-    Each mark also reads the real tokens trained so far (`StepTrainer.real_tokens`: the
-    conversations' own tokens, not a bucketed row's padding) and the CUDA-graph recordings so
-    far: a row shape first seen in the timed steps is recorded there once (~1 s), which is not
-    the steady state (`steady_steps`). The wall clock is read after a sync at the first and last
-    mark only; every mark records a CUDA event.
-    """
-
-    def __init__(self, warmup_steps: int, profile: bool = False) -> None:
-        super().__init__()
-        self.warmup_steps = warmup_steps
-        self.profile = profile
-        self.profiler = None
-        self.began: float | None = None
-        self.marks: list[Mark] = []
-        self.recording_clock = lambda: (0, 0.0)
-        self.token_clock = lambda: 0
-
-    @property
-    def start(self) -> Mark | None:
-        return self.marks[0] if self.marks else None
-
-    @property
-    def end(self) -> Mark | None:
-        return self.marks[-1] if len(self.marks) > 1 else None
-
-    def _mark(self, step: int, sync: bool) -> Mark:
-        event = None
-        if torch.cuda.is_available():
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            if sync:
-                torch.cuda.synchronize()
-        recordings, recording_seconds = self.recording_clock()
-        return Mark(time.perf_counter(), step, recordings, recording_seconds, self.token_clock(),
-                    event)
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.began = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= self.warmup_steps:
-            self.marks.append(self._mark(state.global_step, sync=state.global_step in (
-                self.warmup_steps, state.max_steps)))
-        if state.global_step == self.warmup_steps and self.profile:
-            self.profiler = torch.profiler.profile(activities=[
-                torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA])
-            self.profiler.__enter__()
-        elif state.global_step == self.warmup_steps + 1 and self.profiler is not None:
-            self.profiler.__exit__(None, None, None)
-            averages = self.profiler.key_averages()
-            print(averages.table(sort_by="self_cuda_time_total", row_limit=60,
-                                 max_name_column_width=90))
-            print(averages.table(sort_by="cpu_time_total", row_limit=40,
-                                 max_name_column_width=50))
-            self.profiler = None
-
-
-class Timeline(TrainerCallback):
-    """Where a timed step's time goes, read from both clocks at marked points of each step:
-    the CPU's when it got there, the GPU's when its stream did (a CUDA event, recorded without a
-    sync). `lead` is how far the CPU runs ahead of the GPU at a point: near 0, the GPU had run
-    out of queued work there and waited for the CPU.
-
-    Points: `fetch` (the Trainer starts to gather the step's batches, copying them to the GPU),
-    `fetched`, `forward` and `backward` (each micro batch), `clipped`, `stepped` (optimizer),
-    `end` (after the step's callbacks and logging); with CUDA graphs also `graph fwd` and
-    `graph bwd` (just before each replay) and `graph fwd'd` and `graph bwd'd` (just after).
-    """
-
-    replays = (CudaGraphRecording.forward, CudaGraphRecording.backward)
-
-    def __init__(self, trainer, warmup_steps: int) -> None:
-        super().__init__()
-        self.warmup_steps = warmup_steps
-        self.marks: list[tuple[int, str, float, torch.cuda.Event]] = []
-        self.origin: tuple[float, torch.cuda.Event] | None = None
-        self.step = 0
-        self.points: list[dict] = []
-        for method, point, before in (("get_batch_samples", "fetch", True),
-                                      ("compute_loss", "forward", False),
-                                      ("training_step", "backward", False)):
-            setattr(trainer, method, self._marking(getattr(trainer, method), point, before))
-        for replay, point in zip(self.replays, ("graph fwd", "graph bwd"), strict=True):
-            setattr(CudaGraphRecording, replay.__name__, self._marking(
-                self._marking(replay, point, True), point + "'d", False))
-
-    def on_train_end(self, args, state, control, **kwargs):
-        for replay in self.replays:
-            setattr(CudaGraphRecording, replay.__name__, replay)
-
-    def _marking(self, call, point: str, before: bool):
-        def marked(*args, **kwargs):
-            if before:
-                self.mark(point)
-            result = call(*args, **kwargs)
-            if not before:
-                self.mark(point)
-            return result
-        return marked
-
-    def mark(self, point: str) -> None:
-        if self.origin is not None:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            self.marks.append((self.step, point, time.perf_counter(), event))
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self.mark("fetched")
-
-    def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        self.mark("clipped")
-
-    def on_optimizer_step(self, args, state, control, **kwargs):
-        self.mark("stepped")
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.mark("end")
-        self.step = state.global_step + 1
-        if state.global_step == self.warmup_steps:
-            torch.cuda.synchronize()
-            origin = torch.cuda.Event(enable_timing=True)
-            origin.record()
-            self.origin = (time.perf_counter(), origin)
-        elif state.global_step == state.max_steps and self.origin is not None:
-            torch.cuda.synchronize()
-            self.points = self.summary()
-            self.origin = None
-
-    def summary(self) -> list[dict]:
-        """Per point (in step order), averaged over the timed steps: CPU ms since the step's
-        fetch, GPU ms since the step's fetch, and the lead at the point."""
-        assert self.origin is not None
-        cpu_origin, gpu_origin = self.origin
-        per_step: dict[int, list[tuple[str, float, float]]] = {}
-        for step, point, cpu, event in self.marks:
-            per_step.setdefault(step, []).append(
-                (point, (cpu - cpu_origin) * 1e3, gpu_origin.elapsed_time(event)))
-        steps = [marks for marks in per_step.values() if marks[0][0] == "fetch"]
-        same = [marks for marks in steps if len(marks) == len(steps[0])]
-        rows = []
-        for index, (point, _, _) in enumerate(steps[0]):
-            rows.append({
-                "point": point,
-                "cpu_ms": sum(m[index][1] - m[0][1] for m in same) / len(same),
-                "gpu_ms": sum(m[index][2] - m[0][1] for m in same) / len(same),
-                "lead_ms": sum(m[index][2] - m[index][1] for m in same) / len(same),
-            })
-        return rows
-
-
-def print_timeline(points: list[dict]) -> None:
-    print(f"{'point':10} {'CPU ms':>8} {'GPU ms':>8} {'lead ms':>8}   (since the step's fetch, "
-          "on the CPU's clock; lead ~0: the GPU waited for the CPU)")
-    for p in points:
-        print(f"{p['point']:10} {p['cpu_ms']:8.1f} {p['gpu_ms']:8.1f} {p['lead_ms']:8.1f}")
-
-
-def run_variant(name: str, recipe: Recipe, examples: list[TokenizedExample], steps: int,
-                warmup: int, world_size: int, out: Path, model_config: dict,
-                profile: bool = False, timeline: bool = False) -> dict:
-    # Each variant compiles afresh: dynamo caches compiled code per function, so a variant
-    # compiled with other settings (an activation budget) would otherwise run the graph an
-    # earlier variant compiled (seen on the H200: bench/raw/issue16/11-budget.*).
-    torch._dynamo.reset()
-    cuda = torch.cuda.is_available()
-    precision = pick_precision(recipe.precision if cuda else "auto", cuda,
-                               cuda and torch.cuda.is_bf16_supported())
-    set_seed(recipe.seed)
-    config = Qwen2Config(**model_config)
-    device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu"
-    if cuda:
-        torch.cuda.set_device(device)
-        torch.cuda.reset_peak_memory_stats()
-    if recipe.bits == 4:  # quantized on load: through a saved copy, as `webslm finetune` loads
-        saved = out / "base-4bit-source"
-        if not saved.is_dir():
-            AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).save_pretrained(saved)
-        torch.cuda.reset_peak_memory_stats()
-        model = load_base_model(saved, precision, recipe)
-    else:
-        with torch.device(device):
-            model = AutoModelForCausalLM.from_config(config, dtype=master_weight_dtype(precision),
-                                                     attn_implementation=attention_for(recipe))
-    inductor, constants = TRIALS.get(name, ({}, {}))
-    with torch._inductor.config.patch(**inductor), contextlib.ExitStack() as set_constants:
-        for module, values in constants.items():
-            set_constants.enter_context(mock.patch.multiple(module, **values))
-        result = train_variant(name, recipe, model, precision, examples, steps, warmup,
-                               world_size, out, profile, timeline)
-    del model
-    gc.collect()  # the timer and the trainer refer to each other
-    if cuda:
-        torch.cuda.empty_cache()
-    return result
-
-
-def train_variant(name: str, recipe: Recipe, model, precision: str,
-                  examples: list[TokenizedExample], steps: int, warmup: int, world_size: int,
-                  out: Path, profile: bool, timeline: bool) -> dict:
-    cuda = torch.cuda.is_available()
-    timer = StepTimer(warmup, profile)
-    trainer = build_trainer(model, pad_tokenizer(), examples, recipe, out / name,
-                            precision=precision, world_size=world_size,
-                            max_steps=warmup + steps, logging_steps=LONG_RUN_LOGGING,
-                            callbacks=[timer])
-    marks = Timeline(trainer, warmup) if timeline and cuda else None
-    if marks:
-        trainer.add_callback(marks)
-    layers = decoder_stack(trainer.model).layers
-    timer.recording_clock = lambda: (getattr(layers, "recorded", 0),
-                                     getattr(layers, "recording_seconds", 0.0))
-    timer.token_clock = lambda counted=trainer: counted.real_tokens
-    trainer.train()
-    assert timer.began and timer.start and timer.end, "timer did not fire"
-    window_seconds = timer.end.seconds - timer.start.seconds
-    window_tokens = all_processes(timer.end.tokens - timer.start.tokens)
-    steady = steady_steps(timer.marks)
-    tokens, seconds = all_processes(sum(n for n, _ in steady)), sum(s for _, s in steady)
-    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-    result = {
-        "variant": name, "precision": precision, "world_size": world_size,
-        "global_batch": recipe.global_batch, "micro_batch": recipe.micro_batch,
-        "padding_free": recipe.padding_free, "compile_layers": recipe.compile_layers,
-        "gradient_checkpointing": recipe.gradient_checkpointing,
-        "activation_budget": recipe.activation_budget, "cuda_graphs": recipe.cuda_graphs,
-        "steps": steps, "replays": getattr(layers, "replays", 0),
-        "recordings": getattr(layers, "recorded", 0),
-        "recording_seconds": getattr(layers, "recording_seconds", 0.0),
-        "recording_seconds_in_timed_steps": (timer.end.recording_seconds
-                                             - timer.start.recording_seconds),
-        # the steady state: timed steps that recorded nothing, on the GPU's clock
-        "steady_steps": len(steady), "tokens": tokens, "seconds": seconds,
-        "tokens_per_s": tokens / seconds if seconds else math.nan,
-        "step_tokens_per_s": sorted(n / s for n, s in steady),  # this process's, ascending
-        # every timed step on the wall clock, recordings included
-        "window_tokens_per_s": window_tokens / window_seconds,
-        "warmup_seconds": timer.start.seconds - timer.began,
-        "peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0,
-        "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if cuda else 0.0,
-        "losses": losses,
-        "mean_timed_loss": timed_loss(trainer.state.log_history, warmup),
-        "timeline": marks.points if marks else [],
-    }
-    if marks:
-        print_timeline(marks.points)
-    return result
-
-
-def write_base_model(folder: Path, model_config: dict) -> Path:
-    """A Qwen2.5-0.5B-shaped random model folder, bf16 safetensors, with the test tokenizer.
-
-    The Hub is out of reach on the benchmark machine: the tokenizer is the real-tiny fixture's tiny
-    byte-level BPE (stand-in for Qwen's), so token counts differ from the real model's.
-    """
-    if not (TINY_MODEL / "tokenizer.json").is_file():
-        sys.exit(f"bench_finetune: no tokenizer at {TINY_MODEL} (the real-tiny fixture, "
-                 "<repo>/tests/fixtures/real-tiny); --e2e needs it for its base model")
-    torch.manual_seed(0)
-    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        model = AutoModelForCausalLM.from_config(Qwen2Config(**model_config),
-                                                 dtype=torch.bfloat16)
-    model.save_pretrained(str(folder), safe_serialization=True)
-    for name in os.listdir(TINY_MODEL):  # tokenizer, chat template, generation config
-        if name != "config.json" and not name.startswith("model"):
-            shutil.copyfile(TINY_MODEL / name, folder / name)
-    return folder
-
+# --- end to end --------------------------------------------------------------------------------
 
 E2E_RUNS = {  # name: (recipe, webslm finetune flags for the same thing, or None)
     "plain": (PLAIN, None),
     "ours": (OURS, []),
     "ours --compile on": (LONG_RUN, ["--compile", "on"]),
+    "ours --compile off": (dataclasses.replace(OURS, compile_layers="off"), ["--compile", "off"]),
     "ours --bits 4": (dataclasses.replace(OURS, bits=4), ["--bits", "4"]),
 }
+STARTER = checkout_path("finetune", "data", "medical.jsonl")
+STARTER_FILES = tuple(checkout_path("finetune", "data", name)
+                      for name in ("medical.jsonl", "insurance.jsonl", "legal.jsonl"))
+# SET:RUN:EPOCHS, run in this order, each in a fresh process; the compile caches start empty, so
+# a compiled run repeated measures a second run on the same base model. Two plain runs of the
+# starter file give plain's fixed seconds and seconds per token, for sets too long to run plain.
+E2E_PLAN = ("starter:plain:3,starter:plain:1,starter:ours:3,1000:ours:3,1000:ours:3,"
+            "1000:ours --compile off:3")
 
 
-def e2e_child(name: str, data: Path, base: Path, out: Path, gpus: int) -> int:
+@dataclasses.dataclass(frozen=True)
+class ChatSet:
+    """A chat JSONL file and the token lengths of its conversations as training sees them."""
+
+    path: Path
+    lengths: tuple[int, ...]
+    trained: tuple[int, ...]  # tokens in assistant turns, per conversation
+
+    def flops_per_token(self, model_config: dict) -> float:
+        mean = sum(self.lengths) / len(self.lengths)
+        mean_sq = sum(n * n for n in self.lengths) / len(self.lengths)
+        return training_flops_per_token(model_config, mean_sq, mean,
+                                        sum(self.trained) / sum(self.lengths))
+
+
+def chat_sets(names: set[str], folder: Path, max_len: int) -> dict[str, ChatSet]:
+    """The starter file, and sets of N conversations drawn (seeded, with replacement) from the
+    three starter files: real text of realistic length. Each drawn conversation's first user
+    turn is numbered, so no two lines are the same; lengths are measured on the drawn originals
+    (the number adds a few tokens)."""
+    tokenizer = load_tokenizer(TINY_MODEL)
+
+    def measured(path: Path, conversations: Sequence[Conversation]) -> ChatSet:
+        examples = [tokenize_conversation(tokenizer, c, max_len) for c in conversations]
+        return ChatSet(path, tuple(len(e.input_ids) for e in examples),
+                       tuple(sum(e.assistant_mask) for e in examples))
+
+    sets = {}
+    if "starter" in names:
+        sets["starter"] = measured(STARTER, read_chat_data([STARTER]).conversations)
+    pool = read_chat_data(list(STARTER_FILES)).conversations
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in sorted(names - {"starter"}, key=int):
+        drawn = random.Random(0).choices(pool, k=int(name))
+        lines = []
+        for number, conversation in enumerate(drawn):
+            messages = [dict(m) for m in conversation]
+            user = next(m for m in messages if m["role"] == "user")
+            user["content"] = f"({number}) {user['content']}"
+            lines.append(json.dumps({"messages": messages}))
+        path = folder / f"generated-{name}.jsonl"
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        sets[name] = measured(path, drawn)
+    return sets
+
+
+def e2e_child(name: str, data: Path, base: Path, out: Path, gpus: int, epochs: float) -> int:
     """One end-to-end run in this (fresh) process: the product's finetune() with a recipe."""
     recipe, _ = E2E_RUNS[name]
-    finetune([data], str(base), out, dataclasses.replace(recipe, epochs=3.0), gpus=gpus)
+    finetune([data], str(base), out, dataclasses.replace(recipe, epochs=epochs), gpus=gpus)
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
     print(json.dumps({"peak_allocated_gib_main_process": peak}))
     return 0
 
 
-def end_to_end(data: Path, names: list[str], gpus: int, work: Path, model_config: dict) -> list:
-    """Wall time from process start to merged checkpoint, model load and merge counted.
+def timed_run(command: list[str], env: dict[str, str]) -> tuple[int, float, dict[str, float],
+                                                               list[str]]:
+    """Run a command; (exit code, wall seconds, seconds from start at which each phase's line
+    appeared on stdout, stdout lines). Phases: "tokens" (data checked and tokenized), "trained"
+    (model loaded and trained, adapter saved), "merged" (the end)."""
+    marks = {"tokens": re.compile(r"\d+ tokens \("), "trained": re.compile("trained "),
+             "merged": re.compile("merged model written")}  # each at a line's start
+    seen: dict[str, float] = {}
+    lines = []
+    start = time.perf_counter()
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          cwd=checkout_path(), env=env) as process:
+        assert process.stdout is not None and process.stderr is not None
+        for line in process.stdout:
+            lines.append(line.rstrip("\n"))
+            for phase, start_of_line in marks.items():
+                if start_of_line.match(line) and phase not in seen:
+                    seen[phase] = time.perf_counter() - start
+        errors = process.stderr.read()
+    wall = time.perf_counter() - start
+    if process.returncode:
+        print("\n".join(lines[-20:]), errors[-4000:])
+    return process.returncode, wall, seen, lines
+
+
+def end_to_end(plan: list[tuple[str, str, float]], gpus: int, work: Path, model_config: dict,
+               peak: float) -> list[dict]:
+    """Each planned run's wall time from process start to merged checkpoint, and its whole-run
+    tokens/s and MFU (the tokens trained over that wall time).
 
     Runs that the CLI can express go through `python -m webslm finetune` itself; the plain
-    recipe has no flag, so it runs the same finetune() in a fresh process.
+    recipe has no flag, so it runs the same finetune() in a fresh process. The runs share one
+    empty cache folder (XDG_CACHE_HOME), so the first compiled run compiles from scratch.
     """
     base = write_base_model(work / "base", model_config)
+    sets = chat_sets({name for name, _, _ in plan}, work / "data", OURS.max_seq_len)
+    cache = work / "cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    env = {**os.environ, "XDG_CACHE_HOME": str(cache)}
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)
     results = []
-    for name in names:
-        recipe, flags = E2E_RUNS[name]
-        out = work / ("out-" + name.replace(" ", "_").replace("-", ""))
+    for set_name, name, epochs in plan:
+        chat = sets[set_name]
+        _, flags = E2E_RUNS[name]
+        out = work / "out"
         shutil.rmtree(out, ignore_errors=True)
         if flags is None:
-            command = [sys.executable, __file__, "--e2e-child", name, "--e2e", str(data),
-                       "--e2e-base", str(base), "--e2e-out", str(out), "--gpus", str(gpus)]
+            command = [sys.executable, __file__, "--e2e-child", name, "--e2e-data", str(chat.path),
+                       "--e2e-base", str(base), "--e2e-out", str(out), "--gpus", str(gpus),
+                       "--e2e-epochs", str(epochs)]
         else:
-            command = [sys.executable, "-m", "webslm", "finetune", "--data", str(data),
-                       "--base", str(base), "--out", str(out), "--epochs", "3",
+            command = [sys.executable, "-m", "webslm", "finetune", "--data", str(chat.path),
+                       "--base", str(base), "--out", str(out), "--epochs", str(epochs),
                        "--gpus", str(gpus), *flags]
-        start = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True, check=False,
-                              cwd=checkout_path())
-        wall = time.perf_counter() - start
-        trained = [line for line in done.stdout.splitlines() if line.startswith("trained ")]
-        print(f"e2e {name}: exit {done.returncode}, {wall:.1f} s; {' '.join(trained)}")
-        if done.returncode:
-            print(done.stdout[-2000:], done.stderr[-4000:])
-        results.append({"run": name, "gpus": gpus, "exit": done.returncode, "wall_s": wall,
-                        "trained": trained, "command": command[1:]})
+        code, wall, phases, lines = timed_run(command, env)
+        trained = [line for line in lines if line.startswith("trained ")]
+        tokens = epochs * sum(chat.lengths)
+        rate = tokens / wall
+        results.append({
+            "set": set_name, "run": name, "epochs": epochs, "conversations": len(chat.lengths),
+            "gpus": gpus, "exit": code, "wall_s": wall, "phases_s": phases,
+            "tokens": tokens, "tokens_per_s": rate,
+            "mfu": rate * chat.flops_per_token(model_config) / (peak * gpus),
+            "mfu_vs_datasheet": rate * chat.flops_per_token(model_config) / (
+                H100_BF16_PEAK * gpus),
+            "trained": trained, "command": command[1:]})
+        print(f"e2e {set_name} {name} x{epochs:g}: exit {code}, {wall:.1f} s "
+              f"{json.dumps({k: round(v, 1) for k, v in phases.items()})}; {' '.join(trained)}",
+              flush=True)
     return results
 
 
-def print_table(results: list[dict]) -> None:
-    """Tokens/s and MFU of the steady state (`steady_steps`); beside them, per-step tokens/s and
-    the whole timed window's, CUDA-graph recordings included."""
-    baseline = next((r for r in results if r["variant"] == "plain"), None)
-    print(f"\n{'variant':16} {'tok/s':>8} {'x plain':>7} {'MFU(meas)':>9} {'MFU(989)':>8} "
-          f"{'step min/med/max':>18} {'window':>8} {'peak GiB':>8} {'reserved':>8} "
-          f"{'GFLOP/tok':>9} {'loss':>6} {'warmup s':>8} {'replays':>7} {'recs':>4} {'rec s':>6}")
+def plain_fit(results: list[dict]) -> tuple[float, float] | None:
+    """(fixed seconds, seconds per token) of plain, fitted through its runs (least squares);
+    None with fewer than two."""
+    points = [(r["tokens"], r["wall_s"]) for r in results if r["run"] == "plain" and not r["exit"]]
+    if len({tokens for tokens, _ in points}) < 2:
+        return None
+    mean_t = sum(t for t, _ in points) / len(points)
+    mean_w = sum(w for _, w in points) / len(points)
+    slope = (sum((t - mean_t) * (w - mean_w) for t, w in points)
+             / sum((t - mean_t) ** 2 for t, _ in points))
+    return mean_w - slope * mean_t, slope
+
+
+def print_e2e_table(results: list[dict]) -> None:
+    """Whole runs side by side; "x plain" against plain's measured run of the same set and
+    epochs, else against plain's fit (marked "est")."""
+    fit = plain_fit(results)
+    print(f"\n{'set':>7} {'run':20} {'epochs':>6} {'tokens':>10} {'wall s':>8} {'tok/s':>8} "
+          f"{'MFU':>6} {'x plain':>9} {'exit':>4}  phases s (tokenized / trained / merged)")
     for r in results:
-        ratio = r["tokens_per_s"] / baseline["tokens_per_s"] if baseline else float("nan")
-        rates = r["step_tokens_per_s"] or [math.nan]
-        spread = "/".join(f"{rate / 1e3:.0f}k" for rate in
-                          (rates[0], rates[len(rates) // 2], rates[-1]))
-        print(f"{r['variant']:16} {r['tokens_per_s']:8.0f} {ratio:7.2f} "
-              f"{r['mfu_vs_measured_matmul']:9.1%} {r['mfu_vs_datasheet']:8.1%} {spread:>18} "
-              f"{r['window_tokens_per_s']:8.0f} "
-              f"{r['peak_allocated_gib']:8.2f} {r['peak_reserved_gib']:8.2f} "
-              f"{r['flops_per_token'] / 1e9:9.2f} "
-              f"{r['mean_timed_loss']:6.3f} {r['warmup_seconds']:8.1f} "
-              f"{r['replays']:7d} {r['recordings']:4d} {r['recording_seconds']:6.1f}", flush=True)
+        plain = next((p["wall_s"] for p in results if p["run"] == "plain" and not p["exit"]
+                      and p["set"] == r["set"] and p["epochs"] == r["epochs"]), None)
+        versus = f"{plain / r['wall_s']:9.2f}" if plain else (
+            f"{(fit[0] + fit[1] * r['tokens']) / r['wall_s']:5.2f} est" if fit else "")
+        phases = " / ".join(f"{r['phases_s'].get(p, math.nan):.1f}"
+                            for p in ("tokens", "trained", "merged"))
+        print(f"{r['set']:>7} {r['run']:20} {r['epochs']:6g} {r['tokens']:10.0f} "
+              f"{r['wall_s']:8.1f} {r['tokens_per_s']:8.0f} {r['mfu']:6.1%} {versus:>9} "
+              f"{r['exit']:4}  {phases}", flush=True)
+    if fit:
+        print(f"plain fit: {fit[0]:.1f} s fixed + {fit[1] * 1e3:.3f} s per 1,000 tokens "
+              f"({1 / fit[1]:.0f} tokens/s)")
+
+
+def parse_plan(text: str) -> list[tuple[str, str, float]]:
+    plan = []
+    for item in text.split(","):
+        set_name, name, epochs = item.split(":")
+        if name not in E2E_RUNS or not (set_name == "starter" or set_name.isdigit()):
+            raise SystemExit(f"bad --e2e-plan item {item!r}: SET (starter or a count):RUN "
+                             f"({', '.join(E2E_RUNS)}):EPOCHS")
+        plan.append((set_name, name, float(epochs)))
+    return plan
 
 
 def main() -> int:
@@ -635,13 +357,16 @@ def main() -> int:
                         help="print where the timed steps' time goes, CPU against GPU")
     parser.add_argument("--smoke", action="store_true",
                         help="a 2-layer, narrow model: checks the plumbing on a CPU, no figures")
-    parser.add_argument("--e2e", type=Path, metavar="JSONL",
-                        help="instead: end-to-end finetune wall times on this chat data")
-    parser.add_argument("--e2e-runs", default="plain,ours,ours --compile on")
+    parser.add_argument("--e2e", action="store_true",
+                        help="instead: whole `webslm finetune` runs, process start to merge")
+    parser.add_argument("--e2e-plan", default=E2E_PLAN,
+                        help="SET:RUN:EPOCHS,... (SET: starter or a count of conversations)")
     parser.add_argument("--gpus", type=int, default=1, help="--gpus of the end-to-end runs")
     parser.add_argument("--e2e-child", help=argparse.SUPPRESS)
+    parser.add_argument("--e2e-data", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--e2e-base", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--e2e-out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--e2e-epochs", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
     model_config = dict(QWEN25_05B)
     if args.smoke:
@@ -651,15 +376,18 @@ def main() -> int:
         print("bench_finetune needs a CUDA GPU (or --smoke)")
         return 1
     if args.e2e_child:
-        return e2e_child(args.e2e_child, args.e2e, args.e2e_base, args.e2e_out, args.gpus)
+        return e2e_child(args.e2e_child, args.e2e_data, args.e2e_base, args.e2e_out, args.gpus,
+                         args.e2e_epochs)
     work = Path(os.environ.get("TMPDIR", "/tmp")) / "bench_finetune"
     if args.e2e:
-        results = end_to_end(args.e2e, args.e2e_runs.split(","), args.gpus, work, model_config)
-        print(f"\n{'end to end (3 epochs)':24} {'gpus':>4} {'exit':>4} {'wall s':>8}")
-        for r in results:
-            print(f"{r['run']:24} {r['gpus']:4} {r['exit']:4} {r['wall_s']:8.1f}")
+        plan = parse_plan(args.e2e_plan)
+        peak = measured_matmul_peak() if torch.cuda.is_available() else math.nan
+        print(f"bf16 matmul 8192^3 measured {peak / 1e12:.0f} TFLOP/s", flush=True)
+        results = end_to_end(plan, args.gpus, work, model_config, peak)
+        print_e2e_table(results)
         if args.json:
-            Path(args.json).write_text(json.dumps({"e2e": results}, indent=2))
+            Path(args.json).write_text(json.dumps({"matmul_peak": peak, "e2e": results},
+                                                  indent=2))
         return 0
     names = args.variants.split(",")
     unknown = [n for n in names if n not in VARIANTS]
@@ -686,7 +414,8 @@ def main() -> int:
                                                      args.global_batch // world_size))
         try:
             result = run_variant(name, recipe, examples, args.steps, args.warmup, world_size,
-                                 work, model_config, args.profile, args.timeline)
+                                 work, model_config, args.profile, args.timeline,
+                                 TRIALS.get(name, Trial()))
         except Exception as error:  # noqa: BLE001 - one broken variant must not hide the others
             print(f"variant {name} failed: {type(error).__name__}: {error}")
             if torch.cuda.is_available():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -17,9 +18,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from webslm.chatdata import load_tokenizer, tokenize_all
+from webslm.chatdata import ChatData, load_tokenizer, read_chat_data, tokenize_all
 from webslm.crash import exit_on_error
-from webslm.finetune import Recipe, checked_data
+from webslm.finetune import checked_data
+from webslm.recipe import Recipe
 from webslm.training import train_adapter
 
 
@@ -32,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-steps", type=int, default=-1)
     args = parser.parse_args(argv)
     recipe = Recipe.from_json(json.loads(args.recipe))
-    data = checked_data([Path(f) for f in args.data])
+    data = valid_data([Path(f) for f in args.data])
     examples = tokenize_all(load_tokenizer(args.base), data, recipe.max_seq_len)
     result = train_adapter(Path(args.base), examples, recipe, Path(args.adapter_out),
                            max_steps=args.max_steps)
@@ -40,6 +42,16 @@ def main(argv: list[str] | None = None) -> int:
                       "world_size": result.world_size, "precision": result.precision}))
     end_process_group()
     return 0
+
+
+def valid_data(files: list[Path]) -> ChatData:
+    """The data, or BadInput when a line is bad. Every process reads it; the first (rank 0, or
+    the only one) prints its report, so a run on N GPUs lists each problem once, not N times."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        return checked_data(files)
+    data = read_chat_data(files)
+    data.require_valid()
+    return data
 
 
 def end_process_group() -> None:

@@ -120,13 +120,15 @@ def test_the_standin_web_bench_prints_every_figure() -> None:
                    "first load:  check / web-llm alone =", "cached load: check / plain read    =")
 
 
-def test_the_head_trial_computes_what_the_products_head_computes() -> None:
+def test_the_head_trial_computes_what_the_products_head_computes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """`--variants ours-head-grad-in-forward` swaps the product's LM head (TRL's tiled one) for
     bench_finetune's `HeadGradInForward`; its figures mean something only if it computes the same
     log-probabilities and gradients. Float64 on the CPU, rows over several of its row tiles,
     against TRL's head and the exact log-softmax."""
     torch = pytest.importorskip("torch")
     kernels = pytest.importorskip("trl.kernels")
+    monkeypatch.syspath_prepend(str(BENCH_DIR))  # its harness, as `python bench/...` finds it
     bench = load_script(BENCH_DIR / "bench_finetune.py")
     generator = torch.Generator().manual_seed(0)
     rows, width, vocab = 1100, 64, 3000

@@ -25,7 +25,7 @@ from webslm import training
 from webslm.chatdata import load_tokenizer, read_chat_data, tokenize_all
 from webslm.cudagraphs import GraphedLayers, Run, fresh_grads
 from webslm.errors import StageFailed
-from webslm.finetune import Recipe
+from webslm.recipe import Recipe
 
 
 @dataclasses.dataclass

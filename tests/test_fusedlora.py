@@ -21,8 +21,15 @@ from test_finetune import LR
 from transformers import AutoModelForCausalLM
 
 from webslm import training
-from webslm.finetune import Recipe
-from webslm.fusedlora import DroppedLoraA, drawn_probability, dropped_lora_a, fuse_lora_dropout
+from webslm.fusedlora import (
+    DroppedLoraA,
+    drawn_probability,
+    dropped_lora_a,
+    dropped_lora_a_input_grad,
+    dropped_lora_a_weight_grad,
+    fuse_lora_dropout,
+)
+from webslm.recipe import Recipe
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the real kernels, or interpreted
 
@@ -38,6 +45,44 @@ def kept_inputs(x: torch.Tensor, rank: int, seed: torch.Tensor, p: float) -> tor
             picks[torch.arange(len(taken)), torch.tensor(taken)] = 1.0
             out[:, first:first + len(taken)] = dropped_lora_a(x, picks, seed, p)[:, :len(taken)]
     return out
+
+
+def weight_grad_inputs(x: torch.Tensor, rank: int, seed: torch.Tensor, p: float
+                       ) -> torch.Tensor:
+    """What the weight gradient's kernel multiplied g by: x after its dropout, read back through
+    one-hot gradients (row i of A's gradient is then exactly row first + i of the dropped x)."""
+    tokens = x.shape[0]
+    out = torch.empty_like(x)
+    for first in range(0, tokens, rank):
+        taken = range(first, min(first + rank, tokens))
+        g = torch.zeros(tokens, rank, dtype=x.dtype, device=x.device)
+        g[torch.tensor(taken), torch.arange(len(taken))] = 1.0
+        grad = dropped_lora_a_weight_grad(g, x, seed, p)
+        out[first:first + len(taken)] = grad[:len(taken)].to(x.dtype)
+    return out
+
+
+@pytest.mark.parametrize(("dtype", "rank", "p"), [(torch.float32, 8, 0.25),
+                                                  (torch.bfloat16, 16, 0.1)])
+def test_the_forward_and_both_gradients_draw_one_mask_bit_for_bit(dtype: torch.dtype,
+                                                                  rank: int, p: float) -> None:
+    """The mask is drawn three times, by kernels with other tiles (32-row forward tiles, 64-row
+    gradient tiles, the weight gradient's row splits): each must draw it bit for bit, or the
+    backward is not the forward's gradient. Read back exactly, not through sums: the dropped
+    x the forward used, the one the weight gradient used (300 rows: two row splits), and the
+    input gradient's zeros."""
+    torch.manual_seed(1)
+    tokens, columns = 300, 200
+    x = torch.randn(tokens, columns, dtype=dtype, device=DEVICE)
+    seed = torch.tensor([987], device=DEVICE)
+    forward = kept_inputs(x, rank, seed, p)
+    assert torch.equal(forward, kept_inputs(x, rank, seed, p))  # the same draw, call after call
+    assert torch.equal(weight_grad_inputs(x, rank, seed, p), forward)
+    ones = torch.ones(tokens, rank, dtype=dtype, device=DEVICE)
+    input_grad = dropped_lora_a_input_grad(ones, torch.ones(rank, columns, device=DEVICE), seed,
+                                           p, columns)
+    assert torch.equal(input_grad != 0, forward != 0)
+    assert 0 < (forward == 0).float().mean().item() < 2 * p
 
 
 @pytest.mark.parametrize(("dtype", "rank", "p"), [(torch.float32, 8, 0.25),

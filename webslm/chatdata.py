@@ -23,6 +23,7 @@ from webslm.errors import BadInput
 from webslm.files import canonical_json, sha256_bytes
 
 ROLES = ("system", "user", "assistant")
+PROBLEMS_SHOWN = 50  # data problems listed in a report; the rest are counted
 Message = dict[str, str]
 Conversation = tuple[Message, ...]
 
@@ -52,6 +53,24 @@ class ChatData:
     def system_prompt(self) -> str | None:
         """The set's system prompt: the most common one (the build ships one prompt)."""
         return self.system_prompts[0] if self.system_prompts else None
+
+    def report(self) -> list[str]:
+        """What a user must read before training on the set: its warnings, then its problems
+        (the first `PROBLEMS_SHOWN`, and how many more). Printed once, by the command that
+        read the data."""
+        lines = [f"warning: {warning}" for warning in self.warnings]
+        lines += [str(problem) for problem in self.problems[:PROBLEMS_SHOWN]]
+        if len(self.problems) > PROBLEMS_SHOWN:
+            lines.append(f"... and {len(self.problems) - PROBLEMS_SHOWN} more")
+        return lines
+
+    def require_valid(self) -> None:
+        """Raise BadInput (exit 2) when any line is bad; the lines are in `report`."""
+        count = len(self.problems)
+        if count:
+            listed = "first " if count > PROBLEMS_SHOWN else ""
+            raise BadInput(f"{count} problem{'' if count == 1 else 's'} in the chat data",
+                           f"fix the {listed}lines listed above and run again")
 
     @property
     def digest(self) -> str:

@@ -27,8 +27,8 @@ from webslm import bench, finetune, pipeline, publish, serve, verify
 from webslm.crash import ending
 from webslm.errors import INTERRUPTED, BadInput, MissingEnvironment, Terminated, WebslmError
 from webslm.files import canonical_json
-from webslm.finetune import BITS_CHOICES, COMPILE_CHOICES, Recipe
 from webslm.normalize import normalize_path
+from webslm.recipe import BITS_CHOICES, COMPILE_CHOICES, Recipe
 from webslm.redaction import redacted_output
 from webslm.spec import (
     DEFAULT_CONTEXT_WINDOW,

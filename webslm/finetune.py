@@ -5,26 +5,23 @@ does, train a LoRA adapter with TRL and PEFT on assistant tokens only, merge it 
 fp16 and write a model folder that `webslm build` accepts as it is, with `webslm.json` saying
 where it came from. The output folder appears whole or not at all.
 
-This module is the light half: the recipe, the data check, the commands and the record; it loads
-no torch, so `webslm data check` and the CLI start fast. The training and the merge themselves
-are in `webslm.training`, imported only when a command trains or merges.
+This module is the light half: the data check, the commands and the record; it loads no torch,
+so `webslm data check` and the CLI start fast. The recipe and the decisions made from it are in
+`webslm.recipe`, which both halves import; the training and the merge themselves are in
+`webslm.training`, imported only when a command trains or merges (it never imports this module).
 
-The training recipe is one frozen dataclass, `Recipe`; the benchmark in bench/ trains with the
-same code and the same defaults, so its figures describe what users run. Several GPUs: the
-same training script runs data-parallel under torchrun (or `accelerate launch`); the global
-batch stays 16 conversations, split across the GPUs, so results do not depend on the count,
-unless the user raises it (`--global-batch`), which is what scales (bench/RESULTS.md).
+Several GPUs: the same training script runs data-parallel under torchrun (or `accelerate
+launch`); the global batch stays 16 conversations, split across the GPUs, so results do not
+depend on the count, unless the user raises it (`--global-batch`), which is what scales
+(bench/RESULTS.md).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 import subprocess
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -49,128 +46,11 @@ from webslm.files import (
 )
 from webslm.hub import FINETUNE_FILE, ResolvedModel, resolve_model
 from webslm.hubapi import push_folder
+from webslm.recipe import Recipe, batch_split, check_recipe
 from webslm.spec import resolve_spec
 
 TRAIN_SCRIPT = checkout_path("finetune", "train.py")
 ADAPTER_DIR = "adapter"
-PRECISIONS = ("bf16", "fp16", "fp32")
-PROBLEMS_SHOWN = 50  # data problems printed; the rest are counted
-COMPILE_CHOICES = ("auto", "on", "off")
-BITS_CHOICES = (16, 4)  # --bits: LoRA on the model's own weights, or QLoRA on 4-bit ones
-# Compiling and recording the decoder layers costs ~45-100 s once per process and saves ~0.27 s
-# per step of 16 conversations on an H200 (0.34 s eager, 0.074 s replayed): "auto" compiles
-# only for runs of at least this many optimizer steps (bench/RESULTS.md, issue 16, seventh pass).
-COMPILE_MIN_STEPS = 300
-# Runs that long log every this many steps, not every step: a log reads the loss back from the
-# GPU, a host sync that leaves the GPU idle while the CPU starts the next step (bench/RESULTS.md,
-# issue 16, sixth pass). The last step is always logged.
-LONG_RUN_LOG_EVERY = 10
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """How a LoRA SFT run trains. Defaults are the known-good recipe for small chat models.
-
-    `micro_batch` conversations go through one forward pass per GPU, flattened into a single
-    padding-free row (no pad tokens computed); gradients accumulate up to `global_batch`.
-    `fused_kernels` trades speed for memory, not the maths: see `speed_up`.
-    `compile_layers` ("auto", "on", "off") compiles each decoder layer, LoRA included, with
-    `torch.compile`; "auto" compiles on a GPU when the run is long enough to repay the compile
-    time. With `cuda_graphs`, the compiled layers of a padding-free run on one GPU replay as
-    recorded CUDA graphs (`webslm.cudagraphs`) and, under `gradient_checkpointing`, keep
-    `activation_budget` of their activations and recompute the rest (None: each layer
-    checkpointed whole, as compiled layers always are without graphs): see
-    `compile_decoder_layers`. None of these changes the batch, the steps or the loss a user
-    gets.
-    """
-
-    epochs: float = 3.0
-    learning_rate: float = 2e-4
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    global_batch: int = 16
-    micro_batch: int = 16
-    max_seq_len: int = 1024
-    bits: int = 16
-    seed: int = 0
-    warmup: float = 0.03
-    padding_free: bool = True
-    assistant_only_loss: bool = True
-    gradient_checkpointing: bool = True
-    precision: str = "auto"
-    fused_kernels: bool = False
-    compile_layers: str = "auto"
-    activation_budget: float | None = 0.3
-    cuda_graphs: bool = True
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Recipe:
-        return cls(**data)
-
-
-def check_recipe(recipe: Recipe) -> None:
-    """Refuse settings that cannot train, before loading anything."""
-    if recipe.bits not in BITS_CHOICES:
-        raise BadInput(f"--bits {recipe.bits} is not supported", "pass 16 (LoRA) or 4 (QLoRA)")
-    for name in ("epochs", "learning_rate", "lora_r", "lora_alpha", "max_seq_len", "global_batch"):
-        if not getattr(recipe, name) > 0:  # NaN too
-            flag = "--" + name.replace("_", "-").replace("learning-rate", "lr")
-            raise BadInput(f"{flag} must be positive", f"pass a value above 0 for {flag}")
-    if recipe.precision not in ("auto", *PRECISIONS):
-        raise BadInput(f"unknown precision {recipe.precision!r}", "use auto, bf16, fp16 or fp32")
-    if recipe.compile_layers not in COMPILE_CHOICES:
-        raise BadInput(f"unknown compile_layers {recipe.compile_layers!r}", "use auto, on or off")
-    budget = recipe.activation_budget
-    if budget is not None and not 0.0 < budget <= 1.0:
-        raise BadInput(f"--activation-budget {budget} is outside (0, 1]",
-                       "pass the share of the activations to keep, e.g. 0.5 (1 keeps all)")
-
-
-def pick_precision(requested: str, cuda: bool, bf16_supported: bool) -> str:
-    """bf16 where the GPU has it, else fp16 on a GPU, else fp32 on the CPU."""
-    if requested != "auto":
-        if requested != "fp32" and not cuda:
-            raise BadInput(f"{requested} training needs a CUDA GPU", "use auto on a CPU")
-        return requested
-    if not cuda:
-        return "fp32"
-    return "bf16" if bf16_supported else "fp16"
-
-
-def batch_split(recipe: Recipe, world_size: int) -> tuple[int, int]:
-    """(conversations per GPU per forward pass, accumulation steps) giving the global batch."""
-    per_gpu, rest = divmod(recipe.global_batch, world_size)
-    if rest or per_gpu == 0:
-        raise BadInput(f"the global batch of {recipe.global_batch} conversations does not split "
-                       f"evenly over {world_size} processes", "use a GPU count that divides it")
-    micro = min(recipe.micro_batch, per_gpu)
-    if per_gpu % micro:
-        raise BadInput(f"micro batch {micro} does not divide {per_gpu} conversations per GPU",
-                       "pick a micro batch that divides it")
-    return micro, per_gpu // micro
-
-
-def planned_steps(recipe: Recipe, examples: int, max_steps: int = -1) -> int:
-    """Optimizer steps the run will take (the Trainer's own count: whole batches per epoch)."""
-    if max_steps > 0:
-        return max_steps
-    return max(1, math.ceil(math.ceil(examples / recipe.global_batch) * recipe.epochs))
-
-
-def logging_interval(steps: int) -> int:
-    """Optimizer steps between logged losses, for a run of `steps` steps."""
-    return LONG_RUN_LOG_EVERY if steps >= COMPILE_MIN_STEPS else 1
-
-
-def should_compile(recipe: Recipe, cuda: bool, steps: int) -> bool:
-    """Compile when asked, or ("auto") on a GPU for runs long enough to repay the compile."""
-    if recipe.compile_layers != "auto":
-        return recipe.compile_layers == "on"
-    return cuda and steps >= COMPILE_MIN_STEPS
 
 
 def launch_command(gpus: int, base: Path, data: Sequence[Path], adapter_out: Path,
@@ -185,20 +65,11 @@ def launch_command(gpus: int, base: Path, data: Sequence[Path], adapter_out: Pat
 
 
 def checked_data(files: Sequence[Path]) -> ChatData:
-    """Read the data; print every problem and raise BadInput (exit 2) when any line is bad."""
+    """Read the data; print its report and raise BadInput (exit 2) when any line is bad."""
     data = read_chat_data(files)
-    for warning in data.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    if data.problems:
-        for problem in data.problems[:PROBLEMS_SHOWN]:
-            print(problem, file=sys.stderr)
-        hidden = len(data.problems) - PROBLEMS_SHOWN
-        if hidden > 0:
-            print(f"... and {hidden} more", file=sys.stderr)
-        count = len(data.problems)
-        raise BadInput(f"{count} problem{'' if count == 1 else 's'} in the chat data",
-                       f"fix the {'first ' if hidden > 0 else ''}lines listed above and run "
-                       "again")
+    for line in data.report():
+        print(line, file=sys.stderr)
+    data.require_valid()
     return data
 
 
@@ -243,7 +114,7 @@ def check_adapter(adapter: Path) -> dict[str, Any]:
 def _training() -> ModuleType:
     """webslm.training, imported when a command first trains or merges: it loads torch,
     transformers, PEFT and TRL (seconds), which the CLI's start-up and `webslm data check` must
-    not pay for. The one import of it here; it imports this module's recipe at its top."""
+    not pay for. The one import of it here."""
     from webslm import training
 
     return training

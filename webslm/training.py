@@ -2,9 +2,10 @@
 
 Everything here needs torch, transformers, PEFT, TRL and datasets (seconds to import), so this
 module imports them at its top and only a command that trains or merges imports it:
-`webslm.finetune` holds the recipe, the data check and the commands, and stays light for the
-CLI's start-up and `webslm data check`. finetune/train.py (one torchrun process) and the benchmark
-in bench/ train through `train_adapter` and `build_trainer` here, the code `webslm finetune` runs.
+`webslm.finetune` holds the data check and the commands, and stays light for the CLI's
+start-up and `webslm data check`; both take the recipe from `webslm.recipe`. finetune/train.py
+(one torchrun process) and the benchmark in bench/ train through `train_adapter` and
+`build_trainer` here, the code `webslm finetune` runs.
 
 Training is padding-free (a micro batch flattened into one row, attention kept within each
 conversation: `varlen_attention`) on assistant tokens only; long GPU runs compile each decoder
@@ -44,18 +45,27 @@ from trl import SFTConfig, SFTTrainer
 from trl.kernels import ChunkedLogProbFunction
 
 from webslm.chatdata import TokenizedExample, load_tokenizer
+from webslm.compilecache import (
+    cache_folder,
+    compile_key,
+    keep_inductor_caches,
+    mark_compiled,
+    was_compiled,
+)
 from webslm.cudagraphs import CudaGraphRecorder, Recorder, replay_layers
 from webslm.errors import MissingEnvironment
-from webslm.finetune import (
+from webslm.hub import TOKENIZER_FILES
+from webslm.normalize import normalize_path
+from webslm.recipe import (
     Recipe,
     batch_split,
     logging_interval,
     pick_precision,
     planned_steps,
+    planned_tokens,
+    replays,
     should_compile,
 )
-from webslm.hub import TOKENIZER_FILES
-from webslm.normalize import normalize_path
 
 COMPILE_BACKEND = "inductor"  # torch.compile's own; the CPU tests swap in "aot_eager" for time
 VARLEN_ATTENTION = "webslm_varlen"
@@ -157,8 +167,11 @@ def attention_for(recipe: Recipe) -> str:
 def load_base_model(path: Path, precision: str, recipe: Recipe) -> PreTrainedModel:
     """The base model for training: bf16 weights under bf16, fp32 master weights under fp16."""
     bits = recipe.bits
+    # use_kernels: transformers (>= 5.25, with `kernels` installed) otherwise swaps layers for
+    # kernels fetched from the Hub when the model trains on a GPU: code the recipe did not
+    # measure, and a failure offline ("could not verify publisher trust status")
     kwargs: dict[str, Any] = {"dtype": master_weight_dtype(precision),
-                              "attn_implementation": attention_for(recipe)}
+                              "attn_implementation": attention_for(recipe), "use_kernels": False}
     if bits == 4:
         try:  # optional even with the finetune extra: only --bits 4 needs it
             import bitsandbytes  # noqa: F401
@@ -378,6 +391,7 @@ class StepTrainer(SFTTrainer):
     """
 
     real_tokens = 0
+    compile_key: str | None = None  # set by build_trainer when the layers are compiled
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -473,10 +487,22 @@ def graph_recorder(recipe: Recipe, world_size: int) -> Recorder | None:
     during the capture) and left the process unable to draw random numbers (bench/RESULTS.md,
     fifth pass); several GPUs train the compiled layers unrecorded.
     """
-    if (recipe.cuda_graphs and recipe.padding_free and world_size == 1
-            and torch.cuda.is_available()):
+    if replays(recipe, world_size) and torch.cuda.is_available():
         return CudaGraphRecorder()
     return None
+
+
+def layers_compile_key(model: Any, recipe: Recipe, precision: str, world_size: int) -> str:
+    """The `webslm.compilecache` key of this run's compiled layers."""
+    settings = {name: getattr(recipe, name) for name in (
+        "lora_r", "bits", "micro_batch", "max_seq_len", "gradient_checkpointing",
+        "activation_budget", "cuda_graphs", "padding_free", "fused_kernels")}
+    settings.update(dropout=recipe.lora_dropout > 0, precision=precision, world_size=world_size)
+    # torch's version pins Triton's; the base's folder is no part of its shape
+    versions = {"torch": torch.__version__,
+                "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
+    shape = {k: v for k, v in model.config.to_dict().items() if k != "_name_or_path"}
+    return compile_key(shape, settings, versions)
 
 
 def build_trainer(model: Any, tokenizer: Any, examples: Sequence[TokenizedExample],
@@ -493,8 +519,13 @@ def build_trainer(model: Any, tokenizer: Any, examples: Sequence[TokenizedExampl
     micro, accumulation = batch_split(recipe, world_size)
     speed_up(model, recipe, precision)
     on_gpu = precision != "fp32"  # fp32 trains on the CPU (use_cpu below)
+    tokens = planned_tokens(recipe, [len(e.input_ids) for e in examples], max_steps)
+    key = layers_compile_key(model, recipe, precision, world_size)
+    compiled = should_compile(recipe, on_gpu, tokens / world_size, world_size,
+                              cached=was_compiled(cache_folder(), key))
     steps = planned_steps(recipe, len(examples), max_steps)
-    compiled = should_compile(recipe, on_gpu, steps)
+    if compiled:
+        keep_inductor_caches(cache_folder())
     config = SFTConfig(
         output_dir=str(output_dir),
         num_train_epochs=recipe.epochs,
@@ -513,7 +544,7 @@ def build_trainer(model: Any, tokenizer: Any, examples: Sequence[TokenizedExampl
         use_cpu=precision == "fp32",
         seed=recipe.seed,
         data_seed=recipe.seed,
-        logging_steps=logging_interval(steps) if logging_steps is None else logging_steps,
+        logging_steps=logging_steps or logging_interval(steps, compiled),
         logging_nan_inf_filter=False,  # its isnan() is a host sync per micro batch
         save_strategy="no",
         report_to="none",
@@ -534,6 +565,7 @@ def build_trainer(model: Any, tokenizer: Any, examples: Sequence[TokenizedExampl
         peft_config=lora_config(recipe),
         callbacks=[LogLastStep(), *callbacks],
     )
+    trainer.compile_key = key if compiled else None
     lm = causal_lm(trainer.model)
     row_loss = compiled and recipe.padding_free and plain_lm_head(lm)
     if row_loss:
@@ -571,6 +603,8 @@ def train_adapter(base: Path, examples: Sequence[TokenizedExample], recipe: Reci
     trainer = build_trainer(model, tokenizer, examples, recipe, adapter_out / "checkpoints",
                             precision=precision, world_size=world_size, max_steps=max_steps)
     trainer.train()
+    if trainer.compile_key is not None:
+        mark_compiled(cache_folder(), trainer.compile_key)
     if trainer.is_world_process_zero():
         assert isinstance(trainer.model, PeftModel)  # SFTTrainer wraps it (peft_config)
         trainer.model.save_pretrained(str(adapter_out), safe_serialization=True)
