@@ -251,18 +251,20 @@ def timed_run(command: list[str], env: dict[str, str]) -> tuple[int, float, dict
 
 
 def end_to_end(plan: list[tuple[str, str, float]], gpus: int, work: Path, model_config: dict,
-               peak: float) -> list[dict]:
+               peak: float, keep_cache: bool = False) -> list[dict]:
     """Each planned run's wall time from process start to merged checkpoint, and its whole-run
     tokens/s and MFU (the tokens trained over that wall time).
 
     Runs that the CLI can express go through `python -m webslm finetune` itself; the plain
     recipe has no flag, so it runs the same finetune() in a fresh process. The runs share one
-    empty cache folder (XDG_CACHE_HOME), so the first compiled run compiles from scratch.
+    cache folder (XDG_CACHE_HOME), emptied first unless `keep_cache`, so the first compiled run
+    compiles from scratch.
     """
     base = write_base_model(work / "base", model_config)
     sets = chat_sets({name for name, _, _ in plan}, work / "data", OURS.max_seq_len)
     cache = work / "cache"
-    shutil.rmtree(cache, ignore_errors=True)
+    if not keep_cache:
+        shutil.rmtree(cache, ignore_errors=True)
     env = {**os.environ, "XDG_CACHE_HOME": str(cache)}
     env.pop("TORCHINDUCTOR_CACHE_DIR", None)
     results = []
@@ -280,7 +282,7 @@ def end_to_end(plan: list[tuple[str, str, float]], gpus: int, work: Path, model_
                        "--base", str(base), "--out", str(out), "--epochs", str(epochs),
                        "--gpus", str(gpus), *flags]
         code, wall, phases, lines = timed_run(command, env)
-        trained = [line for line in lines if line.startswith("trained ")]
+        trained = [line for line in lines if line.startswith(("trained ", "merged the adapter"))]
         tokens = epochs * sum(chat.lengths)
         rate = tokens / wall
         results.append({
@@ -361,6 +363,8 @@ def main() -> int:
                         help="instead: whole `webslm finetune` runs, process start to merge")
     parser.add_argument("--e2e-plan", default=E2E_PLAN,
                         help="SET:RUN:EPOCHS,... (SET: starter or a count of conversations)")
+    parser.add_argument("--e2e-keep-cache", action="store_true",
+                        help="keep the compile caches that earlier --e2e runs left in TMPDIR")
     parser.add_argument("--gpus", type=int, default=1, help="--gpus of the end-to-end runs")
     parser.add_argument("--e2e-child", help=argparse.SUPPRESS)
     parser.add_argument("--e2e-data", type=Path, help=argparse.SUPPRESS)
@@ -383,7 +387,7 @@ def main() -> int:
         plan = parse_plan(args.e2e_plan)
         peak = measured_matmul_peak() if torch.cuda.is_available() else math.nan
         print(f"bf16 matmul 8192^3 measured {peak / 1e12:.0f} TFLOP/s", flush=True)
-        results = end_to_end(plan, args.gpus, work, model_config, peak)
+        results = end_to_end(plan, args.gpus, work, model_config, peak, args.e2e_keep_cache)
         print_e2e_table(results)
         if args.json:
             Path(args.json).write_text(json.dumps({"matmul_peak": peak, "e2e": results},

@@ -383,6 +383,9 @@ def train_variant(name: str, recipe: Recipe, model, precision: str,
                                      getattr(layers, "recording_seconds", 0.0))
     timer.token_clock = lambda counted=trainer: counted.real_tokens
     trainer.train()
+    if trainer.compile_key is not None:  # where the compile's seconds went (this process so far)
+        print(f"{name}: torch.compile's phases, all variants so far:\n"
+              f"{torch._dynamo.utils.compile_times(repr='str', aggregate=True)}", flush=True)
     assert timer.began and timer.start and timer.end, "timer did not fire"
     window_seconds = timer.end.seconds - timer.start.seconds
     window_tokens = all_processes(timer.end.tokens - timer.start.tokens)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -157,7 +158,8 @@ def _train(gpus: int, base: Path, files: Sequence[Path], examples: Sequence[Toke
     training = _training()
     if gpus <= 1:
         result = training.train_adapter(base, examples, recipe, adapter_out)
-        print(f"trained {result.steps} steps ({result.precision}); loss "
+        print(f"trained {result.steps} steps ({result.precision}) in {result.train_seconds:.1f} s "
+              f"(base model loaded in {result.load_seconds:.1f} s); loss "
               f"{result.losses[0]:.4f} -> {result.losses[-1]:.4f}")
         return
     if recipe.global_batch == Recipe.global_batch:
@@ -209,6 +211,8 @@ def finetune(files: Sequence[Path], base: str, out: Path, recipe: Recipe, gpus: 
         record = metadata(resolved, data_digest=data.digest, system_prompt=data.system_prompt,
                           recipe={**recipe.to_json(), "gpus": gpus})
         atomic_write_text(adapter_out / FINETUNE_FILE, canonical_json(record))
+        began = time.perf_counter()
         _training().merge_into(resolved.path, adapter_out, staging)
+        print(f"merged the adapter into fp16 weights in {time.perf_counter() - began:.1f} s")
         atomic_write_text(staging / FINETUNE_FILE, canonical_json(record))
     print(f"merged model written to {out} (adapter in {out / ADAPTER_DIR})")

@@ -20,6 +20,7 @@ import functools
 import os
 import shutil
 import sys
+import time
 import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -97,12 +98,15 @@ LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What a training run did: its logged losses and how much it processed."""
+    """What a training run did: its logged losses, how much it processed, and where its
+    seconds went (loading the base model; training, compiling included; saving the adapter)."""
 
     losses: tuple[float, ...]
     steps: int
     precision: str
     world_size: int
+    load_seconds: float
+    train_seconds: float
 
 
 # --- training ---------------------------------------------------------------------------------
@@ -598,8 +602,10 @@ def train_adapter(base: Path, examples: Sequence[TokenizedExample], recipe: Reci
                                torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     set_seed(recipe.seed)
+    began = time.perf_counter()
     tokenizer = load_tokenizer(base)
     model = load_base_model(base, precision, recipe)
+    loaded = time.perf_counter()
     trainer = build_trainer(model, tokenizer, examples, recipe, adapter_out / "checkpoints",
                             precision=precision, world_size=world_size, max_steps=max_steps)
     trainer.train()
@@ -611,7 +617,8 @@ def train_adapter(base: Path, examples: Sequence[TokenizedExample], recipe: Reci
         shutil.rmtree(adapter_out / "checkpoints", ignore_errors=True)
     losses = tuple(float(e["loss"]) for e in trainer.state.log_history if "loss" in e)
     return TrainResult(losses=losses, steps=trainer.state.global_step, precision=precision,
-                       world_size=world_size)
+                       world_size=world_size, load_seconds=loaded - began,
+                       train_seconds=time.perf_counter() - loaded)
 
 
 def gpu_count() -> int:
