@@ -48,6 +48,7 @@ from webslm.chatdata import Conversation, load_tokenizer, read_chat_data, tokeni
 from webslm.checkout import checkout_path
 from webslm.crash import exit_on_error
 from webslm.finetune import finetune
+from webslm.launch import end
 from webslm.recipe import Recipe
 
 PLAIN = Recipe(micro_batch=2, padding_free=False, assistant_only_loss=False,
@@ -443,4 +444,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    exit_on_error("bench_finetune", main)
+    # ends as `webslm` does (without the interpreter's teardown), so that plain's end-to-end
+    # child, this script, and the CLI's runs end alike
+    exit_on_error("bench_finetune", lambda: end(main()))

@@ -1,6 +1,7 @@
 """The `webslm` entry point's exit: after a command that loaded torch it skips the interpreter's
 teardown (webslm.launch.end), and must still end as Python would: same exit code, every line
-printed, exit handlers run, threads finished."""
+printed, exit handlers run, threads finished, a thread pool left open not waited on forever (the
+first version hung there after a compiled run)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 CHECK = """
-import atexit, sys, threading, time
+import atexit, concurrent.futures, sys, threading, time
 from pathlib import Path
 import torch  # a command that loaded torch: the fast exit
 marker = Path(sys.argv.pop())
@@ -21,6 +22,8 @@ def late() -> None:
     time.sleep(0.5)
     marker.with_suffix(".thread").write_text("ran")
 threading.Thread(target=late).start()
+pool = concurrent.futures.ThreadPoolExecutor(1)  # left open: its idle worker waits to be told
+pool.submit(time.sleep, 0.1)
 print("x" * 200_000, end="")  # a full pipe buffer, still in the process's buffer at the end
 from webslm.launch import run
 sys.argv[0] = "webslm"
@@ -41,7 +44,7 @@ def test_after_torch_the_exit_keeps_code_output_handlers_and_threads(tmp_path: P
     data = write_chat(tmp_path / "chat.jsonl", good)
     marker = tmp_path / "marker"
     done = subprocess.run([sys.executable, "-c", CHECK, "data", "check", str(data), str(marker)],
-                          capture_output=True, text=True, timeout=120, check=False)
+                          capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == code, done.stderr
     assert done.stdout.startswith("x" * 200_000)
     assert ("1 conversations" in done.stdout) == good, done.stdout[200_000:]
