@@ -36,10 +36,11 @@ def run() -> None:
 
 def end(code: int) -> NoReturn:
     """Exit with `code`: as Python does, or, after a command that loaded torch, as Python does
-    up to its teardown (threads joined, exit handlers run, output flushed), then at once."""
+    up to its teardown (thread pools told to stop, threads joined, exit handlers run, output
+    flushed), then at once."""
     if all(sys.modules.get(name) is None for name in SLOW_TEARDOWN):
         sys.exit(code)
-    getattr(threading, "_shutdown")()  # what the interpreter does first: pools told, threads joined
+    threading._shutdown()  # type: ignore[attr-defined]  # the interpreter's first shutdown step
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
