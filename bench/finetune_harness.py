@@ -407,6 +407,8 @@ def train_variant(name: str, recipe: Recipe, model, precision: str,
         "steady_steps": len(steady), "tokens": tokens, "seconds": seconds,
         "tokens_per_s": tokens / seconds if seconds else math.nan,
         "step_tokens_per_s": sorted(n / s for n, s in steady),  # this process's, ascending
+        # the same in the order the steps ran: does a variant warm up (issue 32, point 5)?
+        "step_tokens_per_s_in_order": [n / s for n, s in steady],
         # every timed step on the wall clock, recordings included
         "window_tokens_per_s": window_tokens / window_seconds,
         "warmup_seconds": timer.start.seconds - timer.began,
