@@ -154,21 +154,49 @@ def tasks_namespace() -> Any:
     return Collection.from_module(load_script(REPO_ROOT / "tasks.py"))
 
 
-def interrupt_when(ready: Callable[[], bool], within: float = 60,
-                   signum: int = signal.SIGINT) -> threading.Thread:
+class Watcher(threading.Thread):
+    """A thread that presses Ctrl-C once a condition holds; `fired` is when (time.monotonic())."""
+
+    fired: float | None = None
+    error: str | None = None  # the last exception the condition raised (it is asked again)
+
+    def report(self) -> str:
+        """What the watcher did, for a failing test's message."""
+        return f"watcher fired at {self.fired}, last error in its condition: {self.error}"
+
+
+def interrupt_when(ready: Callable[[], bool], within: float = 300,
+                   signum: int = signal.SIGINT) -> Watcher:
     """A started watcher thread that presses Ctrl-C (SIGINT to this process; or sends `signum`,
-    e.g. SIGTERM as CI cancellation does) once `ready()`."""
+    e.g. SIGTERM as CI cancellation does) once `ready()`.
+
+    It waits up to `within` seconds and asks again when `ready()` raises (a Docker listing can
+    fail while containers come and go; a dead watcher would let the command run on). Tests time
+    the command from `fired`, not from its start (`seconds_after_firing`).
+    """
     def watch() -> None:
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
-            if ready():
+            try:
+                now = ready()
+            except Exception as error:  # noqa: BLE001 - kept for the report, then asked again
+                watcher.error = repr(error)
+                now = False
+            if now:
+                watcher.fired = time.monotonic()
                 os.kill(os.getpid(), signum)
                 return
             time.sleep(0.1)
 
-    watcher = threading.Thread(target=watch, daemon=True)
+    watcher = Watcher(target=watch, daemon=True)
     watcher.start()
     return watcher
+
+
+def seconds_after_firing(watcher: Watcher) -> float:
+    """How long the interrupted command went on after the watcher pressed Ctrl-C."""
+    assert watcher.fired is not None, watcher.report()
+    return time.monotonic() - watcher.fired
 
 
 def digests(folder: Path) -> dict[str, str]:

@@ -9,12 +9,11 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import copy_model, digests, interrupt_when, running
+from conftest import copy_model, digests, interrupt_when, running, seconds_after_firing
 from docker.errors import NotFound
 from standin.image import standin_toolchain
 
@@ -179,9 +178,8 @@ def test_sigterm_removes_the_container_and_exits_143(
     mine = {"label": f"{OWNER_LABEL}={owner_token()}"}
 
     watcher = interrupt_when(lambda: bool(running(docker_engine, mine)), signum=signal.SIGTERM)
-    started = time.monotonic()
-    assert main(argv) == 143
-    assert time.monotonic() - started < 60
+    assert main(argv) == 143, watcher.report()
+    assert seconds_after_firing(watcher) < 30
     watcher.join()
     assert digests(out / "tiny") == before
     assert sorted(p.name for p in out.iterdir()) == ["tiny"]
@@ -290,10 +288,9 @@ def test_sigterm_stops_every_model_of_a_parallel_build(
                              signum=signal.SIGTERM)
     specs = [resolve_spec(model=str(tiny_qwen2), name=name) for name in ("a", "b")]
     options = BuildOptions(out=tmp_path / "dist", show_progress=False)
-    started = time.monotonic()
     with pytest.raises(Terminated), sigterm_unwinds():
         build_many(specs, options, jobs=2)
-    assert time.monotonic() - started < 60
+    assert seconds_after_firing(watcher) < 30
     watcher.join()
     assert docker_engine.containers.list(all=True, filters=mine) == []
     assert not (tmp_path / "dist").exists() or list((tmp_path / "dist").iterdir()) == []
