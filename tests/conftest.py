@@ -173,7 +173,15 @@ def interrupt_when(ready: Callable[[], bool], within: float = 300,
     It waits up to `within` seconds and asks again when `ready()` raises (a Docker listing can
     fail while containers come and go; a dead watcher would let the command run on). Tests time
     the command from `fired`, not from its start (`seconds_after_firing`).
+
+    A pytest started in the background of a shell (`cmd &`, nohup) inherits SIGINT ignored, and
+    Python then keeps it ignored: Ctrl-C there is meant to do nothing, and did (three interrupted
+    builds ran their 120 s in such a clean-clone run). A test that presses Ctrl-C stands for a
+    terminal, so it puts Python's own handler back first (call this from the main thread).
     """
+    if signum == signal.SIGINT:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
     def watch() -> None:
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
